@@ -1,0 +1,207 @@
+//! Engine configuration: the conflict rules, the pipeline's timings and the dispatcher's limits.
+//!
+//! Every struct deserializes with `deny_unknown_fields` and has defaults, so a config file names
+//! only what it changes. Durations are milliseconds (`*_ms`) to keep the engine free of a
+//! duration-parsing dependency; the `presync` binary's config layer may accept other forms.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Availability, SystemId};
+
+/// Everything the engine needs besides its store, connectors and topology.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    pub rules: RulesConfig,
+    pub pipeline: PipelineConfig,
+    /// Per-target dispatch limits, keyed by system name. Systems not listed use `dispatch_default`.
+    pub dispatch: BTreeMap<SystemId, DispatchConfig>,
+    pub dispatch_default: DispatchConfig,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            rules: RulesConfig::default(),
+            pipeline: PipelineConfig::default(),
+            dispatch: BTreeMap::new(),
+            dispatch_default: DispatchConfig::default(),
+        }
+    }
+}
+
+impl EngineConfig {
+    /// The dispatch limits for one target.
+    pub fn dispatch_for(&self, target: &SystemId) -> &DispatchConfig {
+        self.dispatch.get(target).unwrap_or(&self.dispatch_default)
+    }
+}
+
+/// The conflict rules of DESIGN.md, in the order they run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RulesConfig {
+    /// How long a write's echo expectation stays open. Dataverse async steps can take minutes.
+    pub echo_ttl_ms: i64,
+    /// Last-writer-wins tie-break: on equal source timestamps, the system listed first wins.
+    /// Systems not listed rank after every listed one, by name.
+    pub system_priority: Vec<SystemId>,
+    /// A source timestamp more than this far ahead of presync's clock is clamped to presync's
+    /// clock plus this bound, so a system with a fast clock cannot win every future conflict.
+    pub max_clock_skew_ms: i64,
+    pub policies: Policies,
+}
+
+impl Default for RulesConfig {
+    fn default() -> Self {
+        Self {
+            echo_ttl_ms: 10 * 60 * 1000,
+            system_priority: Vec::new(),
+            max_clock_skew_ms: 5_000,
+            policies: Policies::default(),
+        }
+    }
+}
+
+/// Configurable policy rules (rule 3). All are off unless configured.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Policies {
+    /// A state the person set by hand holds against automatic changes from other systems.
+    pub manual_wins: Option<ManualWins>,
+    /// Offline reported automatically by these systems is held for a grace window and dropped
+    /// when the system reports something else within it (D365 restores presence after a
+    /// reconnect within 2.5 minutes).
+    pub debounce_offline: Vec<DebounceOffline>,
+    /// Native states forced to a canonical availability, e.g. Teams `InAMeeting` to Busy. Applied
+    /// when mapping, before every other rule.
+    pub remap: Vec<Remap>,
+}
+
+/// See [`Policies::manual_wins`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManualWins {
+    /// How long a manual state holds against automatic changes, from its source time. Offline is
+    /// never held back: signing out always takes effect.
+    pub hold_ms: i64,
+}
+
+/// See [`Policies::debounce_offline`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DebounceOffline {
+    pub system: SystemId,
+    pub grace_ms: i64,
+}
+
+/// See [`Policies::remap`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Remap {
+    pub system: SystemId,
+    /// Matches a native code that equals it, or that ends with `/` followed by it (so `InAMeeting`
+    /// matches the Teams pair `Busy/InAMeeting`).
+    pub native: String,
+    pub to: Availability,
+}
+
+impl Remap {
+    /// Whether this rule matches a native code of its system.
+    pub fn matches(&self, code: &str) -> bool {
+        code == self.native
+            || code
+                .strip_suffix(self.native.as_str())
+                .is_some_and(|head| head.ends_with('/'))
+    }
+}
+
+/// Timings of the durable pipeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// How long a claim on an inbox or outbox row lasts. A crashed instance's claims are taken
+    /// over after this.
+    pub lease_ms: i64,
+    /// How many rows one claim takes.
+    pub batch: i64,
+    /// How often idle loops look for work that another instance or a timer made due.
+    pub poll_interval_ms: u64,
+    /// How long processed inbox rows are kept for deduplication. Graph retries for 4 hours.
+    pub dedup_retention_ms: i64,
+    /// How long history rows are kept.
+    pub history_retention_ms: i64,
+    /// How long shutdown waits for in-flight writes.
+    pub drain_deadline_ms: u64,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            lease_ms: 30_000,
+            batch: 64,
+            poll_interval_ms: 500,
+            dedup_retention_ms: 24 * 60 * 60 * 1000,
+            history_retention_ms: 30 * 24 * 60 * 60 * 1000,
+            drain_deadline_ms: 10_000,
+        }
+    }
+}
+
+/// Limits for writes to one target.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DispatchConfig {
+    /// Writes in flight at once.
+    pub max_in_flight: usize,
+    /// Requests allowed per `rate_window_ms` (a token bucket refilled continuously).
+    pub rate_limit: u32,
+    pub rate_window_ms: u64,
+    /// Exponential backoff: first delay, cap. Full jitter in [delay/2, delay].
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        Self {
+            max_in_flight: 8,
+            rate_limit: 1_000,
+            rate_window_ms: 30_000,
+            backoff_base_ms: 500,
+            backoff_max_ms: 5 * 60 * 1000,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remap_matches_the_activity_of_a_pair_or_the_whole_code() {
+        let r = Remap {
+            system: "teams".into(),
+            native: "InAMeeting".into(),
+            to: Availability::Busy,
+        };
+        assert!(r.matches("InAMeeting"));
+        assert!(r.matches("Busy/InAMeeting"));
+        assert!(!r.matches("Busy/NotInAMeeting"));
+        assert!(!r.matches("XInAMeeting"));
+    }
+
+    #[test]
+    fn unknown_config_keys_are_rejected() {
+        let err = serde_json::from_str::<RulesConfig>(r#"{"echo_ttl":5}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field"));
+    }
+
+    #[test]
+    fn empty_config_takes_every_default() {
+        let c: EngineConfig = serde_json::from_str("{}").unwrap();
+        assert_eq!(c, EngineConfig::default());
+    }
+}

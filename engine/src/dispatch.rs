@@ -1,0 +1,145 @@
+//! Per-target write limits: a token bucket, a pause after `Retry-After`, and backoff with jitter.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::time::Instant;
+
+use crate::config::DispatchConfig;
+
+/// The gate every write to one target passes: rate limit and throttle pause.
+#[derive(Debug)]
+pub(crate) struct TargetGate {
+    state: Mutex<GateState>,
+    capacity: f64,
+    per_ms: f64,
+    pub(crate) max_in_flight: usize,
+}
+
+#[derive(Debug)]
+struct GateState {
+    tokens: f64,
+    refilled: Instant,
+    paused_until: Option<Instant>,
+}
+
+impl TargetGate {
+    pub(crate) fn new(cfg: &DispatchConfig) -> Self {
+        let capacity = f64::from(cfg.rate_limit.max(1));
+        Self {
+            state: Mutex::new(GateState {
+                tokens: capacity,
+                refilled: Instant::now(),
+                paused_until: None,
+            }),
+            capacity,
+            per_ms: capacity / (cfg.rate_window_ms.max(1) as f64),
+            max_in_flight: cfg.max_in_flight.max(1),
+        }
+    }
+
+    /// Take up to `want` tokens now. Returns how many were taken, or how long to wait when
+    /// none can be.
+    pub(crate) fn take(&self, want: usize) -> Result<usize, Duration> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if let Some(until) = s.paused_until {
+            if until > now {
+                return Err(until - now);
+            }
+            s.paused_until = None;
+        }
+        let elapsed = now.duration_since(s.refilled).as_secs_f64() * 1000.0;
+        s.tokens = (s.tokens + elapsed * self.per_ms).min(self.capacity);
+        s.refilled = now;
+        let whole = s.tokens.floor() as usize;
+        if whole == 0 {
+            let missing = 1.0 - s.tokens;
+            return Err(Duration::from_secs_f64(missing / self.per_ms / 1000.0));
+        }
+        let n = whole.min(want);
+        s.tokens -= n as f64;
+        Ok(n)
+    }
+
+    /// Give back tokens taken for writes that were not made.
+    pub(crate) fn give_back(&self, n: usize) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.tokens = (s.tokens + n as f64).min(self.capacity);
+    }
+
+    /// Stop every write to this target for `d` (the remote said `Retry-After`).
+    pub(crate) fn pause(&self, d: Duration) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let until = Instant::now() + d;
+        if s.paused_until.is_none_or(|p| p < until) {
+            s.paused_until = Some(until);
+        }
+        // The throttle window restarts: do not burst the whole bucket when it ends.
+        s.tokens = s.tokens.min(1.0);
+    }
+}
+
+/// Exponential backoff with jitter: a delay drawn from `[d/2, d]` where
+/// `d = min(max, base * 2^attempts)`.
+pub(crate) fn backoff(cfg: &DispatchConfig, attempts: i64) -> Duration {
+    let exp = u32::try_from(attempts.clamp(0, 30)).unwrap_or(30);
+    let d = cfg
+        .backoff_base_ms
+        .saturating_mul(1u64 << exp)
+        .min(cfg.backoff_max_ms)
+        .max(1);
+    let ms = rand::rng().random_range(d / 2..=d);
+    Duration::from_millis(ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(rate: u32, window_ms: u64) -> DispatchConfig {
+        DispatchConfig {
+            rate_limit: rate,
+            rate_window_ms: window_ms,
+            ..DispatchConfig::default()
+        }
+    }
+
+    #[test]
+    fn backoff_grows_exponentially_within_jitter_and_cap() {
+        let c = DispatchConfig {
+            backoff_base_ms: 100,
+            backoff_max_ms: 1_000,
+            ..DispatchConfig::default()
+        };
+        for _ in 0..100 {
+            let d0 = backoff(&c, 0).as_millis();
+            assert!((50..=100).contains(&d0), "{d0}");
+            let d2 = backoff(&c, 2).as_millis();
+            assert!((200..=400).contains(&d2), "{d2}");
+            let big = backoff(&c, 40).as_millis();
+            assert!((500..=1_000).contains(&big), "{big}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn token_bucket_allows_the_configured_rate_and_no_more() {
+        let g = TargetGate::new(&cfg(10, 1_000));
+        assert_eq!(g.take(100), Ok(10));
+        let wait = g.take(1).unwrap_err();
+        assert!(wait <= Duration::from_millis(100), "{wait:?}");
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert_eq!(g.take(100), Ok(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pause_blocks_until_retry_after_has_passed() {
+        let g = TargetGate::new(&cfg(10, 1_000));
+        g.pause(Duration::from_millis(1_500));
+        let wait = g.take(1).unwrap_err();
+        assert_eq!(wait, Duration::from_millis(1_500));
+        tokio::time::advance(Duration::from_millis(1_500)).await;
+        assert!(g.take(1).is_ok());
+    }
+}

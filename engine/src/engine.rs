@@ -1,0 +1,586 @@
+//! The pipeline: ingest -> inbox -> resolver -> outbox -> dispatcher, and the reconciler.
+//!
+//! [`Engine`] is cheap to clone. A service calls [`Engine::run`] with its shutdown future; tests
+//! and one-shot jobs drive the steps themselves ([`Engine::resolve_pending`],
+//! [`Engine::dispatch_pending`], [`Engine::reconcile`]), which makes them deterministic.
+
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::stream::{self, StreamExt};
+use tokio::sync::{watch, Notify};
+use tracing::{debug, error, info, info_span, warn, Instrument};
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::EngineConfig;
+use crate::connector::{Connector, ConnectorError};
+use crate::dispatch::{backoff, TargetGate};
+use crate::model::{Availability, ExternalId, Observation, ObservationKind, SystemId};
+use crate::rules::{self, Context, Rule};
+use crate::store::{Dialect, Enqueued, InboxRow, OutboxRow, Resolved, Store, StoreError, WriteResult};
+use crate::topology::{Topology, TopologyConfig, TopologyErrors};
+
+/// Engine errors.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("invalid topology:\n{0}")]
+    Topology(#[from] TopologyErrors),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("observation from unknown system {0:?}")]
+    UnknownSystem(SystemId),
+}
+
+/// `Result` with [`EngineError`].
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+/// Counters of what the engine did since it started. The service exports them as metrics.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub accepted: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub writes_ok: AtomicU64,
+    pub writes_failed: AtomicU64,
+    pub retries: AtomicU64,
+    decisions: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl Stats {
+    /// Decisions by rule name.
+    pub fn decisions(&self) -> BTreeMap<&'static str, u64> {
+        self.decisions.lock().map(|d| d.clone()).unwrap_or_default()
+    }
+
+    fn decided(&self, rule: Rule) {
+        if let Ok(mut d) = self.decisions.lock() {
+            *d.entry(rule.as_str()).or_default() += 1;
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Store,
+    connectors: BTreeMap<SystemId, Arc<dyn Connector>>,
+    topology: Topology,
+    config: EngineConfig,
+    clock: Arc<dyn Clock>,
+    instance: String,
+    inbox_ready: Notify,
+    outbox_ready: Notify,
+    gates: BTreeMap<SystemId, TargetGate>,
+    unmapped_logged: Mutex<HashSet<(SystemId, String)>>,
+    stats: Stats,
+}
+
+/// The presync engine. See the crate documentation.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl Engine {
+    /// Validate the topology against the connectors and build an engine on `store`.
+    pub fn new(
+        store: Store,
+        connectors: BTreeMap<SystemId, Arc<dyn Connector>>,
+        topology: &TopologyConfig,
+        config: EngineConfig,
+    ) -> Result<Engine> {
+        Engine::with_clock(store, connectors, topology, config, Arc::new(SystemClock))
+    }
+
+    /// [`Engine::new`] with an injected clock.
+    pub fn with_clock(
+        store: Store,
+        connectors: BTreeMap<SystemId, Arc<dyn Connector>>,
+        topology: &TopologyConfig,
+        config: EngineConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Engine> {
+        let topology = Topology::build(topology, &connectors)?;
+        let gates = topology
+            .systems()
+            .map(|s| (s.clone(), TargetGate::new(config.dispatch_for(s))))
+            .collect();
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                store,
+                connectors,
+                topology,
+                config,
+                clock,
+                instance: format!("presync-{}", uuid::Uuid::new_v4().simple()),
+                inbox_ready: Notify::new(),
+                outbox_ready: Notify::new(),
+                gates,
+                unmapped_logged: Mutex::new(HashSet::new()),
+                stats: Stats::default(),
+            }),
+        })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The validated topology.
+    pub fn topology(&self) -> &Topology {
+        &self.inner.topology
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    /// The connector of one system.
+    pub fn connector(&self, system: &SystemId) -> Option<&Arc<dyn Connector>> {
+        self.inner.connectors.get(system)
+    }
+
+    /// This instance's id, as recorded in claims.
+    pub fn instance_id(&self) -> &str {
+        &self.inner.instance
+    }
+
+    /// What the engine did since it started.
+    pub fn stats(&self) -> &Stats {
+        &self.inner.stats
+    }
+
+    fn now(&self) -> i64 {
+        self.inner.clock.now()
+    }
+
+    /// Store an observation durably. When this returns `Ok`, the observation will be resolved
+    /// even if the process dies now: only then may a webhook be acknowledged.
+    pub async fn ingest(&self, obs: Observation) -> Result<Enqueued> {
+        Ok(self.ingest_batch(vec![obs]).await?.remove(0))
+    }
+
+    /// [`Engine::ingest`] for several observations in one transaction.
+    pub async fn ingest_batch(&self, observations: Vec<Observation>) -> Result<Vec<Enqueued>> {
+        for o in &observations {
+            if self.inner.topology.capabilities(&o.system).is_none() {
+                return Err(EngineError::UnknownSystem(o.system.clone()));
+            }
+        }
+        if observations.is_empty() {
+            return Ok(Vec::new());
+        }
+        let out = self.inner.store.enqueue(&observations, self.now()).await?;
+        for e in &out {
+            match e {
+                Enqueued::Accepted => self.inner.stats.accepted.fetch_add(1, Ordering::Relaxed),
+                Enqueued::Duplicate => self.inner.stats.duplicates.fetch_add(1, Ordering::Relaxed),
+            };
+        }
+        self.inner.inbox_ready.notify_one();
+        Ok(out)
+    }
+
+    /// Take over claims left by a crashed predecessor. Only on SQLite, whose store one instance
+    /// owns; on PostgreSQL claims pass to other instances when their lease runs out.
+    pub async fn recover(&self) -> Result<()> {
+        if self.inner.store.dialect() == Dialect::Sqlite {
+            self.inner.store.release_all_claims().await?;
+        }
+        Ok(())
+    }
+
+    /// Resolve every inbox row due now. Returns how many were processed.
+    pub async fn resolve_pending(&self) -> Result<usize> {
+        let cfg = &self.inner.config.pipeline;
+        let mut total = 0;
+        let mut queued_writes = false;
+        loop {
+            let now = self.now();
+            let rows = self
+                .inner
+                .store
+                .claim_inbox(&self.inner.instance, now, now + cfg.lease_ms, cfg.batch)
+                .await?;
+            if rows.is_empty() {
+                break;
+            }
+            for row in &rows {
+                queued_writes |= self.resolve_row(row).await?;
+                total += 1;
+            }
+        }
+        if queued_writes {
+            self.inner.outbox_ready.notify_one();
+        }
+        Ok(total)
+    }
+
+    /// Resolve one claimed row. True when writes were queued.
+    async fn resolve_row(&self, row: &InboxRow) -> Result<bool> {
+        let obs = &row.observation;
+        let span = info_span!("resolve", system = %obs.system, user = %obs.external_id, key = %obs.delivery_key);
+        async {
+            let availability = self.map(obs);
+            let ctx_cfg = &self.inner.config.rules;
+            let topology = &self.inner.topology;
+            let now = self.now();
+            let resolved = self
+                .inner
+                .store
+                .resolve(row, &self.inner.instance, now, |_, view| {
+                    rules::decide(obs, availability, view, Context { topology, config: ctx_cfg, now })
+                })
+                .await?;
+            Ok(match resolved {
+                Resolved::LostClaim => {
+                    debug!("Claim passed to another instance");
+                    false
+                }
+                Resolved::UnknownRepresentative => {
+                    self.inner.stats.decided(Rule::UnknownRepresentative);
+                    debug!("Observation for a user not in the directory");
+                    false
+                }
+                Resolved::Decided { rep, decision } => {
+                    self.inner.stats.decided(decision.rule);
+                    debug!(rep = %rep, rule = decision.rule.as_str(), outcome = decision.outcome.as_str(),
+                        detail = %decision.detail, "Resolved");
+                    !decision.write_targets().is_empty()
+                }
+            })
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// The observation's canonical availability: the connector's mapping, then `remap`.
+    fn map(&self, obs: &Observation) -> Availability {
+        let mapped = match self.inner.connectors.get(&obs.system) {
+            Some(c) => c.to_canonical(&obs.native),
+            None => crate::connector::Mapped {
+                availability: Availability::Offline,
+                known: false,
+            },
+        };
+        if !mapped.known {
+            let key = (obs.system.clone(), obs.native.code.clone());
+            let first = self
+                .inner
+                .unmapped_logged
+                .lock()
+                .map(|mut s| s.insert(key))
+                .unwrap_or(false);
+            if first {
+                warn!(system = %obs.system, native = %obs.native.code, mapped = %mapped.availability,
+                    "Unmapped native state, treated as not available");
+            }
+        }
+        rules::remap(&self.inner.config.rules, obs, mapped.availability)
+    }
+
+    /// Make every outbox write due now, within each target's limits. Returns how many writes
+    /// were attempted. Stops early for a target that is throttled or out of tokens.
+    pub async fn dispatch_pending(&self) -> Result<usize> {
+        let mut total = 0;
+        let targets: Vec<SystemId> = self
+            .inner
+            .topology
+            .systems()
+            .filter(|s| self.inner.topology.capabilities(s).is_some_and(|c| c.write))
+            .cloned()
+            .collect();
+        for target in &targets {
+            total += self.dispatch_target(target).await?;
+        }
+        Ok(total)
+    }
+
+    async fn dispatch_target(&self, target: &SystemId) -> Result<usize> {
+        let Some(gate) = self.inner.gates.get(target) else {
+            return Ok(0);
+        };
+        let lease = self.inner.config.pipeline.lease_ms;
+        let mut total = 0;
+        loop {
+            let Ok(tokens) = gate.take(gate.max_in_flight) else {
+                break;
+            };
+            let now = self.now();
+            let rows = self
+                .inner
+                .store
+                .claim_outbox(target, &self.inner.instance, now, now + lease, tokens as i64)
+                .await?;
+            gate.give_back(tokens - rows.len());
+            if rows.is_empty() {
+                break;
+            }
+            total += rows.len();
+            let results: Vec<Result<()>> = stream::iter(rows)
+                .map(|row| self.write_one(row))
+                .buffer_unordered(gate.max_in_flight)
+                .collect()
+                .await;
+            for r in results {
+                r?;
+            }
+        }
+        Ok(total)
+    }
+
+    async fn write_one(&self, claimed: OutboxRow) -> Result<()> {
+        let store = &self.inner.store;
+        let ttl = self.inner.config.rules.echo_ttl_ms;
+        let Some((row, expectation)) = store
+            .begin_write(&claimed.rep_id, &claimed.target, &self.inner.instance, self.now(), ttl)
+            .await?
+        else {
+            return Ok(());
+        };
+        let span = info_span!("dispatch", rep = %row.rep_id, target = %row.target, version = row.version);
+        async {
+            let Some(connector) = self.inner.connectors.get(&row.target) else {
+                return Ok(());
+            };
+            let outcome = connector.write(&row.external_id, &row.desired).await;
+            let now = self.now();
+            let result = match outcome {
+                Ok(()) => {
+                    self.inner.stats.writes_ok.fetch_add(1, Ordering::Relaxed);
+                    debug!(lag_ms = now - row.origin_observed_at, "Written");
+                    WriteResult::Done
+                }
+                Err(e) => self.failed(&row, &e, now),
+            };
+            store
+                .finish_write(&row, &self.inner.instance, expectation, now, &result)
+                .await?;
+            Ok(())
+        }
+        .instrument(span)
+        .await
+    }
+
+    fn failed(&self, row: &OutboxRow, e: &ConnectorError, now: i64) -> WriteResult {
+        let cfg = self.inner.config.dispatch_for(&row.target);
+        let wait = match e.retry_after() {
+            Some(d) => {
+                if let Some(gate) = self.inner.gates.get(&row.target) {
+                    gate.pause(d);
+                }
+                d
+            }
+            None => backoff(cfg, row.attempts),
+        };
+        let permanent = !e.is_transient();
+        if permanent {
+            self.inner.stats.writes_failed.fetch_add(1, Ordering::Relaxed);
+            error!(error = %e, "Write rejected; the target stays out of sync until the next change or reconcile");
+        } else {
+            self.inner.stats.retries.fetch_add(1, Ordering::Relaxed);
+            warn!(error = %e, class = e.class(), retry_in_ms = wait.as_millis() as u64, "Write failed, will retry");
+        }
+        WriteResult::Failed {
+            permanent,
+            outcome_unknown: e.outcome_unknown(),
+            retry_at: now + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2),
+            class: e.class().to_owned(),
+            message: e.to_string(),
+        }
+    }
+
+    /// Read every system that can be read in bulk, feed what differs from presync's records into
+    /// the inbox as reconcile observations, and resolve them. Repair writes are queued in the
+    /// outbox; [`Engine::dispatch_pending`] (or the running service) sends them.
+    pub async fn reconcile(&self) -> Result<ReconcileReport> {
+        let run = uuid::Uuid::new_v4().simple().to_string();
+        let prefix = format!("reconcile:{run}:");
+        let mut report = ReconcileReport {
+            run_id: run.clone(),
+            ..ReconcileReport::default()
+        };
+        let systems: Vec<SystemId> = self.inner.topology.systems().cloned().collect();
+        for system in systems {
+            let caps = self.inner.topology.capabilities(&system);
+            let Some(connector) = self.inner.connectors.get(&system).filter(|_| caps.is_some_and(|c| c.bulk_read)) else {
+                continue;
+            };
+            let mut sr = SystemReconcile { system: system.clone(), ..SystemReconcile::default() };
+            let directory = self.inner.store.reconcile_snapshot(&system).await?;
+            let users: Vec<ExternalId> = directory.keys().cloned().collect();
+            let states = match connector.read_all(&users).await {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(system = %system, error = %e, "Reconcile read failed");
+                    sr.error = Some(e.to_string());
+                    report.systems.push(sr);
+                    continue;
+                }
+            };
+            let now = self.now();
+            let mut feed = Vec::new();
+            let mut seen = HashSet::new();
+            for s in states {
+                let Some(known) = directory.get(&s.external_id) else {
+                    sr.unknown += 1;
+                    continue;
+                };
+                if !seen.insert(s.external_id.clone()) {
+                    continue;
+                }
+                sr.read += 1;
+                let obs = Observation {
+                    system: system.clone(),
+                    external_id: s.external_id.clone(),
+                    native: s.native,
+                    source_time: s.source_time.unwrap_or(now),
+                    sequence: s.sequence,
+                    origin: s.origin,
+                    kind: ObservationKind::Reconcile,
+                    delivery_key: format!("{prefix}{system}:{}", s.external_id),
+                    observed_at: now,
+                };
+                let a = self.map(&obs);
+                if known.observed == Some(a) && known.canonical == Some(a) {
+                    sr.in_sync += 1;
+                } else {
+                    feed.push(obs);
+                }
+            }
+            sr.missing = users.len().saturating_sub(seen.len());
+            sr.fed = feed.len();
+            for chunk in feed.chunks(500) {
+                self.ingest_batch(chunk.to_vec()).await?;
+            }
+            report.systems.push(sr);
+        }
+        self.resolve_pending().await?;
+        for h in self.inner.store.history_with_key_prefix(&prefix).await? {
+            *report.decisions.entry(h.rule).or_default() += 1;
+        }
+        info!(run = %report.run_id, fed = report.systems.iter().map(|s| s.fed).sum::<usize>(),
+            drift = report.drift(), missed = report.missed_changes(), "Reconcile pass done");
+        Ok(report)
+    }
+
+    /// Run the resolver and dispatcher until `shutdown` completes, then drain in-flight work
+    /// within the configured deadline.
+    pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        self.recover().await?;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let resolver = tokio::spawn(self.clone().loop_resolver(stop_rx.clone()));
+        let dispatcher = tokio::spawn(self.clone().loop_dispatcher(stop_rx.clone()));
+        let janitor = tokio::spawn(self.clone().loop_janitor(stop_rx));
+        info!(instance = %self.inner.instance, "Engine running");
+        shutdown.await;
+        info!("Engine stopping");
+        let _ = stop_tx.send(true);
+        let deadline = Duration::from_millis(self.inner.config.pipeline.drain_deadline_ms);
+        let drained = tokio::time::timeout(deadline, async {
+            let _ = resolver.await;
+            let _ = dispatcher.await;
+            let _ = janitor.await;
+        })
+        .await;
+        if drained.is_err() {
+            warn!("Drain deadline passed; unfinished work stays claimed and is retried after its lease");
+        }
+        Ok(())
+    }
+
+    async fn loop_resolver(self, mut stop: watch::Receiver<bool>) {
+        let poll = Duration::from_millis(self.inner.config.pipeline.poll_interval_ms);
+        while !*stop.borrow() {
+            if let Err(e) = self.resolve_pending().await {
+                error!(error = %e, "Resolver pass failed");
+            }
+            tokio::select! {
+                _ = self.inner.inbox_ready.notified() => {}
+                _ = tokio::time::sleep(poll) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+
+    async fn loop_dispatcher(self, mut stop: watch::Receiver<bool>) {
+        let poll = Duration::from_millis(self.inner.config.pipeline.poll_interval_ms);
+        while !*stop.borrow() {
+            if let Err(e) = self.dispatch_pending().await {
+                error!(error = %e, "Dispatcher pass failed");
+            }
+            tokio::select! {
+                _ = self.inner.outbox_ready.notified() => {}
+                _ = tokio::time::sleep(poll) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+
+    async fn loop_janitor(self, mut stop: watch::Receiver<bool>) {
+        let cfg = &self.inner.config.pipeline;
+        while !*stop.borrow() {
+            let now = self.now();
+            match self
+                .inner
+                .store
+                .purge(now, now - cfg.dedup_retention_ms, now - cfg.history_retention_ms)
+                .await
+            {
+                Ok(n) if n > 0 => debug!(rows = n, "Purged old rows"),
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "Purge failed"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+}
+
+/// What one reconcile pass found.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ReconcileReport {
+    pub run_id: String,
+    pub systems: Vec<SystemReconcile>,
+    /// Decisions on the fed observations, by rule name.
+    pub decisions: BTreeMap<String, u64>,
+}
+
+impl ReconcileReport {
+    /// Targets found out of sync and queued for repair.
+    pub fn drift(&self) -> u64 {
+        self.decisions.get(Rule::Drift.as_str()).copied().unwrap_or(0)
+    }
+
+    /// Changes the events had missed, now applied.
+    pub fn missed_changes(&self) -> u64 {
+        self.decisions.get(Rule::LastWriterWins.as_str()).copied().unwrap_or(0)
+    }
+
+    /// Whether every system was read.
+    pub fn complete(&self) -> bool {
+        self.systems.iter().all(|s| s.error.is_none())
+    }
+}
+
+/// One system's part of a reconcile pass.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SystemReconcile {
+    pub system: SystemId,
+    /// Users read that are in the directory.
+    pub read: usize,
+    /// Of those, already equal to what presync observed and to the canonical state.
+    pub in_sync: usize,
+    /// Fed to the resolver.
+    pub fed: usize,
+    /// Users the read returned that are not in the directory.
+    pub unknown: usize,
+    /// Directory users the read did not return.
+    pub missing: usize,
+    pub error: Option<String>,
+}

@@ -1,0 +1,610 @@
+//! The conflict rules: what one observation does to one representative.
+//!
+//! [`decide`] is a pure function of the observation, the representative's stored state, the
+//! topology and the configuration. The store runs it inside the transaction that loads that state
+//! and persists the [`Decision`], so one observation is resolved atomically: canonical state,
+//! per-system state, expectations, outbox rows and the history row together.
+//!
+//! The rules run in the order of DESIGN.md; the first that decides wins:
+//!
+//! 1. **Echo.** An observation matching an open expectation of a write presync made to that system
+//!    (at the canonical level) records what the system shows and closes the expectation (and any
+//!    older ones of the same system), changing nothing else. An observation that does not match
+//!    closes the expectations whose writes had completed before it was received: the system moved
+//!    away from what presync wrote, so a later return to that state is the person's own. Writes
+//!    still in flight keep their expectation, since their echo may still come. A stale observation
+//!    (older than the last one from that system) never matches: it cannot be the echo of a newer
+//!    write.
+//! 2. **Stale or duplicate.** Older than the last observation from the same system (sequence when
+//!    both have one, else source time): dropped. Same sequence or time and state: duplicate. A
+//!    reconcile read equal to the last observation is `unchanged`; if the system nevertheless
+//!    differs from the canonical state and is a target of its source, a repair write is queued
+//!    (`drift`).
+//! 3. **Policies.** `debounce_offline` holds an automatic Offline for a grace window and drops it
+//!    when the system reports something newer within it; `manual_wins` keeps a state the person
+//!    set by hand against automatic changes from other systems, and writes it back to them.
+//!    (`remap` is applied while mapping, before rule 1.)
+//! 4. **Last writer wins** on source timestamps (clamped by the clock-skew bound), ties broken by
+//!    the configured system priority. An observation that agrees with the canonical availability
+//!    only advances its timestamp (a false conflict). A newer one becomes canonical and is written
+//!    to every target an edge from its system reaches, never back to it; a pending write to its
+//!    own system is cancelled, and for a system with contribution semantics presync's own
+//!    contribution there is withdrawn, so that it cannot hold the aggregate (the sticky echo).
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::RulesConfig;
+use crate::connector::WriteSemantics;
+use crate::model::{
+    Availability, Desired, Expectation, ExternalId, Millis, Observation, ObservationKind,
+    ObservedState, Origin, Presence, SystemId, SystemState,
+};
+use crate::topology::Topology;
+
+/// Everything the rules read about one representative.
+#[derive(Debug, Clone, Default)]
+pub struct RepView {
+    pub canonical: Option<Presence>,
+    pub systems: BTreeMap<SystemId, SystemState>,
+    /// Every stored expectation of this representative, open or expired.
+    pub expectations: Vec<Expectation>,
+    /// Outbox rows of this representative, by target.
+    pub outbox: BTreeMap<SystemId, PendingWrite>,
+    /// The representative's user id in each system.
+    pub external_ids: BTreeMap<SystemId, ExternalId>,
+}
+
+/// An outbox row as the rules see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingWrite {
+    /// `None` for a withdrawal.
+    pub availability: Option<Availability>,
+    /// Whether a dispatcher holds it (the write may be on the wire).
+    pub in_flight: bool,
+}
+
+/// The rule that decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rule {
+    Echo,
+    Stale,
+    Duplicate,
+    Unchanged,
+    Drift,
+    Deferred,
+    Debounced,
+    ManualWins,
+    Agree,
+    LastWriterWins,
+    Superseded,
+    UnknownRepresentative,
+}
+
+impl Rule {
+    /// The stable name used in history and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rule::Echo => "echo",
+            Rule::Stale => "stale",
+            Rule::Duplicate => "duplicate",
+            Rule::Unchanged => "unchanged",
+            Rule::Drift => "drift",
+            Rule::Deferred => "deferred",
+            Rule::Debounced => "debounced",
+            Rule::ManualWins => "manual_wins",
+            Rule::Agree => "agree",
+            Rule::LastWriterWins => "last_writer_wins",
+            Rule::Superseded => "superseded",
+            Rule::UnknownRepresentative => "unknown_representative",
+        }
+    }
+}
+
+/// What happened to the observation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The canonical availability changed.
+    Applied,
+    /// The system's observed state was recorded; the canonical availability did not change.
+    Recorded,
+    /// Nothing was recorded.
+    Dropped,
+    /// Put back in the inbox until `defer_until`.
+    Deferred,
+}
+
+impl Outcome {
+    /// The stable name used in history and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::Recorded => "recorded",
+            Outcome::Dropped => "dropped",
+            Outcome::Deferred => "deferred",
+        }
+    }
+}
+
+/// A change to the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutboxOp {
+    /// Make this the latest desired state of the target (replacing any pending one).
+    Upsert { target: SystemId, desired: Desired },
+    /// Drop the target's pending write. If a dispatcher already holds it, the write may land
+    /// after the newer state the target reported, so replace it with `if_in_flight` instead.
+    Cancel {
+        target: SystemId,
+        if_in_flight: Desired,
+    },
+}
+
+/// The effect of one observation, persisted atomically by the store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub rule: Rule,
+    pub outcome: Outcome,
+    /// The observation's canonical availability.
+    pub availability: Availability,
+    /// The new observed state of the observation's system, when it is recorded.
+    pub observed: Option<ObservedState>,
+    /// The new canonical presence, when it changed (availability or timestamp).
+    pub canonical: Option<Presence>,
+    pub close_expectations: Vec<i64>,
+    pub outbox: Vec<OutboxOp>,
+    pub defer_until: Option<Millis>,
+    /// Why, for people: `presync explain` prints it.
+    pub detail: String,
+}
+
+impl Decision {
+    fn new(rule: Rule, outcome: Outcome, availability: Availability, detail: String) -> Self {
+        Self {
+            rule,
+            outcome,
+            availability,
+            observed: None,
+            canonical: None,
+            close_expectations: Vec::new(),
+            outbox: Vec::new(),
+            defer_until: None,
+            detail,
+        }
+    }
+
+    /// The targets this decision queues writes for.
+    pub fn write_targets(&self) -> Vec<&SystemId> {
+        self.outbox
+            .iter()
+            .filter_map(|op| match op {
+                OutboxOp::Upsert { target, .. } => Some(target),
+                OutboxOp::Cancel { .. } => None,
+            })
+            .collect()
+    }
+}
+
+/// Inputs that do not belong to the representative.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    pub topology: &'a Topology,
+    pub config: &'a RulesConfig,
+    pub now: Millis,
+}
+
+/// Map-time policy: the availability after `remap`.
+pub fn remap(config: &RulesConfig, obs: &Observation, mapped: Availability) -> Availability {
+    config
+        .policies
+        .remap
+        .iter()
+        .find(|r| r.system == obs.system && r.matches(&obs.native.code))
+        .map_or(mapped, |r| r.to)
+}
+
+/// Apply the conflict rules to one observation. `availability` is the observation's canonical
+/// availability (after mapping and `remap`).
+pub fn decide(
+    obs: &Observation,
+    availability: Availability,
+    view: &RepView,
+    ctx: Context<'_>,
+) -> Decision {
+    let cfg = ctx.config;
+    let a = availability;
+    let sys = &obs.system;
+    let source_time = obs
+        .source_time
+        .min(obs.observed_at.saturating_add(cfg.max_clock_skew_ms));
+    let observed_now = ObservedState {
+        availability: a,
+        native: obs.native.clone(),
+        source_time,
+        sequence: obs.sequence,
+        observed_at: obs.observed_at,
+    };
+    let state = view.systems.get(sys).cloned().unwrap_or_default();
+    let order = state
+        .observed
+        .as_ref()
+        .map_or(Ordering::Greater, |prev| compare(&observed_now, prev));
+
+    let mut close: Vec<i64> = view
+        .expectations
+        .iter()
+        .filter(|e| e.expires_at <= ctx.now)
+        .map(|e| e.id)
+        .collect();
+    let open: Vec<&Expectation> = view
+        .expectations
+        .iter()
+        .filter(|e| &e.system == sys && e.expires_at > ctx.now)
+        .collect();
+
+    // Rule 1: echo suppression by recorded expectation.
+    if order != Ordering::Less {
+        if let Some(hit) = open
+            .iter()
+            .filter(|e| e.availability == a)
+            .max_by_key(|e| e.id)
+        {
+            close.extend(open.iter().filter(|e| e.id <= hit.id).map(|e| e.id));
+            let mut d = Decision::new(
+                Rule::Echo,
+                Outcome::Recorded,
+                a,
+                format!(
+                    "echo of presync's write of {a} (version {}) to {sys}",
+                    hit.version
+                ),
+            );
+            d.observed = Some(observed_now);
+            d.close_expectations = close;
+            return d;
+        }
+        if obs.kind == ObservationKind::Event {
+            close.extend(
+                open.iter()
+                    .filter(|e| e.completed_at.is_some_and(|c| c <= obs.observed_at))
+                    .map(|e| e.id),
+            );
+        }
+    }
+
+    // Rule 3 (first part): an automatic Offline is held for its grace window. It runs before
+    // the stale check so that a superseded Offline is reported as debounced.
+    if let Some(grace) = debounce_grace(cfg, obs, a) {
+        let until = obs.observed_at.saturating_add(grace);
+        if ctx.now < until {
+            let mut d = Decision::new(
+                Rule::Deferred,
+                Outcome::Deferred,
+                a,
+                format!("automatic Offline from {sys} held for {grace} ms"),
+            );
+            d.defer_until = Some(until);
+            return d;
+        }
+        if order == Ordering::Less {
+            let mut d = Decision::new(
+                Rule::Debounced,
+                Outcome::Dropped,
+                a,
+                format!("Offline from {sys} superseded within its grace window"),
+            );
+            d.close_expectations = close;
+            return d;
+        }
+    }
+
+    // Rule 2: stale or duplicate.
+    if let Some(prev) = &state.observed {
+        let same_state = prev.availability == a && prev.native.code == obs.native.code;
+        if order == Ordering::Less {
+            let mut d = Decision::new(
+                Rule::Stale,
+                Outcome::Dropped,
+                a,
+                format!("older than the last observation from {sys}"),
+            );
+            d.close_expectations = close;
+            return d;
+        }
+        if order == Ordering::Equal && same_state {
+            let mut d = Decision::new(
+                Rule::Duplicate,
+                Outcome::Dropped,
+                a,
+                format!("same as the last observation from {sys}"),
+            );
+            d.close_expectations = close;
+            return d;
+        }
+        if obs.kind == ObservationKind::Reconcile && prev.availability == a {
+            let mut d = Decision::new(
+                Rule::Unchanged,
+                Outcome::Recorded,
+                a,
+                format!("{sys} unchanged since its last observation"),
+            );
+            d.observed = Some(observed_now);
+            d.close_expectations = close;
+            drift_repair(&mut d, view, sys, ctx);
+            return d;
+        }
+    }
+
+    let Some(current) = &view.canonical else {
+        return apply(obs, a, observed_now, close, view, ctx, None);
+    };
+
+    // Rule 3 (second part): a manual state holds against automatic changes.
+    if let Some(mw) = &cfg.policies.manual_wins {
+        if current.origin == Origin::Manual
+            && obs.origin != Origin::Manual
+            && &current.source != sys
+            && a != current.availability
+            && a != Availability::Offline
+            && source_time.saturating_sub(current.source_time) < mw.hold_ms
+        {
+            let mut d = Decision::new(
+                Rule::ManualWins,
+                Outcome::Recorded,
+                a,
+                format!(
+                    "{} set by hand in {} holds against automatic {a} from {sys}",
+                    current.availability, current.source
+                ),
+            );
+            d.observed = Some(observed_now);
+            d.close_expectations = close;
+            let routed = ctx
+                .topology
+                .route(&current.source, sys)
+                .is_some_and(|r| r.allows(current.availability));
+            if routed {
+                if let Some(op) = write_for(view, current, sys, ctx, true) {
+                    d.outbox.push(op);
+                }
+            }
+            return d;
+        }
+    }
+
+    // Rule 4: last writer wins.
+    if a == current.availability {
+        let mut d = Decision::new(
+            Rule::Agree,
+            Outcome::Recorded,
+            a,
+            format!("{sys} agrees with the canonical {a}"),
+        );
+        if source_time > current.source_time {
+            d.canonical = Some(Presence {
+                source_time,
+                ..current.clone()
+            });
+        }
+        d.observed = Some(observed_now);
+        d.close_expectations = close;
+        if view
+            .outbox
+            .get(sys)
+            .is_some_and(|p| !p.in_flight && p.availability == Some(a))
+        {
+            d.outbox.push(OutboxOp::Cancel {
+                target: sys.clone(),
+                if_in_flight: Desired::Set(current.clone()),
+            });
+        }
+        return d;
+    }
+    let newer = match source_time.cmp(&current.source_time) {
+        Ordering::Greater => true,
+        Ordering::Less => false,
+        Ordering::Equal => {
+            &current.source == sys || rank(cfg, sys) < rank(cfg, &current.source)
+        }
+    };
+    if newer {
+        return apply(obs, a, observed_now, close, view, ctx, Some(current));
+    }
+    let mut d = Decision::new(
+        Rule::Superseded,
+        Outcome::Recorded,
+        a,
+        format!(
+            "{a} from {sys} is older than the canonical {} from {}",
+            current.availability, current.source
+        ),
+    );
+    d.observed = Some(observed_now);
+    d.close_expectations = close;
+    if obs.kind == ObservationKind::Reconcile {
+        drift_repair(&mut d, view, sys, ctx);
+    }
+    d
+}
+
+/// The observation becomes canonical: queue writes to every target of its system.
+fn apply(
+    obs: &Observation,
+    a: Availability,
+    observed_now: ObservedState,
+    close: Vec<i64>,
+    view: &RepView,
+    ctx: Context<'_>,
+    previous: Option<&Presence>,
+) -> Decision {
+    let sys = &obs.system;
+    let presence = Presence {
+        availability: a,
+        native: obs.native.clone(),
+        source: sys.clone(),
+        source_time: observed_now.source_time,
+        origin: obs.origin,
+        observed_at: obs.observed_at,
+        version: previous.map_or(1, |p| p.version + 1),
+    };
+    let detail = match previous {
+        Some(p) => format!(
+            "{a} from {sys} is newer than {} from {}",
+            p.availability, p.source
+        ),
+        None => format!("first state seen: {a} from {sys}"),
+    };
+    let mut d = Decision::new(Rule::LastWriterWins, Outcome::Applied, a, detail);
+    for route in ctx.topology.routes_from(sys) {
+        if &route.to == sys || !route.allows(a) {
+            continue;
+        }
+        if let Some(op) = write_for(view, &presence, &route.to, ctx, false) {
+            d.outbox.push(op);
+        }
+    }
+    // The system that reported the new state must not receive an older pending write, and a
+    // contribution of presync's there must not hold its aggregate.
+    let own = view.systems.get(sys);
+    let contributes = ctx
+        .topology
+        .capabilities(sys)
+        .is_some_and(|c| c.write_semantics == WriteSemantics::Contribution)
+        && own
+            .and_then(|s| s.written.as_ref())
+            .is_some_and(|w| w.availability.is_some());
+    if contributes && view.external_ids.contains_key(sys) {
+        d.outbox.push(OutboxOp::Upsert {
+            target: sys.clone(),
+            desired: Desired::Withdraw,
+        });
+    } else if view.outbox.contains_key(sys) {
+        d.outbox.push(OutboxOp::Cancel {
+            target: sys.clone(),
+            if_in_flight: Desired::Set(presence.clone()),
+        });
+    }
+    d.observed = Some(observed_now);
+    d.canonical = Some(presence);
+    d.close_expectations = close;
+    d
+}
+
+/// The write that makes `target` show `presence`, unless it already does or cannot be written.
+/// `repair` writes even when the target's last observation matches presync's last write there.
+fn write_for(
+    view: &RepView,
+    presence: &Presence,
+    target: &SystemId,
+    ctx: Context<'_>,
+    repair: bool,
+) -> Option<OutboxOp> {
+    if !view.external_ids.contains_key(target) {
+        return None;
+    }
+    let caps = ctx.topology.capabilities(target)?;
+    if !caps.write {
+        return None;
+    }
+    let a = presence.availability;
+    let state = view.systems.get(target);
+    let pending = view.outbox.get(target);
+    let already = match caps.write_semantics {
+        // The target already shows it and nothing else is on its way there.
+        WriteSemantics::Overwrite => {
+            !repair
+                && pending.is_none_or(|p| p.availability == Some(a))
+                && state.is_some_and(|s| {
+                    s.observed.as_ref().is_some_and(|o| {
+                        o.availability == a
+                            && s.written.as_ref().is_none_or(|w| w.written_at <= o.observed_at)
+                    })
+                })
+        }
+        // presync's own contribution already says it.
+        WriteSemantics::Contribution => {
+            pending.is_none_or(|p| p.availability == Some(a))
+                && state
+                    .and_then(|s| s.written.as_ref())
+                    .is_some_and(|w| w.availability == Some(a))
+        }
+    };
+    if already {
+        return pending.map(|_| OutboxOp::Cancel {
+            target: target.clone(),
+            if_in_flight: Desired::Set(presence.clone()),
+        });
+    }
+    Some(OutboxOp::Upsert {
+        target: target.clone(),
+        desired: Desired::Set(presence.clone()),
+    })
+}
+
+/// A reconcile read found `sys` showing something other than the canonical state although it
+/// has not changed since presync last heard from it: presync's write never landed. Queue it again.
+fn drift_repair(d: &mut Decision, view: &RepView, sys: &SystemId, ctx: Context<'_>) {
+    let Some(c) = &view.canonical else { return };
+    if d.availability == c.availability || &c.source == sys {
+        return;
+    }
+    let Some(route) = ctx.topology.route(&c.source, sys) else {
+        return;
+    };
+    if !route.allows(c.availability) || view.outbox.contains_key(sys) {
+        return;
+    }
+    let write_pending = view
+        .expectations
+        .iter()
+        .any(|e| &e.system == sys && e.expires_at > ctx.now && !d.close_expectations.contains(&e.id));
+    if write_pending {
+        return;
+    }
+    if let Some(op) = write_for(view, c, sys, ctx, true) {
+        d.rule = Rule::Drift;
+        d.detail = format!(
+            "{sys} shows {} but the canonical state is {} from {}: repairing",
+            d.availability, c.availability, c.source
+        );
+        d.outbox.push(op);
+    }
+}
+
+fn debounce_grace(cfg: &RulesConfig, obs: &Observation, a: Availability) -> Option<i64> {
+    if a != Availability::Offline
+        || obs.kind != ObservationKind::Event
+        || obs.origin == Origin::Manual
+    {
+        return None;
+    }
+    cfg.policies
+        .debounce_offline
+        .iter()
+        .find(|d| d.system == obs.system)
+        .map(|d| d.grace_ms)
+}
+
+/// Order two observations of one system: by sequence when both have one, else by source time.
+fn compare(new: &ObservedState, prev: &ObservedState) -> Ordering {
+    match (new.sequence, prev.sequence) {
+        (Some(n), Some(p)) => n.cmp(&p),
+        _ => new.source_time.cmp(&prev.source_time),
+    }
+}
+
+fn rank(cfg: &RulesConfig, sys: &SystemId) -> (usize, SystemId) {
+    let i = cfg
+        .system_priority
+        .iter()
+        .position(|s| s == sys)
+        .unwrap_or(usize::MAX);
+    (i, sys.clone())
+}
+
+#[cfg(test)]
+#[path = "rules_tests.rs"]
+mod tests;

@@ -1,0 +1,427 @@
+//! The inbox (durable, deduplicated by delivery key) and the resolve transaction.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use sqlx::any::Any;
+use sqlx::{Row, Transaction};
+
+use super::{from_json, parse_availability, to_json, Result, Store};
+use crate::model::{
+    Availability, Desired, Expectation, ExternalId, Millis, Observation, Presence, RepId,
+    SystemId, SystemState,
+};
+use crate::rules::{Decision, OutboxOp, Outcome, PendingWrite, RepView, Rule};
+
+/// Whether an observation was new to the inbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Stored; it will be resolved.
+    Accepted,
+    /// A delivery with the same key was stored before; nothing was added.
+    Duplicate,
+}
+
+/// A claimed inbox row.
+#[derive(Debug, Clone)]
+pub struct InboxRow {
+    pub id: i64,
+    pub observation: Observation,
+}
+
+/// What the resolve transaction did.
+#[derive(Debug, Clone)]
+pub enum Resolved {
+    /// The row's claim had passed to another instance; nothing was done.
+    LostClaim,
+    /// The representative is not in the directory; recorded and dropped.
+    UnknownRepresentative,
+    /// The rules decided.
+    Decided { rep: RepId, decision: Decision },
+}
+
+impl Store {
+    /// Store observations in the inbox, in one transaction. Returns, per observation, whether it
+    /// was new. When this returns `Ok`, every accepted observation is durable.
+    pub async fn enqueue(&self, observations: &[Observation], now: Millis) -> Result<Vec<Enqueued>> {
+        let mut tx = self.pool.begin().await?;
+        let mut out = Vec::with_capacity(observations.len());
+        for obs in observations {
+            let n = sqlx::query(
+                "INSERT INTO inbox (delivery_key, system, external_id, observation, received_at, not_before)
+                 VALUES ($1, $2, $3, $4, $5, $5)
+                 ON CONFLICT (delivery_key) DO NOTHING",
+            )
+            .bind(obs.delivery_key.as_str())
+            .bind(obs.system.as_str())
+            .bind(obs.external_id.as_str())
+            .bind(to_json(obs))
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            out.push(if n == 1 {
+                Enqueued::Accepted
+            } else {
+                Enqueued::Duplicate
+            });
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// Claim up to `limit` due inbox rows for `instance` until `claim_until`.
+    pub async fn claim_inbox(
+        &self,
+        instance: &str,
+        now: Millis,
+        claim_until: Millis,
+        limit: i64,
+    ) -> Result<Vec<InboxRow>> {
+        let sql = format!(
+            "UPDATE inbox SET claimed_by = $1, claim_until = $2, attempts = attempts + 1
+             WHERE id IN (SELECT id FROM inbox
+                          WHERE done_at IS NULL AND not_before <= $3
+                            AND (claim_until IS NULL OR claim_until < $3)
+                          ORDER BY not_before, id LIMIT $4{})
+             RETURNING id, observation",
+            self.dialect.skip_locked()
+        );
+        let rows = sqlx::query(&sql)
+            .bind(instance)
+            .bind(claim_until)
+            .bind(now)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = rows
+            .into_iter()
+            .map(|r| {
+                Ok(InboxRow {
+                    id: r.try_get("id")?,
+                    observation: from_json(&r.try_get::<String, _>("observation")?, "inbox.observation")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        out.sort_by_key(|r| r.id);
+        Ok(out)
+    }
+
+    /// Resolve one claimed inbox row in one transaction: look the representative up, lock it,
+    /// load what the rules read, run `decide`, and persist the decision with its history row.
+    pub async fn resolve<F>(
+        &self,
+        row: &InboxRow,
+        instance: &str,
+        now: Millis,
+        decide: F,
+    ) -> Result<Resolved>
+    where
+        F: FnOnce(&RepId, &RepView) -> Decision + Send,
+    {
+        let obs = &row.observation;
+        let mut tx = self.pool.begin().await?;
+        let held: Option<i64> = sqlx::query_scalar(&format!(
+            "SELECT id FROM inbox WHERE id = $1 AND claimed_by = $2 AND done_at IS NULL{}",
+            self.dialect.lock_row()
+        ))
+        .bind(row.id)
+        .bind(instance)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if held.is_none() {
+            return Ok(Resolved::LostClaim);
+        }
+        let rep: Option<String> = sqlx::query_scalar(
+            "SELECT rep_id FROM external_ids WHERE system = $1 AND external_id = $2",
+        )
+        .bind(obs.system.as_str())
+        .bind(obs.external_id.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(rep) = rep.map(RepId) else {
+            insert_history(&mut tx, None, obs, now, Rule::UnknownRepresentative, Outcome::Dropped, None, None, &[],
+                &format!("{} user {} is not in the directory", obs.system, obs.external_id)).await?;
+            mark_done(&mut tx, row.id, now).await?;
+            tx.commit().await?;
+            return Ok(Resolved::UnknownRepresentative);
+        };
+        let view = load_view(&mut tx, self.dialect.lock_row(), &rep).await?;
+        let decision = decide(&rep, &view);
+        persist(&mut tx, &rep, obs, &view, &decision, now).await?;
+        match decision.defer_until {
+            Some(until) => {
+                sqlx::query(
+                    "UPDATE inbox SET not_before = $2, claimed_by = NULL, claim_until = NULL WHERE id = $1",
+                )
+                .bind(row.id)
+                .bind(until)
+                .execute(&mut *tx)
+                .await?;
+            }
+            None => mark_done(&mut tx, row.id, now).await?,
+        }
+        tx.commit().await?;
+        Ok(Resolved::Decided { rep, decision })
+    }
+
+    /// What the rules would read about a representative now (for people: admin API, explain).
+    pub async fn rep_view(&self, rep: &RepId) -> Result<RepView> {
+        let mut tx = self.pool.begin().await?;
+        let view = load_view(&mut tx, "", rep).await?;
+        tx.commit().await?;
+        Ok(view)
+    }
+}
+
+async fn mark_done(tx: &mut Transaction<'_, Any>, id: i64, now: Millis) -> Result<()> {
+    sqlx::query("UPDATE inbox SET done_at = $2, claimed_by = NULL, claim_until = NULL WHERE id = $1")
+        .bind(id)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Load a representative's state, locking its canonical row with `lock` (`FOR UPDATE` or "").
+pub(super) async fn load_view(
+    tx: &mut Transaction<'_, Any>,
+    lock: &str,
+    rep: &RepId,
+) -> Result<RepView> {
+    let presence: Option<String> = sqlx::query_scalar(&format!(
+        "SELECT presence FROM canonical WHERE rep_id = $1{lock}"
+    ))
+    .bind(rep.as_str())
+    .fetch_optional(&mut **tx)
+    .await?
+    .flatten();
+    let canonical: Option<Presence> = presence
+        .map(|p| from_json(&p, "canonical.presence"))
+        .transpose()?;
+
+    let mut systems = BTreeMap::new();
+    for r in sqlx::query("SELECT system, observed, written FROM system_state WHERE rep_id = $1")
+        .bind(rep.as_str())
+        .fetch_all(&mut **tx)
+        .await?
+    {
+        let observed: Option<String> = r.try_get("observed")?;
+        let written: Option<String> = r.try_get("written")?;
+        systems.insert(
+            SystemId(r.try_get("system")?),
+            SystemState {
+                observed: observed.map(|o| from_json(&o, "system_state.observed")).transpose()?,
+                written: written.map(|w| from_json(&w, "system_state.written")).transpose()?,
+            },
+        );
+    }
+
+    let mut expectations = Vec::new();
+    for r in sqlx::query(
+        "SELECT id, system, availability, version, opened_at, completed_at, expires_at
+         FROM expectations WHERE rep_id = $1 ORDER BY id",
+    )
+    .bind(rep.as_str())
+    .fetch_all(&mut **tx)
+    .await?
+    {
+        let availability: String = r.try_get("availability")?;
+        expectations.push(Expectation {
+            id: r.try_get("id")?,
+            system: SystemId(r.try_get("system")?),
+            availability: Availability::from_str(&availability)
+                .map_err(|e| super::corrupt("expectations.availability", e))?,
+            version: r.try_get("version")?,
+            opened_at: r.try_get("opened_at")?,
+            completed_at: r.try_get("completed_at")?,
+            expires_at: r.try_get("expires_at")?,
+        });
+    }
+
+    let mut outbox = BTreeMap::new();
+    for r in sqlx::query("SELECT target, availability, claimed_by FROM outbox WHERE rep_id = $1")
+        .bind(rep.as_str())
+        .fetch_all(&mut **tx)
+        .await?
+    {
+        let claimed: Option<String> = r.try_get("claimed_by")?;
+        outbox.insert(
+            SystemId(r.try_get("target")?),
+            PendingWrite {
+                availability: parse_availability(r.try_get("availability")?, "outbox.availability")?,
+                in_flight: claimed.is_some(),
+            },
+        );
+    }
+
+    let mut external_ids = BTreeMap::new();
+    for r in sqlx::query("SELECT system, external_id FROM external_ids WHERE rep_id = $1")
+        .bind(rep.as_str())
+        .fetch_all(&mut **tx)
+        .await?
+    {
+        external_ids.insert(SystemId(r.try_get("system")?), ExternalId(r.try_get("external_id")?));
+    }
+
+    Ok(RepView {
+        canonical,
+        systems,
+        expectations,
+        outbox,
+        external_ids,
+    })
+}
+
+/// Persist a decision: observed state, canonical state, expectations, outbox, history.
+async fn persist(
+    tx: &mut Transaction<'_, Any>,
+    rep: &RepId,
+    obs: &Observation,
+    view: &RepView,
+    d: &Decision,
+    now: Millis,
+) -> Result<()> {
+    if let Some(observed) = &d.observed {
+        sqlx::query(
+            "INSERT INTO system_state (rep_id, system, observed) VALUES ($1, $2, $3)
+             ON CONFLICT (rep_id, system) DO UPDATE SET observed = excluded.observed",
+        )
+        .bind(rep.as_str())
+        .bind(obs.system.as_str())
+        .bind(to_json(observed))
+        .execute(&mut **tx)
+        .await?;
+    }
+    if let Some(p) = &d.canonical {
+        sqlx::query("UPDATE canonical SET availability = $2, version = $3, presence = $4 WHERE rep_id = $1")
+            .bind(rep.as_str())
+            .bind(p.availability.as_str())
+            .bind(p.version)
+            .bind(to_json(p))
+            .execute(&mut **tx)
+            .await?;
+    }
+    for id in &d.close_expectations {
+        sqlx::query("DELETE FROM expectations WHERE id = $1")
+            .bind(*id)
+            .execute(&mut **tx)
+            .await?;
+    }
+    let version = d
+        .canonical
+        .as_ref()
+        .or(view.canonical.as_ref())
+        .map(|p| p.version);
+    for op in &d.outbox {
+        match op {
+            OutboxOp::Upsert { target, desired } => {
+                let Some(ext) = view.external_ids.get(target) else { continue };
+                upsert_outbox(tx, rep, target, ext, desired, d.rule.as_str(), obs.observed_at, now).await?;
+            }
+            OutboxOp::Cancel { target, if_in_flight } => {
+                let row: Option<Option<String>> = sqlx::query_scalar(
+                    "SELECT claimed_by FROM outbox WHERE rep_id = $1 AND target = $2",
+                )
+                .bind(rep.as_str())
+                .bind(target.as_str())
+                .fetch_optional(&mut **tx)
+                .await?;
+                match row {
+                    Some(Some(_)) => {
+                        if let Some(ext) = view.external_ids.get(target) {
+                            upsert_outbox(tx, rep, target, ext, if_in_flight, "repair_after_race", obs.observed_at, now)
+                                .await?;
+                        }
+                    }
+                    Some(None) => {
+                        sqlx::query("DELETE FROM outbox WHERE rep_id = $1 AND target = $2")
+                            .bind(rep.as_str())
+                            .bind(target.as_str())
+                            .execute(&mut **tx)
+                            .await?;
+                    }
+                    None => {}
+                }
+            }
+        }
+    }
+    let writes: Vec<String> = d.write_targets().iter().map(|t| t.to_string()).collect();
+    insert_history(tx, Some(rep), obs, now, d.rule, d.outcome, Some(d.availability), version, &writes, &d.detail)
+        .await
+}
+
+/// Make `desired` the latest desired state of (rep, target), replacing any pending one.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn upsert_outbox(
+    tx: &mut Transaction<'_, Any>,
+    rep: &RepId,
+    target: &SystemId,
+    external_id: &ExternalId,
+    desired: &Desired,
+    reason: &str,
+    origin_observed_at: Millis,
+    now: Millis,
+) -> Result<()> {
+    let version = match desired {
+        Desired::Set(p) => p.version,
+        Desired::Withdraw => 0,
+    };
+    sqlx::query(
+        "INSERT INTO outbox (rep_id, target, external_id, desired, availability, version, seq, reason,
+                             origin_observed_at, enqueued_at, not_before, attempts)
+         VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $8, $9, $9, 0)
+         ON CONFLICT (rep_id, target) DO UPDATE SET
+             external_id = excluded.external_id, desired = excluded.desired,
+             availability = excluded.availability, version = excluded.version,
+             seq = outbox.seq + 1, reason = excluded.reason,
+             origin_observed_at = excluded.origin_observed_at, enqueued_at = excluded.enqueued_at,
+             not_before = excluded.not_before, attempts = 0",
+    )
+    .bind(rep.as_str())
+    .bind(target.as_str())
+    .bind(external_id.as_str())
+    .bind(to_json(desired))
+    .bind(desired.availability().map(|a| a.as_str()))
+    .bind(version)
+    .bind(reason)
+    .bind(origin_observed_at)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn insert_history(
+    tx: &mut Transaction<'_, Any>,
+    rep: Option<&RepId>,
+    obs: &Observation,
+    now: Millis,
+    rule: Rule,
+    outcome: Outcome,
+    availability: Option<Availability>,
+    version: Option<i64>,
+    writes: &[String],
+    detail: &str,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO history (rep_id, system, external_id, delivery_key, at, rule, outcome,
+                              availability, canonical_version, writes, detail)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    )
+    .bind(rep.map(|r| r.as_str()))
+    .bind(obs.system.as_str())
+    .bind(obs.external_id.as_str())
+    .bind(obs.delivery_key.as_str())
+    .bind(now)
+    .bind(rule.as_str())
+    .bind(outcome.as_str())
+    .bind(availability.map(|a| a.as_str()))
+    .bind(version)
+    .bind(to_json(&writes))
+    .bind(detail)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,411 @@
+//! The durable store: SQLite (embedded default, a file in WAL mode) or PostgreSQL (several
+//! instances sharing the work), chosen by the URL scheme.
+//!
+//! One [`Store`] type serves both through sqlx's `Any` driver. The SQL is written once with `$n`
+//! placeholders, which both backends accept; the few dialect differences (row locks,
+//! `SKIP LOCKED`) are in [`Dialect`]. Each backend owns its migrations, in `schema/sqlite` and
+//! `schema/postgres`, embedded in the binary.
+//!
+//! Concurrency: on PostgreSQL, inbox and outbox rows are claimed with `FOR UPDATE SKIP LOCKED`
+//! and a lease, so each row is processed by one instance at a time and a stopped instance's
+//! claims pass to another when the lease runs out; the resolver locks the representative's
+//! `canonical` row, so one representative is resolved by one instance at a time. On SQLite
+//! there is one connection, and one writer.
+
+mod directory;
+mod inbox;
+mod outbox;
+
+use std::str::FromStr;
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+pub use directory::Known;
+pub use inbox::{Enqueued, InboxRow, Resolved};
+pub use outbox::{OutboxRow, WriteResult};
+
+use crate::model::{Availability, Millis, RepId};
+
+/// Store errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("unsupported store URL scheme in {0:?}: expected sqlite: or postgres://")]
+    UnsupportedUrl(String),
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is corrupt ({what})")]
+    Corrupt {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("representative {0} is not in the directory")]
+    UnknownRepresentative(RepId),
+    #[error("external id {external_id} of {system} already belongs to representative {owner}")]
+    ExternalIdTaken {
+        system: String,
+        external_id: String,
+        owner: RepId,
+    },
+}
+
+/// `Result` with [`StoreError`].
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Which database a store talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+impl Dialect {
+    /// The backend a URL names.
+    pub fn of_url(url: &str) -> Result<Dialect> {
+        if url.starts_with("sqlite:") {
+            Ok(Dialect::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Dialect::Postgres)
+        } else {
+            Err(StoreError::UnsupportedUrl(redact_url(url)))
+        }
+    }
+
+    /// `FOR UPDATE` where the backend has row locks.
+    fn lock_row(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => " FOR UPDATE",
+        }
+    }
+
+    /// `FOR UPDATE SKIP LOCKED` where the backend has it.
+    fn skip_locked(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
+        }
+    }
+}
+
+/// A URL with any password replaced, safe for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// The durable store. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    dialect: Dialect,
+}
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../schema/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../schema/postgres");
+
+impl Store {
+    /// Connect to `url` (`sqlite:PATH` or `postgres://...`) and apply pending migrations.
+    pub async fn open(url: &str) -> Result<Store> {
+        let store = Store::connect(url).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Connect without migrating.
+    pub async fn connect(url: &str) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let dialect = Dialect::of_url(url)?;
+        let pool = match dialect {
+            Dialect::Sqlite => {
+                let url = if url.contains("mode=") {
+                    url.to_owned()
+                } else if url.contains('?') {
+                    format!("{url}&mode=rwc")
+                } else {
+                    format!("{url}?mode=rwc")
+                };
+                AnyPoolOptions::new()
+                    // One connection, one writer: SQLite serialises writers anyway, and a
+                    // single connection never meets SQLITE_BUSY from itself.
+                    .max_connections(1)
+                    .after_connect(|conn, _meta| {
+                        Box::pin(async move {
+                            for pragma in [
+                                "PRAGMA journal_mode = WAL",
+                                // Durable on power loss, not only on process crash: an
+                                // acknowledged webhook must survive both.
+                                "PRAGMA synchronous = FULL",
+                                "PRAGMA foreign_keys = ON",
+                                "PRAGMA busy_timeout = 10000",
+                            ] {
+                                sqlx::query(pragma).execute(&mut *conn).await?;
+                            }
+                            Ok(())
+                        })
+                    })
+                    .connect(&url)
+                    .await?
+            }
+            Dialect::Postgres => AnyPoolOptions::new().max_connections(8).connect(url).await?,
+        };
+        Ok(Store { pool, dialect })
+    }
+
+    /// Apply pending migrations of this backend.
+    pub async fn migrate(&self) -> Result<()> {
+        match self.dialect {
+            Dialect::Sqlite => SQLITE_MIGRATIONS.run(&self.pool).await?,
+            Dialect::Postgres => POSTGRES_MIGRATIONS.run(&self.pool).await?,
+        }
+        Ok(())
+    }
+
+    /// The backend.
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Close the pool, waiting for connections to be returned.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Rows waiting in the inbox and the outbox.
+    pub async fn queue_depths(&self) -> Result<QueueDepths> {
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM inbox WHERE done_at IS NULL) AS inbox,
+                    (SELECT COUNT(*) FROM outbox) AS outbox",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(QueueDepths {
+            inbox: row.try_get("inbox")?,
+            outbox: row.try_get("outbox")?,
+        })
+    }
+
+    /// Drop processed inbox rows older than `dedup_before`, history older than
+    /// `history_before` and expired expectations. Returns the number of rows removed.
+    pub async fn purge(
+        &self,
+        now: Millis,
+        dedup_before: Millis,
+        history_before: Millis,
+    ) -> Result<u64> {
+        let mut n = 0;
+        n += sqlx::query("DELETE FROM inbox WHERE done_at IS NOT NULL AND done_at < $1")
+            .bind(dedup_before)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        n += sqlx::query("DELETE FROM history WHERE at < $1")
+            .bind(history_before)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        n += sqlx::query("DELETE FROM expectations WHERE expires_at <= $1")
+            .bind(now)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(n)
+    }
+
+    /// Release every claim on inbox and outbox rows. Only for a store that no other instance
+    /// uses (SQLite at start-up): a crashed predecessor's claims need not wait for their lease.
+    pub async fn release_all_claims(&self) -> Result<()> {
+        sqlx::query("UPDATE inbox SET claimed_by = NULL, claim_until = NULL WHERE claimed_by IS NOT NULL")
+            .execute(&self.pool)
+            .await?;
+        sqlx::query("UPDATE outbox SET claimed_by = NULL, claim_until = NULL WHERE claimed_by IS NOT NULL")
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Take or renew the named lease for `holder` until `until`. True when `holder` holds it.
+    pub async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: Millis,
+        until: Millis,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO leases (name, holder, until) VALUES ($1, $2, $3)
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until
+             WHERE leases.holder = excluded.holder OR leases.until < $4",
+        )
+        .bind(name)
+        .bind(holder)
+        .bind(until)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}
+
+/// How much work is waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueueDepths {
+    pub inbox: i64,
+    pub outbox: i64,
+}
+
+/// One history row: a decision or a write outcome.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HistoryEntry {
+    pub id: i64,
+    pub rep_id: Option<RepId>,
+    pub system: String,
+    pub external_id: Option<String>,
+    pub delivery_key: Option<String>,
+    pub at: Millis,
+    pub rule: String,
+    pub outcome: String,
+    pub availability: Option<Availability>,
+    pub canonical_version: Option<i64>,
+    /// Targets a decision queued writes for.
+    pub writes: Vec<String>,
+    pub detail: String,
+}
+
+impl HistoryEntry {
+    fn from_row(row: &AnyRow) -> Result<HistoryEntry> {
+        let writes: Option<String> = row.try_get("writes")?;
+        let availability: Option<String> = row.try_get("availability")?;
+        Ok(HistoryEntry {
+            id: row.try_get("id")?,
+            rep_id: row.try_get::<Option<String>, _>("rep_id")?.map(RepId),
+            system: row.try_get("system")?,
+            external_id: row.try_get("external_id")?,
+            delivery_key: row.try_get("delivery_key")?,
+            at: row.try_get("at")?,
+            rule: row.try_get("rule")?,
+            outcome: row.try_get("outcome")?,
+            availability: availability
+                .map(|a| Availability::from_str(&a).map_err(|e| corrupt("history.availability", e)))
+                .transpose()?,
+            canonical_version: row.try_get("canonical_version")?,
+            writes: writes
+                .map(|w| from_json(&w, "history.writes"))
+                .transpose()?
+                .unwrap_or_default(),
+            detail: row.try_get("detail")?,
+        })
+    }
+}
+
+const HISTORY_COLUMNS: &str = "id, rep_id, system, external_id, delivery_key, at, rule, outcome, \
+                               availability, canonical_version, writes, detail";
+
+impl Store {
+    /// The newest `limit` history rows of a representative, newest first.
+    pub async fn history(&self, rep: &RepId, limit: i64) -> Result<Vec<HistoryEntry>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {HISTORY_COLUMNS} FROM history WHERE rep_id = $1 ORDER BY id DESC LIMIT $2"
+        ))
+        .bind(rep.as_str())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(HistoryEntry::from_row).collect()
+    }
+
+    /// Every history row of one delivery.
+    pub async fn history_for_delivery(&self, key: &str) -> Result<Vec<HistoryEntry>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {HISTORY_COLUMNS} FROM history WHERE delivery_key = $1 ORDER BY id"
+        ))
+        .bind(key)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(HistoryEntry::from_row).collect()
+    }
+
+    /// History rows whose delivery key starts with `prefix` (a reconcile run's observations).
+    pub async fn history_with_key_prefix(&self, prefix: &str) -> Result<Vec<HistoryEntry>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {HISTORY_COLUMNS} FROM history WHERE delivery_key >= $1 AND delivery_key < $2 ORDER BY id"
+        ))
+        .bind(prefix)
+        .bind(format!("{prefix}\u{10FFFF}"))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(HistoryEntry::from_row).collect()
+    }
+}
+
+pub(crate) fn corrupt(
+    what: &str,
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> StoreError {
+    StoreError::Corrupt {
+        what: what.to_owned(),
+        source: Box::new(e),
+    }
+}
+
+pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> String {
+    // Serialising the engine's own plain data types cannot fail.
+    serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned())
+}
+
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Result<T> {
+    serde_json::from_str(text).map_err(|e| corrupt(what, e))
+}
+
+pub(crate) fn parse_availability(text: Option<String>, what: &str) -> Result<Option<Availability>> {
+    text.map(|a| Availability::from_str(&a).map_err(|e| corrupt(what, e)))
+        .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dialect_is_chosen_by_url_scheme() {
+        assert_eq!(Dialect::of_url("sqlite:presync.db").ok(), Some(Dialect::Sqlite));
+        assert_eq!(
+            Dialect::of_url("postgres://u@h/db").ok(),
+            Some(Dialect::Postgres)
+        );
+        assert_eq!(
+            Dialect::of_url("postgresql://u@h/db").ok(),
+            Some(Dialect::Postgres)
+        );
+        let err = Dialect::of_url("mysql://root:hunter2@h/db").unwrap_err();
+        assert!(err.to_string().contains("expected sqlite: or postgres://"));
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn redacted_url_hides_the_password_only() {
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db:5432/presync"),
+            "postgres://app:***@db:5432/presync"
+        );
+        assert_eq!(redact_url("postgres://app@db/presync"), "postgres://app@db/presync");
+        assert_eq!(redact_url("sqlite:presync.db"), "sqlite:presync.db");
+    }
+}

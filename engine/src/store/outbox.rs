@@ -1,0 +1,309 @@
+//! The outbox: latest desired state per (representative, target), claimed by dispatchers.
+//!
+//! A write goes through three steps, each its own transaction:
+//! 1. [`Store::claim_outbox`] leases due rows of one target to one instance;
+//! 2. [`Store::begin_write`] re-reads the row (a newer desired state may have replaced it) and
+//!    records the echo expectation, durably, before anything goes on the wire;
+//! 3. [`Store::finish_write`] records the outcome: the written state, the expectation's
+//!    completion, and removes the row unless a newer desired state replaced it meanwhile.
+//!
+//! A crash between 2 and 3 leaves the row claimed; when the lease runs out it is written again.
+//! That is the only way a target receives the same write twice, and only when the first write's
+//! outcome was unknown.
+
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use super::{from_json, to_json, Result, Store};
+use crate::model::{Desired, ExternalId, Millis, RepId, SystemId, WrittenState};
+
+/// A claimed outbox row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRow {
+    pub rep_id: RepId,
+    pub target: SystemId,
+    pub external_id: ExternalId,
+    pub desired: Desired,
+    /// The canonical version it carries (0 for a withdrawal).
+    pub version: i64,
+    /// Grows with every replacement of the row's desired state.
+    pub seq: i64,
+    pub attempts: i64,
+    pub reason: String,
+    /// When the observation that caused it was received: the start of end-to-end lag.
+    pub origin_observed_at: Millis,
+}
+
+impl OutboxRow {
+    fn from_row(r: &AnyRow) -> Result<OutboxRow> {
+        Ok(OutboxRow {
+            rep_id: RepId(r.try_get("rep_id")?),
+            target: SystemId(r.try_get("target")?),
+            external_id: ExternalId(r.try_get("external_id")?),
+            desired: from_json(&r.try_get::<String, _>("desired")?, "outbox.desired")?,
+            version: r.try_get("version")?,
+            seq: r.try_get("seq")?,
+            attempts: r.try_get("attempts")?,
+            reason: r.try_get("reason")?,
+            origin_observed_at: r.try_get("origin_observed_at")?,
+        })
+    }
+}
+
+const OUTBOX_COLUMNS: &str =
+    "rep_id, target, external_id, desired, version, seq, attempts, reason, origin_observed_at";
+
+/// How a write ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteResult {
+    /// The target confirmed it.
+    Done,
+    /// It failed. `permanent`: drop the row. Otherwise retry at `retry_at`.
+    Failed {
+        permanent: bool,
+        outcome_unknown: bool,
+        retry_at: Millis,
+        class: String,
+        message: String,
+    },
+}
+
+impl Store {
+    /// Claim up to `limit` due rows of `target` for `instance` until `claim_until`.
+    pub async fn claim_outbox(
+        &self,
+        target: &SystemId,
+        instance: &str,
+        now: Millis,
+        claim_until: Millis,
+        limit: i64,
+    ) -> Result<Vec<OutboxRow>> {
+        let sql = format!(
+            "UPDATE outbox SET claimed_by = $1, claim_until = $2
+             WHERE (rep_id, target) IN (
+                 SELECT rep_id, target FROM outbox
+                 WHERE target = $3 AND not_before <= $4 AND (claim_until IS NULL OR claim_until < $4)
+                 ORDER BY not_before LIMIT $5{})
+             RETURNING {OUTBOX_COLUMNS}",
+            self.dialect.skip_locked()
+        );
+        let rows = sqlx::query(&sql)
+            .bind(instance)
+            .bind(claim_until)
+            .bind(target.as_str())
+            .bind(now)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(OutboxRow::from_row).collect()
+    }
+
+    /// The earliest time a row of `target` becomes due, if any row waits.
+    pub async fn next_due(&self, target: &SystemId) -> Result<Option<Millis>> {
+        let t: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(CASE WHEN claim_until IS NOT NULL AND claim_until > not_before
+                             THEN claim_until ELSE not_before END)
+             FROM outbox WHERE target = $1",
+        )
+        .bind(target.as_str())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(t)
+    }
+
+    /// Re-read a claimed row and record the echo expectation of the write about to be made.
+    /// `None` when the row is gone or no longer held by `instance` (a newer decision cancelled
+    /// it, or the lease passed): nothing should be written.
+    pub async fn begin_write(
+        &self,
+        rep: &RepId,
+        target: &SystemId,
+        instance: &str,
+        now: Millis,
+        echo_ttl: i64,
+    ) -> Result<Option<(OutboxRow, Option<i64>)>> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(&format!(
+            "SELECT {OUTBOX_COLUMNS} FROM outbox
+             WHERE rep_id = $1 AND target = $2 AND claimed_by = $3 AND claim_until >= $4{}",
+            self.dialect.lock_row()
+        ))
+        .bind(rep.as_str())
+        .bind(target.as_str())
+        .bind(instance)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row.as_ref().map(OutboxRow::from_row).transpose()? else {
+            return Ok(None);
+        };
+        let expectation = match &row.desired {
+            Desired::Set(p) => Some(
+                sqlx::query_scalar(
+                    "INSERT INTO expectations (rep_id, system, availability, version, opened_at, expires_at)
+                     VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+                )
+                .bind(rep.as_str())
+                .bind(target.as_str())
+                .bind(p.availability.as_str())
+                .bind(p.version)
+                .bind(now)
+                .bind(now.saturating_add(echo_ttl))
+                .fetch_one(&mut *tx)
+                .await?,
+            ),
+            Desired::Withdraw => None,
+        };
+        tx.commit().await?;
+        Ok(Some((row, expectation)))
+    }
+
+    /// Record how a write begun with [`Store::begin_write`] ended.
+    pub async fn finish_write(
+        &self,
+        row: &OutboxRow,
+        instance: &str,
+        expectation: Option<i64>,
+        now: Millis,
+        result: &WriteResult,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        // Lock the representative like the resolver does, so a decision and a write outcome
+        // of one representative never interleave.
+        if self.dialect == super::Dialect::Postgres {
+            sqlx::query("SELECT version FROM canonical WHERE rep_id = $1 FOR UPDATE")
+                .bind(row.rep_id.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        let rep = row.rep_id.as_str();
+        let target = row.target.as_str();
+        match result {
+            WriteResult::Done => {
+                if let Some(id) = expectation {
+                    sqlx::query("UPDATE expectations SET completed_at = $2 WHERE id = $1")
+                        .bind(id)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                let written = WrittenState {
+                    availability: row.desired.availability(),
+                    version: row.version,
+                    written_at: now,
+                };
+                sqlx::query(
+                    "INSERT INTO system_state (rep_id, system, written) VALUES ($1, $2, $3)
+                     ON CONFLICT (rep_id, system) DO UPDATE SET written = excluded.written",
+                )
+                .bind(rep)
+                .bind(target)
+                .bind(to_json(&written))
+                .execute(&mut *tx)
+                .await?;
+                let removed = sqlx::query(
+                    "DELETE FROM outbox WHERE rep_id = $1 AND target = $2 AND seq = $3 AND claimed_by = $4",
+                )
+                .bind(rep)
+                .bind(target)
+                .bind(row.seq)
+                .bind(instance)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if removed == 0 {
+                    release(&mut tx, row, instance, None).await?;
+                }
+                history(&mut tx, row, now, "write", "ok", &format!("wrote {} to {}", describe(&row.desired), target)).await?;
+            }
+            WriteResult::Failed { permanent, outcome_unknown, retry_at, class, message } => {
+                if let (Some(id), false) = (expectation, *outcome_unknown) {
+                    sqlx::query("DELETE FROM expectations WHERE id = $1")
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                if *permanent {
+                    let removed = sqlx::query(
+                        "DELETE FROM outbox WHERE rep_id = $1 AND target = $2 AND seq = $3 AND claimed_by = $4",
+                    )
+                    .bind(rep)
+                    .bind(target)
+                    .bind(row.seq)
+                    .bind(instance)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if removed == 0 {
+                        release(&mut tx, row, instance, None).await?;
+                    }
+                    history(&mut tx, row, now, "write", class,
+                        &format!("{target} refused {}: {message}", describe(&row.desired))).await?;
+                } else {
+                    release(&mut tx, row, instance, Some(*retry_at)).await?;
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Give a claimed row back, due at `retry_at` (or at once).
+async fn release(
+    tx: &mut sqlx::Transaction<'_, sqlx::any::Any>,
+    row: &OutboxRow,
+    instance: &str,
+    retry_at: Option<Millis>,
+) -> Result<()> {
+    let sql = if retry_at.is_some() {
+        "UPDATE outbox SET claimed_by = NULL, claim_until = NULL, attempts = attempts + 1, not_before = $4
+         WHERE rep_id = $1 AND target = $2 AND claimed_by = $3"
+    } else {
+        "UPDATE outbox SET claimed_by = NULL, claim_until = NULL
+         WHERE rep_id = $1 AND target = $2 AND claimed_by = $3"
+    };
+    let mut q = sqlx::query(sql)
+        .bind(row.rep_id.as_str())
+        .bind(row.target.as_str())
+        .bind(instance);
+    if let Some(t) = retry_at {
+        q = q.bind(t);
+    }
+    q.execute(&mut **tx).await?;
+    Ok(())
+}
+
+fn describe(d: &Desired) -> String {
+    match d {
+        Desired::Set(p) => format!("{} (version {})", p.availability, p.version),
+        Desired::Withdraw => "withdrawal of presync's contribution".to_owned(),
+    }
+}
+
+async fn history(
+    tx: &mut sqlx::Transaction<'_, sqlx::any::Any>,
+    row: &OutboxRow,
+    now: Millis,
+    rule: &str,
+    outcome: &str,
+    detail: &str,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO history (rep_id, system, external_id, delivery_key, at, rule, outcome,
+                              availability, canonical_version, writes, detail)
+         VALUES ($1, $2, $3, NULL, $4, $5, $6, $7, $8, NULL, $9)",
+    )
+    .bind(row.rep_id.as_str())
+    .bind(row.target.as_str())
+    .bind(row.external_id.as_str())
+    .bind(now)
+    .bind(rule)
+    .bind(outcome)
+    .bind(row.desired.availability().map(|a| a.as_str()))
+    .bind(row.version)
+    .bind(detail)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
