@@ -259,6 +259,14 @@ pub struct ObservedState {
     pub source_time: Millis,
     pub sequence: Option<i64>,
     pub observed_at: Millis,
+    /// Source time of the newest observation that was not an echo of presync's own write. The
+    /// stale rule compares against it, so an echo never makes the person's own earlier, not yet
+    /// delivered change look stale. `None` while only echoes were seen.
+    #[serde(default)]
+    pub genuine_time: Option<Millis>,
+    /// Sequence of that observation, when the system has one.
+    #[serde(default)]
+    pub genuine_sequence: Option<i64>,
 }
 
 /// The last state presync wrote to one system for one representative.

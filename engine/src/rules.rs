@@ -220,18 +220,20 @@ pub fn decide(
     let source_time = obs
         .source_time
         .min(obs.observed_at.saturating_add(cfg.max_clock_skew_ms));
+    let state = view.systems.get(sys).cloned().unwrap_or_default();
     let observed_now = ObservedState {
         availability: a,
         native: obs.native.clone(),
         source_time,
         sequence: obs.sequence,
         observed_at: obs.observed_at,
+        genuine_time: Some(source_time),
+        genuine_sequence: obs.sequence,
     };
-    let state = view.systems.get(sys).cloned().unwrap_or_default();
     let order = state
         .observed
         .as_ref()
-        .map_or(Ordering::Greater, |prev| compare(&observed_now, prev));
+        .map_or(Ordering::Greater, |prev| against_watermark(source_time, obs.sequence, prev));
 
     let mut close: Vec<i64> = view
         .expectations
@@ -262,14 +264,22 @@ pub fn decide(
                     hit.version
                 ),
             );
-            d.observed = Some(observed_now);
+            // What the system shows changes; the watermark of the person's own changes does not.
+            let prev = state.observed.as_ref();
+            d.observed = Some(ObservedState {
+                genuine_time: prev.and_then(|p| p.genuine_time),
+                genuine_sequence: prev.and_then(|p| p.genuine_sequence),
+                ..observed_now
+            });
             d.close_expectations = close;
             return d;
         }
         if obs.kind == ObservationKind::Event {
+            // Only writes that landed before this state was set: a write that landed after it
+            // overwrote it, and its echo is still to come.
             close.extend(
                 open.iter()
-                    .filter(|e| e.completed_at.is_some_and(|c| c <= obs.observed_at))
+                    .filter(|e| e.completed_at.is_some_and(|c| c <= source_time))
                     .map(|e| e.id),
             );
         }
@@ -469,14 +479,31 @@ fn apply(
     // The system that reported the new state must not receive an older pending write, and a
     // contribution of presync's there must not hold its aggregate.
     let own = view.systems.get(sys);
-    let contributes = ctx
-        .topology
-        .capabilities(sys)
-        .is_some_and(|c| c.write_semantics == WriteSemantics::Contribution)
+    let semantics = ctx.topology.capabilities(sys).map(|c| c.write_semantics);
+    let contributes = semantics == Some(WriteSemantics::Contribution)
         && own
             .and_then(|s| s.written.as_ref())
             .is_some_and(|w| w.availability.is_some());
-    if contributes && view.external_ids.contains_key(sys) {
+    // A write of presync's landed on this system after the person set this state there: either
+    // its echo was already seen (the system shows something newer), or its expectation is still
+    // open with a completion after this state's time. The write overwrote the person's newer
+    // choice, so put it back.
+    let overwritten = own
+        .and_then(|s| s.observed.as_ref())
+        .is_some_and(|o| o.availability != a && raw_order(o, &observed_now) == Ordering::Greater)
+        || view.expectations.iter().any(|e| {
+            &e.system == sys
+                && e.expires_at > ctx.now
+                && !close.contains(&e.id)
+                && e.availability != a
+                && e.completed_at.is_some_and(|c| c > observed_now.source_time)
+        });
+    if overwritten && semantics == Some(WriteSemantics::Overwrite) {
+        if let Some(op) = write_for(view, &presence, sys, ctx, true) {
+            d.detail.push_str(&format!("; repairing {sys}, where presync's older write overwrote it"));
+            d.outbox.push(op);
+        }
+    } else if contributes && view.external_ids.contains_key(sys) {
         d.outbox.push(OutboxOp::Upsert {
             target: sys.clone(),
             desired: Desired::Withdraw,
@@ -588,11 +615,20 @@ fn debounce_grace(cfg: &RulesConfig, obs: &Observation, a: Availability) -> Opti
         .map(|d| d.grace_ms)
 }
 
-/// Order two observations of one system: by sequence when both have one, else by source time.
-fn compare(new: &ObservedState, prev: &ObservedState) -> Ordering {
-    match (new.sequence, prev.sequence) {
+/// Order an observation against the watermark of the system's last non-echo observation: by
+/// sequence when both have one, else by source time.
+fn against_watermark(time: Millis, sequence: Option<i64>, prev: &ObservedState) -> Ordering {
+    match (sequence, prev.genuine_sequence) {
         (Some(n), Some(p)) => n.cmp(&p),
-        _ => new.source_time.cmp(&prev.source_time),
+        _ => prev.genuine_time.map_or(Ordering::Greater, |p| time.cmp(&p)),
+    }
+}
+
+/// Order two observed states by what the system showed last, echoes included.
+fn raw_order(a: &ObservedState, b: &ObservedState) -> Ordering {
+    match (a.sequence, b.sequence) {
+        (Some(x), Some(y)) => x.cmp(&y),
+        _ => a.source_time.cmp(&b.source_time),
     }
 }
 

@@ -1,0 +1,558 @@
+//! Unit tests of the conflict rules: one per rule and per hard case of DESIGN.md.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::*;
+use crate::clock::ManualClock;
+use crate::config::{DebounceOffline, ManualWins, Remap};
+use crate::connector::Connector;
+use crate::memory::MemorySystem;
+use crate::model::{NativeState, WrittenState};
+use crate::topology::{EdgeSpec, TopologyConfig};
+use Availability::*;
+
+const D365: &str = "d365";
+const TEAMS: &str = "teams";
+const T0: Millis = 1_000_000;
+
+fn topology() -> Topology {
+    let clock = Arc::new(ManualClock::new(T0));
+    let mut connectors: BTreeMap<SystemId, Arc<dyn Connector>> = BTreeMap::new();
+    connectors.insert(D365.into(), MemorySystem::new(D365, clock.clone()).connector());
+    connectors.insert(
+        TEAMS.into(),
+        MemorySystem::new(TEAMS, clock)
+            .with_semantics(WriteSemantics::Contribution)
+            .connector(),
+    );
+    Topology::build(&TopologyConfig::full_mesh(&connectors), &connectors).unwrap()
+}
+
+fn view() -> RepView {
+    let mut v = RepView::default();
+    v.external_ids.insert(D365.into(), "agent-1".into());
+    v.external_ids.insert(TEAMS.into(), "aad-1".into());
+    v
+}
+
+fn obs(system: &str, a: Availability, source_time: Millis) -> Observation {
+    Observation {
+        system: system.into(),
+        external_id: if system == D365 { "agent-1" } else { "aad-1" }.into(),
+        native: NativeState::new(a.as_str()),
+        source_time,
+        sequence: None,
+        origin: Origin::Automatic,
+        kind: ObservationKind::Event,
+        delivery_key: format!("{system}-{source_time}"),
+        observed_at: source_time,
+    }
+}
+
+fn presence(system: &str, a: Availability, t: Millis, version: i64) -> Presence {
+    Presence {
+        availability: a,
+        native: NativeState::new(a.as_str()),
+        source: system.into(),
+        source_time: t,
+        origin: Origin::Automatic,
+        observed_at: t,
+        version,
+    }
+}
+
+fn observed(a: Availability, t: Millis) -> ObservedState {
+    ObservedState {
+        availability: a,
+        native: NativeState::new(a.as_str()),
+        source_time: t,
+        sequence: None,
+        observed_at: t,
+        genuine_time: Some(t),
+        genuine_sequence: None,
+    }
+}
+
+fn expectation(id: i64, system: &str, a: Availability, completed: Option<Millis>) -> Expectation {
+    Expectation {
+        id,
+        system: system.into(),
+        availability: a,
+        version: 1,
+        opened_at: T0,
+        completed_at: completed,
+        expires_at: T0 + 600_000,
+    }
+}
+
+fn run(o: &Observation, v: &RepView, cfg: &RulesConfig, now: Millis) -> Decision {
+    let topo = topology();
+    let a = remap(cfg, o, o.native.code.parse().unwrap_or(Offline));
+    decide(o, a, v, Context { topology: &topo, config: cfg, now })
+}
+
+fn decide_default(o: &Observation, v: &RepView) -> Decision {
+    run(o, v, &RulesConfig::default(), o.observed_at)
+}
+
+fn upserts(d: &Decision) -> Vec<(String, Option<Availability>)> {
+    d.outbox
+        .iter()
+        .filter_map(|op| match op {
+            OutboxOp::Upsert { target, desired } => Some((target.to_string(), desired.availability())),
+            OutboxOp::Cancel { .. } => None,
+        })
+        .collect()
+}
+
+/// Apply a decision to a view the way the store does, for multi-step scenarios.
+fn fold(v: &mut RepView, o: &Observation, d: &Decision) {
+    if let Some(obs) = &d.observed {
+        v.systems.entry(o.system.clone()).or_default().observed = Some(obs.clone());
+    }
+    if let Some(c) = &d.canonical {
+        v.canonical = Some(c.clone());
+    }
+    v.expectations.retain(|e| !d.close_expectations.contains(&e.id));
+}
+
+#[test]
+fn first_observation_becomes_canonical_and_is_written_to_the_other_system() {
+    let d = decide_default(&obs(D365, Busy, T0), &view());
+    assert_eq!(d.rule, Rule::LastWriterWins);
+    assert_eq!(d.outcome, Outcome::Applied);
+    assert_eq!(d.canonical.as_ref().unwrap().version, 1);
+    assert_eq!(upserts(&d), vec![(TEAMS.into(), Some(Busy))]);
+}
+
+#[test]
+fn echo_of_our_own_write_is_not_propagated() {
+    let mut v = view();
+    v.canonical = Some(presence(D365, Busy, T0, 1));
+    v.expectations.push(expectation(7, TEAMS, Busy, Some(T0 + 10)));
+    let d = decide_default(&obs(TEAMS, Busy, T0 + 20), &v);
+    assert_eq!(d.rule, Rule::Echo);
+    assert!(d.outbox.is_empty());
+    assert!(d.canonical.is_none());
+    assert_eq!(d.close_expectations, vec![7]);
+    assert_eq!(d.observed.unwrap().availability, Busy);
+}
+
+#[test]
+fn echo_is_matched_at_the_canonical_level_not_the_native_one() {
+    let mut v = view();
+    v.canonical = Some(presence(D365, Busy, T0, 1));
+    v.expectations.push(expectation(1, TEAMS, Busy, None));
+    let mut o = obs(TEAMS, Busy, T0 + 5);
+    o.native = NativeState::new("Busy"); // presync wrote Busy/InACall; Teams echoes Busy/Busy
+    let cfg = RulesConfig::default();
+    let topo = topology();
+    let d = decide(&o, Busy, &v, Context { topology: &topo, config: &cfg, now: T0 + 5 });
+    assert_eq!(d.rule, Rule::Echo);
+}
+
+#[test]
+fn an_echo_closes_older_expectations_of_the_same_system_only() {
+    let mut v = view();
+    v.canonical = Some(presence(D365, Away, T0, 2));
+    v.expectations.push(expectation(1, TEAMS, Busy, Some(T0)));
+    v.expectations.push(expectation(2, TEAMS, Away, Some(T0)));
+    v.expectations.push(expectation(3, D365, Away, None));
+    let d = decide_default(&obs(TEAMS, Away, T0 + 5), &v);
+    assert_eq!(d.rule, Rule::Echo);
+    assert_eq!(d.close_expectations, vec![1, 2]);
+}
+
+#[test]
+fn a_stale_observation_is_never_taken_for_an_echo() {
+    let mut v = view();
+    v.canonical = Some(presence(D365, Busy, T0 + 50, 2));
+    v.systems.entry(TEAMS.into()).or_default().observed = Some(observed(Away, T0 + 40));
+    v.expectations.push(expectation(1, TEAMS, Busy, None));
+    let d = decide_default(&obs(TEAMS, Busy, T0 + 30), &v);
+    assert_eq!(d.rule, Rule::Stale);
+    assert!(d.close_expectations.is_empty());
+}
+
+#[test]
+fn expired_expectation_does_not_suppress_and_is_cleaned_up() {
+    let mut v = view();
+    v.canonical = Some(presence(D365, Busy, T0, 1));
+    let mut e = expectation(4, TEAMS, Available, Some(T0));
+    e.expires_at = T0 + 10;
+    v.expectations.push(e);
+    let d = decide_default(&obs(TEAMS, Available, T0 + 20), &v);
+    assert_eq!(d.rule, Rule::LastWriterWins);
+    assert_eq!(d.close_expectations, vec![4]);
+    assert_eq!(upserts(&d), vec![(D365.into(), Some(Available))]);
+}
+
+#[test]
+fn a_different_state_after_our_write_landed_closes_its_expectation() {
+    // presync wrote Available to Teams; the person was in a meeting (Busy), then the meeting
+    // ended and Teams shows Available. That Available is the person's, not an echo.
+    let mut v = view();
+    v.canonical = Some(presence(D365, Available, T0, 3));
+    v.expectations.push(expectation(9, TEAMS, Available, Some(T0 + 5)));
+    let meeting = obs(TEAMS, Busy, T0 + 10);
+    let d = decide_default(&meeting, &v);
+    assert_eq!(d.rule, Rule::LastWriterWins);
+    assert_eq!(d.close_expectations, vec![9]);
+    fold(&mut v, &meeting, &d);
+    let ended = obs(TEAMS, Available, T0 + 20);
+    let d = decide_default(&ended, &v);
+    assert_eq!(d.rule, Rule::LastWriterWins, "{}", d.detail);
+    assert_eq!(upserts(&d).first(), Some(&(D365.to_string(), Some(Available))));
+}
+
+#[test]
+fn an_in_flight_write_keeps_its_expectation_when_the_target_reports_something_else() {
+    let mut v = view();
+    v.canonical = Some(presence(TEAMS, Busy, T0, 2));
+    v.expectations.push(expectation(5, D365, Busy, None));
+    let d = decide_default(&obs(D365, Away, T0 + 10), &v);
+    assert!(!d.close_expectations.contains(&5));
+}
+
+#[test]
+fn an_older_sequence_is_dropped_as_stale() {
+    let mut v = view();
+    v.canonical = Some(presence(D365, Busy, T0, 1));
+    let mut prev = observed(Busy, T0);
+    prev.sequence = Some(10);
+    prev.genuine_sequence = Some(10);
+    v.systems.entry(D365.into()).or_default().observed = Some(prev);
+    let mut o = obs(D365, Available, T0 + 100);
+    o.sequence = Some(9);
+    let d = decide_default(&o, &v);
+    assert_eq!(d.rule, Rule::Stale);
+    assert!(d.outbox.is_empty() && d.observed.is_none());
+}
+
+#[test]
+fn an_older_source_time_is_dropped_as_stale_when_there_is_no_sequence() {
+    let mut v = view();
+    v.systems.entry(D365.into()).or_default().observed = Some(observed(Busy, T0 + 10));
+    let d = decide_default(&obs(D365, Available, T0 + 5), &v);
+    assert_eq!(d.rule, Rule::Stale);
+}
+
+#[test]
+fn the_same_state_at_the_same_time_is_a_duplicate() {
+    let mut v = view();
+    v.canonical = Some(presence(D365, Busy, T0, 1));
+    v.systems.entry(D365.into()).or_default().observed = Some(observed(Busy, T0));
+    let d = decide_default(&obs(D365, Busy, T0), &v);
+    assert_eq!(d.rule, Rule::Duplicate);
+    assert_eq!(d.outcome, Outcome::Dropped);
+}
+
+#[test]
+fn a_newer_observation_wins_and_is_never_written_back_to_its_source() {
+    let mut v = view();
+    v.canonical = Some(presence(TEAMS, Busy, T0, 1));
+    let d = decide_default(&obs(D365, Available, T0 + 1), &v);
+    assert_eq!(d.rule, Rule::LastWriterWins);
+    let targets: Vec<_> = upserts(&d).into_iter().map(|(t, _)| t).collect();
+    assert_eq!(targets, vec![TEAMS.to_string()]);
+    assert_eq!(d.canonical.unwrap().version, 2);
+}
+
+#[test]
+fn an_older_observation_from_another_system_is_superseded_without_writes() {
+    let mut v = view();
+    v.canonical = Some(presence(TEAMS, Busy, T0 + 10, 1));
+    let d = decide_default(&obs(D365, Available, T0 + 5), &v);
+    assert_eq!(d.rule, Rule::Superseded);
+    assert!(d.outbox.is_empty() && d.canonical.is_none());
+    assert_eq!(d.observed.unwrap().availability, Available);
+}
+
+#[test]
+fn equal_timestamps_are_broken_by_the_configured_system_priority() {
+    let mut v = view();
+    v.canonical = Some(presence(TEAMS, Busy, T0, 1));
+    let mut cfg = RulesConfig::default();
+    cfg.system_priority = vec![D365.into(), TEAMS.into()];
+    let d = run(&obs(D365, Available, T0), &v, &cfg, T0);
+    assert_eq!(d.rule, Rule::LastWriterWins);
+    cfg.system_priority = vec![TEAMS.into(), D365.into()];
+    let d = run(&obs(D365, Available, T0), &v, &cfg, T0);
+    assert_eq!(d.rule, Rule::Superseded);
+}
+
+#[test]
+fn agreement_advances_the_timestamp_without_writes() {
+    let mut v = view();
+    v.canonical = Some(presence(D365, Busy, T0, 4));
+    let d = decide_default(&obs(TEAMS, Busy, T0 + 30), &v);
+    assert_eq!(d.rule, Rule::Agree);
+    let c = d.canonical.unwrap();
+    assert_eq!((c.version, c.source_time, c.source.as_str()), (4, T0 + 30, D365));
+    assert!(d.outbox.is_empty());
+}
+
+#[test]
+fn a_source_time_from_the_future_is_clamped_by_the_skew_bound() {
+    let v = view();
+    let mut o = obs(D365, Busy, T0 + 3_600_000);
+    o.observed_at = T0;
+    let d = decide_default(&o, &v);
+    let cfg = RulesConfig::default();
+    assert_eq!(d.canonical.unwrap().source_time, T0 + cfg.max_clock_skew_ms);
+}
+
+#[test]
+fn a_reconcile_read_equal_to_the_last_observation_is_unchanged() {
+    let mut v = view();
+    v.canonical = Some(presence(D365, Busy, T0, 1));
+    v.systems.entry(TEAMS.into()).or_default().observed = Some(observed(Busy, T0));
+    let mut o = obs(TEAMS, Busy, T0 + 100);
+    o.kind = ObservationKind::Reconcile;
+    let d = decide_default(&o, &v);
+    assert_eq!(d.rule, Rule::Unchanged);
+    assert!(d.outbox.is_empty());
+}
+
+#[test]
+fn a_reconcile_read_finds_a_lost_write_and_queues_a_repair() {
+    // D365 became Busy; presync's write to Teams never landed, so Teams still shows what it
+    // showed before. Teams did not change: the read is drift, not a newer Teams state.
+    let mut v = view();
+    v.canonical = Some(presence(D365, Busy, T0 + 10, 2));
+    v.systems.entry(TEAMS.into()).or_default().observed = Some(observed(Available, T0));
+    let mut o = obs(TEAMS, Available, T0 + 100);
+    o.kind = ObservationKind::Reconcile;
+    let d = decide_default(&o, &v);
+    assert_eq!(d.rule, Rule::Drift, "{}", d.detail);
+    assert_eq!(upserts(&d), vec![(TEAMS.into(), Some(Busy))]);
+}
+
+#[test]
+fn a_reconcile_read_does_not_repair_while_a_write_is_on_its_way() {
+    let mut v = view();
+    v.canonical = Some(presence(D365, Busy, T0 + 10, 2));
+    v.systems.entry(TEAMS.into()).or_default().observed = Some(observed(Available, T0));
+    v.outbox.insert(TEAMS.into(), PendingWrite { availability: Some(Busy), in_flight: true });
+    let mut o = obs(TEAMS, Available, T0 + 100);
+    o.kind = ObservationKind::Reconcile;
+    assert_eq!(decide_default(&o, &v).rule, Rule::Unchanged);
+    v.outbox.clear();
+    v.expectations.push(expectation(3, TEAMS, Busy, None));
+    assert_eq!(decide_default(&o, &v).rule, Rule::Unchanged);
+}
+
+#[test]
+fn a_reconcile_read_of_a_missed_change_is_applied() {
+    let mut v = view();
+    v.canonical = Some(presence(D365, Available, T0, 1));
+    v.systems.entry(D365.into()).or_default().observed = Some(observed(Available, T0));
+    let mut o = obs(D365, Busy, T0 + 50);
+    o.kind = ObservationKind::Reconcile;
+    let d = decide_default(&o, &v);
+    assert_eq!(d.rule, Rule::LastWriterWins);
+    assert_eq!(upserts(&d), vec![(TEAMS.into(), Some(Busy))]);
+}
+
+#[test]
+fn a_change_at_a_contribution_system_withdraws_presyncs_contribution_there() {
+    // presync holds a Busy session in Teams (from D365). The person sets DND by hand in Teams:
+    // the canonical state becomes DND, and presync's stale Busy session is withdrawn so it can
+    // never hold the Teams aggregate once the person clears DND.
+    let mut v = view();
+    v.canonical = Some(presence(D365, Busy, T0, 1));
+    v.systems.entry(TEAMS.into()).or_default().written = Some(WrittenState {
+        availability: Some(Busy),
+        version: 1,
+        written_at: T0 + 1,
+    });
+    let d = decide_default(&obs(TEAMS, DoNotDisturb, T0 + 10), &v);
+    assert_eq!(d.rule, Rule::LastWriterWins);
+    assert_eq!(
+        upserts(&d),
+        vec![(D365.into(), Some(DoNotDisturb)), (TEAMS.into(), None)]
+    );
+}
+
+#[test]
+fn sticky_echo_settles_with_the_persons_real_state() {
+    // DESIGN.md: the person sets DND in Teams, presync writes DND to D365, D365 echoes DND. If
+    // that echo reached Teams, presync's session would hold DND after the person clears it.
+    let mut v = view();
+    let dnd = obs(TEAMS, DoNotDisturb, T0);
+    let d = decide_default(&dnd, &v);
+    assert_eq!(upserts(&d), vec![(D365.into(), Some(DoNotDisturb))]);
+    fold(&mut v, &dnd, &d);
+    v.expectations.push(expectation(1, D365, DoNotDisturb, Some(T0 + 5)));
+
+    let echo = obs(D365, DoNotDisturb, T0 + 8);
+    let d = decide_default(&echo, &v);
+    assert_eq!(d.rule, Rule::Echo);
+    assert!(d.outbox.is_empty(), "the echo must not be written to Teams");
+    fold(&mut v, &echo, &d);
+
+    let cleared = obs(TEAMS, Available, T0 + 60);
+    let d = decide_default(&cleared, &v);
+    assert_eq!(d.rule, Rule::LastWriterWins);
+    assert_eq!(upserts(&d), vec![(D365.into(), Some(Available))]);
+    fold(&mut v, &cleared, &d);
+    assert_eq!(v.canonical.unwrap().availability, Available);
+}
+
+#[test]
+fn a_pending_write_to_the_source_is_cancelled_by_its_newer_state() {
+    let mut v = view();
+    v.canonical = Some(presence(TEAMS, Busy, T0, 1));
+    v.outbox.insert(D365.into(), PendingWrite { availability: Some(Busy), in_flight: false });
+    let d = decide_default(&obs(D365, Away, T0 + 10), &v);
+    assert!(d.outbox.iter().any(|op| matches!(op,
+        OutboxOp::Cancel { target, if_in_flight: Desired::Set(p) } if target.as_str() == D365 && p.availability == Away)));
+}
+
+#[test]
+fn an_automatic_offline_is_deferred_for_its_grace_window() {
+    let mut v = view();
+    v.canonical = Some(presence(D365, Available, T0, 1));
+    let mut cfg = RulesConfig::default();
+    cfg.policies.debounce_offline = vec![DebounceOffline { system: D365.into(), grace_ms: 150_000 }];
+    let o = obs(D365, Offline, T0 + 10);
+    let d = run(&o, &v, &cfg, T0 + 10);
+    assert_eq!(d.rule, Rule::Deferred);
+    assert_eq!(d.defer_until, Some(T0 + 10 + 150_000));
+    assert!(d.observed.is_none() && d.outbox.is_empty());
+}
+
+#[test]
+fn an_offline_superseded_within_its_grace_window_is_debounced() {
+    let mut v = view();
+    v.canonical = Some(presence(D365, Available, T0, 1));
+    v.systems.entry(D365.into()).or_default().observed = Some(observed(Available, T0 + 60_000));
+    let mut cfg = RulesConfig::default();
+    cfg.policies.debounce_offline = vec![DebounceOffline { system: D365.into(), grace_ms: 150_000 }];
+    let d = run(&obs(D365, Offline, T0 + 10), &v, &cfg, T0 + 200_000);
+    assert_eq!(d.rule, Rule::Debounced);
+    assert!(d.outbox.is_empty());
+}
+
+#[test]
+fn an_offline_that_outlasts_its_grace_window_is_applied() {
+    let mut v = view();
+    v.canonical = Some(presence(D365, Available, T0, 1));
+    let mut cfg = RulesConfig::default();
+    cfg.policies.debounce_offline = vec![DebounceOffline { system: D365.into(), grace_ms: 150_000 }];
+    let d = run(&obs(D365, Offline, T0 + 10), &v, &cfg, T0 + 200_000);
+    assert_eq!(d.rule, Rule::LastWriterWins);
+    assert_eq!(upserts(&d), vec![(TEAMS.into(), Some(Offline))]);
+}
+
+#[test]
+fn a_manual_state_holds_against_an_automatic_change_and_is_written_back() {
+    let mut v = view();
+    let mut manual = presence(TEAMS, DoNotDisturb, T0, 3);
+    manual.origin = Origin::Manual;
+    v.canonical = Some(manual);
+    let mut cfg = RulesConfig::default();
+    cfg.policies.manual_wins = Some(ManualWins { hold_ms: 3_600_000 });
+    let d = run(&obs(D365, Available, T0 + 60_000), &v, &cfg, T0 + 60_000);
+    assert_eq!(d.rule, Rule::ManualWins);
+    assert_eq!(upserts(&d), vec![(D365.into(), Some(DoNotDisturb))]);
+    assert!(d.canonical.is_none());
+}
+
+#[test]
+fn a_manual_state_never_holds_against_signing_out() {
+    let mut v = view();
+    let mut manual = presence(TEAMS, DoNotDisturb, T0, 3);
+    manual.origin = Origin::Manual;
+    v.canonical = Some(manual);
+    let mut cfg = RulesConfig::default();
+    cfg.policies.manual_wins = Some(ManualWins { hold_ms: 3_600_000 });
+    let d = run(&obs(D365, Offline, T0 + 60_000), &v, &cfg, T0 + 60_000);
+    assert_eq!(d.rule, Rule::LastWriterWins);
+}
+
+#[test]
+fn remap_makes_a_teams_meeting_busy_for_routing() {
+    let mut cfg = RulesConfig::default();
+    cfg.policies.remap = vec![Remap { system: TEAMS.into(), native: "InAMeeting".into(), to: Busy }];
+    let mut o = obs(TEAMS, Available, T0);
+    o.native = NativeState::new("Available/InAMeeting");
+    assert_eq!(remap(&cfg, &o, Available), Busy);
+    o.system = D365.into();
+    assert_eq!(remap(&cfg, &o, Available), Available);
+}
+
+#[test]
+fn a_target_already_showing_the_new_state_is_not_written() {
+    let mut v = view();
+    v.canonical = Some(presence(TEAMS, Busy, T0, 1));
+    v.systems.entry(D365.into()).or_default().observed = Some(observed(Available, T0 + 5));
+    let d = decide_default(&obs(TEAMS, Available, T0 + 10), &v);
+    assert_eq!(d.rule, Rule::LastWriterWins);
+    assert!(upserts(&d).is_empty(), "{:?}", d.outbox);
+}
+
+#[test]
+fn a_target_without_an_external_id_is_not_written() {
+    let mut v = view();
+    v.external_ids.remove(&SystemId::from(TEAMS));
+    let d = decide_default(&obs(D365, Busy, T0), &v);
+    assert!(upserts(&d).is_empty());
+}
+
+#[test]
+fn an_edge_filter_keeps_other_availabilities_from_crossing() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let mut connectors: BTreeMap<SystemId, Arc<dyn Connector>> = BTreeMap::new();
+    connectors.insert(D365.into(), MemorySystem::new(D365, clock.clone()).connector());
+    connectors.insert(TEAMS.into(), MemorySystem::new(TEAMS, clock).connector());
+    let mut cfg = TopologyConfig::full_mesh(&connectors);
+    cfg.edges = vec![EdgeSpec { from: D365.into(), to: TEAMS.into(), only: Some(vec![Busy, DoNotDisturb]) }];
+    let topo = Topology::build(&cfg, &connectors).unwrap();
+    let rules = RulesConfig::default();
+    let ctx = Context { topology: &topo, config: &rules, now: T0 };
+    let d = decide(&obs(D365, Available, T0), Available, &view(), ctx);
+    assert!(upserts(&d).is_empty());
+    let d = decide(&obs(D365, Busy, T0), Busy, &view(), ctx);
+    assert_eq!(upserts(&d), vec![(TEAMS.into(), Some(Busy))]);
+}
+
+#[test]
+fn a_late_change_overwritten_by_our_write_wins_and_is_repaired_when_its_echo_came_first() {
+    // Teams set Busy at T0; presync wrote Busy to D365, landing at T0+15 and echoing at once.
+    // The person had set Away in D365 at T0+12, delivered late. Away is the newest genuine
+    // change: it wins, and D365 (which shows presync's Busy) is repaired.
+    let mut v = view();
+    v.canonical = Some(presence(TEAMS, Busy, T0, 1));
+    let mut echoed = observed(Busy, T0 + 15);
+    echoed.genuine_time = None;
+    v.systems.entry(D365.into()).or_default().observed = Some(echoed);
+    let d = decide_default(&obs(D365, Away, T0 + 12), &v);
+    assert_eq!(d.rule, Rule::LastWriterWins, "{}", d.detail);
+    assert_eq!(upserts(&d), vec![(TEAMS.into(), Some(Away)), (D365.into(), Some(Away))]);
+}
+
+#[test]
+fn a_late_change_overwritten_by_our_write_wins_and_is_repaired_when_it_comes_before_the_echo() {
+    let mut v = view();
+    v.canonical = Some(presence(TEAMS, Busy, T0, 1));
+    v.expectations.push(expectation(1, D365, Busy, Some(T0 + 15)));
+    let d = decide_default(&obs(D365, Away, T0 + 12), &v);
+    assert_eq!(d.rule, Rule::LastWriterWins, "{}", d.detail);
+    assert!(d.close_expectations.is_empty(), "the echo of the overwriting write is still to come");
+    assert_eq!(upserts(&d), vec![(TEAMS.into(), Some(Away)), (D365.into(), Some(Away))]);
+}
+
+#[test]
+fn an_echo_does_not_advance_the_stale_watermark() {
+    let mut v = view();
+    v.canonical = Some(presence(TEAMS, Busy, T0, 1));
+    v.expectations.push(expectation(1, D365, Busy, Some(T0 + 15)));
+    let echo = obs(D365, Busy, T0 + 15);
+    let d = decide_default(&echo, &v);
+    assert_eq!(d.rule, Rule::Echo);
+    let o = d.observed.unwrap();
+    assert_eq!((o.source_time, o.genuine_time), (T0 + 15, None));
+}
