@@ -4,9 +4,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use rand::Rng;
-use tokio::time::Instant;
 
 use crate::config::DispatchConfig;
+use crate::model::Millis;
 
 /// The gate every write to one target passes: rate limit and throttle pause.
 #[derive(Debug)]
@@ -20,8 +20,8 @@ pub(crate) struct TargetGate {
 #[derive(Debug)]
 struct GateState {
     tokens: f64,
-    refilled: Instant,
-    paused_until: Option<Instant>,
+    refilled: Option<Millis>,
+    paused_until: Option<Millis>,
 }
 
 impl TargetGate {
@@ -30,7 +30,7 @@ impl TargetGate {
         Self {
             state: Mutex::new(GateState {
                 tokens: capacity,
-                refilled: Instant::now(),
+                refilled: None,
                 paused_until: None,
             }),
             capacity,
@@ -39,20 +39,19 @@ impl TargetGate {
         }
     }
 
-    /// Take up to `want` tokens now. Returns how many were taken, or how long to wait when
+    /// Take up to `want` tokens at `now`. Returns how many were taken, or how long to wait when
     /// none can be.
-    pub(crate) fn take(&self, want: usize) -> Result<usize, Duration> {
+    pub(crate) fn take(&self, want: usize, now: Millis) -> Result<usize, Duration> {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
         if let Some(until) = s.paused_until {
             if until > now {
-                return Err(until - now);
+                return Err(Duration::from_millis(u64::try_from(until - now).unwrap_or(0)));
             }
             s.paused_until = None;
         }
-        let elapsed = now.duration_since(s.refilled).as_secs_f64() * 1000.0;
+        let elapsed = s.refilled.map_or(0, |r| (now - r).max(0)) as f64;
         s.tokens = (s.tokens + elapsed * self.per_ms).min(self.capacity);
-        s.refilled = now;
+        s.refilled = Some(now);
         let whole = s.tokens.floor() as usize;
         if whole == 0 {
             let missing = 1.0 - s.tokens;
@@ -70,9 +69,9 @@ impl TargetGate {
     }
 
     /// Stop every write to this target for `d` (the remote said `Retry-After`).
-    pub(crate) fn pause(&self, d: Duration) {
+    pub(crate) fn pause(&self, d: Duration, now: Millis) {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let until = Instant::now() + d;
+        let until = now.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2));
         if s.paused_until.is_none_or(|p| p < until) {
             s.paused_until = Some(until);
         }
@@ -123,23 +122,23 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn token_bucket_allows_the_configured_rate_and_no_more() {
+    #[test]
+    fn token_bucket_allows_the_configured_rate_and_no_more() {
         let g = TargetGate::new(&cfg(10, 1_000));
-        assert_eq!(g.take(100), Ok(10));
-        let wait = g.take(1).unwrap_err();
+        assert_eq!(g.take(100, 0), Ok(10));
+        let wait = g.take(1, 0).unwrap_err();
         assert!(wait <= Duration::from_millis(100), "{wait:?}");
-        tokio::time::advance(Duration::from_millis(500)).await;
-        assert_eq!(g.take(100), Ok(5));
+        assert_eq!(g.take(100, 500), Ok(5));
+        assert!(g.take(1, 500).is_err());
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn pause_blocks_until_retry_after_has_passed() {
+    #[test]
+    fn pause_blocks_until_retry_after_has_passed() {
         let g = TargetGate::new(&cfg(10, 1_000));
-        g.pause(Duration::from_millis(1_500));
-        let wait = g.take(1).unwrap_err();
+        g.pause(Duration::from_millis(1_500), 0);
+        let wait = g.take(1, 0).unwrap_err();
         assert_eq!(wait, Duration::from_millis(1_500));
-        tokio::time::advance(Duration::from_millis(1_500)).await;
-        assert!(g.take(1).is_ok());
+        assert!(g.take(1, 1_499).is_err());
+        assert!(g.take(1, 1_500).is_ok());
     }
 }

@@ -306,10 +306,10 @@ impl Engine {
         let lease = self.inner.config.pipeline.lease_ms;
         let mut total = 0;
         loop {
-            let Ok(tokens) = gate.take(gate.max_in_flight) else {
+            let now = self.now();
+            let Ok(tokens) = gate.take(gate.max_in_flight, now) else {
                 break;
             };
-            let now = self.now();
             let rows = self
                 .inner
                 .store
@@ -370,7 +370,7 @@ impl Engine {
         let wait = match e.retry_after() {
             Some(d) => {
                 if let Some(gate) = self.inner.gates.get(&row.target) {
-                    gate.pause(d);
+                    gate.pause(d, now);
                 }
                 d
             }
