@@ -24,8 +24,8 @@
 //!
 //! For a [`WriteSemantics::Contribution`] connector, the harness's users must have no other
 //! contribution at the remote (no own session, no preferred presence), so that the aggregate
-//! shows exactly what presync contributes. [`MemorySystem`](crate::memory::MemorySystem)
-//! implements `Harness` and serves as an example.
+//! shows exactly what presync contributes. The tests of [`crate::memory`] implement `Harness`
+//! for the in-memory connector: a short example to copy.
 
 use std::fmt;
 use std::panic::AssertUnwindSafe;

@@ -301,6 +301,10 @@ pub struct Expectation {
     /// When the target confirmed the write; `None` while in flight or when the outcome is unknown.
     pub completed_at: Option<Millis>,
     pub expires_at: Millis,
+    /// A later write's echo, or a different state the target reported after this write landed,
+    /// came first. Kept until it expires only to recognise this write's own late echo.
+    #[serde(default)]
+    pub superseded: bool,
 }
 
 /// What presync wants a target to hold.

@@ -155,6 +155,8 @@ pub struct Decision {
     /// The new canonical presence, when it changed (availability or timestamp).
     pub canonical: Option<Presence>,
     pub close_expectations: Vec<i64>,
+    /// Expectations kept only to recognise late echoes (see [`Expectation::superseded`]).
+    pub supersede_expectations: Vec<i64>,
     pub outbox: Vec<OutboxOp>,
     pub defer_until: Option<Millis>,
     /// Why, for people: `presync explain` prints it.
@@ -170,6 +172,7 @@ impl Decision {
             observed: None,
             canonical: None,
             close_expectations: Vec::new(),
+            supersede_expectations: Vec::new(),
             outbox: Vec::new(),
             defer_until: None,
             detail,
@@ -241,20 +244,44 @@ pub fn decide(
         .filter(|e| e.expires_at <= ctx.now)
         .map(|e| e.id)
         .collect();
-    let open: Vec<&Expectation> = view
+    // Where the system's timestamps can be trusted, an echo of a write carries a source time
+    // inside that write's time on the wire, give or take the clock-skew bound.
+    let timed = ctx
+        .topology
+        .capabilities(sys)
+        .is_some_and(|c| c.source_timestamps);
+    let skew = cfg.max_clock_skew_ms;
+    let could_echo = |e: &Expectation| {
+        e.availability == a
+            && (!timed
+                || (source_time >= e.opened_at.saturating_sub(skew)
+                    && e.completed_at.is_none_or(|c| source_time <= c.saturating_add(skew))))
+    };
+    let live: Vec<&Expectation> = view
         .expectations
         .iter()
         .filter(|e| &e.system == sys && e.expires_at > ctx.now)
         .collect();
+    let open: Vec<&Expectation> = live.iter().filter(|e| !e.superseded).copied().collect();
+    let mut supersede: Vec<i64> = Vec::new();
+    // Superseded expectations only help to recognise late echoes, which needs timestamps.
+    let retire = |ids: Vec<i64>, close: &mut Vec<i64>, supersede: &mut Vec<i64>| {
+        if timed {
+            supersede.extend(ids);
+        } else {
+            close.extend(ids);
+        }
+    };
 
     // Rule 1: echo suppression by recorded expectation.
     if order != Ordering::Less {
-        if let Some(hit) = open
-            .iter()
-            .filter(|e| e.availability == a)
-            .max_by_key(|e| e.id)
-        {
-            close.extend(open.iter().filter(|e| e.id <= hit.id).map(|e| e.id));
+        if let Some(hit) = open.iter().filter(|e| could_echo(e)).max_by_key(|e| e.id) {
+            close.push(hit.id);
+            retire(
+                open.iter().filter(|e| e.id < hit.id).map(|e| e.id).collect(),
+                &mut close,
+                &mut supersede,
+            );
             let mut d = Decision::new(
                 Rule::Echo,
                 Outcome::Recorded,
@@ -272,17 +299,39 @@ pub fn decide(
                 ..observed_now
             });
             d.close_expectations = close;
+            d.supersede_expectations = supersede;
             return d;
         }
-        if obs.kind == ObservationKind::Event {
-            // Only writes that landed before this state was set: a write that landed after it
-            // overwrote it, and its echo is still to come.
-            close.extend(
-                open.iter()
-                    .filter(|e| e.completed_at.is_some_and(|c| c <= source_time))
-                    .map(|e| e.id),
-            );
-        }
+    }
+    if let Some(late) = live
+        .iter()
+        .filter(|e| e.superseded && could_echo(e))
+        .max_by_key(|e| e.id)
+    {
+        let mut d = Decision::new(
+            Rule::Echo,
+            Outcome::Dropped,
+            a,
+            format!(
+                "late echo of presync's write of {a} (version {}) to {sys}, since superseded",
+                late.version
+            ),
+        );
+        d.close_expectations = close;
+        return d;
+    }
+    if order != Ordering::Less && obs.kind == ObservationKind::Event {
+        // The system moved away from what presync wrote, after the write landed: a later return
+        // to that state is the person's own. A write that landed after this state was set
+        // overwrote it, and its echo is still to come, so it stays open.
+        retire(
+            open.iter()
+                .filter(|e| e.completed_at.is_some_and(|c| c <= source_time))
+                .map(|e| e.id)
+                .collect(),
+            &mut close,
+            &mut supersede,
+        );
     }
 
     // Rule 3 (first part): an automatic Offline is held for its grace window. It runs before
@@ -307,6 +356,7 @@ pub fn decide(
                 format!("Offline from {sys} superseded within its grace window"),
             );
             d.close_expectations = close;
+            d.supersede_expectations = supersede;
             return d;
         }
     }
@@ -322,6 +372,7 @@ pub fn decide(
                 format!("older than the last observation from {sys}"),
             );
             d.close_expectations = close;
+            d.supersede_expectations = supersede;
             return d;
         }
         if order == Ordering::Equal && same_state {
@@ -332,6 +383,7 @@ pub fn decide(
                 format!("same as the last observation from {sys}"),
             );
             d.close_expectations = close;
+            d.supersede_expectations = supersede;
             return d;
         }
         if obs.kind == ObservationKind::Reconcile && prev.availability == a {
@@ -349,7 +401,7 @@ pub fn decide(
     }
 
     let Some(current) = &view.canonical else {
-        return apply(obs, a, observed_now, close, view, ctx, None);
+        return apply(obs, a, observed_now, (close, supersede), view, ctx, None);
     };
 
     // Rule 3 (second part): a manual state holds against automatic changes.
@@ -401,6 +453,7 @@ pub fn decide(
         }
         d.observed = Some(observed_now);
         d.close_expectations = close;
+        d.supersede_expectations = supersede;
         if view
             .outbox
             .get(sys)
@@ -421,7 +474,7 @@ pub fn decide(
         }
     };
     if newer {
-        return apply(obs, a, observed_now, close, view, ctx, Some(current));
+        return apply(obs, a, observed_now, (close, supersede), view, ctx, Some(current));
     }
     let mut d = Decision::new(
         Rule::Superseded,
@@ -434,6 +487,7 @@ pub fn decide(
     );
     d.observed = Some(observed_now);
     d.close_expectations = close;
+    d.supersede_expectations = supersede;
     if obs.kind == ObservationKind::Reconcile {
         drift_repair(&mut d, view, sys, ctx);
     }
@@ -445,7 +499,7 @@ fn apply(
     obs: &Observation,
     a: Availability,
     observed_now: ObservedState,
-    close: Vec<i64>,
+    (close, supersede): (Vec<i64>, Vec<i64>),
     view: &RepView,
     ctx: Context<'_>,
     previous: Option<&Presence>,
@@ -494,7 +548,9 @@ fn apply(
         || view.expectations.iter().any(|e| {
             &e.system == sys
                 && e.expires_at > ctx.now
+                && !e.superseded
                 && !close.contains(&e.id)
+                && !supersede.contains(&e.id)
                 && e.availability != a
                 && e.completed_at.is_some_and(|c| c > observed_now.source_time)
         });
@@ -517,6 +573,7 @@ fn apply(
     d.observed = Some(observed_now);
     d.canonical = Some(presence);
     d.close_expectations = close;
+    d.supersede_expectations = supersede;
     d
 }
 
@@ -587,7 +644,13 @@ fn drift_repair(d: &mut Decision, view: &RepView, sys: &SystemId, ctx: Context<'
     let write_pending = view
         .expectations
         .iter()
-        .any(|e| &e.system == sys && e.expires_at > ctx.now && !d.close_expectations.contains(&e.id));
+        .any(|e| {
+            &e.system == sys
+                && e.expires_at > ctx.now
+                && !e.superseded
+                && !d.close_expectations.contains(&e.id)
+                && !d.supersede_expectations.contains(&e.id)
+        });
     if write_pending {
         return;
     }

@@ -84,6 +84,7 @@ fn expectation(id: i64, system: &str, a: Availability, completed: Option<Millis>
         opened_at: T0,
         completed_at: completed,
         expires_at: T0 + 600_000,
+        superseded: false,
     }
 }
 
@@ -116,6 +117,9 @@ fn fold(v: &mut RepView, o: &Observation, d: &Decision) {
         v.canonical = Some(c.clone());
     }
     v.expectations.retain(|e| !d.close_expectations.contains(&e.id));
+    for e in &mut v.expectations {
+        e.superseded |= d.supersede_expectations.contains(&e.id);
+    }
 }
 
 #[test]
@@ -162,7 +166,32 @@ fn an_echo_closes_older_expectations_of_the_same_system_only() {
     v.expectations.push(expectation(3, D365, Away, None));
     let d = decide_default(&obs(TEAMS, Away, T0 + 5), &v);
     assert_eq!(d.rule, Rule::Echo);
-    assert_eq!(d.close_expectations, vec![1, 2]);
+    assert_eq!(d.close_expectations, vec![2]);
+    assert_eq!(d.supersede_expectations, vec![1]);
+}
+
+#[test]
+fn a_late_echo_of_a_superseded_write_is_dropped() {
+    // presync wrote Busy (landing at T0+10), then Away (T0+31); Away's echo came first. Busy's
+    // echo then arrives late: it must not count as a change of the person's.
+    let mut v = view();
+    v.canonical = Some(presence(D365, Away, T0 + 8, 2));
+    let mut busy = expectation(1, TEAMS, Busy, Some(T0 + 10));
+    busy.superseded = true;
+    v.expectations.push(busy);
+    let d = decide_default(&obs(TEAMS, Busy, T0 + 10), &v);
+    assert_eq!(d.rule, Rule::Echo, "{}", d.detail);
+    assert_eq!(d.outcome, Outcome::Dropped);
+    assert!(d.outbox.is_empty());
+}
+
+#[test]
+fn a_state_long_after_a_write_is_not_its_echo() {
+    let mut v = view();
+    v.canonical = Some(presence(D365, Busy, T0, 1));
+    v.expectations.push(expectation(1, TEAMS, Available, Some(T0 + 10)));
+    let d = decide_default(&obs(TEAMS, Available, T0 + 10 * 60_000), &v);
+    assert_eq!(d.rule, Rule::LastWriterWins);
 }
 
 #[test]
@@ -199,9 +228,9 @@ fn a_different_state_after_our_write_landed_closes_its_expectation() {
     let meeting = obs(TEAMS, Busy, T0 + 10);
     let d = decide_default(&meeting, &v);
     assert_eq!(d.rule, Rule::LastWriterWins);
-    assert_eq!(d.close_expectations, vec![9]);
+    assert_eq!(d.supersede_expectations, vec![9]);
     fold(&mut v, &meeting, &d);
-    let ended = obs(TEAMS, Available, T0 + 20);
+    let ended = obs(TEAMS, Available, T0 + 30 * 60_000);
     let d = decide_default(&ended, &v);
     assert_eq!(d.rule, Rule::LastWriterWins, "{}", d.detail);
     assert_eq!(upserts(&d).first(), Some(&(D365.to_string(), Some(Available))));

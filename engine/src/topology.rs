@@ -17,7 +17,7 @@ use std::sync::Arc;
 use petgraph::algo::{has_path_connecting, DfsSpace};
 use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::visit::EdgeRef;
-use petgraph::Direction;
+use petgraph::Direction::Incoming;
 use serde::{Deserialize, Serialize};
 
 use crate::connector::{Capabilities, Connector, WriteSemantics};
@@ -56,16 +56,29 @@ pub struct EdgeSpec {
     pub only: Option<Vec<Availability>>,
 }
 
+impl SystemSpec {
+    /// A system named `name` expecting a connector of `kind`.
+    pub fn new(name: impl Into<SystemId>, kind: impl Into<String>) -> Self {
+        let (name, kind) = (name.into(), kind.into());
+        Self { name, kind }
+    }
+}
+
+impl EdgeSpec {
+    /// An edge `from -> to` that propagates every availability.
+    pub fn new(from: impl Into<SystemId>, to: impl Into<SystemId>) -> Self {
+        let (from, to, only) = (from.into(), to.into(), None);
+        Self { from, to, only }
+    }
+}
+
 impl TopologyConfig {
     /// Every pair of the given systems connected both ways (a full mesh), kinds taken from the
     /// connectors. Systems and edges come in the map's (sorted) order.
     pub fn full_mesh(connectors: &BTreeMap<SystemId, Arc<dyn Connector>>) -> TopologyConfig {
         let systems = connectors
             .iter()
-            .map(|(name, c)| SystemSpec {
-                name: name.clone(),
-                kind: c.kind().to_owned(),
-            })
+            .map(|(name, c)| SystemSpec::new(name.clone(), c.kind()))
             .collect();
         let edges = connectors
             .keys()
@@ -73,11 +86,7 @@ impl TopologyConfig {
                 connectors
                     .keys()
                     .filter(move |to| *to != from)
-                    .map(move |to| EdgeSpec {
-                        from: from.clone(),
-                        to: to.clone(),
-                        only: None,
-                    })
+                    .map(move |to| EdgeSpec::new(from.clone(), to.clone()))
             })
             .collect();
         TopologyConfig { systems, edges }
@@ -102,16 +111,18 @@ impl Route {
     }
 }
 
-/// A node of the graph: one system and what its connector can do.
+/// A node of the graph: one system and what its connector can do (`None` only while an
+/// unknown connector is being reported).
 #[derive(Debug, Clone)]
 struct SystemNode {
     id: SystemId,
-    capabilities: Capabilities,
+    capabilities: Option<Capabilities>,
 }
 
 /// The validated topology. Cheap to query; built once before start.
 #[derive(Debug, Clone)]
 pub struct Topology {
+    /// Nodes and edges in config order (skipping duplicates), so indices follow the config.
     graph: DiGraph<SystemNode, Route>,
     index: BTreeMap<SystemId, NodeIndex>,
 }
@@ -122,152 +133,109 @@ impl Topology {
         config: &TopologyConfig,
         connectors: &BTreeMap<SystemId, Arc<dyn Connector>>,
     ) -> Result<Topology, TopologyErrors> {
+        use TopologyError as E;
         let mut errors = Vec::new();
+        let mut graph = DiGraph::with_capacity(config.systems.len(), config.edges.len());
 
-        // Systems: the first declaration of a name wins; its position is its node index.
-        let mut declared: BTreeMap<&SystemId, (NodeIndex, Option<Capabilities>)> = BTreeMap::new();
-        let mut shape: DiGraph<(), ()> = DiGraph::new();
-        for (index, spec) in config.systems.iter().enumerate() {
-            if let Some((first, _)) = declared.get(&spec.name) {
-                errors.push(TopologyError::DuplicateSystem {
+        // Systems: the first declaration of a name wins.
+        let mut index = BTreeMap::new();
+        for (i, spec) in config.systems.iter().enumerate() {
+            let system = spec.name.clone();
+            if let Some(first) = index.get(&spec.name).map(|n: &NodeIndex| n.index()) {
+                let (index, first) = (i, first);
+                errors.push(E::DuplicateSystem {
                     index,
-                    system: spec.name.clone(),
-                    first: first.index(),
-                });
-                continue;
-            }
-            let capabilities = match connectors.get(&spec.name) {
-                None => {
-                    errors.push(TopologyError::UnknownConnector {
-                        index,
-                        system: spec.name.clone(),
-                        expected: connectors.keys().cloned().collect(),
-                    });
-                    None
-                }
-                Some(c) => {
-                    if c.kind() != spec.kind {
-                        errors.push(TopologyError::KindMismatch {
-                            index,
-                            system: spec.name.clone(),
-                            declared: spec.kind.clone(),
-                            actual: c.kind(),
-                        });
-                    }
-                    Some(c.capabilities())
-                }
-            };
-            declared.insert(&spec.name, (shape.add_node(()), capabilities));
-        }
-
-        // Edges: the structure goes into `shape` for the cycle check, one edge per valid spec.
-        let mut seen: BTreeMap<(&SystemId, &SystemId), usize> = BTreeMap::new();
-        let mut valid: Vec<(usize, NodeIndex, NodeIndex)> = Vec::new();
-        for (index, edge) in config.edges.iter().enumerate() {
-            let (from, to) = (&edge.from, &edge.to);
-            let endpoints: &[&SystemId] = if from == to { &[from] } else { &[from, to] };
-            for system in endpoints {
-                if !declared.contains_key(*system) {
-                    errors.push(TopologyError::UnknownSystemInEdge {
-                        index,
-                        from: from.clone(),
-                        to: to.clone(),
-                        system: (*system).clone(),
-                        expected: declared.keys().map(|s| (*s).clone()).collect(),
-                    });
-                }
-            }
-            if edge.only.as_ref().is_some_and(Vec::is_empty) {
-                errors.push(TopologyError::EmptyOnly {
-                    index,
-                    from: from.clone(),
-                    to: to.clone(),
-                });
-            }
-            if from == to {
-                errors.push(TopologyError::SelfLoop {
-                    index,
-                    system: from.clone(),
-                });
-                continue;
-            }
-            if let Some(&first) = seen.get(&(from, to)) {
-                errors.push(TopologyError::DuplicateEdge {
-                    index,
-                    from: from.clone(),
-                    to: to.clone(),
+                    system,
                     first,
                 });
                 continue;
             }
-            seen.insert((from, to), index);
-            let (Some(&(a, source)), Some(&(b, target))) = (declared.get(from), declared.get(to))
-            else {
+            let connector = connectors.get(&spec.name);
+            match connector {
+                None => errors.push(E::UnknownConnector {
+                    index: i,
+                    system: system.clone(),
+                    expected: connectors.keys().cloned().collect(),
+                }),
+                Some(c) if c.kind() != spec.kind => errors.push(E::KindMismatch {
+                    index: i,
+                    system: system.clone(),
+                    declared: spec.kind.clone(),
+                    actual: c.kind(),
+                }),
+                Some(_) => {}
+            }
+            let capabilities = connector.map(|c| c.capabilities());
+            let id = system.clone();
+            let node = graph.add_node(SystemNode { id, capabilities });
+            index.insert(system, node);
+        }
+
+        // Edges: each valid, first-seen edge becomes a route; `at` maps route -> config index.
+        let mut at = Vec::with_capacity(config.edges.len());
+        for (i, spec) in config.edges.iter().enumerate() {
+            let (from, to) = (&spec.from, &spec.to);
+            let edge = EdgeAt::new(i, from, to);
+            let endpoints: &[&SystemId] = if from == to { &[from] } else { &[from, to] };
+            for system in endpoints.iter().filter(|s| !index.contains_key(**s)) {
+                errors.push(E::UnknownSystemInEdge {
+                    edge: edge.clone(),
+                    system: (*system).clone(),
+                    expected: config.systems.iter().map(|s| s.name.clone()).collect(),
+                });
+            }
+            if spec.only.as_ref().is_some_and(Vec::is_empty) {
+                errors.push(E::EmptyOnly { edge: edge.clone() });
+            }
+            if from == to {
+                errors.push(E::SelfLoop { edge });
+                continue;
+            }
+            let (Some(&a), Some(&b)) = (index.get(from), index.get(to)) else {
                 continue;
             };
+            if let Some(existing) = graph.find_edge(a, b) {
+                let first = at[existing.index()];
+                errors.push(E::DuplicateEdge { edge, first });
+                continue;
+            }
+            let (source, target) = (graph[a].capabilities, graph[b].capabilities);
             if source.is_some_and(|c| !(c.push_ingress || c.bulk_read)) {
-                errors.push(TopologyError::SourceCannotObserve {
-                    index,
-                    from: from.clone(),
-                    to: to.clone(),
-                });
+                errors.push(E::SourceCannotObserve { edge: edge.clone() });
             }
             if target.is_some_and(|c| !c.write) {
-                errors.push(TopologyError::TargetCannotWrite {
-                    index,
-                    from: from.clone(),
-                    to: to.clone(),
-                });
+                errors.push(E::TargetCannotWrite { edge: edge.clone() });
             }
-            shape.add_edge(a, b, ());
-            valid.push((index, a, b));
+            // An unknown target is already reported; its semantics never reach a caller.
+            let semantics = target.map_or(WriteSemantics::Overwrite, |c| c.write_semantics);
+            let only = spec.only.clone();
+            let route = Route {
+                from: from.clone(),
+                to: to.clone(),
+                only,
+                semantics,
+            };
+            graph.add_edge(a, b, route);
+            at.push(i);
         }
 
         // Cycles: a one-way edge u -> v is a problem when u is reachable from v.
-        let mut space = DfsSpace::new(&shape);
-        for &(index, a, b) in &valid {
-            let two_way = shape.find_edge(b, a).is_some();
-            if !two_way && has_path_connecting(&shape, b, a, Some(&mut space)) {
-                let edge = &config.edges[index];
-                errors.push(TopologyError::OneWayCycle {
-                    index,
-                    from: edge.from.clone(),
-                    to: edge.to.clone(),
-                });
+        let mut space = DfsSpace::new(&graph);
+        for e in graph.edge_references() {
+            let (u, v) = (e.source(), e.target());
+            let one_way = graph.find_edge(v, u).is_none();
+            if one_way && has_path_connecting(&graph, v, u, Some(&mut space)) {
+                let (index, r) = (at[e.id().index()], e.weight());
+                let edge = EdgeAt::new(index, &r.from, &r.to);
+                errors.push(E::OneWayCycle { edge });
             }
         }
 
-        if !errors.is_empty() {
-            return Err(TopologyErrors(errors));
+        if errors.is_empty() {
+            Ok(Topology { graph, index })
+        } else {
+            Err(TopologyErrors(errors))
         }
-
-        // No problems: every declared system has capabilities and every edge is valid.
-        let mut graph = DiGraph::with_capacity(declared.len(), valid.len());
-        let mut index = BTreeMap::new();
-        for spec in &config.systems {
-            if let Some((_, Some(capabilities))) = declared.get(&spec.name) {
-                let node = graph.add_node(SystemNode {
-                    id: spec.name.clone(),
-                    capabilities: *capabilities,
-                });
-                index.insert(spec.name.clone(), node);
-            }
-        }
-        for &(i, a, b) in &valid {
-            let edge = &config.edges[i];
-            let semantics = graph[b].capabilities.write_semantics;
-            graph.add_edge(
-                a,
-                b,
-                Route {
-                    from: edge.from.clone(),
-                    to: edge.to.clone(),
-                    only: edge.only.clone(),
-                    semantics,
-                },
-            );
-        }
-        Ok(Topology { graph, index })
     }
 
     /// Every system, in config order.
@@ -277,7 +245,9 @@ impl Topology {
 
     /// What the system's connector can do; `None` for a system not in the topology.
     pub fn capabilities(&self, system: &SystemId) -> Option<Capabilities> {
-        self.index.get(system).map(|&n| self.graph[n].capabilities)
+        self.index
+            .get(system)
+            .and_then(|&n| self.graph[n].capabilities)
     }
 
     /// The routes leaving `system` (direct successors only), in config order.
@@ -303,12 +273,8 @@ impl Topology {
 
     /// Whether any route writes to `system`.
     pub fn has_inbound(&self, system: &SystemId) -> bool {
-        self.index.get(system).is_some_and(|&n| {
-            self.graph
-                .neighbors_directed(n, Direction::Incoming)
-                .next()
-                .is_some()
-        })
+        let inbound = |&n| self.graph.neighbors_directed(n, Incoming).next().is_some();
+        self.index.get(system).is_some_and(|n| inbound(n))
     }
 }
 
@@ -316,14 +282,32 @@ fn join(names: &[SystemId]) -> String {
     if names.is_empty() {
         return "(none)".to_owned();
     }
-    names
-        .iter()
-        .map(SystemId::as_str)
-        .collect::<Vec<_>>()
-        .join(", ")
+    let names: Vec<&str> = names.iter().map(SystemId::as_str).collect();
+    names.join(", ")
 }
 
-/// One problem with a [`TopologyConfig`]. Positions are indices into `systems` / `edges`.
+/// Where an edge is in the config: its index in `edges` and its endpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EdgeAt {
+    pub index: usize,
+    pub from: SystemId,
+    pub to: SystemId,
+}
+
+impl EdgeAt {
+    fn new(index: usize, from: &SystemId, to: &SystemId) -> Self {
+        let (from, to) = (from.clone(), to.clone());
+        Self { index, from, to }
+    }
+}
+
+impl fmt::Display for EdgeAt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "edges[{}] ({} -> {})", self.index, self.from, self.to)
+    }
+}
+
+/// One problem with a [`TopologyConfig`]. `index` is a position in `systems`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TopologyError {
     #[error("systems[{index}]: no connector for system `{system}`: expected one of {}", join(.expected))]
@@ -345,47 +329,24 @@ pub enum TopologyError {
         system: SystemId,
         first: usize,
     },
-    #[error("edges[{index}] ({from} -> {to}): system `{system}` is not declared in systems: expected one of {}", join(.expected))]
+    #[error("{edge}: system `{system}` is not declared in systems: expected one of {}", join(.expected))]
     UnknownSystemInEdge {
-        index: usize,
-        from: SystemId,
-        to: SystemId,
+        edge: EdgeAt,
         system: SystemId,
         expected: Vec<SystemId>,
     },
-    #[error("edges[{index}] ({system} -> {system}): an edge from a system to itself")]
-    SelfLoop { index: usize, system: SystemId },
-    #[error("edges[{index}] ({from} -> {to}): duplicate of edges[{first}]")]
-    DuplicateEdge {
-        index: usize,
-        from: SystemId,
-        to: SystemId,
-        first: usize,
-    },
-    #[error("edges[{index}] ({from} -> {to}): `only` is empty, so nothing would propagate; remove the edge or list availabilities")]
-    EmptyOnly {
-        index: usize,
-        from: SystemId,
-        to: SystemId,
-    },
-    #[error("edges[{index}] ({from} -> {to}): source system `{from}` cannot produce observations (needs capability push_ingress or bulk_read)")]
-    SourceCannotObserve {
-        index: usize,
-        from: SystemId,
-        to: SystemId,
-    },
-    #[error("edges[{index}] ({from} -> {to}): target system `{to}` cannot be written (needs capability write)")]
-    TargetCannotWrite {
-        index: usize,
-        from: SystemId,
-        to: SystemId,
-    },
-    #[error("edges[{index}] ({from} -> {to}): one-way edge closes a cycle (`{from}` is reachable from `{to}`); echo suppression covers only two-way pairs, so add `{to} -> {from}` or break the cycle")]
-    OneWayCycle {
-        index: usize,
-        from: SystemId,
-        to: SystemId,
-    },
+    #[error("{edge}: an edge from a system to itself")]
+    SelfLoop { edge: EdgeAt },
+    #[error("{edge}: duplicate of edges[{first}]")]
+    DuplicateEdge { edge: EdgeAt, first: usize },
+    #[error("{edge}: `only` is empty, so nothing would propagate; remove the edge or list availabilities")]
+    EmptyOnly { edge: EdgeAt },
+    #[error("{edge}: source system `{}` cannot produce observations (needs capability push_ingress or bulk_read)", .edge.from)]
+    SourceCannotObserve { edge: EdgeAt },
+    #[error("{edge}: target system `{}` cannot be written (needs capability write)", .edge.to)]
+    TargetCannotWrite { edge: EdgeAt },
+    #[error("{edge}: one-way edge closes a cycle (`{}` is reachable from `{}`); echo suppression covers only two-way pairs, so add the reverse edge or break the cycle", .edge.from, .edge.to)]
+    OneWayCycle { edge: EdgeAt },
 }
 
 /// Every problem found in a [`TopologyConfig`], in the order found (systems, edges, cycles).
@@ -414,10 +375,10 @@ mod tests {
     use crate::connector::{ConnectorError, Mapped, RemoteState};
     use crate::model::{Desired, ExternalId, NativeState};
 
+    type Conns = BTreeMap<SystemId, Arc<dyn Connector>>;
+
     #[derive(Debug)]
-    struct TestConnector {
-        caps: Capabilities,
-    }
+    struct TestConnector(Capabilities);
 
     #[async_trait::async_trait]
     impl Connector for TestConnector {
@@ -425,95 +386,82 @@ mod tests {
             "test"
         }
         fn capabilities(&self) -> Capabilities {
-            self.caps
+            self.0
         }
-        fn to_canonical(&self, _native: &NativeState) -> Mapped {
+        fn to_canonical(&self, _: &NativeState) -> Mapped {
+            let availability = Availability::Offline;
             Mapped {
-                availability: Availability::Offline,
+                availability,
                 known: false,
             }
         }
-        fn to_native(&self, _availability: Availability) -> Option<NativeState> {
+        fn to_native(&self, _: Availability) -> Option<NativeState> {
             None
         }
-        async fn write(
-            &self,
-            _user: &ExternalId,
-            _desired: &Desired,
-        ) -> Result<(), ConnectorError> {
+        async fn write(&self, _: &ExternalId, _: &Desired) -> Result<(), ConnectorError> {
             Err(ConnectorError::Unsupported("test"))
         }
-        async fn read_all(
-            &self,
-            _users: &[ExternalId],
-        ) -> Result<Vec<RemoteState>, ConnectorError> {
+        async fn read_all(&self, _: &[ExternalId]) -> Result<Vec<RemoteState>, ConnectorError> {
             Err(ConnectorError::Unsupported("test"))
         }
     }
 
-    fn caps(push_ingress: bool, bulk_read: bool, write: bool) -> Capabilities {
+    /// Capabilities from flags: `i` push ingress, `r` bulk read, `w` write, `c` contribution.
+    fn caps(flags: &str) -> Capabilities {
+        let semantics = [WriteSemantics::Overwrite, WriteSemantics::Contribution];
         Capabilities {
-            push_ingress,
-            bulk_read,
-            write,
-            write_semantics: WriteSemantics::Overwrite,
+            push_ingress: flags.contains('i'),
+            bulk_read: flags.contains('r'),
+            write: flags.contains('w'),
+            write_semantics: semantics[usize::from(flags.contains('c'))],
             source_timestamps: true,
         }
     }
 
-    fn full() -> Capabilities {
-        caps(true, true, true)
+    /// Connectors from `name:flags` words, e.g. `"a:irw b:w"`.
+    fn connectors(list: &str) -> Conns {
+        let arc = |c| Arc::new(TestConnector(c)) as Arc<dyn Connector>;
+        let entry = |w: &str| w.split_once(':').map(|(n, f)| (id(n), arc(caps(f))));
+        list.split_whitespace().map(|w| entry(w).unwrap()).collect()
     }
 
-    fn connectors(list: &[(&str, Capabilities)]) -> BTreeMap<SystemId, Arc<dyn Connector>> {
-        list.iter()
-            .map(|(name, caps)| {
-                let c: Arc<dyn Connector> = Arc::new(TestConnector { caps: *caps });
-                (SystemId::from(*name), c)
-            })
-            .collect()
+    fn abc() -> Conns {
+        connectors("a:irw b:irw c:irw")
     }
 
-    fn config(systems: &[&str], edges: &[(&str, &str)]) -> TopologyConfig {
+    /// A config from `"a b c"` systems (kind `test`) and `"a>b b>c"` edges.
+    fn config(systems: &str, edges: &str) -> TopologyConfig {
+        let edge = |e: &str| e.split_once('>').map(|(f, t)| EdgeSpec::new(f, t)).unwrap();
         TopologyConfig {
             systems: systems
-                .iter()
-                .map(|s| SystemSpec {
-                    name: (*s).into(),
-                    kind: "test".into(),
-                })
+                .split_whitespace()
+                .map(|s| SystemSpec::new(s, "test"))
                 .collect(),
-            edges: edges
-                .iter()
-                .map(|(from, to)| EdgeSpec {
-                    from: (*from).into(),
-                    to: (*to).into(),
-                    only: None,
-                })
-                .collect(),
+            edges: edges.split_whitespace().map(edge).collect(),
         }
     }
 
-    fn abc() -> BTreeMap<SystemId, Arc<dyn Connector>> {
-        connectors(&[("a", full()), ("b", full()), ("c", full())])
+    fn valid(systems: &str, edges: &str) -> Topology {
+        Topology::build(&config(systems, edges), &abc()).unwrap()
     }
 
-    fn errors(
-        config: &TopologyConfig,
-        conns: &BTreeMap<SystemId, Arc<dyn Connector>>,
-    ) -> Vec<TopologyError> {
+    fn errors(config: &TopologyConfig, conns: &Conns) -> Vec<TopologyError> {
         Topology::build(config, conns).unwrap_err().0
     }
 
-    fn one_way_cycle_edges(errs: &[TopologyError]) -> Vec<(String, String)> {
-        errs.iter()
-            .filter_map(|e| match e {
-                TopologyError::OneWayCycle { from, to, .. } => {
-                    Some((from.to_string(), to.to_string()))
-                }
-                _ => None,
-            })
-            .collect()
+    /// The one error expected, with its message.
+    fn single(errs: Vec<TopologyError>) -> (TopologyError, String) {
+        assert_eq!(errs.len(), 1, "{errs:#?}");
+        let msg = errs[0].to_string();
+        (errs.into_iter().next().unwrap(), msg)
+    }
+
+    fn cycle_edges(errs: &[TopologyError]) -> Vec<String> {
+        let cycle = |e: &TopologyError| match e {
+            TopologyError::OneWayCycle { edge } => Some(format!("{}>{}", edge.from, edge.to)),
+            _ => None,
+        };
+        errs.iter().filter_map(cycle).collect()
     }
 
     fn id(s: &str) -> SystemId {
@@ -522,163 +470,124 @@ mod tests {
 
     #[test]
     fn two_way_pair_is_valid() {
-        let t = Topology::build(&config(&["a", "b"], &[("a", "b"), ("b", "a")]), &abc()).unwrap();
-        assert!(t.route(&id("a"), &id("b")).is_some());
-        assert!(t.route(&id("b"), &id("a")).is_some());
+        let t = valid("a b", "a>b b>a");
+        assert!(t.route(&id("a"), &id("b")).is_some() && t.route(&id("b"), &id("a")).is_some());
         assert!(t.has_inbound(&id("a")) && t.has_inbound(&id("b")));
     }
 
     #[test]
     fn full_mesh_of_three_two_way_pairs_is_valid() {
-        let edges = [
-            ("a", "b"),
-            ("b", "a"),
-            ("b", "c"),
-            ("c", "b"),
-            ("a", "c"),
-            ("c", "a"),
-        ];
-        Topology::build(&config(&["a", "b", "c"], &edges), &abc()).unwrap();
+        valid("a b c", "a>b b>a b>c c>b a>c c>a");
     }
 
     #[test]
     fn one_way_chain_is_valid() {
-        let t =
-            Topology::build(&config(&["a", "b", "c"], &[("a", "b"), ("b", "c")]), &abc()).unwrap();
-        assert!(!t.has_inbound(&id("a")));
-        assert!(t.has_inbound(&id("c")));
+        let t = valid("a b c", "a>b b>c");
+        assert!(!t.has_inbound(&id("a")) && t.has_inbound(&id("c")));
         assert!(t.route(&id("b"), &id("a")).is_none());
     }
 
     #[test]
+    fn one_way_edge_leaving_a_two_way_pair_is_valid() {
+        valid("a b c", "a>b b>a b>c");
+    }
+
+    #[test]
+    fn system_without_edges_is_valid() {
+        let t = valid("a b", "");
+        assert_eq!(t.systems().count(), 2);
+        assert!(!t.has_inbound(&id("a")) && t.routes_from(&id("a")).is_empty());
+    }
+
+    #[test]
     fn one_way_three_cycle_is_rejected() {
-        let errs = errors(
-            &config(&["a", "b", "c"], &[("a", "b"), ("b", "c"), ("c", "a")]),
-            &abc(),
-        );
+        let errs = errors(&config("a b c", "a>b b>c c>a"), &abc());
+        assert_eq!(cycle_edges(&errs), ["a>b", "b>c", "c>a"]);
         assert_eq!(errs.len(), 3, "{errs:?}");
-        assert_eq!(one_way_cycle_edges(&errs).len(), 3);
     }
 
     #[test]
-    fn mixed_cycle_is_rejected_naming_only_the_one_way_edges() {
-        let edges = [("a", "b"), ("b", "a"), ("b", "c"), ("c", "a")];
-        let errs = errors(&config(&["a", "b", "c"], &edges), &abc());
-        assert_eq!(
-            one_way_cycle_edges(&errs),
-            vec![("b".into(), "c".into()), ("c".into(), "a".into())]
-        );
+    fn mixed_cycle_is_rejected_naming_the_one_way_edges() {
+        let errs = errors(&config("a b c", "a>b b>a b>c c>a"), &abc());
+        assert_eq!(cycle_edges(&errs), ["b>c", "c>a"]);
         assert_eq!(errs.len(), 2);
-        assert!(
-            errs[0].to_string().contains("edges[2] (b -> c)"),
-            "{}",
-            errs[0]
-        );
-    }
-
-    #[test]
-    fn one_way_edge_beside_a_two_way_pair_is_valid() {
-        let edges = [("a", "b"), ("b", "a"), ("b", "c")];
-        Topology::build(&config(&["a", "b", "c"], &edges), &abc()).unwrap();
-    }
-
-    #[test]
-    fn unknown_connector_lists_the_available_systems() {
-        let errs = errors(&config(&["a", "zz"], &[]), &abc());
-        assert_eq!(errs.len(), 1);
         let msg = errs[0].to_string();
-        assert!(matches!(errs[0], TopologyError::UnknownConnector { .. }));
-        assert!(
-            msg.contains("`zz`") && msg.contains("expected one of a, b, c"),
-            "{msg}"
-        );
+        assert!(msg.starts_with("edges[2] (b -> c): one-way edge"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_connector_is_reported_with_the_available_names() {
+        let (e, msg) = single(errors(&config("a zz", ""), &abc()));
+        assert!(matches!(e, TopologyError::UnknownConnector { .. }), "{msg}");
+        assert!(msg.contains("`zz`: expected one of a, b, c"), "{msg}");
     }
 
     #[test]
     fn kind_mismatch_is_reported() {
-        let mut cfg = config(&["a"], &[]);
+        let mut cfg = config("a", "");
         cfg.systems[0].kind = "teams".into();
-        let errs = errors(&cfg, &abc());
+        let (e, msg) = single(errors(&cfg, &abc()));
         assert!(matches!(
-            &errs[..],
-            [TopologyError::KindMismatch { actual: "test", .. }]
+            e,
+            TopologyError::KindMismatch { actual: "test", .. }
         ));
-        assert!(errs[0].to_string().contains("`teams`"));
+        assert!(msg.contains("kind `teams`"), "{msg}");
     }
 
     #[test]
     fn target_without_write_capability_is_rejected() {
-        let conns = connectors(&[("a", full()), ("ro", caps(true, true, false))]);
-        let errs = errors(&config(&["a", "ro"], &[("a", "ro")]), &conns);
+        let (e, msg) = single(errors(&config("a ro", "a>ro"), &connectors("a:irw ro:ir")));
         assert!(
-            matches!(&errs[..], [TopologyError::TargetCannotWrite { .. }]),
-            "{errs:?}"
-        );
-        let msg = errs[0].to_string();
-        assert!(
-            msg.contains("`ro`") && msg.contains("write") && msg.contains("a -> ro"),
+            matches!(e, TopologyError::TargetCannotWrite { .. }),
             "{msg}"
         );
+        assert!(msg.contains("(a -> ro): target system `ro`"), "{msg}");
+        assert!(msg.contains("needs capability write"), "{msg}");
     }
 
     #[test]
     fn source_without_ingress_or_bulk_read_is_rejected() {
-        let conns = connectors(&[("wo", caps(false, false, true)), ("b", full())]);
-        let errs = errors(&config(&["wo", "b"], &[("wo", "b")]), &conns);
+        let (e, msg) = single(errors(&config("wo b", "wo>b"), &connectors("wo:w b:irw")));
         assert!(
-            matches!(&errs[..], [TopologyError::SourceCannotObserve { .. }]),
-            "{errs:?}"
+            matches!(e, TopologyError::SourceCannotObserve { .. }),
+            "{msg}"
         );
-        assert!(errs[0].to_string().contains("push_ingress or bulk_read"));
+        assert!(msg.contains("(wo -> b): source system `wo`"), "{msg}");
+        assert!(msg.contains("push_ingress or bulk_read"), "{msg}");
     }
 
     #[test]
     fn source_with_bulk_read_only_is_accepted() {
-        let conns = connectors(&[("poll", caps(false, true, false)), ("b", full())]);
-        Topology::build(&config(&["poll", "b"], &[("poll", "b")]), &conns).unwrap();
+        Topology::build(&config("poll b", "poll>b"), &connectors("poll:r b:w")).unwrap();
     }
 
     #[test]
     fn every_problem_is_reported_at_once() {
-        let conns = connectors(&[
-            ("a", full()),
-            ("b", caps(false, false, false)),
-            ("c", full()),
-        ]);
-        let mut cfg = config(
-            &["a", "b", "c", "a", "ghost"],
-            &[
-                ("a", "b"),
-                ("b", "c"),
-                ("a", "a"),
-                ("a", "x"),
-                ("c", "a"),
-                ("c", "a"),
-                ("a", "c"),
-            ],
-        );
+        let conns = connectors("a:irw b: c:irw");
+        let mut cfg = config("a b c a ghost", "a>b b>c a>a a>x c>a c>a a>c");
         cfg.edges[6].only = Some(vec![]);
         let errs = errors(&cfg, &conns);
-        // systems[3] duplicate, systems[4] unknown connector, edges[0] b cannot write,
-        // edges[1] b cannot observe, edges[2] self-loop, edges[3] unknown system x,
-        // edges[5] duplicate, edges[6] empty only; a -> b and b -> c close a one-way cycle.
+        // systems[3] duplicate, systems[4] unknown connector; edges[0] b cannot write,
+        // edges[1] b cannot observe, edges[2] self-loop, edges[3] unknown x, edges[5] duplicate,
+        // edges[6] empty `only`; a>b and b>c close one-way cycles through c>a.
         assert_eq!(errs.len(), 10, "{errs:#?}");
+        assert_eq!(cycle_edges(&errs), ["a>b", "b>c"]);
         let text = TopologyErrors(errs).to_string();
         assert_eq!(text.lines().count(), 10, "{text}");
     }
 
     #[test]
     fn routes_from_returns_direct_successors_in_config_order() {
-        let edges = [("a", "c"), ("b", "c"), ("a", "b")];
-        let t = Topology::build(&config(&["a", "b", "c"], &edges), &abc()).unwrap();
-        let to: Vec<_> = t
-            .routes_from(&id("a"))
-            .iter()
-            .map(|r| r.to.to_string())
-            .collect();
-        assert_eq!(to, ["c", "b"]);
-        assert!(t.routes_from(&id("c")).is_empty());
-        assert!(t.routes_from(&id("nope")).is_empty());
+        let t = valid("a b c", "a>c b>c a>b");
+        let targets = |s| {
+            t.routes_from(&id(s))
+                .iter()
+                .map(|r| r.to.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(targets("a"), [id("c"), id("b")]);
+        assert_eq!(targets("b"), [id("c")]);
+        assert!(targets("c").is_empty() && targets("nope").is_empty());
         let systems: Vec<_> = t.systems().map(SystemId::as_str).collect();
         assert_eq!(systems, ["a", "b", "c"]);
     }
@@ -689,44 +598,30 @@ mod tests {
         let cfg = TopologyConfig::full_mesh(&conns);
         assert_eq!(cfg.edges.len(), 6);
         let t = Topology::build(&cfg, &conns).unwrap();
-        for from in ["a", "b", "c"] {
-            assert_eq!(t.routes_from(&id(from)).len(), 2);
+        for s in ["a", "b", "c"] {
+            assert_eq!(t.routes_from(&id(s)).len(), 2);
         }
-        assert_eq!(t.capabilities(&id("b")), Some(full()));
+        assert_eq!(t.capabilities(&id("b")), Some(caps("irw")));
         assert_eq!(t.capabilities(&id("zz")), None);
     }
 
     #[test]
     fn route_carries_the_target_write_semantics_and_filter() {
-        let mut contribution = full();
-        contribution.write_semantics = WriteSemantics::Contribution;
-        let conns = connectors(&[("a", full()), ("teams", contribution)]);
-        let mut cfg = config(&["a", "teams"], &[("a", "teams")]);
+        let mut cfg = config("a teams", "a>teams");
         cfg.edges[0].only = Some(vec![Availability::Busy]);
-        let t = Topology::build(&cfg, &conns).unwrap();
+        let t = Topology::build(&cfg, &connectors("a:irw teams:iwc")).unwrap();
         let route = t.route(&id("a"), &id("teams")).unwrap();
         assert_eq!(route.semantics, WriteSemantics::Contribution);
-        assert!(route.allows(Availability::Busy));
-        assert!(!route.allows(Availability::Available));
+        assert!(route.allows(Availability::Busy) && !route.allows(Availability::Available));
     }
 
     #[test]
-    fn system_without_edges_is_valid() {
-        let t = Topology::build(&config(&["a", "b"], &[]), &abc()).unwrap();
-        assert_eq!(t.systems().count(), 2);
-        assert!(!t.has_inbound(&id("a")));
-    }
-
-    #[test]
-    fn config_parses_with_optional_only_and_rejects_unknown_keys() {
+    fn config_defaults_only_and_rejects_unknown_keys() {
         let json = r#"{"systems":[{"name":"a","kind":"test"}],
-            "edges":[{"from":"a","to":"b"},{"from":"b","to":"a","only":["Busy","Offline"]}]}"#;
+            "edges":[{"from":"a","to":"b"},{"from":"b","to":"a","only":["Busy"]}]}"#;
         let cfg: TopologyConfig = serde_json::from_str(json).unwrap();
         assert_eq!(cfg.edges[0].only, None);
-        assert_eq!(
-            cfg.edges[1].only,
-            Some(vec![Availability::Busy, Availability::Offline])
-        );
+        assert_eq!(cfg.edges[1].only, Some(vec![Availability::Busy]));
         let bad = r#"{"systems":[],"edges":[{"from":"a","to":"b","onyl":[]}]}"#;
         assert!(serde_json::from_str::<TopologyConfig>(bad).is_err());
     }

@@ -43,7 +43,8 @@ CREATE TABLE expectations (
     version       BIGINT NOT NULL,
     opened_at     BIGINT NOT NULL,
     completed_at  BIGINT,
-    expires_at    BIGINT NOT NULL
+    expires_at    BIGINT NOT NULL,
+    superseded    BIGINT NOT NULL DEFAULT 0
 );
 CREATE INDEX expectations_rep ON expectations (rep_id);
 CREATE INDEX expectations_expiry ON expectations (expires_at);

@@ -219,7 +219,7 @@ pub(super) async fn load_view(
 
     let mut expectations = Vec::new();
     for r in sqlx::query(
-        "SELECT id, system, availability, version, opened_at, completed_at, expires_at
+        "SELECT id, system, availability, version, opened_at, completed_at, expires_at, superseded
          FROM expectations WHERE rep_id = $1 ORDER BY id",
     )
     .bind(rep.as_str())
@@ -236,6 +236,7 @@ pub(super) async fn load_view(
             opened_at: r.try_get("opened_at")?,
             completed_at: r.try_get("completed_at")?,
             expires_at: r.try_get("expires_at")?,
+            superseded: r.try_get::<i64, _>("superseded")? != 0,
         });
     }
 
@@ -299,6 +300,12 @@ async fn persist(
             .bind(p.availability.as_str())
             .bind(p.version)
             .bind(to_json(p))
+            .execute(&mut **tx)
+            .await?;
+    }
+    for id in &d.supersede_expectations {
+        sqlx::query("UPDATE expectations SET superseded = 1 WHERE id = $1")
+            .bind(*id)
             .execute(&mut **tx)
             .await?;
     }
