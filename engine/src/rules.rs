@@ -276,9 +276,10 @@ pub fn decide(
     // Rule 1: echo suppression by recorded expectation.
     if order != Ordering::Less {
         if let Some(hit) = open.iter().filter(|e| could_echo(e)).max_by_key(|e| e.id) {
-            close.push(hit.id);
+            // The hit is retired too: the same echo may still arrive by another path (a
+            // webhook after a reconcile read saw it).
             retire(
-                open.iter().filter(|e| e.id < hit.id).map(|e| e.id).collect(),
+                open.iter().filter(|e| e.id <= hit.id).map(|e| e.id).collect(),
                 &mut close,
                 &mut supersede,
             );
@@ -292,22 +293,28 @@ pub fn decide(
                 ),
             );
             // What the system shows changes; the watermark of the person's own changes does not.
-            let prev = state.observed.as_ref();
-            d.observed = Some(ObservedState {
-                genuine_time: prev.and_then(|p| p.genuine_time),
-                genuine_sequence: prev.and_then(|p| p.genuine_sequence),
+            let echo = ObservedState {
+                genuine_time: None,
+                genuine_sequence: None,
                 ..observed_now
-            });
+            };
+            d.observed = Some(record(state.observed.as_ref(), echo));
             d.close_expectations = close;
             d.supersede_expectations = supersede;
             return d;
         }
     }
-    if let Some(late) = live
+    // A late echo arrives after something newer from the same system was seen. (A reconcile
+    // read goes on to the drift check instead.)
+    let arrives_late = state
+        .observed
+        .as_ref()
+        .is_some_and(|prev| raw_order(&observed_now, prev) == Ordering::Less);
+    let late = live
         .iter()
         .filter(|e| e.superseded && could_echo(e))
-        .max_by_key(|e| e.id)
-    {
+        .max_by_key(|e| e.id);
+    if let (Some(late), true, ObservationKind::Event) = (late, arrives_late, obs.kind) {
         let mut d = Decision::new(
             Rule::Echo,
             Outcome::Dropped,
@@ -375,7 +382,8 @@ pub fn decide(
             d.supersede_expectations = supersede;
             return d;
         }
-        if order == Ordering::Equal && same_state {
+        let raw_equal = raw_order(&observed_now, prev) == Ordering::Equal;
+        if raw_equal && same_state && obs.kind == ObservationKind::Event {
             let mut d = Decision::new(
                 Rule::Duplicate,
                 Outcome::Dropped,
@@ -386,16 +394,27 @@ pub fn decide(
             d.supersede_expectations = supersede;
             return d;
         }
-        if obs.kind == ObservationKind::Reconcile && prev.availability == a {
+        // A reconcile read equal to the last observation, and not newer where the system's
+        // timestamps tell (the same state set again, with a lost delivery in between, is a change).
+        let unchanged =
+            prev.availability == a && (!timed || raw_order(&observed_now, prev) != Ordering::Greater);
+        if obs.kind == ObservationKind::Reconcile && unchanged {
             let mut d = Decision::new(
                 Rule::Unchanged,
                 Outcome::Recorded,
                 a,
                 format!("{sys} unchanged since its last observation"),
             );
-            d.observed = Some(observed_now);
+            // No news: the watermark of the person's own changes stays where it was.
+            let read = ObservedState {
+                genuine_time: None,
+                genuine_sequence: None,
+                ..observed_now
+            };
+            d.observed = Some(record(state.observed.as_ref(), read));
             d.close_expectations = close;
-            drift_repair(&mut d, view, sys, ctx);
+            d.supersede_expectations = supersede;
+            drift_repair(&mut d, view, sys, ctx, false);
             return d;
         }
     }
@@ -422,7 +441,7 @@ pub fn decide(
                     current.availability, current.source
                 ),
             );
-            d.observed = Some(observed_now);
+            d.observed = Some(record(state.observed.as_ref(), observed_now));
             d.close_expectations = close;
             let routed = ctx
                 .topology
@@ -445,16 +464,31 @@ pub fn decide(
             a,
             format!("{sys} agrees with the canonical {a}"),
         );
-        if source_time > current.source_time {
+        let overwritten =
+            overwritten_by_our_write(view, sys, a, &observed_now, &close, &supersede, ctx);
+        // The newer evidence becomes the source (same version: nothing is written), so that a
+        // later, older report from the previous source is seen as drift there.
+        if source_time > current.source_time && !overwritten {
             d.canonical = Some(Presence {
+                source: sys.clone(),
                 source_time,
+                native: obs.native.clone(),
+                origin: obs.origin,
+                observed_at: obs.observed_at,
                 ..current.clone()
             });
         }
-        d.observed = Some(observed_now);
+        d.observed = Some(record(state.observed.as_ref(), observed_now));
         d.close_expectations = close;
         d.supersede_expectations = supersede;
-        if view
+        if overwritten {
+            // The system agreed, but a write of presync's landed after that and it shows the
+            // write's older state now: keep (or queue) the write of the canonical state.
+            if let Some(op) = write_for(view, current, sys, ctx, true) {
+                d.detail.push_str(&format!("; repairing {sys}, where presync's older write overwrote it"));
+                d.outbox.push(op);
+            }
+        } else if view
             .outbox
             .get(sys)
             .is_some_and(|p| !p.in_flight && p.availability == Some(a))
@@ -485,12 +519,12 @@ pub fn decide(
             current.availability, current.source
         ),
     );
-    d.observed = Some(observed_now);
+    d.observed = Some(record(state.observed.as_ref(), observed_now));
     d.close_expectations = close;
     d.supersede_expectations = supersede;
-    if obs.kind == ObservationKind::Reconcile {
-        drift_repair(&mut d, view, sys, ctx);
-    }
+    // An older state from a target that has not been sent the canonical state: it shows
+    // something stale and nothing is on its way there. (A reconcile read repairs in any case.)
+    drift_repair(&mut d, view, sys, ctx, obs.kind == ObservationKind::Event);
     d
 }
 
@@ -526,6 +560,19 @@ fn apply(
         if &route.to == sys || !route.allows(a) {
             continue;
         }
+        // A reconcile read repairs only what it has seen differ: a target never observed is
+        // reconciled by its own read.
+        let never_observed = view
+            .systems
+            .get(&route.to)
+            .is_none_or(|s| s.observed.is_none());
+        // (A write already queued there carries an older state and must be replaced.)
+        if obs.kind == ObservationKind::Reconcile
+            && never_observed
+            && !view.outbox.contains_key(&route.to)
+        {
+            continue;
+        }
         if let Some(op) = write_for(view, &presence, &route.to, ctx, false) {
             d.outbox.push(op);
         }
@@ -542,18 +589,7 @@ fn apply(
     // its echo was already seen (the system shows something newer), or its expectation is still
     // open with a completion after this state's time. The write overwrote the person's newer
     // choice, so put it back.
-    let overwritten = own
-        .and_then(|s| s.observed.as_ref())
-        .is_some_and(|o| o.availability != a && raw_order(o, &observed_now) == Ordering::Greater)
-        || view.expectations.iter().any(|e| {
-            &e.system == sys
-                && e.expires_at > ctx.now
-                && !e.superseded
-                && !close.contains(&e.id)
-                && !supersede.contains(&e.id)
-                && e.availability != a
-                && e.completed_at.is_some_and(|c| c > observed_now.source_time)
-        });
+    let overwritten = overwritten_by_our_write(view, sys, a, &observed_now, &close, &supersede, ctx);
     if overwritten && semantics == Some(WriteSemantics::Overwrite) {
         if let Some(op) = write_for(view, &presence, sys, ctx, true) {
             d.detail.push_str(&format!("; repairing {sys}, where presync's older write overwrote it"));
@@ -570,11 +606,44 @@ fn apply(
             if_in_flight: Desired::Set(presence.clone()),
         });
     }
-    d.observed = Some(observed_now);
+    d.observed = Some(record(own.and_then(|s| s.observed.as_ref()), observed_now));
     d.canonical = Some(presence);
     d.close_expectations = close;
     d.supersede_expectations = supersede;
     d
+}
+
+/// Whether a write of presync's landed on `sys` after the person set this state there: either
+/// its echo was already seen (the system shows something newer and different), or its
+/// expectation is still open with a completion after this state's time.
+fn overwritten_by_our_write(
+    view: &RepView,
+    sys: &SystemId,
+    a: Availability,
+    observed_now: &ObservedState,
+    close: &[i64],
+    supersede: &[i64],
+    ctx: Context<'_>,
+) -> bool {
+    let shows_newer = view
+        .systems
+        .get(sys)
+        .and_then(|s| s.observed.as_ref())
+        .is_some_and(|o| o.availability != a && raw_order(o, observed_now) == Ordering::Greater);
+    shows_newer
+        || view.expectations.iter().any(|e| {
+            &e.system == sys
+                && e.expires_at > ctx.now
+                && !e.superseded
+                && !close.contains(&e.id)
+                && !supersede.contains(&e.id)
+                && e.availability != a
+                // Confirmed after this state was set, or started after it with the outcome
+                // still unknown: either may have overwritten it.
+                && e.completed_at.map_or(e.opened_at > observed_now.source_time, |c| {
+                    c > observed_now.source_time
+                })
+        })
 }
 
 /// The write that makes `target` show `presence`, unless it already does or cannot be written.
@@ -630,15 +699,44 @@ fn write_for(
 
 /// A reconcile read found `sys` showing something other than the canonical state although it
 /// has not changed since presync last heard from it: presync's write never landed. Queue it again.
-fn drift_repair(d: &mut Decision, view: &RepView, sys: &SystemId, ctx: Context<'_>) {
+fn drift_repair(
+    d: &mut Decision,
+    view: &RepView,
+    sys: &SystemId,
+    ctx: Context<'_>,
+    only_if_unwritten: bool,
+) {
     let Some(c) = &view.canonical else { return };
-    if d.availability == c.availability || &c.source == sys {
+    if d.availability == c.availability {
         return;
     }
-    let Some(route) = ctx.topology.route(&c.source, sys) else {
+    let written = view
+        .systems
+        .get(sys)
+        .and_then(|s| s.written.as_ref())
+        .is_some_and(|w| w.version >= c.version);
+    if only_if_unwritten && written {
         return;
-    };
-    if !route.allows(c.availability) || view.outbox.contains_key(sys) {
+    }
+    if &c.source == sys {
+        // The source itself shows something else with no newer change of its own: presync's
+        // write overwrote it. Put it back, unless presync only contributes there.
+        let overwrites = ctx
+            .topology
+            .capabilities(sys)
+            .is_some_and(|caps| caps.write_semantics == WriteSemantics::Overwrite);
+        if !overwrites {
+            return;
+        }
+    } else {
+        let Some(route) = ctx.topology.route(&c.source, sys) else {
+            return;
+        };
+        if !route.allows(c.availability) {
+            return;
+        }
+    }
+    if view.outbox.contains_key(sys) {
         return;
     }
     let write_pending = view
@@ -684,6 +782,25 @@ fn against_watermark(time: Millis, sequence: Option<i64>, prev: &ObservedState) 
     match (sequence, prev.genuine_sequence) {
         (Some(n), Some(p)) => n.cmp(&p),
         _ => prev.genuine_time.map_or(Ordering::Greater, |p| time.cmp(&p)),
+    }
+}
+
+/// The observed state after recording `now`: what the system shows only moves forward (a late
+/// delivery never hides a newer state, e.g. presync's own write, that was seen already), and the
+/// watermark of the person's own changes only grows.
+fn record(prev: Option<&ObservedState>, now: ObservedState) -> ObservedState {
+    let Some(prev) = prev else { return now };
+    let genuine_time = prev.genuine_time.max(now.genuine_time);
+    let genuine_sequence = prev.genuine_sequence.max(now.genuine_sequence);
+    let shown = if raw_order(&now, prev) == Ordering::Less {
+        prev.clone()
+    } else {
+        now
+    };
+    ObservedState {
+        genuine_time,
+        genuine_sequence,
+        ..shown
     }
 }
 

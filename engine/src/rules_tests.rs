@@ -88,6 +88,25 @@ fn expectation(id: i64, system: &str, a: Availability, completed: Option<Millis>
     }
 }
 
+/// A bulk read at `read_at` of a state the system set at `set_at`.
+fn reconcile_read(system: &str, a: Availability, set_at: Millis, read_at: Millis) -> Observation {
+    let mut o = obs(system, a, set_at);
+    o.observed_at = read_at;
+    o.kind = ObservationKind::Reconcile;
+    o
+}
+
+#[test]
+fn a_reconcile_read_of_the_same_state_set_again_is_a_missed_change() {
+    let mut v = view();
+    v.canonical = Some(presence(D365, Available, T0 + 10, 2));
+    v.systems.entry(TEAMS.into()).or_default().observed = Some(observed(Busy, T0));
+    v.systems.entry(D365.into()).or_default().observed = Some(observed(Available, T0 + 10));
+    // Teams went Busy -> (lost) -> Busy again at T0+20: newer than the canonical state.
+    let d = decide_default(&reconcile_read(TEAMS, Busy, T0 + 20, T0 + 100), &v);
+    assert_eq!(d.rule, Rule::LastWriterWins, "{}", d.detail);
+}
+
 fn run(o: &Observation, v: &RepView, cfg: &RulesConfig, now: Millis) -> Decision {
     let topo = topology();
     let a = remap(cfg, o, o.native.code.parse().unwrap_or(Offline));
@@ -140,7 +159,7 @@ fn echo_of_our_own_write_is_not_propagated() {
     assert_eq!(d.rule, Rule::Echo);
     assert!(d.outbox.is_empty());
     assert!(d.canonical.is_none());
-    assert_eq!(d.close_expectations, vec![7]);
+    assert_eq!(d.supersede_expectations, vec![7], "kept for a redelivery of the same echo");
     assert_eq!(d.observed.unwrap().availability, Busy);
 }
 
@@ -166,8 +185,7 @@ fn an_echo_closes_older_expectations_of_the_same_system_only() {
     v.expectations.push(expectation(3, D365, Away, None));
     let d = decide_default(&obs(TEAMS, Away, T0 + 5), &v);
     assert_eq!(d.rule, Rule::Echo);
-    assert_eq!(d.close_expectations, vec![2]);
-    assert_eq!(d.supersede_expectations, vec![1]);
+    assert_eq!(d.supersede_expectations, vec![1, 2]);
 }
 
 #[test]
@@ -179,10 +197,16 @@ fn a_late_echo_of_a_superseded_write_is_dropped() {
     let mut busy = expectation(1, TEAMS, Busy, Some(T0 + 10));
     busy.superseded = true;
     v.expectations.push(busy);
+    let mut away_echo = observed(Away, T0 + 31);
+    away_echo.genuine_time = None;
+    v.systems.entry(TEAMS.into()).or_default().observed = Some(away_echo);
     let d = decide_default(&obs(TEAMS, Busy, T0 + 10), &v);
     assert_eq!(d.rule, Rule::Echo, "{}", d.detail);
     assert_eq!(d.outcome, Outcome::Dropped);
     assert!(d.outbox.is_empty());
+    // The same state set by the person after the newer write landed is theirs, not a late echo.
+    let d = decide_default(&obs(TEAMS, Busy, T0 + 40), &v);
+    assert_eq!(d.rule, Rule::LastWriterWins, "{}", d.detail);
 }
 
 #[test]
@@ -290,13 +314,27 @@ fn a_newer_observation_wins_and_is_never_written_back_to_its_source() {
 }
 
 #[test]
-fn an_older_observation_from_another_system_is_superseded_without_writes() {
+fn an_older_observation_from_a_target_already_sent_the_canonical_state_is_superseded() {
     let mut v = view();
     v.canonical = Some(presence(TEAMS, Busy, T0 + 10, 1));
+    v.systems.entry(D365.into()).or_default().written =
+        Some(WrittenState { availability: Some(Busy), version: 1, written_at: T0 + 11 });
     let d = decide_default(&obs(D365, Available, T0 + 5), &v);
     assert_eq!(d.rule, Rule::Superseded);
     assert!(d.outbox.is_empty() && d.canonical.is_none());
     assert_eq!(d.observed.unwrap().availability, Available);
+}
+
+#[test]
+fn an_older_observation_from_a_target_never_sent_the_canonical_state_is_repaired() {
+    // The write to D365 was cancelled when D365 seemed to agree; then D365's older change
+    // arrived: it shows something stale and nothing is on its way there.
+    let mut v = view();
+    v.canonical = Some(presence(TEAMS, Busy, T0 + 10, 1));
+    let d = decide_default(&obs(D365, Available, T0 + 5), &v);
+    assert_eq!(d.rule, Rule::Drift, "{}", d.detail);
+    assert!(d.canonical.is_none());
+    assert_eq!(upserts(&d), vec![(D365.into(), Some(Busy))]);
 }
 
 #[test]
@@ -309,7 +347,8 @@ fn equal_timestamps_are_broken_by_the_configured_system_priority() {
     assert_eq!(d.rule, Rule::LastWriterWins);
     cfg.system_priority = vec![TEAMS.into(), D365.into()];
     let d = run(&obs(D365, Available, T0), &v, &cfg, T0);
-    assert_eq!(d.rule, Rule::Superseded);
+    assert_ne!(d.rule, Rule::LastWriterWins);
+    assert!(d.canonical.is_none());
 }
 
 #[test]
@@ -319,7 +358,7 @@ fn agreement_advances_the_timestamp_without_writes() {
     let d = decide_default(&obs(TEAMS, Busy, T0 + 30), &v);
     assert_eq!(d.rule, Rule::Agree);
     let c = d.canonical.unwrap();
-    assert_eq!((c.version, c.source_time, c.source.as_str()), (4, T0 + 30, D365));
+    assert_eq!((c.version, c.source_time, c.source.as_str()), (4, T0 + 30, TEAMS));
     assert!(d.outbox.is_empty());
 }
 
@@ -338,7 +377,7 @@ fn a_reconcile_read_equal_to_the_last_observation_is_unchanged() {
     let mut v = view();
     v.canonical = Some(presence(D365, Busy, T0, 1));
     v.systems.entry(TEAMS.into()).or_default().observed = Some(observed(Busy, T0));
-    let mut o = obs(TEAMS, Busy, T0 + 100);
+    let mut o = reconcile_read(TEAMS, Busy, T0, T0 + 100);
     o.kind = ObservationKind::Reconcile;
     let d = decide_default(&o, &v);
     assert_eq!(d.rule, Rule::Unchanged);
@@ -352,7 +391,7 @@ fn a_reconcile_read_finds_a_lost_write_and_queues_a_repair() {
     let mut v = view();
     v.canonical = Some(presence(D365, Busy, T0 + 10, 2));
     v.systems.entry(TEAMS.into()).or_default().observed = Some(observed(Available, T0));
-    let mut o = obs(TEAMS, Available, T0 + 100);
+    let mut o = reconcile_read(TEAMS, Available, T0, T0 + 100);
     o.kind = ObservationKind::Reconcile;
     let d = decide_default(&o, &v);
     assert_eq!(d.rule, Rule::Drift, "{}", d.detail);
@@ -365,7 +404,7 @@ fn a_reconcile_read_does_not_repair_while_a_write_is_on_its_way() {
     v.canonical = Some(presence(D365, Busy, T0 + 10, 2));
     v.systems.entry(TEAMS.into()).or_default().observed = Some(observed(Available, T0));
     v.outbox.insert(TEAMS.into(), PendingWrite { availability: Some(Busy), in_flight: true });
-    let mut o = obs(TEAMS, Available, T0 + 100);
+    let mut o = reconcile_read(TEAMS, Available, T0, T0 + 100);
     o.kind = ObservationKind::Reconcile;
     assert_eq!(decide_default(&o, &v).rule, Rule::Unchanged);
     v.outbox.clear();
@@ -378,6 +417,7 @@ fn a_reconcile_read_of_a_missed_change_is_applied() {
     let mut v = view();
     v.canonical = Some(presence(D365, Available, T0, 1));
     v.systems.entry(D365.into()).or_default().observed = Some(observed(Available, T0));
+    v.systems.entry(TEAMS.into()).or_default().observed = Some(observed(Available, T0));
     let mut o = obs(D365, Busy, T0 + 50);
     o.kind = ObservationKind::Reconcile;
     let d = decide_default(&o, &v);

@@ -274,7 +274,7 @@ impl Topology {
     /// Whether any route writes to `system`.
     pub fn has_inbound(&self, system: &SystemId) -> bool {
         let inbound = |&n| self.graph.neighbors_directed(n, Incoming).next().is_some();
-        self.index.get(system).is_some_and(|n| inbound(n))
+        self.index.get(system).is_some_and(inbound)
     }
 }
 
@@ -355,13 +355,8 @@ pub struct TopologyErrors(pub Vec<TopologyError>);
 
 impl fmt::Display for TopologyErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str("\n")?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
+        let lines: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        f.write_str(&lines.join("\n"))
     }
 }
 

@@ -217,11 +217,23 @@ impl Store {
                 history(&mut tx, row, now, "write", "ok", &format!("wrote {} to {}", describe(&row.desired), target)).await?;
             }
             WriteResult::Failed { permanent, outcome_unknown, retry_at, class, message } => {
-                if let (Some(id), false) = (expectation, *outcome_unknown) {
-                    sqlx::query("DELETE FROM expectations WHERE id = $1")
-                        .bind(id)
-                        .execute(&mut *tx)
-                        .await?;
+                match (expectation, *outcome_unknown) {
+                    // It never took effect: nothing to expect back.
+                    (Some(id), false) => {
+                        sqlx::query("DELETE FROM expectations WHERE id = $1")
+                            .bind(id)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    // It took effect, if at all, by now: its echo carries an earlier time.
+                    (Some(id), true) => {
+                        sqlx::query("UPDATE expectations SET completed_at = $2 WHERE id = $1")
+                            .bind(id)
+                            .bind(now)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    (None, _) => {}
                 }
                 if *permanent {
                     let removed = sqlx::query(
