@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::{Availability, SystemId};
 
 /// Everything the engine needs besides its store, connectors and topology.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EngineConfig {
     pub rules: RulesConfig,
@@ -19,17 +19,6 @@ pub struct EngineConfig {
     /// Per-target dispatch limits, keyed by system name. Systems not listed use `dispatch_default`.
     pub dispatch: BTreeMap<SystemId, DispatchConfig>,
     pub dispatch_default: DispatchConfig,
-}
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        Self {
-            rules: RulesConfig::default(),
-            pipeline: PipelineConfig::default(),
-            dispatch: BTreeMap::new(),
-            dispatch_default: DispatchConfig::default(),
-        }
-    }
 }
 
 impl EngineConfig {

@@ -45,7 +45,9 @@ impl TargetGate {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(until) = s.paused_until {
             if until > now {
-                return Err(Duration::from_millis(u64::try_from(until - now).unwrap_or(0)));
+                return Err(Duration::from_millis(
+                    u64::try_from(until - now).unwrap_or(0),
+                ));
             }
             s.paused_until = None;
         }

@@ -20,7 +20,9 @@ use crate::connector::{Connector, ConnectorError};
 use crate::dispatch::{backoff, TargetGate};
 use crate::model::{Availability, ExternalId, Observation, ObservationKind, SystemId};
 use crate::rules::{self, Context, Rule};
-use crate::store::{Dialect, Enqueued, InboxRow, OutboxRow, Resolved, Store, StoreError, WriteResult};
+use crate::store::{
+    Dialect, Enqueued, InboxRow, OutboxRow, Resolved, Store, StoreError, WriteResult,
+};
 use crate::topology::{Topology, TopologyConfig, TopologyErrors};
 
 /// Engine errors.
@@ -313,7 +315,13 @@ impl Engine {
             let rows = self
                 .inner
                 .store
-                .claim_outbox(target, &self.inner.instance, now, now + lease, tokens as i64)
+                .claim_outbox(
+                    target,
+                    &self.inner.instance,
+                    now,
+                    now + lease,
+                    tokens as i64,
+                )
                 .await?;
             gate.give_back(tokens - rows.len());
             if rows.is_empty() {
@@ -336,12 +344,19 @@ impl Engine {
         let store = &self.inner.store;
         let ttl = self.inner.config.rules.echo_ttl_ms;
         let Some((row, expectation)) = store
-            .begin_write(&claimed.rep_id, &claimed.target, &self.inner.instance, self.now(), ttl)
+            .begin_write(
+                &claimed.rep_id,
+                &claimed.target,
+                &self.inner.instance,
+                self.now(),
+                ttl,
+            )
             .await?
         else {
             return Ok(());
         };
-        let span = info_span!("dispatch", rep = %row.rep_id, target = %row.target, version = row.version);
+        let span =
+            info_span!("dispatch", rep = %row.rep_id, target = %row.target, version = row.version);
         async {
             let Some(connector) = self.inner.connectors.get(&row.target) else {
                 return Ok(());
@@ -378,7 +393,10 @@ impl Engine {
         };
         let permanent = !e.is_transient();
         if permanent {
-            self.inner.stats.writes_failed.fetch_add(1, Ordering::Relaxed);
+            self.inner
+                .stats
+                .writes_failed
+                .fetch_add(1, Ordering::Relaxed);
             error!(error = %e, "Write rejected; the target stays out of sync until the next change or reconcile");
         } else {
             self.inner.stats.retries.fetch_add(1, Ordering::Relaxed);
@@ -406,10 +424,18 @@ impl Engine {
         let systems: Vec<SystemId> = self.inner.topology.systems().cloned().collect();
         for system in systems {
             let caps = self.inner.topology.capabilities(&system);
-            let Some(connector) = self.inner.connectors.get(&system).filter(|_| caps.is_some_and(|c| c.bulk_read)) else {
+            let Some(connector) = self
+                .inner
+                .connectors
+                .get(&system)
+                .filter(|_| caps.is_some_and(|c| c.bulk_read))
+            else {
                 continue;
             };
-            let mut sr = SystemReconcile { system: system.clone(), ..SystemReconcile::default() };
+            let mut sr = SystemReconcile {
+                system: system.clone(),
+                ..SystemReconcile::default()
+            };
             let directory = self.inner.store.reconcile_snapshot(&system).await?;
             let users: Vec<ExternalId> = directory.keys().cloned().collect();
             let states = match connector.read_all(&users).await {
@@ -527,7 +553,11 @@ impl Engine {
             match self
                 .inner
                 .store
-                .purge(now, now - cfg.dedup_retention_ms, now - cfg.history_retention_ms)
+                .purge(
+                    now,
+                    now - cfg.dedup_retention_ms,
+                    now - cfg.history_retention_ms,
+                )
                 .await
             {
                 Ok(n) if n > 0 => debug!(rows = n, "Purged old rows"),
@@ -554,12 +584,18 @@ pub struct ReconcileReport {
 impl ReconcileReport {
     /// Targets found out of sync and queued for repair.
     pub fn drift(&self) -> u64 {
-        self.decisions.get(Rule::Drift.as_str()).copied().unwrap_or(0)
+        self.decisions
+            .get(Rule::Drift.as_str())
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Changes the events had missed, now applied.
     pub fn missed_changes(&self) -> u64 {
-        self.decisions.get(Rule::LastWriterWins.as_str()).copied().unwrap_or(0)
+        self.decisions
+            .get(Rule::LastWriterWins.as_str())
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Whether every system was read.

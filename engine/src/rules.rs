@@ -233,10 +233,9 @@ pub fn decide(
         genuine_time: Some(source_time),
         genuine_sequence: obs.sequence,
     };
-    let order = state
-        .observed
-        .as_ref()
-        .map_or(Ordering::Greater, |prev| against_watermark(source_time, obs.sequence, prev));
+    let order = state.observed.as_ref().map_or(Ordering::Greater, |prev| {
+        against_watermark(source_time, obs.sequence, prev)
+    });
 
     let mut close: Vec<i64> = view
         .expectations
@@ -255,7 +254,8 @@ pub fn decide(
         e.availability == a
             && (!timed
                 || (source_time >= e.opened_at.saturating_sub(skew)
-                    && e.completed_at.is_none_or(|c| source_time <= c.saturating_add(skew))))
+                    && e.completed_at
+                        .is_none_or(|c| source_time <= c.saturating_add(skew))))
     };
     let live: Vec<&Expectation> = view
         .expectations
@@ -279,7 +279,10 @@ pub fn decide(
             // The hit is retired too: the same echo may still arrive by another path (a
             // webhook after a reconcile read saw it).
             retire(
-                open.iter().filter(|e| e.id <= hit.id).map(|e| e.id).collect(),
+                open.iter()
+                    .filter(|e| e.id <= hit.id)
+                    .map(|e| e.id)
+                    .collect(),
                 &mut close,
                 &mut supersede,
             );
@@ -396,8 +399,8 @@ pub fn decide(
         }
         // A reconcile read equal to the last observation, and not newer where the system's
         // timestamps tell (the same state set again, with a lost delivery in between, is a change).
-        let unchanged =
-            prev.availability == a && (!timed || raw_order(&observed_now, prev) != Ordering::Greater);
+        let unchanged = prev.availability == a
+            && (!timed || raw_order(&observed_now, prev) != Ordering::Greater);
         if obs.kind == ObservationKind::Reconcile && unchanged {
             let mut d = Decision::new(
                 Rule::Unchanged,
@@ -485,7 +488,9 @@ pub fn decide(
             // The system agreed, but a write of presync's landed after that and it shows the
             // write's older state now: keep (or queue) the write of the canonical state.
             if let Some(op) = write_for(view, current, sys, ctx, true) {
-                d.detail.push_str(&format!("; repairing {sys}, where presync's older write overwrote it"));
+                d.detail.push_str(&format!(
+                    "; repairing {sys}, where presync's older write overwrote it"
+                ));
                 d.outbox.push(op);
             }
         } else if view
@@ -503,12 +508,18 @@ pub fn decide(
     let newer = match source_time.cmp(&current.source_time) {
         Ordering::Greater => true,
         Ordering::Less => false,
-        Ordering::Equal => {
-            &current.source == sys || rank(cfg, sys) < rank(cfg, &current.source)
-        }
+        Ordering::Equal => &current.source == sys || rank(cfg, sys) < rank(cfg, &current.source),
     };
     if newer {
-        return apply(obs, a, observed_now, (close, supersede), view, ctx, Some(current));
+        return apply(
+            obs,
+            a,
+            observed_now,
+            (close, supersede),
+            view,
+            ctx,
+            Some(current),
+        );
     }
     let mut d = Decision::new(
         Rule::Superseded,
@@ -589,10 +600,13 @@ fn apply(
     // its echo was already seen (the system shows something newer), or its expectation is still
     // open with a completion after this state's time. The write overwrote the person's newer
     // choice, so put it back.
-    let overwritten = overwritten_by_our_write(view, sys, a, &observed_now, &close, &supersede, ctx);
+    let overwritten =
+        overwritten_by_our_write(view, sys, a, &observed_now, &close, &supersede, ctx);
     if overwritten && semantics == Some(WriteSemantics::Overwrite) {
         if let Some(op) = write_for(view, &presence, sys, ctx, true) {
-            d.detail.push_str(&format!("; repairing {sys}, where presync's older write overwrote it"));
+            d.detail.push_str(&format!(
+                "; repairing {sys}, where presync's older write overwrote it"
+            ));
             d.outbox.push(op);
         }
     } else if contributes && view.external_ids.contains_key(sys) {
@@ -673,7 +687,9 @@ fn write_for(
                 && state.is_some_and(|s| {
                     s.observed.as_ref().is_some_and(|o| {
                         o.availability == a
-                            && s.written.as_ref().is_none_or(|w| w.written_at <= o.observed_at)
+                            && s.written
+                                .as_ref()
+                                .is_none_or(|w| w.written_at <= o.observed_at)
                     })
                 })
         }
@@ -739,16 +755,13 @@ fn drift_repair(
     if view.outbox.contains_key(sys) {
         return;
     }
-    let write_pending = view
-        .expectations
-        .iter()
-        .any(|e| {
-            &e.system == sys
-                && e.expires_at > ctx.now
-                && !e.superseded
-                && !d.close_expectations.contains(&e.id)
-                && !d.supersede_expectations.contains(&e.id)
-        });
+    let write_pending = view.expectations.iter().any(|e| {
+        &e.system == sys
+            && e.expires_at > ctx.now
+            && !e.superseded
+            && !d.close_expectations.contains(&e.id)
+            && !d.supersede_expectations.contains(&e.id)
+    });
     if write_pending {
         return;
     }
@@ -781,7 +794,9 @@ fn debounce_grace(cfg: &RulesConfig, obs: &Observation, a: Availability) -> Opti
 fn against_watermark(time: Millis, sequence: Option<i64>, prev: &ObservedState) -> Ordering {
     match (sequence, prev.genuine_sequence) {
         (Some(n), Some(p)) => n.cmp(&p),
-        _ => prev.genuine_time.map_or(Ordering::Greater, |p| time.cmp(&p)),
+        _ => prev
+            .genuine_time
+            .map_or(Ordering::Greater, |p| time.cmp(&p)),
     }
 }
 

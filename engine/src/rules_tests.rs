@@ -1,5 +1,5 @@
 //! Unit tests of the conflict rules: one per rule and per hard case of DESIGN.md.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::field_reassign_with_default)]
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,7 +20,10 @@ const T0: Millis = 1_000_000;
 fn topology() -> Topology {
     let clock = Arc::new(ManualClock::new(T0));
     let mut connectors: BTreeMap<SystemId, Arc<dyn Connector>> = BTreeMap::new();
-    connectors.insert(D365.into(), MemorySystem::new(D365, clock.clone()).connector());
+    connectors.insert(
+        D365.into(),
+        MemorySystem::new(D365, clock.clone()).connector(),
+    );
     connectors.insert(
         TEAMS.into(),
         MemorySystem::new(TEAMS, clock)
@@ -110,7 +113,16 @@ fn a_reconcile_read_of_the_same_state_set_again_is_a_missed_change() {
 fn run(o: &Observation, v: &RepView, cfg: &RulesConfig, now: Millis) -> Decision {
     let topo = topology();
     let a = remap(cfg, o, o.native.code.parse().unwrap_or(Offline));
-    decide(o, a, v, Context { topology: &topo, config: cfg, now })
+    decide(
+        o,
+        a,
+        v,
+        Context {
+            topology: &topo,
+            config: cfg,
+            now,
+        },
+    )
 }
 
 fn decide_default(o: &Observation, v: &RepView) -> Decision {
@@ -121,7 +133,9 @@ fn upserts(d: &Decision) -> Vec<(String, Option<Availability>)> {
     d.outbox
         .iter()
         .filter_map(|op| match op {
-            OutboxOp::Upsert { target, desired } => Some((target.to_string(), desired.availability())),
+            OutboxOp::Upsert { target, desired } => {
+                Some((target.to_string(), desired.availability()))
+            }
             OutboxOp::Cancel { .. } => None,
         })
         .collect()
@@ -135,7 +149,8 @@ fn fold(v: &mut RepView, o: &Observation, d: &Decision) {
     if let Some(c) = &d.canonical {
         v.canonical = Some(c.clone());
     }
-    v.expectations.retain(|e| !d.close_expectations.contains(&e.id));
+    v.expectations
+        .retain(|e| !d.close_expectations.contains(&e.id));
     for e in &mut v.expectations {
         e.superseded |= d.supersede_expectations.contains(&e.id);
     }
@@ -154,12 +169,17 @@ fn first_observation_becomes_canonical_and_is_written_to_the_other_system() {
 fn echo_of_our_own_write_is_not_propagated() {
     let mut v = view();
     v.canonical = Some(presence(D365, Busy, T0, 1));
-    v.expectations.push(expectation(7, TEAMS, Busy, Some(T0 + 10)));
+    v.expectations
+        .push(expectation(7, TEAMS, Busy, Some(T0 + 10)));
     let d = decide_default(&obs(TEAMS, Busy, T0 + 20), &v);
     assert_eq!(d.rule, Rule::Echo);
     assert!(d.outbox.is_empty());
     assert!(d.canonical.is_none());
-    assert_eq!(d.supersede_expectations, vec![7], "kept for a redelivery of the same echo");
+    assert_eq!(
+        d.supersede_expectations,
+        vec![7],
+        "kept for a redelivery of the same echo"
+    );
     assert_eq!(d.observed.unwrap().availability, Busy);
 }
 
@@ -172,7 +192,16 @@ fn echo_is_matched_at_the_canonical_level_not_the_native_one() {
     o.native = NativeState::new("Busy"); // presync wrote Busy/InACall; Teams echoes Busy/Busy
     let cfg = RulesConfig::default();
     let topo = topology();
-    let d = decide(&o, Busy, &v, Context { topology: &topo, config: &cfg, now: T0 + 5 });
+    let d = decide(
+        &o,
+        Busy,
+        &v,
+        Context {
+            topology: &topo,
+            config: &cfg,
+            now: T0 + 5,
+        },
+    );
     assert_eq!(d.rule, Rule::Echo);
 }
 
@@ -213,7 +242,8 @@ fn a_late_echo_of_a_superseded_write_is_dropped() {
 fn a_state_long_after_a_write_is_not_its_echo() {
     let mut v = view();
     v.canonical = Some(presence(D365, Busy, T0, 1));
-    v.expectations.push(expectation(1, TEAMS, Available, Some(T0 + 10)));
+    v.expectations
+        .push(expectation(1, TEAMS, Available, Some(T0 + 10)));
     let d = decide_default(&obs(TEAMS, Available, T0 + 10 * 60_000), &v);
     assert_eq!(d.rule, Rule::LastWriterWins);
 }
@@ -248,7 +278,8 @@ fn a_different_state_after_our_write_landed_closes_its_expectation() {
     // ended and Teams shows Available. That Available is the person's, not an echo.
     let mut v = view();
     v.canonical = Some(presence(D365, Available, T0, 3));
-    v.expectations.push(expectation(9, TEAMS, Available, Some(T0 + 5)));
+    v.expectations
+        .push(expectation(9, TEAMS, Available, Some(T0 + 5)));
     let meeting = obs(TEAMS, Busy, T0 + 10);
     let d = decide_default(&meeting, &v);
     assert_eq!(d.rule, Rule::LastWriterWins);
@@ -257,7 +288,10 @@ fn a_different_state_after_our_write_landed_closes_its_expectation() {
     let ended = obs(TEAMS, Available, T0 + 30 * 60_000);
     let d = decide_default(&ended, &v);
     assert_eq!(d.rule, Rule::LastWriterWins, "{}", d.detail);
-    assert_eq!(upserts(&d).first(), Some(&(D365.to_string(), Some(Available))));
+    assert_eq!(
+        upserts(&d).first(),
+        Some(&(D365.to_string(), Some(Available)))
+    );
 }
 
 #[test]
@@ -317,8 +351,11 @@ fn a_newer_observation_wins_and_is_never_written_back_to_its_source() {
 fn an_older_observation_from_a_target_already_sent_the_canonical_state_is_superseded() {
     let mut v = view();
     v.canonical = Some(presence(TEAMS, Busy, T0 + 10, 1));
-    v.systems.entry(D365.into()).or_default().written =
-        Some(WrittenState { availability: Some(Busy), version: 1, written_at: T0 + 11 });
+    v.systems.entry(D365.into()).or_default().written = Some(WrittenState {
+        availability: Some(Busy),
+        version: 1,
+        written_at: T0 + 11,
+    });
     let d = decide_default(&obs(D365, Available, T0 + 5), &v);
     assert_eq!(d.rule, Rule::Superseded);
     assert!(d.outbox.is_empty() && d.canonical.is_none());
@@ -358,7 +395,10 @@ fn agreement_advances_the_timestamp_without_writes() {
     let d = decide_default(&obs(TEAMS, Busy, T0 + 30), &v);
     assert_eq!(d.rule, Rule::Agree);
     let c = d.canonical.unwrap();
-    assert_eq!((c.version, c.source_time, c.source.as_str()), (4, T0 + 30, TEAMS));
+    assert_eq!(
+        (c.version, c.source_time, c.source.as_str()),
+        (4, T0 + 30, TEAMS)
+    );
     assert!(d.outbox.is_empty());
 }
 
@@ -403,7 +443,13 @@ fn a_reconcile_read_does_not_repair_while_a_write_is_on_its_way() {
     let mut v = view();
     v.canonical = Some(presence(D365, Busy, T0 + 10, 2));
     v.systems.entry(TEAMS.into()).or_default().observed = Some(observed(Available, T0));
-    v.outbox.insert(TEAMS.into(), PendingWrite { availability: Some(Busy), in_flight: true });
+    v.outbox.insert(
+        TEAMS.into(),
+        PendingWrite {
+            availability: Some(Busy),
+            in_flight: true,
+        },
+    );
     let mut o = reconcile_read(TEAMS, Available, T0, T0 + 100);
     o.kind = ObservationKind::Reconcile;
     assert_eq!(decide_default(&o, &v).rule, Rule::Unchanged);
@@ -454,7 +500,8 @@ fn sticky_echo_settles_with_the_persons_real_state() {
     let d = decide_default(&dnd, &v);
     assert_eq!(upserts(&d), vec![(D365.into(), Some(DoNotDisturb))]);
     fold(&mut v, &dnd, &d);
-    v.expectations.push(expectation(1, D365, DoNotDisturb, Some(T0 + 5)));
+    v.expectations
+        .push(expectation(1, D365, DoNotDisturb, Some(T0 + 5)));
 
     let echo = obs(D365, DoNotDisturb, T0 + 8);
     let d = decide_default(&echo, &v);
@@ -474,7 +521,13 @@ fn sticky_echo_settles_with_the_persons_real_state() {
 fn a_pending_write_to_the_source_is_cancelled_by_its_newer_state() {
     let mut v = view();
     v.canonical = Some(presence(TEAMS, Busy, T0, 1));
-    v.outbox.insert(D365.into(), PendingWrite { availability: Some(Busy), in_flight: false });
+    v.outbox.insert(
+        D365.into(),
+        PendingWrite {
+            availability: Some(Busy),
+            in_flight: false,
+        },
+    );
     let d = decide_default(&obs(D365, Away, T0 + 10), &v);
     assert!(d.outbox.iter().any(|op| matches!(op,
         OutboxOp::Cancel { target, if_in_flight: Desired::Set(p) } if target.as_str() == D365 && p.availability == Away)));
@@ -485,7 +538,10 @@ fn an_automatic_offline_is_deferred_for_its_grace_window() {
     let mut v = view();
     v.canonical = Some(presence(D365, Available, T0, 1));
     let mut cfg = RulesConfig::default();
-    cfg.policies.debounce_offline = vec![DebounceOffline { system: D365.into(), grace_ms: 150_000 }];
+    cfg.policies.debounce_offline = vec![DebounceOffline {
+        system: D365.into(),
+        grace_ms: 150_000,
+    }];
     let o = obs(D365, Offline, T0 + 10);
     let d = run(&o, &v, &cfg, T0 + 10);
     assert_eq!(d.rule, Rule::Deferred);
@@ -499,7 +555,10 @@ fn an_offline_superseded_within_its_grace_window_is_debounced() {
     v.canonical = Some(presence(D365, Available, T0, 1));
     v.systems.entry(D365.into()).or_default().observed = Some(observed(Available, T0 + 60_000));
     let mut cfg = RulesConfig::default();
-    cfg.policies.debounce_offline = vec![DebounceOffline { system: D365.into(), grace_ms: 150_000 }];
+    cfg.policies.debounce_offline = vec![DebounceOffline {
+        system: D365.into(),
+        grace_ms: 150_000,
+    }];
     let d = run(&obs(D365, Offline, T0 + 10), &v, &cfg, T0 + 200_000);
     assert_eq!(d.rule, Rule::Debounced);
     assert!(d.outbox.is_empty());
@@ -510,7 +569,10 @@ fn an_offline_that_outlasts_its_grace_window_is_applied() {
     let mut v = view();
     v.canonical = Some(presence(D365, Available, T0, 1));
     let mut cfg = RulesConfig::default();
-    cfg.policies.debounce_offline = vec![DebounceOffline { system: D365.into(), grace_ms: 150_000 }];
+    cfg.policies.debounce_offline = vec![DebounceOffline {
+        system: D365.into(),
+        grace_ms: 150_000,
+    }];
     let d = run(&obs(D365, Offline, T0 + 10), &v, &cfg, T0 + 200_000);
     assert_eq!(d.rule, Rule::LastWriterWins);
     assert_eq!(upserts(&d), vec![(TEAMS.into(), Some(Offline))]);
@@ -545,7 +607,11 @@ fn a_manual_state_never_holds_against_signing_out() {
 #[test]
 fn remap_makes_a_teams_meeting_busy_for_routing() {
     let mut cfg = RulesConfig::default();
-    cfg.policies.remap = vec![Remap { system: TEAMS.into(), native: "InAMeeting".into(), to: Busy }];
+    cfg.policies.remap = vec![Remap {
+        system: TEAMS.into(),
+        native: "InAMeeting".into(),
+        to: Busy,
+    }];
     let mut o = obs(TEAMS, Available, T0);
     o.native = NativeState::new("Available/InAMeeting");
     assert_eq!(remap(&cfg, &o, Available), Busy);
@@ -575,13 +641,24 @@ fn a_target_without_an_external_id_is_not_written() {
 fn an_edge_filter_keeps_other_availabilities_from_crossing() {
     let clock = Arc::new(ManualClock::new(T0));
     let mut connectors: BTreeMap<SystemId, Arc<dyn Connector>> = BTreeMap::new();
-    connectors.insert(D365.into(), MemorySystem::new(D365, clock.clone()).connector());
+    connectors.insert(
+        D365.into(),
+        MemorySystem::new(D365, clock.clone()).connector(),
+    );
     connectors.insert(TEAMS.into(), MemorySystem::new(TEAMS, clock).connector());
     let mut cfg = TopologyConfig::full_mesh(&connectors);
-    cfg.edges = vec![EdgeSpec { from: D365.into(), to: TEAMS.into(), only: Some(vec![Busy, DoNotDisturb]) }];
+    cfg.edges = vec![EdgeSpec {
+        from: D365.into(),
+        to: TEAMS.into(),
+        only: Some(vec![Busy, DoNotDisturb]),
+    }];
     let topo = Topology::build(&cfg, &connectors).unwrap();
     let rules = RulesConfig::default();
-    let ctx = Context { topology: &topo, config: &rules, now: T0 };
+    let ctx = Context {
+        topology: &topo,
+        config: &rules,
+        now: T0,
+    };
     let d = decide(&obs(D365, Available, T0), Available, &view(), ctx);
     assert!(upserts(&d).is_empty());
     let d = decide(&obs(D365, Busy, T0), Busy, &view(), ctx);
@@ -600,25 +677,36 @@ fn a_late_change_overwritten_by_our_write_wins_and_is_repaired_when_its_echo_cam
     v.systems.entry(D365.into()).or_default().observed = Some(echoed);
     let d = decide_default(&obs(D365, Away, T0 + 12), &v);
     assert_eq!(d.rule, Rule::LastWriterWins, "{}", d.detail);
-    assert_eq!(upserts(&d), vec![(TEAMS.into(), Some(Away)), (D365.into(), Some(Away))]);
+    assert_eq!(
+        upserts(&d),
+        vec![(TEAMS.into(), Some(Away)), (D365.into(), Some(Away))]
+    );
 }
 
 #[test]
 fn a_late_change_overwritten_by_our_write_wins_and_is_repaired_when_it_comes_before_the_echo() {
     let mut v = view();
     v.canonical = Some(presence(TEAMS, Busy, T0, 1));
-    v.expectations.push(expectation(1, D365, Busy, Some(T0 + 15)));
+    v.expectations
+        .push(expectation(1, D365, Busy, Some(T0 + 15)));
     let d = decide_default(&obs(D365, Away, T0 + 12), &v);
     assert_eq!(d.rule, Rule::LastWriterWins, "{}", d.detail);
-    assert!(d.close_expectations.is_empty(), "the echo of the overwriting write is still to come");
-    assert_eq!(upserts(&d), vec![(TEAMS.into(), Some(Away)), (D365.into(), Some(Away))]);
+    assert!(
+        d.close_expectations.is_empty(),
+        "the echo of the overwriting write is still to come"
+    );
+    assert_eq!(
+        upserts(&d),
+        vec![(TEAMS.into(), Some(Away)), (D365.into(), Some(Away))]
+    );
 }
 
 #[test]
 fn an_echo_does_not_advance_the_stale_watermark() {
     let mut v = view();
     v.canonical = Some(presence(TEAMS, Busy, T0, 1));
-    v.expectations.push(expectation(1, D365, Busy, Some(T0 + 15)));
+    v.expectations
+        .push(expectation(1, D365, Busy, Some(T0 + 15)));
     let echo = obs(D365, Busy, T0 + 15);
     let d = decide_default(&echo, &v);
     assert_eq!(d.rule, Rule::Echo);

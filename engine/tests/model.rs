@@ -30,20 +30,35 @@ use proptest::prelude::*;
 #[derive(Debug, Clone)]
 enum Op {
     /// A person changes their state in one system.
-    Change { sys: usize, rep: usize, a: Availability },
+    Change {
+        sys: usize,
+        rep: usize,
+        a: Availability,
+    },
     /// The network delivers one pending delivery, in any order.
-    Deliver { pick: usize },
+    Deliver {
+        pick: usize,
+    },
     /// The network delivers a copy and keeps the original.
-    Duplicate { pick: usize },
+    Duplicate {
+        pick: usize,
+    },
     /// The network loses one pending delivery.
-    Lose { pick: usize },
+    Lose {
+        pick: usize,
+    },
     Resolve,
     Dispatch,
     Reconcile,
     Restart,
     /// The next call to a system fails.
-    Fault { sys: usize, kind: u8 },
-    Tick { ms: i64 },
+    Fault {
+        sys: usize,
+        kind: u8,
+    },
+    Tick {
+        ms: i64,
+    },
 }
 
 fn availability() -> impl Strategy<Value = Availability> {
@@ -114,7 +129,13 @@ impl Run {
                 let rep = rep % self.reps;
                 let s = &self.w.systems[sys];
                 if let Some(o) = s.person_sets(&user(s.name().as_str(), rep), a) {
-                    self.genuine.push(Genuine { rep, sys, at: o.source_time, a, key: o.delivery_key });
+                    self.genuine.push(Genuine {
+                        rep,
+                        sys,
+                        at: o.source_time,
+                        a,
+                        key: o.delivery_key,
+                    });
                 }
             }
             Op::Deliver { pick } if !self.network.is_empty() => {
@@ -163,7 +184,10 @@ impl Run {
         let at = self.w.clock.advance(0);
         let report = self.w.engine.reconcile().await.unwrap();
         for (i, s) in self.w.systems.iter().enumerate() {
-            let ok = report.systems.iter().any(|r| r.system == s.name() && r.error.is_none());
+            let ok = report
+                .systems
+                .iter()
+                .any(|r| r.system == s.name() && r.error.is_none());
             if ok {
                 self.reads[i].push(at);
             }
@@ -199,7 +223,12 @@ impl Run {
             .w
             .systems
             .iter()
-            .map(|s| s.writes().into_iter().map(|r| (r.user.to_string(), r.at)).collect())
+            .map(|s| {
+                s.writes()
+                    .into_iter()
+                    .map(|r| (r.user.to_string(), r.at))
+                    .collect()
+            })
             .collect();
         self.genuine
             .iter()
@@ -210,19 +239,30 @@ impl Run {
                 }
                 let s = &self.w.systems[g.sys];
                 let u = user(s.name().as_str(), g.rep).to_string();
-                let read_at = self.reads[g.sys].iter().copied().find(|&r| r >= g.at).unwrap_or(i64::MAX);
-                !writes[g.sys].iter().any(|(wu, at)| *wu == u && *at > g.at && *at <= read_at)
+                let read_at = self.reads[g.sys]
+                    .iter()
+                    .copied()
+                    .find(|&r| r >= g.at)
+                    .unwrap_or(i64::MAX);
+                !writes[g.sys]
+                    .iter()
+                    .any(|(wu, at)| *wu == u && *at > g.at && *at <= read_at)
             })
             .max_by_key(|g| (g.at, std::cmp::Reverse(g.sys)))
     }
 }
 
 fn run_case(n: usize, reps: usize, ops: Vec<Op>) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async move {
         let db = TestDb::sqlite();
         let clock = Arc::new(ManualClock::new(T0));
-        let systems: Vec<MemorySystem> = (0..n).map(|i| MemorySystem::new(format!("s{i}"), clock.clone())).collect();
+        let systems: Vec<MemorySystem> = (0..n)
+            .map(|i| MemorySystem::new(format!("s{i}"), clock.clone()))
+            .collect();
         let mut cfg = EngineConfig::default();
         cfg.rules.system_priority = systems.iter().map(|s| s.name()).collect();
         // The in-memory systems share presync's clock: no skew. (Within the skew bound of one
@@ -301,13 +341,19 @@ async fn check(run: &Run) {
     }
     for key in &run.acknowledged {
         let h = store.history_for_delivery(key).await.unwrap();
-        assert!(!h.is_empty(), "acknowledged delivery {key} was never resolved");
+        assert!(
+            !h.is_empty(),
+            "acknowledged delivery {key} was never resolved"
+        );
     }
     assert_eq!(store.queue_depths().await.unwrap().inbox, 0);
 }
 
 fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(256)
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(256)
 }
 
 proptest! {

@@ -17,12 +17,22 @@ use presync_engine::Availability::*;
 use presync_engine::{Desired, WriteSemantics};
 
 fn systems(clock: &Arc<ManualClock>) -> Vec<MemorySystem> {
-    vec![MemorySystem::new("d365", clock.clone()), MemorySystem::new("teams", clock.clone())]
+    vec![
+        MemorySystem::new("d365", clock.clone()),
+        MemorySystem::new("teams", clock.clone()),
+    ]
 }
 
 async fn world(url: &str) -> World {
     let clock = Arc::new(ManualClock::new(T0));
-    World::with_clock(url, clock.clone(), &systems(&clock), 2, EngineConfig::default()).await
+    World::with_clock(
+        url,
+        clock.clone(),
+        &systems(&clock),
+        2,
+        EngineConfig::default(),
+    )
+    .await
 }
 
 fn writes_to(w: &World, system: &str) -> usize {
@@ -36,24 +46,56 @@ async fn a_change_reaches_the_other_system_and_its_echo_is_not_propagated(url: S
     w.settle().await;
     assert_eq!(w.states(0), vec![Some(Busy), Some(Busy)]);
     assert_eq!(writes_to(&w, "teams"), 1);
-    assert_eq!(writes_to(&w, "d365"), 0, "the echo from Teams must not come back to D365");
-    let echoes = w.engine.stats().decisions().get("echo").copied().unwrap_or(0);
+    assert_eq!(
+        writes_to(&w, "d365"),
+        0,
+        "the echo from Teams must not come back to D365"
+    );
+    let echoes = w
+        .engine
+        .stats()
+        .decisions()
+        .get("echo")
+        .copied()
+        .unwrap_or(0);
     assert_eq!(echoes, 1);
     let history = w.engine.store().history(&rep(0), 10).await.unwrap();
     assert!(history.iter().any(|h| h.rule == "echo"), "{history:?}");
-    assert!(history.iter().any(|h| h.rule == "write" && h.outcome == "ok"));
+    assert!(history
+        .iter()
+        .any(|h| h.rule == "write" && h.outcome == "ok"));
 }
 
 async fn a_redelivered_webhook_is_accepted_once(url: String) {
     let w = world(&url).await;
     w.clock.advance(10);
-    let d = w.system("d365").person_sets(&user("d365", 0), Busy).unwrap();
+    let d = w
+        .system("d365")
+        .person_sets(&user("d365", 0), Busy)
+        .unwrap();
     w.system("d365").take_deliveries();
-    assert_eq!(w.engine.ingest(d.clone()).await.unwrap(), Enqueued::Accepted);
-    assert_eq!(w.engine.ingest(d.clone()).await.unwrap(), Enqueued::Duplicate);
+    assert_eq!(
+        w.engine.ingest(d.clone()).await.unwrap(),
+        Enqueued::Accepted
+    );
+    assert_eq!(
+        w.engine.ingest(d.clone()).await.unwrap(),
+        Enqueued::Duplicate
+    );
     w.settle().await;
-    assert_eq!(w.engine.ingest(d.clone()).await.unwrap(), Enqueued::Duplicate);
-    assert_eq!(w.engine.store().history_for_delivery(&d.delivery_key).await.unwrap().len(), 1);
+    assert_eq!(
+        w.engine.ingest(d.clone()).await.unwrap(),
+        Enqueued::Duplicate
+    );
+    assert_eq!(
+        w.engine
+            .store()
+            .history_for_delivery(&d.delivery_key)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     assert_eq!(writes_to(&w, "teams"), 1);
 }
 
@@ -88,7 +130,11 @@ async fn a_lost_webhook_is_repaired_by_the_next_reconcile(url: String) {
     w.settle().await;
     assert_eq!(w.states(1), vec![Some(DoNotDisturb), Some(DoNotDisturb)]);
     let again = w.engine.reconcile().await.unwrap();
-    assert_eq!(again.decisions.values().sum::<u64>(), 0, "in sync: nothing fed: {again:?}");
+    assert_eq!(
+        again.decisions.values().sum::<u64>(),
+        0,
+        "in sync: nothing fed: {again:?}"
+    );
 }
 
 async fn a_write_refused_by_the_target_is_repaired_by_reconcile_as_drift(url: String) {
@@ -99,7 +145,12 @@ async fn a_write_refused_by_the_target_is_repaired_by_reconcile_as_drift(url: St
     w.settle().await;
     assert_eq!(w.states(0), vec![Some(Busy), Some(Offline)]);
     let history = w.engine.store().history(&rep(0), 10).await.unwrap();
-    assert!(history.iter().any(|h| h.rule == "write" && h.outcome == "rejected"), "{history:?}");
+    assert!(
+        history
+            .iter()
+            .any(|h| h.rule == "write" && h.outcome == "rejected"),
+        "{history:?}"
+    );
     // Teams was never observed; a first read records it, a second finds the drift.
     w.engine.reconcile().await.unwrap();
     w.settle().await;
@@ -111,7 +162,8 @@ async fn a_write_refused_by_the_target_is_repaired_by_reconcile_as_drift(url: St
 async fn a_throttled_write_waits_for_retry_after(url: String) {
     let w = world(&url).await;
     w.clock.advance(10);
-    w.system("teams").inject(MemoryFault::RateLimited(Duration::from_secs(2)));
+    w.system("teams")
+        .inject(MemoryFault::RateLimited(Duration::from_secs(2)));
     w.system("d365").person_sets(&user("d365", 0), Busy);
     for d in w.take_deliveries() {
         w.engine.ingest(d).await.unwrap();
@@ -120,11 +172,21 @@ async fn a_throttled_write_waits_for_retry_after(url: String) {
     assert_eq!(w.engine.dispatch_pending().await.unwrap(), 1);
     assert_eq!(writes_to(&w, "teams"), 0);
     w.clock.advance(1_999);
-    assert_eq!(w.engine.dispatch_pending().await.unwrap(), 0, "retried before Retry-After");
+    assert_eq!(
+        w.engine.dispatch_pending().await.unwrap(),
+        0,
+        "retried before Retry-After"
+    );
     w.clock.advance(1);
     assert_eq!(w.engine.dispatch_pending().await.unwrap(), 1);
     assert_eq!(writes_to(&w, "teams"), 1);
-    assert!(w.engine.stats().retries.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    assert!(
+        w.engine
+            .stats()
+            .retries
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
 }
 
 async fn a_server_error_is_retried_with_backoff(url: String) {
@@ -153,7 +215,11 @@ async fn a_write_with_an_unknown_outcome_is_retried_and_its_echo_still_suppresse
     w.clock.advance(60_000);
     w.settle().await;
     assert_eq!(w.states(0), vec![Some(Busy), Some(Busy)]);
-    assert_eq!(writes_to(&w, "d365"), 0, "the echo of a write with unknown outcome came back");
+    assert_eq!(
+        writes_to(&w, "d365"),
+        0,
+        "the echo of a write with unknown outcome came back"
+    );
 }
 
 async fn a_crash_between_begin_and_finish_rewrites_once_after_restart(url: String) {
@@ -167,19 +233,40 @@ async fn a_crash_between_begin_and_finish_rewrites_once_after_restart(url: Strin
     // Claim and begin the write, send it, and die before recording the outcome.
     let store = w.engine.store().clone();
     let now = w.clock.advance(1);
-    let claimed = store.claim_outbox(&"teams".into(), "doomed", now, now + 30_000, 10).await.unwrap();
+    let claimed = store
+        .claim_outbox(&"teams".into(), "doomed", now, now + 30_000, 10)
+        .await
+        .unwrap();
     assert_eq!(claimed.len(), 1);
-    let (row, _) = store.begin_write(&claimed[0].rep_id, &claimed[0].target, "doomed", now, 600_000).await.unwrap().unwrap();
+    let (row, _) = store
+        .begin_write(
+            &claimed[0].rep_id,
+            &claimed[0].target,
+            "doomed",
+            now,
+            600_000,
+        )
+        .await
+        .unwrap()
+        .unwrap();
     let teams = w.system("teams").connector();
-    presync_engine::Connector::write(teams.as_ref(), &row.external_id, &row.desired).await.unwrap();
+    presync_engine::Connector::write(teams.as_ref(), &row.external_id, &row.desired)
+        .await
+        .unwrap();
     w.restart().await;
     // SQLite takes over its predecessor's claims at start; PostgreSQL waits for the lease.
     w.clock.advance(w.config.pipeline.lease_ms + 1);
     w.settle().await;
     assert_eq!(w.states(0), vec![Some(DoNotDisturb), Some(DoNotDisturb)]);
     let teams_writes = w.system("teams").writes();
-    assert_eq!(teams_writes.len(), 2, "the unknown-outcome write is made again, once");
-    assert!(teams_writes.iter().all(|r| matches!(&r.desired, Desired::Set(p) if p.availability == DoNotDisturb)));
+    assert_eq!(
+        teams_writes.len(),
+        2,
+        "the unknown-outcome write is made again, once"
+    );
+    assert!(teams_writes
+        .iter()
+        .all(|r| matches!(&r.desired, Desired::Set(p) if p.availability == DoNotDisturb)));
     assert_eq!(writes_to(&w, "d365"), 0);
 }
 
@@ -201,9 +288,17 @@ async fn an_unknown_user_is_recorded_and_dropped(url: String) {
     let w = world(&url).await;
     w.system("d365").add_user("stranger", Offline);
     w.clock.advance(10);
-    let d = w.system("d365").person_sets(&"stranger".into(), Busy).unwrap();
+    let d = w
+        .system("d365")
+        .person_sets(&"stranger".into(), Busy)
+        .unwrap();
     w.settle().await;
-    let h = w.engine.store().history_for_delivery(&d.delivery_key).await.unwrap();
+    let h = w
+        .engine
+        .store()
+        .history_for_delivery(&d.delivery_key)
+        .await
+        .unwrap();
     assert_eq!(h.len(), 1);
     assert_eq!(h[0].rule, "unknown_representative");
     assert_eq!(writes_to(&w, "teams"), 0);
@@ -212,7 +307,10 @@ async fn an_unknown_user_is_recorded_and_dropped(url: String) {
 async fn a_transient_offline_is_debounced_through_the_inbox(url: String) {
     let clock = Arc::new(ManualClock::new(T0));
     let mut cfg = EngineConfig::default();
-    cfg.rules.policies.debounce_offline = vec![DebounceOffline { system: "d365".into(), grace_ms: 150_000 }];
+    cfg.rules.policies.debounce_offline = vec![DebounceOffline {
+        system: "d365".into(),
+        grace_ms: 150_000,
+    }];
     let w = World::with_clock(&url, clock.clone(), &systems(&clock), 1, cfg).await;
     let d365 = w.system("d365");
     clock.advance(10);
@@ -222,14 +320,22 @@ async fn a_transient_offline_is_debounced_through_the_inbox(url: String) {
     clock.advance(10);
     d365.person_sets(&user("d365", 0), Offline);
     w.settle().await;
-    assert_eq!(w.states(0)[1], Some(Available), "held during the grace window");
+    assert_eq!(
+        w.states(0)[1],
+        Some(Available),
+        "held during the grace window"
+    );
     clock.advance(60_000);
     d365.person_sets(&user("d365", 0), Available); // reconnected within 2.5 minutes
     w.settle().await;
     clock.advance(200_000);
     w.settle().await;
     assert_eq!(w.states(0), vec![Some(Available), Some(Available)]);
-    assert_eq!(writes_to(&w, "teams"), 1, "the transient Offline never reached Teams");
+    assert_eq!(
+        writes_to(&w, "teams"),
+        1,
+        "the transient Offline never reached Teams"
+    );
     clock.advance(10);
     d365.person_sets(&user("d365", 0), Offline);
     w.settle().await;
@@ -241,9 +347,17 @@ async fn a_transient_offline_is_debounced_through_the_inbox(url: String) {
 async fn sticky_echo_settles_with_the_persons_real_state(url: String) {
     // Teams aggregates: the person's preferred presence beats sessions, presync owns a session.
     let clock = Arc::new(ManualClock::new(T0));
-    let teams = MemorySystem::new("teams", clock.clone()).with_semantics(WriteSemantics::Contribution);
+    let teams =
+        MemorySystem::new("teams", clock.clone()).with_semantics(WriteSemantics::Contribution);
     let d365 = MemorySystem::new("d365", clock.clone());
-    let w = World::with_clock(&url, clock.clone(), &[d365, teams], 1, EngineConfig::default()).await;
+    let w = World::with_clock(
+        &url,
+        clock.clone(),
+        &[d365, teams],
+        1,
+        EngineConfig::default(),
+    )
+    .await;
     let teams = w.system("teams");
     let (tu, du) = (user("teams", 0), user("d365", 0));
     // D365 Busy: presync's session in Teams says Busy.
@@ -259,7 +373,11 @@ async fn sticky_echo_settles_with_the_persons_real_state(url: String) {
     teams.person_sets_preferred(&tu, Some(DoNotDisturb));
     w.settle().await;
     assert_eq!(w.system("d365").state(&du), Some(DoNotDisturb));
-    assert_ne!(teams.presync_session(&tu), Some(DoNotDisturb), "the D365 echo reached Teams");
+    assert_ne!(
+        teams.presync_session(&tu),
+        Some(DoNotDisturb),
+        "the D365 echo reached Teams"
+    );
     // The person clears DND: the real state is their own client's Available, everywhere.
     clock.advance(10);
     teams.person_sets_preferred(&tu, None);

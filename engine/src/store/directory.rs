@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, HashMap};
 use sqlx::Row;
 
 use super::{from_json, parse_availability, Result, Store, StoreError};
-use crate::model::{Availability, ExternalId, Millis, ObservedState, RepId, Representative, SystemId};
+use crate::model::{
+    Availability, ExternalId, Millis, ObservedState, RepId, Representative, SystemId,
+};
 
 impl Store {
     /// Insert or replace a representative and its external ids. An external id that already
@@ -48,12 +50,14 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         for (system, ext) in &rep.external_ids {
-            sqlx::query("INSERT INTO external_ids (system, external_id, rep_id) VALUES ($1, $2, $3)")
-                .bind(system.as_str())
-                .bind(ext.as_str())
-                .bind(rep.id.as_str())
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "INSERT INTO external_ids (system, external_id, rep_id) VALUES ($1, $2, $3)",
+            )
+            .bind(system.as_str())
+            .bind(ext.as_str())
+            .bind(rep.id.as_str())
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -62,7 +66,13 @@ impl Store {
     /// Remove a representative and everything presync keeps about them but history.
     pub async fn delete_representative(&self, id: &RepId) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
-        for table in ["outbox", "system_state", "expectations", "canonical", "external_ids"] {
+        for table in [
+            "outbox",
+            "system_state",
+            "expectations",
+            "canonical",
+            "external_ids",
+        ] {
             sqlx::query(&format!("DELETE FROM {table} WHERE rep_id = $1"))
                 .bind(id.as_str())
                 .execute(&mut *tx)
@@ -78,7 +88,11 @@ impl Store {
     }
 
     /// The representative owning `external_id` in `system`.
-    pub async fn rep_for(&self, system: &SystemId, external_id: &ExternalId) -> Result<Option<RepId>> {
+    pub async fn rep_for(
+        &self,
+        system: &SystemId,
+        external_id: &ExternalId,
+    ) -> Result<Option<RepId>> {
         let id: Option<String> = sqlx::query_scalar(
             "SELECT rep_id FROM external_ids WHERE system = $1 AND external_id = $2",
         )
@@ -153,7 +167,12 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()
-            .map(|r| Ok((RepId(r.try_get("rep_id")?), ExternalId(r.try_get("external_id")?))))
+            .map(|r| {
+                Ok((
+                    RepId(r.try_get("rep_id")?),
+                    ExternalId(r.try_get("external_id")?),
+                ))
+            })
             .collect()
     }
 }
@@ -171,7 +190,10 @@ pub struct Known {
 impl Store {
     /// Every directory user of `system` with what presync last observed there and the canonical
     /// availability, in one query.
-    pub async fn reconcile_snapshot(&self, system: &SystemId) -> Result<HashMap<ExternalId, Known>> {
+    pub async fn reconcile_snapshot(
+        &self,
+        system: &SystemId,
+    ) -> Result<HashMap<ExternalId, Known>> {
         let rows = sqlx::query(
             "SELECT e.external_id, e.rep_id, c.availability AS canonical, s.observed
              FROM external_ids e
@@ -194,7 +216,10 @@ impl Store {
                 Known {
                     rep: RepId(r.try_get("rep_id")?),
                     observed,
-                    canonical: parse_availability(r.try_get("canonical")?, "canonical.availability")?,
+                    canonical: parse_availability(
+                        r.try_get("canonical")?,
+                        "canonical.availability",
+                    )?,
                 },
             );
         }

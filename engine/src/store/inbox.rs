@@ -8,8 +8,8 @@ use sqlx::{Row, Transaction};
 
 use super::{from_json, parse_availability, to_json, Result, Store};
 use crate::model::{
-    Availability, Desired, Expectation, ExternalId, Millis, Observation, Presence, RepId,
-    SystemId, SystemState,
+    Availability, Desired, Expectation, ExternalId, Millis, Observation, Presence, RepId, SystemId,
+    SystemState,
 };
 use crate::rules::{Decision, OutboxOp, Outcome, PendingWrite, RepView, Rule};
 
@@ -37,13 +37,17 @@ pub enum Resolved {
     /// The representative is not in the directory; recorded and dropped.
     UnknownRepresentative,
     /// The rules decided.
-    Decided { rep: RepId, decision: Decision },
+    Decided { rep: RepId, decision: Box<Decision> },
 }
 
 impl Store {
     /// Store observations in the inbox, in one transaction. Returns, per observation, whether it
     /// was new. When this returns `Ok`, every accepted observation is durable.
-    pub async fn enqueue(&self, observations: &[Observation], now: Millis) -> Result<Vec<Enqueued>> {
+    pub async fn enqueue(
+        &self,
+        observations: &[Observation],
+        now: Millis,
+    ) -> Result<Vec<Enqueued>> {
         let mut tx = self.pool.begin().await?;
         let mut out = Vec::with_capacity(observations.len());
         for obs in observations {
@@ -99,7 +103,10 @@ impl Store {
             .map(|r| {
                 Ok(InboxRow {
                     id: r.try_get("id")?,
-                    observation: from_json(&r.try_get::<String, _>("observation")?, "inbox.observation")?,
+                    observation: from_json(
+                        &r.try_get::<String, _>("observation")?,
+                        "inbox.observation",
+                    )?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -140,8 +147,22 @@ impl Store {
         .fetch_optional(&mut *tx)
         .await?;
         let Some(rep) = rep.map(RepId) else {
-            insert_history(&mut tx, None, obs, now, Rule::UnknownRepresentative, Outcome::Dropped, None, None, &[],
-                &format!("{} user {} is not in the directory", obs.system, obs.external_id)).await?;
+            insert_history(
+                &mut tx,
+                None,
+                obs,
+                now,
+                Rule::UnknownRepresentative,
+                Outcome::Dropped,
+                None,
+                None,
+                &[],
+                &format!(
+                    "{} user {} is not in the directory",
+                    obs.system, obs.external_id
+                ),
+            )
+            .await?;
             mark_done(&mut tx, row.id, now).await?;
             tx.commit().await?;
             return Ok(Resolved::UnknownRepresentative);
@@ -162,7 +183,10 @@ impl Store {
             None => mark_done(&mut tx, row.id, now).await?,
         }
         tx.commit().await?;
-        Ok(Resolved::Decided { rep, decision })
+        Ok(Resolved::Decided {
+            rep,
+            decision: Box::new(decision),
+        })
     }
 
     /// What the rules would read about a representative now (for people: admin API, explain).
@@ -175,11 +199,13 @@ impl Store {
 }
 
 async fn mark_done(tx: &mut Transaction<'_, Any>, id: i64, now: Millis) -> Result<()> {
-    sqlx::query("UPDATE inbox SET done_at = $2, claimed_by = NULL, claim_until = NULL WHERE id = $1")
-        .bind(id)
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(
+        "UPDATE inbox SET done_at = $2, claimed_by = NULL, claim_until = NULL WHERE id = $1",
+    )
+    .bind(id)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
@@ -211,8 +237,12 @@ pub(super) async fn load_view(
         systems.insert(
             SystemId(r.try_get("system")?),
             SystemState {
-                observed: observed.map(|o| from_json(&o, "system_state.observed")).transpose()?,
-                written: written.map(|w| from_json(&w, "system_state.written")).transpose()?,
+                observed: observed
+                    .map(|o| from_json(&o, "system_state.observed"))
+                    .transpose()?,
+                written: written
+                    .map(|w| from_json(&w, "system_state.written"))
+                    .transpose()?,
             },
         );
     }
@@ -250,7 +280,10 @@ pub(super) async fn load_view(
         outbox.insert(
             SystemId(r.try_get("target")?),
             PendingWrite {
-                availability: parse_availability(r.try_get("availability")?, "outbox.availability")?,
+                availability: parse_availability(
+                    r.try_get("availability")?,
+                    "outbox.availability",
+                )?,
                 in_flight: claimed.is_some(),
             },
         );
@@ -262,7 +295,10 @@ pub(super) async fn load_view(
         .fetch_all(&mut **tx)
         .await?
     {
-        external_ids.insert(SystemId(r.try_get("system")?), ExternalId(r.try_get("external_id")?));
+        external_ids.insert(
+            SystemId(r.try_get("system")?),
+            ExternalId(r.try_get("external_id")?),
+        );
     }
 
     Ok(RepView {
@@ -295,13 +331,15 @@ async fn persist(
         .await?;
     }
     if let Some(p) = &d.canonical {
-        sqlx::query("UPDATE canonical SET availability = $2, version = $3, presence = $4 WHERE rep_id = $1")
-            .bind(rep.as_str())
-            .bind(p.availability.as_str())
-            .bind(p.version)
-            .bind(to_json(p))
-            .execute(&mut **tx)
-            .await?;
+        sqlx::query(
+            "UPDATE canonical SET availability = $2, version = $3, presence = $4 WHERE rep_id = $1",
+        )
+        .bind(rep.as_str())
+        .bind(p.availability.as_str())
+        .bind(p.version)
+        .bind(to_json(p))
+        .execute(&mut **tx)
+        .await?;
     }
     for id in &d.supersede_expectations {
         sqlx::query("UPDATE expectations SET superseded = 1 WHERE id = $1")
@@ -323,10 +361,25 @@ async fn persist(
     for op in &d.outbox {
         match op {
             OutboxOp::Upsert { target, desired } => {
-                let Some(ext) = view.external_ids.get(target) else { continue };
-                upsert_outbox(tx, rep, target, ext, desired, d.rule.as_str(), obs.observed_at, now).await?;
+                let Some(ext) = view.external_ids.get(target) else {
+                    continue;
+                };
+                upsert_outbox(
+                    tx,
+                    rep,
+                    target,
+                    ext,
+                    desired,
+                    d.rule.as_str(),
+                    obs.observed_at,
+                    now,
+                )
+                .await?;
             }
-            OutboxOp::Cancel { target, if_in_flight } => {
+            OutboxOp::Cancel {
+                target,
+                if_in_flight,
+            } => {
                 let row: Option<Option<String>> = sqlx::query_scalar(
                     "SELECT claimed_by FROM outbox WHERE rep_id = $1 AND target = $2",
                 )
@@ -337,8 +390,17 @@ async fn persist(
                 match row {
                     Some(Some(_)) => {
                         if let Some(ext) = view.external_ids.get(target) {
-                            upsert_outbox(tx, rep, target, ext, if_in_flight, "repair_after_race", obs.observed_at, now)
-                                .await?;
+                            upsert_outbox(
+                                tx,
+                                rep,
+                                target,
+                                ext,
+                                if_in_flight,
+                                "repair_after_race",
+                                obs.observed_at,
+                                now,
+                            )
+                            .await?;
                         }
                     }
                     Some(None) => {
@@ -354,8 +416,19 @@ async fn persist(
         }
     }
     let writes: Vec<String> = d.write_targets().iter().map(|t| t.to_string()).collect();
-    insert_history(tx, Some(rep), obs, now, d.rule, d.outcome, Some(d.availability), version, &writes, &d.detail)
-        .await
+    insert_history(
+        tx,
+        Some(rep),
+        obs,
+        now,
+        d.rule,
+        d.outcome,
+        Some(d.availability),
+        version,
+        &writes,
+        &d.detail,
+    )
+    .await
 }
 
 /// Make `desired` the latest desired state of (rep, target), replacing any pending one.

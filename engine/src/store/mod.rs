@@ -158,7 +158,12 @@ impl Store {
                     .connect(&url)
                     .await?
             }
-            Dialect::Postgres => AnyPoolOptions::new().max_connections(8).connect(url).await?,
+            Dialect::Postgres => {
+                AnyPoolOptions::new()
+                    .max_connections(8)
+                    .connect(url)
+                    .await?
+            }
         };
         Ok(Store { pool, dialect })
     }
@@ -232,12 +237,16 @@ impl Store {
     /// Release every claim on inbox and outbox rows. Only for a store that no other instance
     /// uses (SQLite at start-up): a crashed predecessor's claims need not wait for their lease.
     pub async fn release_all_claims(&self) -> Result<()> {
-        sqlx::query("UPDATE inbox SET claimed_by = NULL, claim_until = NULL WHERE claimed_by IS NOT NULL")
-            .execute(&self.pool)
-            .await?;
-        sqlx::query("UPDATE outbox SET claimed_by = NULL, claim_until = NULL WHERE claimed_by IS NOT NULL")
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "UPDATE inbox SET claimed_by = NULL, claim_until = NULL WHERE claimed_by IS NOT NULL",
+        )
+        .execute(&self.pool)
+        .await?;
+        sqlx::query(
+            "UPDATE outbox SET claimed_by = NULL, claim_until = NULL WHERE claimed_by IS NOT NULL",
+        )
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -355,10 +364,7 @@ impl Store {
     }
 }
 
-pub(crate) fn corrupt(
-    what: &str,
-    e: impl std::error::Error + Send + Sync + 'static,
-) -> StoreError {
+pub(crate) fn corrupt(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
     StoreError::Corrupt {
         what: what.to_owned(),
         source: Box::new(e),
@@ -385,7 +391,10 @@ mod tests {
 
     #[test]
     fn dialect_is_chosen_by_url_scheme() {
-        assert_eq!(Dialect::of_url("sqlite:presync.db").ok(), Some(Dialect::Sqlite));
+        assert_eq!(
+            Dialect::of_url("sqlite:presync.db").ok(),
+            Some(Dialect::Sqlite)
+        );
         assert_eq!(
             Dialect::of_url("postgres://u@h/db").ok(),
             Some(Dialect::Postgres)
@@ -405,7 +414,10 @@ mod tests {
             redact_url("postgres://app:s3cret@db:5432/presync"),
             "postgres://app:***@db:5432/presync"
         );
-        assert_eq!(redact_url("postgres://app@db/presync"), "postgres://app@db/presync");
+        assert_eq!(
+            redact_url("postgres://app@db/presync"),
+            "postgres://app@db/presync"
+        );
         assert_eq!(redact_url("sqlite:presync.db"), "sqlite:presync.db");
     }
 }

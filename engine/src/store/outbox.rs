@@ -214,9 +214,23 @@ impl Store {
                 if removed == 0 {
                     release(&mut tx, row, instance, None).await?;
                 }
-                history(&mut tx, row, now, "write", "ok", &format!("wrote {} to {}", describe(&row.desired), target)).await?;
+                history(
+                    &mut tx,
+                    row,
+                    now,
+                    "write",
+                    "ok",
+                    &format!("wrote {} to {}", describe(&row.desired), target),
+                )
+                .await?;
             }
-            WriteResult::Failed { permanent, outcome_unknown, retry_at, class, message } => {
+            WriteResult::Failed {
+                permanent,
+                outcome_unknown,
+                retry_at,
+                class,
+                message,
+            } => {
                 match (expectation, *outcome_unknown) {
                     // It never took effect: nothing to expect back.
                     (Some(id), false) => {
@@ -249,8 +263,15 @@ impl Store {
                     if removed == 0 {
                         release(&mut tx, row, instance, None).await?;
                     }
-                    history(&mut tx, row, now, "write", class,
-                        &format!("{target} refused {}: {message}", describe(&row.desired))).await?;
+                    history(
+                        &mut tx,
+                        row,
+                        now,
+                        "write",
+                        class,
+                        &format!("{target} refused {}: {message}", describe(&row.desired)),
+                    )
+                    .await?;
                 } else {
                     release(&mut tx, row, instance, Some(*retry_at)).await?;
                 }

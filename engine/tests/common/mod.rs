@@ -11,7 +11,9 @@ use presync_engine::engine::Engine;
 use presync_engine::memory::MemorySystem;
 use presync_engine::store::Store;
 use presync_engine::topology::TopologyConfig;
-use presync_engine::{Availability, Connector, ExternalId, Observation, RepId, Representative, SystemId};
+use presync_engine::{
+    Availability, Connector, ExternalId, Observation, RepId, Representative, SystemId,
+};
 use sqlx::Connection;
 
 /// The environment variable that points the PostgreSQL half of the suites at a server.
@@ -122,7 +124,12 @@ pub struct World {
 impl World {
     /// `systems` in-memory systems (all overwrite semantics unless changed before `start`),
     /// fully meshed both ways, `reps` representatives starting Offline everywhere.
-    pub async fn new(url: &str, systems: &[MemorySystem], reps: usize, config: EngineConfig) -> World {
+    pub async fn new(
+        url: &str,
+        systems: &[MemorySystem],
+        reps: usize,
+        config: EngineConfig,
+    ) -> World {
         let clock = Arc::new(ManualClock::new(T0));
         World::with_clock(url, clock, systems, reps, config).await
     }
@@ -145,21 +152,41 @@ impl World {
             }
             store
                 .upsert_representative(
-                    &Representative { id: rep(i), display_name: format!("Rep {i}"), external_ids },
+                    &Representative {
+                        id: rep(i),
+                        display_name: format!("Rep {i}"),
+                        external_ids,
+                    },
                     T0,
                 )
                 .await
                 .unwrap();
         }
-        let engine = Engine::with_clock(store, connectors, &topology, config.clone(), clock.clone()).unwrap();
-        World { clock, systems: systems.to_vec(), engine, url: url.to_owned(), config, topology, reps }
+        let engine =
+            Engine::with_clock(store, connectors, &topology, config.clone(), clock.clone())
+                .unwrap();
+        World {
+            clock,
+            systems: systems.to_vec(),
+            engine,
+            url: url.to_owned(),
+            config,
+            topology,
+            reps,
+        }
     }
 
     /// Another engine instance on the same database and systems (a second presync process).
     pub async fn second_instance(&self) -> Engine {
         let store = Store::open(&self.url).await.unwrap();
-        Engine::with_clock(store, connectors(&self.systems), &self.topology, self.config.clone(), self.clock.clone())
-            .unwrap()
+        Engine::with_clock(
+            store,
+            connectors(&self.systems),
+            &self.topology,
+            self.config.clone(),
+            self.clock.clone(),
+        )
+        .unwrap()
     }
 
     /// Drop the engine as a crash would and start a new one on the same database.
@@ -178,12 +205,18 @@ impl World {
     }
 
     pub fn system(&self, name: &str) -> &MemorySystem {
-        self.systems.iter().find(|s| s.name().as_str() == name).unwrap()
+        self.systems
+            .iter()
+            .find(|s| s.name().as_str() == name)
+            .unwrap()
     }
 
     /// Every delivery the systems queued since the last call.
     pub fn take_deliveries(&self) -> Vec<Observation> {
-        self.systems.iter().flat_map(|s| s.take_deliveries()).collect()
+        self.systems
+            .iter()
+            .flat_map(|s| s.take_deliveries())
+            .collect()
     }
 
     /// Deliver everything, resolve, dispatch, until nothing moves.
@@ -206,10 +239,16 @@ impl World {
 
     /// Every system's state of representative `i`.
     pub fn states(&self, i: usize) -> Vec<Option<Availability>> {
-        self.systems.iter().map(|s| s.state(&user(s.name().as_str(), i))).collect()
+        self.systems
+            .iter()
+            .map(|s| s.state(&user(s.name().as_str(), i)))
+            .collect()
     }
 }
 
 pub fn connectors(systems: &[MemorySystem]) -> BTreeMap<SystemId, Arc<dyn Connector>> {
-    systems.iter().map(|s| (s.name(), s.connector() as Arc<dyn Connector>)).collect()
+    systems
+        .iter()
+        .map(|s| (s.name(), s.connector() as Arc<dyn Connector>))
+        .collect()
 }
