@@ -219,14 +219,14 @@ impl Run {
     /// delivery was lost and which presync's own write overwrote before any reconcile read it
     /// is gone from every system.
     fn winner(&self, rep: usize) -> Option<&Genuine> {
-        let writes: Vec<Vec<(String, i64)>> = self
+        let writes: Vec<Vec<(String, i64, Option<Availability>)>> = self
             .w
             .systems
             .iter()
             .map(|s| {
                 s.writes()
                     .into_iter()
-                    .map(|r| (r.user.to_string(), r.at))
+                    .map(|r| (r.user.to_string(), r.at, r.desired.availability()))
                     .collect()
             })
             .collect();
@@ -244,9 +244,10 @@ impl Run {
                     .copied()
                     .find(|&r| r >= g.at)
                     .unwrap_or(i64::MAX);
+                // Only a write of another state hides it: writing the same state changes nothing.
                 !writes[g.sys]
                     .iter()
-                    .any(|(wu, at)| *wu == u && *at > g.at && *at <= read_at)
+                    .any(|(wu, at, a)| *wu == u && *at > g.at && *at <= read_at && *a != Some(g.a))
             })
             .max_by_key(|g| (g.at, std::cmp::Reverse(g.sys)))
     }
