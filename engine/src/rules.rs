@@ -470,8 +470,9 @@ pub fn decide(
         let overwritten =
             overwritten_by_our_write(view, sys, a, &observed_now, &close, &supersede, ctx);
         // The newer evidence becomes the source (same version: nothing is written), so that a
-        // later, older report from the previous source is seen as drift there.
-        if source_time > current.source_time && !overwritten {
+        // later, older report from the previous source is seen as drift there. Even when
+        // presync's write has overwritten it since, it is the person's change at its time.
+        if source_time > current.source_time {
             d.canonical = Some(Presence {
                 source: sys.clone(),
                 source_time,

@@ -376,3 +376,212 @@ proptest! {
         run_case(3, reps, ops);
     }
 }
+
+/// Counterexamples the model test found, each pinned as it was shrunk.
+mod regressions {
+    use super::Op::*;
+    use super::*;
+    use presync_engine::Availability::*;
+
+    fn change(sys: usize, rep: usize, a: Availability) -> Op {
+        Change { sys, rep, a }
+    }
+
+    #[test]
+    fn a_reconcile_never_writes_to_a_system_it_could_not_read() {
+        run_case(2, 2, vec![Fault { sys: 0, kind: 0 }, Deliver { pick: 0 }]);
+    }
+
+    #[test]
+    fn a_reconcile_read_equal_to_the_last_observation_still_checks_for_drift() {
+        let ops = vec![
+            change(2, 0, Away),
+            change(2, 0, Available),
+            change(1, 0, Away),
+            Deliver {
+                pick: 5120845828247626232,
+            },
+        ];
+        run_case(2, 1, ops);
+    }
+
+    #[test]
+    fn an_echo_seen_by_a_reconcile_then_delivered_by_webhook_is_not_propagated() {
+        let ops = vec![
+            change(0, 0, Available),
+            Deliver { pick: 0 },
+            Resolve,
+            change(0, 0, Busy),
+            Dispatch,
+            Reconcile,
+            change(0, 0, Available),
+        ];
+        run_case(3, 2, ops);
+    }
+
+    #[test]
+    fn agreement_makes_the_newer_system_the_source() {
+        let ops = vec![
+            change(2, 0, Away),
+            Deliver { pick: 0 },
+            change(2, 0, Available),
+            change(1, 0, Away),
+            Deliver {
+                pick: 7653567911732317511,
+            },
+        ];
+        run_case(2, 1, ops);
+    }
+
+    #[test]
+    fn a_persons_change_after_a_newer_write_is_not_a_late_echo() {
+        let ops = vec![
+            change(2, 0, DoNotDisturb),
+            Deliver { pick: 0 },
+            change(1, 0, Busy),
+            change(0, 0, Available),
+            change(0, 0, Available),
+            change(2, 0, Available),
+            Resolve,
+            change(2, 0, Busy),
+            Dispatch,
+            Deliver {
+                pick: 4656079897494956126,
+            },
+        ];
+        run_case(2, 1, ops);
+    }
+
+    #[test]
+    fn a_write_of_unknown_outcome_completes_when_its_attempt_returns() {
+        let ops = vec![
+            change(1, 0, Available),
+            Fault { sys: 0, kind: 2 },
+            Deliver { pick: 0 },
+            change(1, 0, Offline),
+            Deliver { pick: 0 },
+            Resolve,
+            Dispatch,
+            change(2, 0, Available),
+            change(0, 0, Offline),
+        ];
+        run_case(2, 1, ops);
+    }
+
+    #[test]
+    fn an_agreement_overwritten_by_presync_still_advances_the_timestamp() {
+        let ops = vec![
+            change(0, 0, DoNotDisturb),
+            Deliver { pick: 0 },
+            change(1, 0, Offline),
+            change(0, 1, Available),
+            Deliver { pick: 0 },
+            Reconcile,
+            change(2, 0, Busy),
+            change(0, 0, DoNotDisturb),
+            change(1, 0, Busy),
+            Deliver {
+                pick: 3224166980991949965,
+            },
+            Dispatch,
+            change(0, 1, Busy),
+            Deliver {
+                pick: 7857038282911714241,
+            },
+        ];
+        run_case(2, 2, ops);
+    }
+
+    #[test]
+    fn a_lost_change_still_visible_to_a_reconcile_is_recovered() {
+        let ops = vec![
+            change(2, 0, Busy),
+            Deliver { pick: 0 },
+            change(0, 0, Available),
+            change(0, 0, Busy),
+            Resolve,
+            Lose {
+                pick: 6856513989643987,
+            },
+            Dispatch,
+            Reconcile,
+        ];
+        run_case(3, 2, ops);
+    }
+
+    #[test]
+    fn a_reconcile_whose_reads_fail_is_retried_until_every_system_is_read() {
+        let ops = vec![
+            change(2, 1, Available),
+            Deliver { pick: 0 },
+            Fault { sys: 2, kind: 0 },
+            change(0, 0, Available),
+            change(2, 0, DoNotDisturb),
+            change(0, 0, Available),
+            change(2, 1, Busy),
+            Lose {
+                pick: 2871056115490365898,
+            },
+            Fault { sys: 2, kind: 0 },
+        ];
+        run_case(2, 2, ops);
+    }
+
+    #[test]
+    fn a_reconcile_replaces_an_older_write_queued_for_an_unread_system() {
+        let ops = vec![
+            change(2, 1, Available),
+            Deliver { pick: 0 },
+            change(2, 1, Busy),
+            Reconcile,
+            change(2, 0, Available),
+            Deliver {
+                pick: 3588922186592392615,
+            },
+            Resolve,
+            Deliver { pick: 0 },
+            Dispatch,
+            Lose {
+                pick: 11202313742419736144,
+            },
+            change(0, 0, Busy),
+        ];
+        run_case(2, 2, ops);
+    }
+
+    #[test]
+    fn a_reconcile_read_of_presyncs_own_write_does_not_advance_the_watermark() {
+        let ops = vec![
+            change(0, 0, Available),
+            Deliver { pick: 0 },
+            change(0, 0, Busy),
+            change(1, 0, DoNotDisturb),
+            Resolve,
+            Dispatch,
+            Deliver {
+                pick: 3873505141387150018,
+            },
+            Deliver {
+                pick: 3847583497945004108,
+            },
+            Reconcile,
+        ];
+        run_case(3, 1, ops);
+    }
+
+    #[test]
+    fn a_persons_change_just_before_a_write_of_the_same_state_is_theirs() {
+        let ops = vec![
+            Fault { sys: 1, kind: 2 },
+            change(0, 0, Available),
+            change(0, 0, Available),
+            change(2, 0, Busy),
+            change(0, 0, Available),
+            Deliver { pick: 0 },
+            change(1, 0, Available),
+            Resolve,
+            Dispatch,
+        ];
+        run_case(3, 1, ops);
+    }
+}
