@@ -1,0 +1,380 @@
+//! The store contract, behaviour by behaviour, on SQLite and (with `PRESYNC_TEST_POSTGRES_URL`)
+//! on PostgreSQL.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use common::{rep, user, World, T0};
+use presync_engine::clock::ManualClock;
+use presync_engine::config::EngineConfig;
+use presync_engine::memory::MemorySystem;
+use presync_engine::store::{Enqueued, Store, StoreError, WriteResult};
+use presync_engine::{Availability, Desired, RepId, Representative};
+
+fn person(id: &str, ids: &[(&str, &str)]) -> Representative {
+    Representative {
+        id: RepId(id.into()),
+        display_name: format!("Person {id}"),
+        external_ids: ids
+            .iter()
+            .map(|(s, e)| ((*s).into(), (*e).into()))
+            .collect::<BTreeMap<_, _>>(),
+    }
+}
+
+async fn the_directory_looks_up_both_ways_and_refuses_a_taken_id(url: String) {
+    let store = Store::open(&url).await.unwrap();
+    store
+        .upsert_representative(&person("ann", &[("d365", "sys-1"), ("teams", "aad-1")]), T0)
+        .await
+        .unwrap();
+    store
+        .upsert_representative(&person("bob", &[("d365", "sys-2")]), T0)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .rep_for(&"teams".into(), &"aad-1".into())
+            .await
+            .unwrap(),
+        Some(RepId("ann".into()))
+    );
+    assert_eq!(
+        store
+            .rep_for(&"teams".into(), &"aad-9".into())
+            .await
+            .unwrap(),
+        None
+    );
+    let ann = store
+        .representative(&RepId("ann".into()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        ann.external_ids.get(&"d365".into()).unwrap().as_str(),
+        "sys-1"
+    );
+    let err = store
+        .upsert_representative(&person("bob", &[("d365", "sys-1")]), T0)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::ExternalIdTaken { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("already belongs to representative ann"),
+        "{err}"
+    );
+    // Updating replaces the ids; nothing else changed on the failed update.
+    store
+        .upsert_representative(&person("ann", &[("d365", "sys-1"), ("teams", "aad-7")]), T0)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .rep_for(&"teams".into(), &"aad-1".into())
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(store.representatives().await.unwrap().len(), 2);
+    assert_eq!(store.external_ids(&"d365".into()).await.unwrap().len(), 2);
+    assert!(store
+        .delete_representative(&RepId("bob".into()))
+        .await
+        .unwrap());
+    assert_eq!(
+        store
+            .rep_for(&"d365".into(), &"sys-2".into())
+            .await
+            .unwrap(),
+        None
+    );
+    store.close().await;
+}
+
+async fn the_inbox_deduplicates_by_delivery_key(url: String) {
+    let w = world(&url).await;
+    w.clock.advance(5);
+    let o = w
+        .system("d365")
+        .person_sets(&user("d365", 0), Availability::Busy)
+        .unwrap();
+    let store = w.engine.store();
+    let out = store.enqueue(&[o.clone(), o.clone()], T0).await.unwrap();
+    assert_eq!(out, vec![Enqueued::Accepted, Enqueued::Duplicate]);
+    assert_eq!(store.queue_depths().await.unwrap().inbox, 1);
+}
+
+async fn an_inbox_claim_is_exclusive_until_its_lease_ends(url: String) {
+    let w = world(&url).await;
+    w.clock.advance(5);
+    let o = w
+        .system("d365")
+        .person_sets(&user("d365", 0), Availability::Busy)
+        .unwrap();
+    let store = w.engine.store();
+    store.enqueue(&[o], T0).await.unwrap();
+    let first = store
+        .claim_inbox("a", T0 + 10, T0 + 1_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 1);
+    assert!(store
+        .claim_inbox("b", T0 + 999, T0 + 2_000, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let taken = store
+        .claim_inbox("b", T0 + 1_001, T0 + 2_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 1);
+    // The first claimant lost it: resolving under its name does nothing.
+    let resolved = store
+        .resolve(&first[0], "a", T0 + 1_002, |_, _| {
+            unreachable!("a lost claim must not be resolved")
+        })
+        .await
+        .unwrap();
+    assert!(matches!(
+        resolved,
+        presync_engine::store::Resolved::LostClaim
+    ));
+}
+
+async fn the_outbox_keeps_only_the_latest_desired_state(url: String) {
+    let w = world(&url).await;
+    for a in [
+        Availability::Busy,
+        Availability::Away,
+        Availability::DoNotDisturb,
+    ] {
+        w.clock.advance(5);
+        w.system("d365").person_sets(&user("d365", 0), a);
+    }
+    for d in w.take_deliveries() {
+        w.engine.ingest(d).await.unwrap();
+    }
+    w.engine.resolve_pending().await.unwrap();
+    let store = w.engine.store();
+    let now = w.clock.advance(1);
+    let rows = store
+        .claim_outbox(&"teams".into(), "a", now, now + 1_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        rows[0].desired.availability(),
+        Some(Availability::DoNotDisturb)
+    );
+    assert_eq!(rows[0].seq, 3, "replaced twice");
+}
+
+async fn a_newer_desired_state_survives_the_write_in_flight(url: String) {
+    let w = world(&url).await;
+    w.clock.advance(5);
+    w.system("d365")
+        .person_sets(&user("d365", 0), Availability::Busy);
+    for d in w.take_deliveries() {
+        w.engine.ingest(d).await.unwrap();
+    }
+    w.engine.resolve_pending().await.unwrap();
+    let store = w.engine.store();
+    let now = w.clock.advance(1);
+    let claimed = store
+        .claim_outbox(&"teams".into(), "a", now, now + 30_000, 10)
+        .await
+        .unwrap();
+    let (row, exp) = store
+        .begin_write(&rep(0), &"teams".into(), "a", now, 60_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row, claimed[0]);
+    assert!(
+        exp.is_some(),
+        "the echo expectation is recorded before the write"
+    );
+    // A newer change arrives while the write is on the wire.
+    w.clock.advance(5);
+    w.system("d365")
+        .person_sets(&user("d365", 0), Availability::Away);
+    for d in w.take_deliveries() {
+        w.engine.ingest(d).await.unwrap();
+    }
+    w.engine.resolve_pending().await.unwrap();
+    store
+        .finish_write(&row, "a", exp, w.clock.advance(1), &WriteResult::Done)
+        .await
+        .unwrap();
+    let now = w.clock.advance(1);
+    let next = store
+        .claim_outbox(&"teams".into(), "b", now, now + 1_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].desired.availability(), Some(Availability::Away));
+    let view = store.rep_view(&rep(0)).await.unwrap();
+    let written = view
+        .systems
+        .get(&"teams".into())
+        .unwrap()
+        .written
+        .clone()
+        .unwrap();
+    assert_eq!(written.availability, Some(Availability::Busy));
+}
+
+async fn a_failed_write_is_released_for_retry_or_dropped_when_refused(url: String) {
+    let w = world(&url).await;
+    w.clock.advance(5);
+    w.system("d365")
+        .person_sets(&user("d365", 0), Availability::Busy);
+    for d in w.take_deliveries() {
+        w.engine.ingest(d).await.unwrap();
+    }
+    w.engine.resolve_pending().await.unwrap();
+    let store = w.engine.store();
+    let teams = "teams".into();
+    let now = w.clock.advance(1);
+    store
+        .claim_outbox(&teams, "a", now, now + 30_000, 10)
+        .await
+        .unwrap();
+    let (row, exp) = store
+        .begin_write(&rep(0), &teams, "a", now, 60_000)
+        .await
+        .unwrap()
+        .unwrap();
+    let transient = WriteResult::Failed {
+        permanent: false,
+        outcome_unknown: false,
+        retry_at: now + 5_000,
+        class: "transient".into(),
+        message: "503".into(),
+    };
+    store
+        .finish_write(&row, "a", exp, now, &transient)
+        .await
+        .unwrap();
+    assert!(store
+        .claim_outbox(&teams, "b", now + 4_999, now + 9_000, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let again = store
+        .claim_outbox(&teams, "b", now + 5_000, now + 9_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(again[0].attempts, 1);
+    let (row, exp) = store
+        .begin_write(&rep(0), &teams, "b", now + 5_000, 60_000)
+        .await
+        .unwrap()
+        .unwrap();
+    let refused = WriteResult::Failed {
+        permanent: true,
+        outcome_unknown: false,
+        retry_at: now,
+        class: "rejected".into(),
+        message: "400".into(),
+    };
+    store
+        .finish_write(&row, "b", exp, now + 5_001, &refused)
+        .await
+        .unwrap();
+    assert_eq!(store.queue_depths().await.unwrap().outbox, 0);
+    assert!(
+        store
+            .rep_view(&rep(0))
+            .await
+            .unwrap()
+            .expectations
+            .is_empty(),
+        "no echo expected of a refused write"
+    );
+    let h = store.history(&rep(0), 1).await.unwrap();
+    assert_eq!(
+        (h[0].rule.as_str(), h[0].outcome.as_str()),
+        ("write", "rejected")
+    );
+    assert!(matches!(row.desired, Desired::Set(_)));
+}
+
+async fn a_lease_is_held_by_one_holder_until_it_ends(url: String) {
+    let store = Store::open(&url).await.unwrap();
+    assert!(store
+        .acquire_lease("reconciler", "a", T0, T0 + 100)
+        .await
+        .unwrap());
+    assert!(!store
+        .acquire_lease("reconciler", "b", T0 + 50, T0 + 150)
+        .await
+        .unwrap());
+    assert!(
+        store
+            .acquire_lease("reconciler", "a", T0 + 60, T0 + 160)
+            .await
+            .unwrap(),
+        "renewed"
+    );
+    assert!(!store
+        .acquire_lease("reconciler", "b", T0 + 159, T0 + 250)
+        .await
+        .unwrap());
+    assert!(store
+        .acquire_lease("reconciler", "b", T0 + 161, T0 + 250)
+        .await
+        .unwrap());
+    store.close().await;
+}
+
+async fn purge_removes_only_what_is_past_retention(url: String) {
+    let w = world(&url).await;
+    w.clock.advance(5);
+    w.system("d365")
+        .person_sets(&user("d365", 0), Availability::Busy);
+    w.settle().await;
+    let store = w.engine.store();
+    let now = w.clock.advance(0);
+    assert_eq!(
+        store
+            .purge(now, now - 1_000_000, now - 1_000_000)
+            .await
+            .unwrap(),
+        0
+    );
+    let removed = store.purge(now + 700_000, now + 1, now + 1).await.unwrap();
+    assert!(removed > 0);
+    assert!(store.history(&rep(0), 10).await.unwrap().is_empty());
+    let view = store.rep_view(&rep(0)).await.unwrap();
+    assert_eq!(
+        view.canonical.unwrap().availability,
+        Availability::Busy,
+        "state is never purged"
+    );
+}
+
+async fn world(url: &str) -> World {
+    let clock = Arc::new(ManualClock::new(T0));
+    let systems = vec![
+        MemorySystem::new("d365", clock.clone()),
+        MemorySystem::new("teams", clock.clone()),
+    ];
+    World::with_clock(url, clock, &systems, 1, EngineConfig::default()).await
+}
+
+on_both_backends!(
+    the_directory_looks_up_both_ways_and_refuses_a_taken_id,
+    the_inbox_deduplicates_by_delivery_key,
+    an_inbox_claim_is_exclusive_until_its_lease_ends,
+    the_outbox_keeps_only_the_latest_desired_state,
+    a_newer_desired_state_survives_the_write_in_flight,
+    a_failed_write_is_released_for_retry_or_dropped_when_refused,
+    a_lease_is_held_by_one_holder_until_it_ends,
+    purge_removes_only_what_is_past_retention,
+);
