@@ -124,6 +124,8 @@ pub struct PipelineConfig {
     pub history_retention_ms: i64,
     /// How long shutdown waits for in-flight writes.
     pub drain_deadline_ms: u64,
+    /// How often an observation may fail to resolve before it is given up as a dead letter.
+    pub max_attempts: i64,
 }
 
 impl Default for PipelineConfig {
@@ -135,6 +137,7 @@ impl Default for PipelineConfig {
             dedup_retention_ms: 24 * 60 * 60 * 1000,
             history_retention_ms: 30 * 24 * 60 * 60 * 1000,
             drain_deadline_ms: 10_000,
+            max_attempts: 10,
         }
     }
 }

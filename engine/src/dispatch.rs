@@ -51,7 +51,7 @@ impl TargetGate {
             }
             s.paused_until = None;
         }
-        let elapsed = s.refilled.map_or(0, |r| (now - r).max(0)) as f64;
+        let elapsed = s.refilled.map_or(0, |r| now.saturating_sub(r).max(0)) as f64;
         s.tokens = (s.tokens + elapsed * self.per_ms).min(self.capacity);
         s.refilled = Some(now);
         let whole = s.tokens.floor() as usize;
@@ -77,10 +77,15 @@ impl TargetGate {
         if s.paused_until.is_none_or(|p| p < until) {
             s.paused_until = Some(until);
         }
-        // The throttle window restarts: do not burst the whole bucket when it ends.
-        s.tokens = s.tokens.min(1.0);
+        // The throttle window restarts: one request may go when the pause ends (the retry the
+        // remote asked for), with no burst and no tokens earned while paused.
+        s.tokens = 1.0;
+        s.refilled = Some(s.refilled.map_or(until, |r| r.max(until)));
     }
 }
+
+/// The shortest backoff, whatever the configuration says.
+const MIN_BACKOFF_MS: u64 = 10;
 
 /// Exponential backoff with jitter: a delay drawn from `[d/2, d]` where
 /// `d = min(max, base * 2^attempts)`.
@@ -90,7 +95,7 @@ pub(crate) fn backoff(cfg: &DispatchConfig, attempts: i64) -> Duration {
         .backoff_base_ms
         .saturating_mul(1u64 << exp)
         .min(cfg.backoff_max_ms)
-        .max(1);
+        .max(MIN_BACKOFF_MS);
     let ms = rand::rng().random_range(d / 2..=d);
     Duration::from_millis(ms)
 }
@@ -132,6 +137,15 @@ mod tests {
         assert!(wait <= Duration::from_millis(100), "{wait:?}");
         assert_eq!(g.take(100, 500), Ok(5));
         assert!(g.take(1, 500).is_err());
+    }
+
+    #[test]
+    fn no_tokens_accrue_while_paused() {
+        let g = TargetGate::new(&cfg(10, 1_000));
+        assert_eq!(g.take(10, 0), Ok(10));
+        g.pause(Duration::from_millis(5_000), 0);
+        assert_eq!(g.take(10, 5_000), Ok(1), "no burst when the pause ends");
+        assert_eq!(g.take(10, 5_500), Ok(5));
     }
 
     #[test]

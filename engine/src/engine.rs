@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -43,6 +43,8 @@ pub type Result<T, E = EngineError> = std::result::Result<T, E>;
 #[derive(Debug, Default)]
 pub struct Stats {
     pub accepted: AtomicU64,
+    /// Inbox rows given up on after `max_attempts` failures (dead letters).
+    pub dead_letters: AtomicU64,
     pub duplicates: AtomicU64,
     pub writes_ok: AtomicU64,
     pub writes_failed: AtomicU64,
@@ -76,6 +78,8 @@ struct Inner {
     gates: BTreeMap<SystemId, TargetGate>,
     unmapped_logged: Mutex<HashSet<(SystemId, String)>>,
     stats: Stats,
+    /// Set when shutdown starts: passes stop taking new work.
+    stopping: AtomicBool,
 }
 
 /// The presync engine. See the crate documentation.
@@ -121,6 +125,7 @@ impl Engine {
                 gates,
                 unmapped_logged: Mutex::new(HashSet::new()),
                 stats: Stats::default(),
+                stopping: AtomicBool::new(false),
             }),
         })
     }
@@ -195,12 +200,18 @@ impl Engine {
         Ok(())
     }
 
-    /// Resolve every inbox row due now. Returns how many were processed.
+    fn stopping(&self) -> bool {
+        self.inner.stopping.load(Ordering::Relaxed)
+    }
+
+    /// Resolve every inbox row due now. Returns how many were processed. A row that fails is
+    /// given back with backoff, and after `max_attempts` failures recorded as a dead letter; it
+    /// never holds up the others.
     pub async fn resolve_pending(&self) -> Result<usize> {
         let cfg = &self.inner.config.pipeline;
         let mut total = 0;
         let mut queued_writes = false;
-        loop {
+        while !self.stopping() {
             let now = self.now();
             let rows = self
                 .inner
@@ -210,15 +221,50 @@ impl Engine {
             if rows.is_empty() {
                 break;
             }
-            for row in &rows {
-                queued_writes |= self.resolve_row(row).await?;
+            for row in rows {
                 total += 1;
+                let (id, attempts, failure) = match row {
+                    Ok(row) => match self.resolve_row(&row).await {
+                        Ok(queued) => {
+                            queued_writes |= queued;
+                            continue;
+                        }
+                        Err(e) => (row.id, row.attempts, e.to_string()),
+                    },
+                    Err(bad) => (bad.id, bad.attempts, bad.error.to_string()),
+                };
+                self.give_back(id, attempts, &failure).await?;
             }
         }
         if queued_writes {
             self.inner.outbox_ready.notify_one();
         }
         Ok(total)
+    }
+
+    async fn give_back(&self, id: i64, attempts: i64, failure: &str) -> Result<()> {
+        let cfg = &self.inner.config;
+        let now = self.now();
+        if attempts >= cfg.pipeline.max_attempts {
+            self.inner
+                .stats
+                .dead_letters
+                .fetch_add(1, Ordering::Relaxed);
+            error!(inbox_id = id, attempts, error = %failure, "Observation given up after repeated failures");
+            self.inner
+                .store
+                .fail_inbox(id, &self.inner.instance, now, None, failure)
+                .await?;
+        } else {
+            let wait = backoff(&cfg.dispatch_default, attempts);
+            warn!(inbox_id = id, attempts, error = %failure, retry_in_ms = wait.as_millis() as u64, "Observation failed, will retry");
+            let at = now.saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX));
+            self.inner
+                .store
+                .fail_inbox(id, &self.inner.instance, now, Some(at), failure)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Resolve one claimed row. True when writes were queued.
@@ -295,8 +341,11 @@ impl Engine {
             .filter(|s| self.inner.topology.capabilities(s).is_some_and(|c| c.write))
             .cloned()
             .collect();
-        for target in &targets {
-            total += self.dispatch_target(target).await?;
+        // Targets are independent: a slow one must not hold up the others.
+        let passes =
+            futures::future::join_all(targets.iter().map(|t| self.dispatch_target(t))).await;
+        for n in passes {
+            total += n?;
         }
         Ok(total)
     }
@@ -307,7 +356,7 @@ impl Engine {
         };
         let lease = self.inner.config.pipeline.lease_ms;
         let mut total = 0;
-        loop {
+        while !self.stopping() {
             let now = self.now();
             let Ok(tokens) = gate.take(gate.max_in_flight, now) else {
                 break;
@@ -358,10 +407,21 @@ impl Engine {
         let span =
             info_span!("dispatch", rep = %row.rep_id, target = %row.target, version = row.version);
         async {
-            let Some(connector) = self.inner.connectors.get(&row.target) else {
-                return Ok(());
+            let outcome = match self.inner.connectors.get(&row.target) {
+                // A bounded write: one that outlived its claim could land after a newer one.
+                Some(connector) => match tokio::time::timeout(
+                    self.write_timeout(),
+                    connector.write(&row.external_id, &row.desired),
+                )
+                .await
+                {
+                    Ok(outcome) => outcome,
+                    Err(_) => Err(ConnectorError::unknown_outcome("write timed out")),
+                },
+                None => Err(ConnectorError::Rejected {
+                    message: format!("no connector for {}", row.target),
+                }),
             };
-            let outcome = connector.write(&row.external_id, &row.desired).await;
             let now = self.now();
             let result = match outcome {
                 Ok(()) => {
@@ -378,6 +438,15 @@ impl Engine {
         }
         .instrument(span)
         .await
+    }
+
+    /// Half the claim lease: a write never outlives its claim.
+    fn write_timeout(&self) -> Duration {
+        Duration::from_millis(
+            u64::try_from(self.inner.config.pipeline.lease_ms / 2)
+                .unwrap_or(1)
+                .max(1),
+        )
     }
 
     fn failed(&self, row: &OutboxRow, e: &ConnectorError, now: i64) -> WriteResult {
@@ -405,7 +474,7 @@ impl Engine {
         WriteResult::Failed {
             permanent,
             outcome_unknown: e.outcome_unknown(),
-            retry_at: now + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2),
+            retry_at: now.saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX)),
             class: e.class().to_owned(),
             message: e.to_string(),
         }
@@ -504,8 +573,14 @@ impl Engine {
         info!(instance = %self.inner.instance, "Engine running");
         shutdown.await;
         info!("Engine stopping");
+        self.inner.stopping.store(true, Ordering::Relaxed);
         let _ = stop_tx.send(true);
         let deadline = Duration::from_millis(self.inner.config.pipeline.drain_deadline_ms);
+        let (r, d, j) = (
+            resolver.abort_handle(),
+            dispatcher.abort_handle(),
+            janitor.abort_handle(),
+        );
         let drained = tokio::time::timeout(deadline, async {
             let _ = resolver.await;
             let _ = dispatcher.await;
@@ -513,6 +588,9 @@ impl Engine {
         })
         .await;
         if drained.is_err() {
+            r.abort();
+            d.abort();
+            j.abort();
             warn!("Drain deadline passed; unfinished work stays claimed and is retried after its lease");
         }
         Ok(())

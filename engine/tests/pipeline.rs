@@ -385,7 +385,36 @@ async fn sticky_echo_settles_with_the_persons_real_state(url: String) {
     assert_eq!(w.states(0), vec![Some(Available), Some(Available)]);
 }
 
+async fn the_running_engine_propagates_changes_and_stops_on_shutdown(url: String) {
+    let w = world(&url).await;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let engine = w.engine.clone();
+    let running =
+        tokio::spawn(async move { engine.run(async { stopped.await.unwrap_or(()) }).await });
+    w.clock.advance(10);
+    w.system("d365").person_sets(&user("d365", 0), DoNotDisturb);
+    for d in w.take_deliveries() {
+        w.engine.ingest(d).await.unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while w.system("teams").state(&user("teams", 0)) != Some(DoNotDisturb) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the change never reached Teams"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(15), running)
+        .await
+        .expect("run did not return after shutdown")
+        .unwrap()
+        .unwrap();
+    assert_eq!(writes_to(&w, "teams"), 1);
+}
+
 on_both_backends!(
+    the_running_engine_propagates_changes_and_stops_on_shutdown,
     a_change_reaches_the_other_system_and_its_echo_is_not_propagated,
     a_redelivered_webhook_is_accepted_once,
     a_burst_for_one_person_becomes_one_write,

@@ -135,7 +135,7 @@ async fn an_inbox_claim_is_exclusive_until_its_lease_ends(url: String) {
     assert_eq!(taken.len(), 1);
     // The first claimant lost it: resolving under its name does nothing.
     let resolved = store
-        .resolve(&first[0], "a", T0 + 1_002, |_, _| {
+        .resolve(first[0].as_ref().unwrap(), "a", T0 + 1_002, |_, _| {
             unreachable!("a lost claim must not be resolved")
         })
         .await
@@ -359,6 +359,66 @@ async fn purge_removes_only_what_is_past_retention(url: String) {
     );
 }
 
+async fn an_unreadable_inbox_row_is_set_aside_without_holding_up_the_others(url: String) {
+    let w = world(&url).await;
+    w.clock.advance(5);
+    let bad = w
+        .system("d365")
+        .person_sets(&user("d365", 0), Availability::Busy)
+        .unwrap();
+    w.engine.ingest(bad.clone()).await.unwrap();
+    w.clock.advance(5);
+    w.system("teams").take_deliveries();
+    w.system("d365").take_deliveries();
+    let good = w
+        .system("teams")
+        .person_sets(&user("teams", 0), Availability::Away)
+        .unwrap();
+    w.engine.ingest(good.clone()).await.unwrap();
+    // Corrupt the first row behind the store's back (a bad upgrade, a disk fault).
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    sqlx::query("UPDATE inbox SET observation = 'not json' WHERE delivery_key = $1")
+        .bind(bad.delivery_key.as_str())
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    w.engine.resolve_pending().await.unwrap();
+    let h = w
+        .engine
+        .store()
+        .history_for_delivery(&good.delivery_key)
+        .await
+        .unwrap();
+    assert_eq!(h.len(), 1, "the good row was held up");
+    // The bad row is retried with backoff, then given up as a dead letter.
+    for _ in 0..w.config.pipeline.max_attempts {
+        w.clock.advance(10 * 60_000);
+        w.engine.resolve_pending().await.unwrap();
+    }
+    let h = w
+        .engine
+        .store()
+        .history_for_delivery(&bad.delivery_key)
+        .await
+        .unwrap();
+    assert_eq!(h.len(), 1);
+    assert_eq!(
+        (h[0].rule.as_str(), h[0].outcome.as_str()),
+        ("failed", "dropped")
+    );
+    assert!(h[0].detail.contains("corrupt"), "{}", h[0].detail);
+    assert_eq!(w.engine.store().queue_depths().await.unwrap().inbox, 0);
+    assert_eq!(
+        w.engine
+            .stats()
+            .dead_letters
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
 async fn world(url: &str) -> World {
     let clock = Arc::new(ManualClock::new(T0));
     let systems = vec![
@@ -377,4 +437,5 @@ on_both_backends!(
     a_failed_write_is_released_for_retry_or_dropped_when_refused,
     a_lease_is_held_by_one_holder_until_it_ends,
     purge_removes_only_what_is_past_retention,
+    an_unreadable_inbox_row_is_set_aside_without_holding_up_the_others,
 );

@@ -104,7 +104,7 @@ CREATE TABLE history (
     detail             TEXT NOT NULL
 );
 CREATE INDEX history_rep ON history (rep_id, id);
-CREATE INDEX history_key ON history (delivery_key);
+CREATE INDEX history_key ON history (delivery_key text_pattern_ops);
 CREATE INDEX history_at ON history (at);
 
 -- Named leases for jobs that run on one instance at a time.

@@ -6,7 +6,7 @@ use std::str::FromStr;
 use sqlx::any::Any;
 use sqlx::{Row, Transaction};
 
-use super::{from_json, parse_availability, to_json, Result, Store};
+use super::{from_json, parse_availability, to_json, Result, Store, StoreError};
 use crate::model::{
     Availability, Desired, Expectation, ExternalId, Millis, Observation, Presence, RepId, SystemId,
     SystemState,
@@ -27,6 +27,16 @@ pub enum Enqueued {
 pub struct InboxRow {
     pub id: i64,
     pub observation: Observation,
+    /// How many times it has been claimed, this claim included.
+    pub attempts: i64,
+}
+
+/// A claimed inbox row whose stored observation could not be read.
+#[derive(Debug)]
+pub struct UnreadableRow {
+    pub id: i64,
+    pub attempts: i64,
+    pub error: StoreError,
 }
 
 /// What the resolve transaction did.
@@ -74,21 +84,23 @@ impl Store {
         Ok(out)
     }
 
-    /// Claim up to `limit` due inbox rows for `instance` until `claim_until`.
+    /// Claim up to `limit` due inbox rows for `instance` until `claim_until`. A row whose
+    /// observation cannot be read comes back as `Err` on its own, so that one bad row never
+    /// holds up the others.
     pub async fn claim_inbox(
         &self,
         instance: &str,
         now: Millis,
         claim_until: Millis,
         limit: i64,
-    ) -> Result<Vec<InboxRow>> {
+    ) -> Result<Vec<std::result::Result<InboxRow, UnreadableRow>>> {
         let sql = format!(
             "UPDATE inbox SET claimed_by = $1, claim_until = $2, attempts = attempts + 1
              WHERE id IN (SELECT id FROM inbox
                           WHERE done_at IS NULL AND not_before <= $3
                             AND (claim_until IS NULL OR claim_until < $3)
                           ORDER BY not_before, id LIMIT $4{})
-             RETURNING id, observation",
+             RETURNING id, observation, attempts",
             self.dialect.skip_locked()
         );
         let rows = sqlx::query(&sql)
@@ -98,19 +110,28 @@ impl Store {
             .bind(limit)
             .fetch_all(&self.pool)
             .await?;
-        let mut out = rows
-            .into_iter()
-            .map(|r| {
-                Ok(InboxRow {
-                    id: r.try_get("id")?,
-                    observation: from_json(
-                        &r.try_get::<String, _>("observation")?,
-                        "inbox.observation",
-                    )?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        out.sort_by_key(|r| r.id);
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let id: i64 = r.try_get("id")?;
+            let attempts: i64 = r.try_get("attempts")?;
+            let text: String = r.try_get("observation")?;
+            out.push(match from_json(&text, "inbox.observation") {
+                Ok(observation) => Ok(InboxRow {
+                    id,
+                    observation,
+                    attempts,
+                }),
+                Err(error) => Err(UnreadableRow {
+                    id,
+                    attempts,
+                    error,
+                }),
+            });
+        }
+        out.sort_by_key(|r| match r {
+            Ok(row) => row.id,
+            Err(bad) => bad.id,
+        });
         Ok(out)
     }
 
@@ -169,7 +190,16 @@ impl Store {
         };
         let view = load_view(&mut tx, self.dialect.lock_row(), &rep).await?;
         let decision = decide(&rep, &view);
-        persist(&mut tx, &rep, obs, &view, &decision, now).await?;
+        persist(
+            &mut tx,
+            self.dialect.lock_row(),
+            &rep,
+            obs,
+            &view,
+            &decision,
+            now,
+        )
+        .await?;
         match decision.defer_until {
             Some(until) => {
                 sqlx::query(
@@ -187,6 +217,58 @@ impl Store {
             rep,
             decision: Box::new(decision),
         })
+    }
+
+    /// Give back a claimed row that failed, due again at `retry_at`; or, with `None`, give up
+    /// on it: it is marked done and a `failed` history row says why (a dead letter).
+    pub async fn fail_inbox(
+        &self,
+        id: i64,
+        instance: &str,
+        now: Millis,
+        retry_at: Option<Millis>,
+        reason: &str,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        match retry_at {
+            Some(t) => {
+                sqlx::query(
+                    "UPDATE inbox SET claimed_by = NULL, claim_until = NULL, not_before = $3
+                     WHERE id = $1 AND claimed_by = $2",
+                )
+                .bind(id)
+                .bind(instance)
+                .bind(t)
+                .execute(&mut *tx)
+                .await?;
+            }
+            None => {
+                let row = sqlx::query(
+                    "UPDATE inbox SET done_at = $3, claimed_by = NULL, claim_until = NULL
+                     WHERE id = $1 AND claimed_by = $2 RETURNING system, external_id, delivery_key",
+                )
+                .bind(id)
+                .bind(instance)
+                .bind(now)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some(r) = row {
+                    sqlx::query(
+                        "INSERT INTO history (rep_id, system, external_id, delivery_key, at, rule, outcome, detail)
+                         VALUES (NULL, $1, $2, $3, $4, 'failed', 'dropped', $5)",
+                    )
+                    .bind(r.try_get::<String, _>("system")?)
+                    .bind(r.try_get::<String, _>("external_id")?)
+                    .bind(r.try_get::<String, _>("delivery_key")?)
+                    .bind(now)
+                    .bind(reason)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// What the rules would read about a representative now (for people: admin API, explain).
@@ -311,8 +393,10 @@ pub(super) async fn load_view(
 }
 
 /// Persist a decision: observed state, canonical state, expectations, outbox, history.
+#[allow(clippy::too_many_arguments)]
 async fn persist(
     tx: &mut Transaction<'_, Any>,
+    lock: &str,
     rep: &RepId,
     obs: &Observation,
     view: &RepView,
@@ -380,9 +464,10 @@ async fn persist(
                 target,
                 if_in_flight,
             } => {
-                let row: Option<Option<String>> = sqlx::query_scalar(
-                    "SELECT claimed_by FROM outbox WHERE rep_id = $1 AND target = $2",
-                )
+                // Locked, so that no dispatcher claims it between this read and the delete.
+                let row: Option<Option<String>> = sqlx::query_scalar(&format!(
+                    "SELECT claimed_by FROM outbox WHERE rep_id = $1 AND target = $2{lock}"
+                ))
                 .bind(rep.as_str())
                 .bind(target.as_str())
                 .fetch_optional(&mut **tx)

@@ -22,7 +22,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
 pub use directory::Known;
-pub use inbox::{Enqueued, InboxRow, Resolved};
+pub use inbox::{Enqueued, InboxRow, Resolved, UnreadableRow};
 pub use outbox::{OutboxRow, WriteResult};
 
 use crate::model::{Availability, Millis, RepId};
@@ -353,13 +353,29 @@ impl Store {
 
     /// History rows whose delivery key starts with `prefix` (a reconcile run's observations).
     pub async fn history_with_key_prefix(&self, prefix: &str) -> Result<Vec<HistoryEntry>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {HISTORY_COLUMNS} FROM history WHERE delivery_key >= $1 AND delivery_key < $2 ORDER BY id"
-        ))
-        .bind(prefix)
-        .bind(format!("{prefix}\u{10FFFF}"))
-        .fetch_all(&self.pool)
-        .await?;
+        // SQLite compares text bytewise, so a range finds the prefix through the index. On
+        // PostgreSQL a range depends on the collation; LIKE on the `text_pattern_ops` index
+        // does not.
+        let rows = match self.dialect {
+            Dialect::Sqlite => {
+                sqlx::query(&format!(
+                    "SELECT {HISTORY_COLUMNS} FROM history WHERE delivery_key >= $1 AND delivery_key < $2 ORDER BY id"
+                ))
+                .bind(prefix)
+                .bind(format!("{prefix}\u{10FFFF}"))
+                .fetch_all(&self.pool)
+                .await?
+            }
+            Dialect::Postgres => {
+                let escaped = prefix.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+                sqlx::query(&format!(
+                    "SELECT {HISTORY_COLUMNS} FROM history WHERE delivery_key LIKE $1 ORDER BY id"
+                ))
+                .bind(format!("{escaped}%"))
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
         rows.iter().map(HistoryEntry::from_row).collect()
     }
 }

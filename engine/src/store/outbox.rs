@@ -192,15 +192,31 @@ impl Store {
                     version: row.version,
                     written_at: now,
                 };
-                sqlx::query(
-                    "INSERT INTO system_state (rep_id, system, written) VALUES ($1, $2, $3)
-                     ON CONFLICT (rep_id, system) DO UPDATE SET written = excluded.written",
+                // A write that outlived its lease may finish after a newer one: the record of
+                // what was written never goes backwards.
+                let previous: Option<Option<String>> = sqlx::query_scalar(
+                    "SELECT written FROM system_state WHERE rep_id = $1 AND system = $2",
                 )
                 .bind(rep)
                 .bind(target)
-                .bind(to_json(&written))
-                .execute(&mut *tx)
+                .fetch_optional(&mut *tx)
                 .await?;
+                let newer_recorded = previous
+                    .flatten()
+                    .map(|w| from_json::<WrittenState>(&w, "system_state.written"))
+                    .transpose()?
+                    .is_some_and(|w| w.version > row.version && row.version > 0);
+                if !newer_recorded {
+                    sqlx::query(
+                        "INSERT INTO system_state (rep_id, system, written) VALUES ($1, $2, $3)
+                         ON CONFLICT (rep_id, system) DO UPDATE SET written = excluded.written",
+                    )
+                    .bind(rep)
+                    .bind(target)
+                    .bind(to_json(&written))
+                    .execute(&mut *tx)
+                    .await?;
+                }
                 let removed = sqlx::query(
                     "DELETE FROM outbox WHERE rep_id = $1 AND target = $2 AND seq = $3 AND claimed_by = $4",
                 )
@@ -282,28 +298,28 @@ impl Store {
     }
 }
 
-/// Give a claimed row back, due at `retry_at` (or at once).
+/// Give a claimed row back, due at `retry_at` (or at once). A row whose desired state was
+/// replaced while the write was on the wire is due at once: the backoff was the old state's.
 async fn release(
     tx: &mut sqlx::Transaction<'_, sqlx::any::Any>,
     row: &OutboxRow,
     instance: &str,
     retry_at: Option<Millis>,
 ) -> Result<()> {
-    let sql = if retry_at.is_some() {
-        "UPDATE outbox SET claimed_by = NULL, claim_until = NULL, attempts = attempts + 1, not_before = $4
-         WHERE rep_id = $1 AND target = $2 AND claimed_by = $3"
-    } else {
-        "UPDATE outbox SET claimed_by = NULL, claim_until = NULL
-         WHERE rep_id = $1 AND target = $2 AND claimed_by = $3"
-    };
-    let mut q = sqlx::query(sql)
-        .bind(row.rep_id.as_str())
-        .bind(row.target.as_str())
-        .bind(instance);
-    if let Some(t) = retry_at {
-        q = q.bind(t);
-    }
-    q.execute(&mut **tx).await?;
+    sqlx::query(
+        "UPDATE outbox SET claimed_by = NULL, claim_until = NULL,
+             attempts = CASE WHEN seq = $4 AND $5 = 1 THEN attempts + 1 ELSE attempts END,
+             not_before = CASE WHEN seq = $4 AND $5 = 1 THEN $6 ELSE not_before END
+         WHERE rep_id = $1 AND target = $2 AND claimed_by = $3",
+    )
+    .bind(row.rep_id.as_str())
+    .bind(row.target.as_str())
+    .bind(instance)
+    .bind(row.seq)
+    .bind(i64::from(retry_at.is_some()))
+    .bind(retry_at.unwrap_or(0))
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
