@@ -540,7 +540,14 @@ impl Engine {
                     observed_at: now,
                 };
                 let a = self.map(&obs);
-                if known.observed == Some(a) && known.canonical == Some(a) {
+                // Unchanged since last observed: the same state, and where the system dates its
+                // states, the same date (the same state set again after a lost delivery is news).
+                let same_date = match (s.sequence, known.observed_sequence, s.source_time) {
+                    (Some(seq), Some(seen), _) => seq == seen,
+                    (_, _, Some(t)) => known.observed_time == Some(t),
+                    (_, _, None) => true,
+                };
+                if known.observed == Some(a) && known.canonical == Some(a) && same_date {
                     sr.in_sync += 1;
                 } else {
                     feed.push(obs);

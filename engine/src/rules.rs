@@ -756,10 +756,13 @@ fn drift_repair(
     if view.outbox.contains_key(sys) {
         return;
     }
+    // A write on the wire may still land; one that completed and still shows something else
+    // did not stick (or carried an older state), so it does not count.
     let write_pending = view.expectations.iter().any(|e| {
         &e.system == sys
             && e.expires_at > ctx.now
             && !e.superseded
+            && e.completed_at.is_none()
             && !d.close_expectations.contains(&e.id)
             && !d.supersede_expectations.contains(&e.id)
     });

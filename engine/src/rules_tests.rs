@@ -456,6 +456,9 @@ fn a_reconcile_read_does_not_repair_while_a_write_is_on_its_way() {
     v.outbox.clear();
     v.expectations.push(expectation(3, TEAMS, Busy, None));
     assert_eq!(decide_default(&o, &v).rule, Rule::Unchanged);
+    // A write that completed long ago and did not stick is no reason to wait.
+    v.expectations = vec![expectation(3, TEAMS, Offline, Some(T0 + 20))];
+    assert_eq!(decide_default(&o, &v).rule, Rule::Drift);
 }
 
 #[test]

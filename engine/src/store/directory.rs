@@ -183,6 +183,9 @@ pub struct Known {
     pub rep: RepId,
     /// The availability last observed at the system.
     pub observed: Option<Availability>,
+    /// The source time and sequence of what was last observed there.
+    pub observed_time: Option<Millis>,
+    pub observed_sequence: Option<i64>,
     /// The representative's canonical availability.
     pub canonical: Option<Availability>,
 }
@@ -209,13 +212,14 @@ impl Store {
             let observed: Option<String> = r.try_get("observed")?;
             let observed = observed
                 .map(|o| from_json::<ObservedState>(&o, "system_state.observed"))
-                .transpose()?
-                .map(|o| o.availability);
+                .transpose()?;
             out.insert(
                 ExternalId(r.try_get("external_id")?),
                 Known {
                     rep: RepId(r.try_get("rep_id")?),
-                    observed,
+                    observed_time: observed.as_ref().map(|o| o.source_time),
+                    observed_sequence: observed.as_ref().and_then(|o| o.sequence),
+                    observed: observed.map(|o| o.availability),
                     canonical: parse_availability(
                         r.try_get("canonical")?,
                         "canonical.availability",
