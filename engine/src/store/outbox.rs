@@ -217,19 +217,7 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
                 }
-                let removed = sqlx::query(
-                    "DELETE FROM outbox WHERE rep_id = $1 AND target = $2 AND seq = $3 AND claimed_by = $4",
-                )
-                .bind(rep)
-                .bind(target)
-                .bind(row.seq)
-                .bind(instance)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if removed == 0 {
-                    release(&mut tx, row, instance, None).await?;
-                }
+                done_with(&mut tx, row, instance).await?;
                 history(
                     &mut tx,
                     row,
@@ -266,19 +254,7 @@ impl Store {
                     (None, _) => {}
                 }
                 if *permanent {
-                    let removed = sqlx::query(
-                        "DELETE FROM outbox WHERE rep_id = $1 AND target = $2 AND seq = $3 AND claimed_by = $4",
-                    )
-                    .bind(rep)
-                    .bind(target)
-                    .bind(row.seq)
-                    .bind(instance)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                    if removed == 0 {
-                        release(&mut tx, row, instance, None).await?;
-                    }
+                    done_with(&mut tx, row, instance).await?;
                     history(
                         &mut tx,
                         row,
@@ -296,6 +272,29 @@ impl Store {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// The row's write is over: remove it, unless a newer desired state replaced it meanwhile, in
+/// which case give it back to be written.
+async fn done_with(
+    tx: &mut sqlx::Transaction<'_, sqlx::any::Any>,
+    row: &OutboxRow,
+    instance: &str,
+) -> Result<()> {
+    let removed = sqlx::query(
+        "DELETE FROM outbox WHERE rep_id = $1 AND target = $2 AND seq = $3 AND claimed_by = $4",
+    )
+    .bind(row.rep_id.as_str())
+    .bind(row.target.as_str())
+    .bind(row.seq)
+    .bind(instance)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if removed == 0 {
+        release(tx, row, instance, None).await?;
+    }
+    Ok(())
 }
 
 /// Give a claimed row back, due at `retry_at` (or at once). A row whose desired state was
