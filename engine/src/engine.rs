@@ -160,7 +160,8 @@ impl Engine {
         &self.inner.stats
     }
 
-    fn now(&self) -> i64 {
+    /// The engine's clock: ingress stamps observations with it.
+    pub fn now(&self) -> i64 {
         self.inner.clock.now()
     }
 

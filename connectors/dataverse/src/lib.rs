@@ -1,0 +1,10 @@
+//! presync-dataverse (work in progress).
+
+pub mod client;
+pub mod config;
+pub mod connector;
+pub mod context;
+pub mod inspect;
+pub mod mapping;
+pub mod time;
+pub mod webhook;
