@@ -5,8 +5,12 @@
 //! offers the commands the engine alone supports; the service, connectors and simulators arrive
 //! with their issues.
 
+use std::path::PathBuf;
+use std::process::ExitCode;
+
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use presync_dataverse::mapping::Catalog;
 use presync_engine::store::{redact_url, Store};
 
 #[derive(Debug, Parser)]
@@ -28,10 +32,73 @@ enum Command {
         )]
         database: String,
     },
+    /// Parse a captured payload and print, as JSON, what presync derives from it.
+    Inspect {
+        /// The system the payload comes from.
+        system: InspectSystem,
+        /// The captured body.
+        file: PathBuf,
+        /// The delivery carried `x-ms-dynamics-msg-size-exceeded` (Dataverse).
+        #[arg(long)]
+        size_exceeded: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum InspectSystem {
+    Dataverse,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Inspect {
+        system,
+        file,
+        size_exceeded,
+    } = &cli.command
+    {
+        return inspect(*system, file, *size_exceeded);
+    }
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("presync: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `presync inspect`: one JSON object on stdout; exit 2 with one line on stderr for a body it
+/// cannot read.
+fn inspect(system: InspectSystem, file: &PathBuf, size_exceeded: bool) -> ExitCode {
+    let body = match std::fs::read(file) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("presync inspect: {}: {e}", file.display());
+            return ExitCode::from(2);
+        }
+    };
+    match system {
+        InspectSystem::Dataverse => {
+            let catalog = Catalog::builtin();
+            match presync_dataverse::inspect::inspect(&body, size_exceeded, &|id| {
+                catalog.canonical(id)
+            }) {
+                Ok(json) => {
+                    println!("{json}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("presync inspect: {}: {e}", file.display());
+                    ExitCode::from(2)
+                }
+            }
+        }
+    }
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn run(cli: Cli) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -39,7 +106,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    match cli.command {
         Command::Migrate { database } => {
             let shown = redact_url(&database);
             let store = Store::open(&database)
@@ -48,6 +115,7 @@ async fn main() -> anyhow::Result<()> {
             store.close().await;
             println!("{shown}: schema is up to date");
         }
+        Command::Inspect { .. } => unreachable!("handled before the runtime starts"),
     }
     Ok(())
 }

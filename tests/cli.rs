@@ -67,3 +67,71 @@ async fn migrate_runs_on_postgres_when_configured() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn inspect_dataverse_prints_what_presync_derives_from_a_capture() {
+    let file = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/dataverse/ms-docs-agentstatus-update-modify-presence.json"
+    );
+    let out = presync()
+        .args(["inspect", "dataverse", file])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["system"], "dataverse");
+    assert_eq!(v["event"], "Update");
+    assert_eq!(v["entity"], "msdyn_agentstatus");
+    assert_eq!(v["agent_id"], "97c90b02-4e38-ef11-a315-000d3a5a54dc");
+    assert_eq!(v["presence_id"], "efdeb843-c07a-e811-8162-000d3aa11f50");
+    assert_eq!(v["canonical"], "Busy");
+    assert_eq!(v["source_modified_at"], "2024-08-02T07:00:38.000Z");
+    assert_eq!(v["modified_by"], "AGENT");
+    assert_eq!(v["row_version"], "5948260");
+    assert!(v["delivery_key"]
+        .as_str()
+        .unwrap()
+        .starts_with("dataverse:"));
+}
+
+#[test]
+fn inspect_dataverse_ignores_another_entity_and_exits_0() {
+    let file = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/dataverse/albanian-xrm-DeserializationFromTextSamplesTests-0.json"
+    );
+    let out = presync()
+        .args(["inspect", "dataverse", file])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["entity"], "account");
+    assert!(v["ignored"].is_string());
+}
+
+#[test]
+fn inspect_dataverse_refuses_an_unreadable_body_with_exit_2_and_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.json");
+    std::fs::write(
+        &file,
+        b"{\"MessageName\": \"Update\", \"InputParameters\": [1,",
+    )
+    .unwrap();
+    let out = presync()
+        .args(["inspect", "dataverse"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("line") && err.contains("column"), "{err}");
+    assert!(out.stdout.is_empty());
+}

@@ -79,7 +79,10 @@ struct Inner {
 
 impl DataverseClient {
     /// A client for the environment in `config`.
-    pub fn new(config: DataverseConfig, credentials: Arc<dyn Credentials>) -> Result<Self, ConnectorError> {
+    pub fn new(
+        config: DataverseConfig,
+        credentials: Arc<dyn Credentials>,
+    ) -> Result<Self, ConnectorError> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_millis(config.request_timeout_ms))
@@ -90,7 +93,10 @@ impl DataverseClient {
             config.org_url.trim_end_matches('/'),
             config.api_path.trim_end_matches('/')
         );
-        let limiter = Limiter::new(config.rate_limit, Duration::from_secs(config.rate_window_secs));
+        let limiter = Limiter::new(
+            config.rate_limit,
+            Duration::from_secs(config.rate_window_secs),
+        );
         Ok(DataverseClient {
             inner: Arc::new(Inner {
                 http,
@@ -108,7 +114,11 @@ impl DataverseClient {
     }
 
     /// `POST CCaaS_ModifyAgentPresence`: set an agent's presence.
-    pub async fn modify_presence(&self, agent: &Agent, presence_id: &str) -> Result<(), ConnectorError> {
+    pub async fn modify_presence(
+        &self,
+        agent: &Agent,
+        presence_id: &str,
+    ) -> Result<(), ConnectorError> {
         let caller = match &self.inner.config.impersonation.caller {
             Caller::Application => None,
             Caller::Supervisor { id } => Some(id.clone()),
@@ -120,14 +130,18 @@ impl DataverseClient {
             "PresenceId": presence_id,
         });
         let url = format!("{}/CCaaS_ModifyAgentPresence", self.inner.base);
-        self.send(Method::POST, &url, caller.as_deref(), Some(&body)).await?;
+        self.send(Method::POST, &url, caller.as_deref(), Some(&body))
+            .await?;
         Ok(())
     }
 
     /// `CCaaS_GetPresence` impersonating the agent.
     pub async fn get_presence(&self, agent: &Agent) -> Result<PresenceInfo, ConnectorError> {
         let url = match self.inner.config.get_presence_form {
-            GetPresenceForm::Function => format!("{}/CCaaS_GetPresence(ApiVersion=@p1)?@p1='1.0'", self.inner.base),
+            GetPresenceForm::Function => format!(
+                "{}/CCaaS_GetPresence(ApiVersion=@p1)?@p1='1.0'",
+                self.inner.base
+            ),
             GetPresenceForm::Bare => format!("{}/CCaaS_GetPresence", self.inner.base),
         };
         let caller = self.agent_caller(agent)?;
@@ -139,14 +153,21 @@ impl DataverseClient {
 
     /// Every row of `msdyn_agentstatuses` with its presence, following `@odata.nextLink`.
     pub async fn agent_statuses(&self) -> Result<Vec<AgentStatusRow>, ConnectorError> {
-        let url = format!("{}/msdyn_agentstatuses?{AGENT_STATUS_QUERY}", self.inner.base);
+        let url = format!(
+            "{}/msdyn_agentstatuses?{AGENT_STATUS_QUERY}",
+            self.inner.base
+        );
         let rows = self.read_all_pages(url).await?;
         rows.iter().map(agent_status_row).collect()
     }
 
     /// One `msdyn_agentstatus` row (the read-back of a size-exceeded webhook).
     pub async fn agent_status(&self, id: &str) -> Result<AgentStatusRow, ConnectorError> {
-        let url = format!("{}/msdyn_agentstatuses({})?{AGENT_STATUS_QUERY}", self.inner.base, guid(id)?);
+        let url = format!(
+            "{}/msdyn_agentstatuses({})?{AGENT_STATUS_QUERY}",
+            self.inner.base,
+            guid(id)?
+        );
         let v = self.send(Method::GET, &url, None, None).await?;
         agent_status_row(&v)
     }
@@ -162,11 +183,17 @@ impl DataverseClient {
         for r in rows {
             let (Some(id), Some(base)) = (
                 r.get("msdyn_presenceid").and_then(Value::as_str),
-                r.get("msdyn_basepresencestatus").and_then(Value::as_i64).and_then(BaseStatus::from_option),
+                r.get("msdyn_basepresencestatus")
+                    .and_then(Value::as_i64)
+                    .and_then(BaseStatus::from_option),
             ) else {
                 continue;
             };
-            let name = r.get("msdyn_name").and_then(Value::as_str).unwrap_or(id).to_owned();
+            let name = r
+                .get("msdyn_name")
+                .and_then(Value::as_str)
+                .unwrap_or(id)
+                .to_owned();
             out.push(PresenceEntry {
                 id: id.to_ascii_lowercase(),
                 text: r
@@ -181,25 +208,35 @@ impl DataverseClient {
     }
 
     /// The Entra object id of a system user (for directory discovery).
-    pub async fn aad_object_id(&self, systemuser_id: &str) -> Result<Option<String>, ConnectorError> {
+    pub async fn aad_object_id(
+        &self,
+        systemuser_id: &str,
+    ) -> Result<Option<String>, ConnectorError> {
         let url = format!(
             "{}/systemusers({})?$select=azureactivedirectoryobjectid,fullname",
             self.inner.base,
             guid(systemuser_id)?
         );
         let v = self.send(Method::GET, &url, None, None).await?;
-        Ok(v.get("azureactivedirectoryobjectid").and_then(Value::as_str).map(str::to_owned))
+        Ok(v.get("azureactivedirectoryobjectid")
+            .and_then(Value::as_str)
+            .map(str::to_owned))
     }
 
     fn agent_caller(&self, agent: &Agent) -> Result<String, ConnectorError> {
         match self.inner.config.impersonation.header {
             CallerHeader::MscrmCallerId => Ok(agent.systemuser_id.clone()),
-            CallerHeader::CallerObjectId => agent.aad_object_id.clone().ok_or_else(|| ConnectorError::Rejected {
-                message: format!(
+            CallerHeader::CallerObjectId => {
+                agent
+                    .aad_object_id
+                    .clone()
+                    .ok_or_else(|| ConnectorError::Rejected {
+                        message: format!(
                     "agent {} has no Entra object id, which the CallerObjectId header needs",
                     agent.systemuser_id
                 ),
-            }),
+                    })
+            }
         }
     }
 
@@ -216,7 +253,10 @@ impl DataverseClient {
             if let Some(rows) = page.get("value").and_then(Value::as_array) {
                 out.extend(rows.iter().cloned());
             }
-            next = page.get("@odata.nextLink").and_then(Value::as_str).map(str::to_owned);
+            next = page
+                .get("@odata.nextLink")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
         }
         Ok(out)
     }
@@ -242,7 +282,10 @@ impl DataverseClient {
                 .header("Accept", "application/json")
                 .header("OData-MaxVersion", "4.0")
                 .header("OData-Version", "4.0")
-                .header("Prefer", format!("odata.maxpagesize={}", self.inner.config.page_size));
+                .header(
+                    "Prefer",
+                    format!("odata.maxpagesize={}", self.inner.config.page_size),
+                );
             if let Some(c) = caller {
                 req = req.header(self.inner.config.impersonation.header.name(), c);
             }
@@ -284,7 +327,9 @@ msdyn_presencemodifiedon,msdyn_presencemodifiedonwithmilliseconds,msdyn_presence
 
 fn agent_status_row(v: &Value) -> Result<AgentStatusRow, ConnectorError> {
     let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
-    let (Some(agent_status_id), Some(agent_id)) = (s("msdyn_agentstatusid"), s("_msdyn_agentid_value")) else {
+    let (Some(agent_status_id), Some(agent_id)) =
+        (s("msdyn_agentstatusid"), s("_msdyn_agentid_value"))
+    else {
         return Err(ConnectorError::Rejected {
             message: "an msdyn_agentstatus row without its id or agent".to_owned(),
         });
@@ -344,7 +389,13 @@ fn network_error(method: &Method, url: &str, e: reqwest::Error) -> ConnectorErro
 }
 
 /// Map an HTTP failure to the engine's classes.
-fn classify(method: &Method, url: &str, status: StatusCode, retry_after: Option<Duration>, body: &str) -> ConnectorError {
+fn classify(
+    method: &Method,
+    url: &str,
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    body: &str,
+) -> ConnectorError {
     let detail = serde_json::from_str::<Value>(body)
         .ok()
         .and_then(|v| {
@@ -354,9 +405,14 @@ fn classify(method: &Method, url: &str, status: StatusCode, retry_after: Option<
             Some(format!("{code} {msg}").trim().to_owned())
         })
         .unwrap_or_default();
-    let message = format!("{method} {} answered {status} {detail}", path_of(url)).trim().to_owned();
+    let message = format!("{method} {} answered {status} {detail}", path_of(url))
+        .trim()
+        .to_owned();
     match status.as_u16() {
-        429 => ConnectorError::RateLimited { retry_after, message },
+        429 => ConnectorError::RateLimited {
+            retry_after,
+            message,
+        },
         401 => ConnectorError::Unauthorized { message },
         503 => ConnectorError::transient(message),
         500 | 502 | 504 if *method == Method::POST => ConnectorError::unknown_outcome(message),
@@ -395,14 +451,19 @@ impl Limiter {
                 let mut sent = self.sent.lock().await;
                 let q = sent.entry(key.to_owned()).or_default();
                 let now = Instant::now();
-                while q.front().is_some_and(|t| now.duration_since(*t) >= self.window) {
+                while q
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) >= self.window)
+                {
                     q.pop_front();
                 }
                 if q.len() < self.limit {
                     q.push_back(now);
                     return;
                 }
-                q.front().map_or(Duration::ZERO, |t| self.window.saturating_sub(now.duration_since(*t)))
+                q.front().map_or(Duration::ZERO, |t| {
+                    self.window.saturating_sub(now.duration_since(*t))
+                })
             };
             tokio::time::sleep(wait).await;
         }
@@ -416,7 +477,10 @@ mod tests {
     #[test]
     fn retry_after_accepts_whole_and_decimal_seconds() {
         assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
-        assert_eq!(parse_retry_after(" 2.5 "), Some(Duration::from_millis(2_500)));
+        assert_eq!(
+            parse_retry_after(" 2.5 "),
+            Some(Duration::from_millis(2_500))
+        );
         assert_eq!(parse_retry_after("soon"), None);
         assert_eq!(parse_retry_after("-1"), None);
     }
@@ -425,7 +489,13 @@ mod tests {
     fn http_failures_are_classified() {
         let u = "https://x/api/data/v9.2/CCaaS_ModifyAgentPresence";
         let post = Method::POST;
-        let e = classify(&post, u, StatusCode::TOO_MANY_REQUESTS, Some(Duration::from_secs(3)), "");
+        let e = classify(
+            &post,
+            u,
+            StatusCode::TOO_MANY_REQUESTS,
+            Some(Duration::from_secs(3)),
+            "",
+        );
         assert_eq!(e.retry_after(), Some(Duration::from_secs(3)));
         assert!(e.is_transient());
         let e = classify(&post, u, StatusCode::SERVICE_UNAVAILABLE, None, "");
@@ -434,10 +504,19 @@ mod tests {
         assert!(e.outcome_unknown());
         let e = classify(&Method::GET, u, StatusCode::INTERNAL_SERVER_ERROR, None, "");
         assert!(e.is_transient() && !e.outcome_unknown());
-        let e = classify(&post, u, StatusCode::NOT_FOUND, None, r#"{"error":{"code":"0x80040217","message":"agent not signed in"}}"#);
+        let e = classify(
+            &post,
+            u,
+            StatusCode::NOT_FOUND,
+            None,
+            r#"{"error":{"code":"0x80040217","message":"agent not signed in"}}"#,
+        );
         assert!(!e.is_transient());
         assert!(e.to_string().contains("agent not signed in"), "{e}");
-        assert!(matches!(classify(&post, u, StatusCode::UNAUTHORIZED, None, ""), ConnectorError::Unauthorized { .. }));
+        assert!(matches!(
+            classify(&post, u, StatusCode::UNAUTHORIZED, None, ""),
+            ConnectorError::Unauthorized { .. }
+        ));
     }
 
     #[test]
@@ -457,6 +536,9 @@ mod tests {
         l.acquire("b").await;
         assert_eq!(Instant::now(), start, "under the limit: no wait");
         l.acquire("a").await;
-        assert_eq!(Instant::now().duration_since(start), Duration::from_secs(300));
+        assert_eq!(
+            Instant::now().duration_since(start),
+            Duration::from_secs(300)
+        );
     }
 }

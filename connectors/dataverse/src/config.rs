@@ -97,7 +97,9 @@ pub enum WebhookAuth {
 impl std::fmt::Debug for WebhookAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            WebhookAuth::HttpHeader { name, .. } => write!(f, "HttpHeader {{ name: {name:?}, value: *** }}"),
+            WebhookAuth::HttpHeader { name, .. } => {
+                write!(f, "HttpHeader {{ name: {name:?}, value: *** }}")
+            }
             WebhookAuth::WebhookKey { .. } => write!(f, "WebhookKey {{ value: *** }}"),
             WebhookAuth::HttpQueryString { name, .. } => {
                 write!(f, "HttpQueryString {{ name: {name:?}, value: *** }}")
@@ -258,17 +260,24 @@ impl DataverseConfig {
             problems.push("rate_window_secs: must be positive".to_owned());
         }
         match &self.webhook.auth {
-            WebhookAuth::HttpHeader { name, value } | WebhookAuth::HttpQueryString { name, value } => {
+            WebhookAuth::HttpHeader { name, value }
+            | WebhookAuth::HttpQueryString { name, value } => {
                 if name.trim().is_empty() {
                     problems.push("webhook.auth.name: must not be empty".to_owned());
                 }
                 if value.len() < 16 {
-                    problems.push("webhook.auth.value: use a random secret of at least 16 characters".to_owned());
+                    problems.push(
+                        "webhook.auth.value: use a random secret of at least 16 characters"
+                            .to_owned(),
+                    );
                 }
             }
             WebhookAuth::WebhookKey { value } => {
                 if value.len() < 16 {
-                    problems.push("webhook.auth.value: use a random secret of at least 16 characters".to_owned());
+                    problems.push(
+                        "webhook.auth.value: use a random secret of at least 16 characters"
+                            .to_owned(),
+                    );
                 }
             }
         }
@@ -299,8 +308,14 @@ mod tests {
 
     #[test]
     fn defaults_are_valid_for_an_https_org() {
-        assert!(DataverseConfig::new("https://contoso.crm.dynamics.com", hook()).validate().is_empty());
-        assert!(DataverseConfig::new("http://127.0.0.1:8080", hook()).validate().is_empty());
+        assert!(
+            DataverseConfig::new("https://contoso.crm.dynamics.com", hook())
+                .validate()
+                .is_empty()
+        );
+        assert!(DataverseConfig::new("http://127.0.0.1:8080", hook())
+            .validate()
+            .is_empty());
     }
 
     #[test]
@@ -313,7 +328,10 @@ mod tests {
 
     #[test]
     fn every_problem_is_reported_with_its_key() {
-        let mut c = DataverseConfig::new("http://contoso.example", WebhookConfig::header("h", "short"));
+        let mut c = DataverseConfig::new(
+            "http://contoso.example",
+            WebhookConfig::header("h", "short"),
+        );
         c.unknown_presence = Availability::Available;
         c.page_size = 0;
         c.rate_limit = 10_000;

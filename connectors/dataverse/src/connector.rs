@@ -10,14 +10,14 @@ use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use presync_engine::{
-    Availability, Capabilities, Connector, ConnectorError, Desired, ExternalId, Mapped, NativeState,
-    Origin, RemoteState, WriteSemantics,
+    Availability, Capabilities, Connector, ConnectorError, Desired, ExternalId, Mapped,
+    NativeState, Origin, RemoteState, WriteSemantics,
 };
 use tokio::sync::Mutex;
 use tracing::{debug, info};
 
 use crate::client::{Agent, AgentStatusRow, Credentials, DataverseClient};
-use crate::config::{CallerHeader, Caller, DataverseConfig, ReconcileSource};
+use crate::config::{Caller, CallerHeader, DataverseConfig, ReconcileSource};
 use crate::mapping::{Catalog, UnknownPresence};
 
 /// The connector kind, as named in config.
@@ -40,12 +40,18 @@ pub struct DataverseConnector {
 impl DataverseConnector {
     /// Validate the configuration (every problem at once) and build the connector. The catalog
     /// starts with the built-in presences; [`DataverseConnector::refresh_catalog`] adds the rest.
-    pub fn new(config: DataverseConfig, credentials: Arc<dyn Credentials>) -> Result<Self, ConfigError> {
+    pub fn new(
+        config: DataverseConfig,
+        credentials: Arc<dyn Credentials>,
+    ) -> Result<Self, ConfigError> {
         let mut problems = config.validate();
         let catalog = catalog_for(&config, Catalog::builtin()).unwrap_or_else(|unknown| {
             // Custom ids are unknown until the catalog is read: not an error yet. The refresh
             // at start-up checks them.
-            debug!(unknown = unknown.len(), "Outbound presence ids wait for the catalog");
+            debug!(
+                unknown = unknown.len(),
+                "Outbound presence ids wait for the catalog"
+            );
             Catalog::builtin().with_unknown(config.unknown_presence)
         });
         let client = DataverseClient::new(config, credentials).map_err(|e| {
@@ -69,17 +75,26 @@ impl DataverseConnector {
 
     /// The current presence catalog.
     pub fn catalog(&self) -> Arc<Catalog> {
-        self.catalog.read().map(|c| Arc::clone(&c)).unwrap_or_else(|p| Arc::clone(&p.into_inner()))
+        self.catalog
+            .read()
+            .map(|c| Arc::clone(&c))
+            .unwrap_or_else(|p| Arc::clone(&p.into_inner()))
     }
 
     /// Read `msdyn_presence` and swap in the new catalog. Returns the number of presences. A
     /// configured outbound id that the catalog still does not know is an error.
     pub async fn refresh_catalog(&self) -> Result<usize, ConnectorError> {
         let entries = self.client.presences().await?;
-        let catalog = catalog_for(self.client.config(), Catalog::builtin().with_entries(entries)).map_err(|errors| {
-            ConnectorError::Rejected {
-                message: errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
-            }
+        let catalog = catalog_for(
+            self.client.config(),
+            Catalog::builtin().with_entries(entries),
+        )
+        .map_err(|errors| ConnectorError::Rejected {
+            message: errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
         })?;
         let n = catalog.entries().len();
         if let Ok(mut c) = self.catalog.write() {
@@ -126,7 +141,10 @@ impl DataverseConnector {
     }
 }
 
-fn catalog_for(config: &DataverseConfig, catalog: Catalog) -> Result<Catalog, Vec<UnknownPresence>> {
+fn catalog_for(
+    config: &DataverseConfig,
+    catalog: Catalog,
+) -> Result<Catalog, Vec<UnknownPresence>> {
     catalog
         .with_unknown(config.unknown_presence)
         .with_outbound(&config.presence_map)
@@ -162,15 +180,20 @@ impl Connector for DataverseConnector {
                 "withdraw: Dataverse holds one presence per agent, not presync's contribution",
             ));
         };
-        let native = self.to_native(presence.availability).ok_or(ConnectorError::Rejected {
-            message: format!("no presence id is configured for {}", presence.availability),
-        })?;
+        let native = self
+            .to_native(presence.availability)
+            .ok_or(ConnectorError::Rejected {
+                message: format!("no presence id is configured for {}", presence.availability),
+            })?;
         let agent = self.agent(user).await?;
         self.client.modify_presence(&agent, &native.code).await
     }
 
     async fn read_all(&self, users: &[ExternalId]) -> Result<Vec<RemoteState>, ConnectorError> {
-        let wanted: HashSet<String> = users.iter().map(|u| u.as_str().to_ascii_lowercase()).collect();
+        let wanted: HashSet<String> = users
+            .iter()
+            .map(|u| u.as_str().to_ascii_lowercase())
+            .collect();
         match self.client.config().reconcile_source {
             ReconcileSource::AgentStatusQuery => {
                 let rows = self.client.agent_statuses().await?;

@@ -446,23 +446,15 @@ fn parse_typed(obj: &Object, whole: &Json, path: &Path<'_>) -> Res<Value> {
         Some(other) => Err(unexpected(&value_path, "a number", other)),
         None => Err(structure(&value_path, "a number", "nothing")),
     };
+    let not_integer = || structure(&value_path, "an integer", "a fraction or a huge number");
     Ok(match name {
         "Entity" => Value::Entity(Box::new(parse_entity(obj, path)?)),
         "EntityReference" => Value::EntityReference(parse_reference(obj, path)?),
-        "OptionSetValue" => match number()?.as_i64() {
-            Some(option) => Value::OptionSet(option),
-            None => return Err(unexpected(&value_path, "an integer", &obj["Value"])),
-        },
+        "OptionSetValue" => Value::OptionSet(number()?.as_i64().ok_or_else(not_integer)?),
         "Money" => Value::Money(number()?.as_f64().unwrap_or(f64::NAN)),
         "EntityCollection" => {
             let here = path.field("Entities");
-            let items = member(
-                obj,
-                "Entities",
-                path,
-                "an array of entities",
-                Json::as_array,
-            )?;
+            let items = member(obj, "Entities", path, "an array", Json::as_array)?;
             let entities = items.into_iter().flatten().enumerate();
             let entities = entities.map(|(i, e)| parse_entity_value(e, &Path::Index(&here, i)));
             Value::EntityCollection(entities.collect::<Res<_>>()?)
@@ -505,20 +497,15 @@ pub fn parse_date(s: &str) -> Option<Millis> {
     let digits_end = inner[digits_start..]
         .find(|c: char| !c.is_ascii_digit())
         .map_or(inner.len(), |i| i + digits_start);
-    if digits_end == digits_start {
-        return None;
-    }
-    let offset = &inner[digits_end..];
+    let (number, offset) = inner.split_at(digits_end);
     if !offset.is_empty() {
-        let (sign, hhmm) = offset.split_at(1);
-        if !matches!(sign, "+" | "-")
-            || hhmm.len() != 4
-            || !hhmm.bytes().all(|b| b.is_ascii_digit())
-        {
+        let hhmm = offset.strip_prefix(['+', '-'])?;
+        if hhmm.len() != 4 || !hhmm.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
     }
-    inner[..digits_end].parse().ok()
+    // An empty or sign-only number fails here, as does one that overflows i64.
+    number.parse().ok()
 }
 
 /// Formats milliseconds since the epoch as RFC 3339 in UTC: `2024-08-02T07:00:38.000Z`.

@@ -225,9 +225,15 @@ mod tests {
     #[test]
     fn the_five_builtin_ids_work_without_a_catalog() {
         let c = Catalog::builtin();
-        assert_eq!(c.canonical(builtin::AVAILABLE), Some(Availability::Available));
+        assert_eq!(
+            c.canonical(builtin::AVAILABLE),
+            Some(Availability::Available)
+        );
         assert_eq!(c.canonical(builtin::BUSY), Some(Availability::Busy));
-        assert_eq!(c.canonical(builtin::BUSY_DND), Some(Availability::DoNotDisturb));
+        assert_eq!(
+            c.canonical(builtin::BUSY_DND),
+            Some(Availability::DoNotDisturb)
+        );
         assert_eq!(c.canonical(builtin::AWAY), Some(Availability::Away));
         assert_eq!(c.canonical(builtin::OFFLINE), Some(Availability::Offline));
         assert_eq!(
@@ -242,7 +248,13 @@ mod tests {
         let c = Catalog::builtin();
         for a in Availability::ALL {
             let native = c.to_native(a).unwrap();
-            assert_eq!(c.to_canonical(&native), Mapped { availability: a, known: true });
+            assert_eq!(
+                c.to_canonical(&native),
+                Mapped {
+                    availability: a,
+                    known: true
+                }
+            );
         }
     }
 
@@ -281,7 +293,10 @@ mod tests {
         };
         let c = Catalog::builtin().with_entries([custom]);
         let mut map = BTreeMap::new();
-        map.insert(Availability::DoNotDisturb, "AAAAAAAA-0000-0000-0000-000000000001".to_owned());
+        map.insert(
+            Availability::DoNotDisturb,
+            "AAAAAAAA-0000-0000-0000-000000000001".to_owned(),
+        );
         let c = c.with_outbound(&map).unwrap();
         let n = c.to_native(Availability::DoNotDisturb).unwrap();
         assert_eq!(n.code, "aaaaaaaa-0000-0000-0000-000000000001");

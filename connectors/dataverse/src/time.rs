@@ -18,14 +18,29 @@ pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 pub fn parse_iso8601(s: &str) -> Option<Millis> {
     let s = s.trim();
     let b = s.as_bytes();
-    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' || b[16] != b':' {
+    if b.len() < 19
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
         return None;
     }
     let num = |r: std::ops::Range<usize>| -> Option<i64> {
         let t = s.get(r)?;
-        t.bytes().all(|c| c.is_ascii_digit()).then(|| t.parse().ok())?
+        t.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| t.parse().ok())?
     };
-    let (y, mo, d, h, mi, se) = (num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?, num(17..19)?);
+    let (y, mo, d, h, mi, se) = (
+        num(0..4)?,
+        num(5..7)?,
+        num(8..10)?,
+        num(11..13)?,
+        num(14..16)?,
+        num(17..19)?,
+    );
     if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
         return None;
     }
@@ -36,7 +51,11 @@ pub fn parse_iso8601(s: &str) -> Option<Millis> {
         if digits == 0 {
             return None;
         }
-        let first3: String = frac[..digits].chars().chain("000".chars()).take(3).collect();
+        let first3: String = frac[..digits]
+            .chars()
+            .chain("000".chars())
+            .take(3)
+            .collect();
         millis = first3.parse::<i64>().ok()?;
         rest = &frac[digits..];
     }
@@ -60,17 +79,36 @@ mod tests {
     #[test]
     fn parses_the_forms_the_web_api_writes() {
         assert_eq!(parse_iso8601("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(parse_iso8601("2024-08-02T07:00:38Z"), Some(1_722_582_038_000));
-        assert_eq!(parse_iso8601("2024-08-02T07:00:38.123Z"), Some(1_722_582_038_123));
-        assert_eq!(parse_iso8601("2024-08-02T07:00:38.1234567Z"), Some(1_722_582_038_123));
-        assert_eq!(parse_iso8601("2024-08-02T09:00:38+02:00"), Some(1_722_582_038_000));
+        assert_eq!(
+            parse_iso8601("2024-08-02T07:00:38Z"),
+            Some(1_722_582_038_000)
+        );
+        assert_eq!(
+            parse_iso8601("2024-08-02T07:00:38.123Z"),
+            Some(1_722_582_038_123)
+        );
+        assert_eq!(
+            parse_iso8601("2024-08-02T07:00:38.1234567Z"),
+            Some(1_722_582_038_123)
+        );
+        assert_eq!(
+            parse_iso8601("2024-08-02T09:00:38+02:00"),
+            Some(1_722_582_038_000)
+        );
         assert_eq!(parse_iso8601("2000-02-29T00:00:00Z"), Some(951_782_400_000));
         assert_eq!(parse_iso8601("1969-12-31T23:59:59Z"), Some(-1_000));
     }
 
     #[test]
     fn refuses_what_is_not_a_timestamp() {
-        for bad in ["", "yesterday", "2024-13-01T00:00:00Z", "2024-08-02T07:00:38", "2024-08-02T07:00:38.Z", "2024-08-02T07:00:38+0200"] {
+        for bad in [
+            "",
+            "yesterday",
+            "2024-13-01T00:00:00Z",
+            "2024-08-02T07:00:38",
+            "2024-08-02T07:00:38.Z",
+            "2024-08-02T07:00:38+0200",
+        ] {
             assert_eq!(parse_iso8601(bad), None, "{bad}");
         }
     }

@@ -22,7 +22,9 @@ use axum::routing::post;
 use axum::{Json, Router};
 use presync_engine::engine::Engine;
 use presync_engine::store::Enqueued;
-use presync_engine::{ExternalId, NativeState, Observation, ObservationKind, Origin, RepId, Representative, SystemId};
+use presync_engine::{
+    ExternalId, NativeState, Observation, ObservationKind, Origin, RepId, Representative, SystemId,
+};
 use serde_json::json;
 use subtle::ConstantTimeEq;
 use tracing::{debug, error, info, warn};
@@ -87,7 +89,12 @@ async fn receive(
     }
 }
 
-async fn handle(ingress: &Ingress, query: Option<&str>, headers: &HeaderMap, body: Body) -> Result<Response, Refusal> {
+async fn handle(
+    ingress: &Ingress,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, Refusal> {
     let stats = &ingress.stats;
     if let Err(why) = authenticate(&ingress.config, query, headers) {
         stats.unauthorized.fetch_add(1, Ordering::Relaxed);
@@ -112,14 +119,28 @@ async fn handle(ingress: &Ingress, query: Option<&str>, headers: &HeaderMap, bod
         Derived::Ignored { reason, entity } => {
             stats.ignored.fetch_add(1, Ordering::Relaxed);
             info!(entity = %entity, reason = %reason, "Webhook acknowledged and ignored");
-            return Ok((StatusCode::OK, Json(json!({ "ignored": reason, "entity": entity }))).into_response());
+            return Ok((
+                StatusCode::OK,
+                Json(json!({ "ignored": reason, "entity": entity })),
+            )
+                .into_response());
         }
-        Derived::ReadBack { id, event, delivery_key, .. } => {
+        Derived::ReadBack {
+            id,
+            event,
+            delivery_key,
+            ..
+        } => {
             stats.read_backs.fetch_add(1, Ordering::Relaxed);
-            let row = ingress.connector.client().agent_status(&id).await.map_err(|e| {
-                warn!(error = %e, "Read-back of a size-exceeded delivery failed");
-                unavailable(stats, "could not read the row back; retry")
-            })?;
+            let row = ingress
+                .connector
+                .client()
+                .agent_status(&id)
+                .await
+                .map_err(|e| {
+                    warn!(error = %e, "Read-back of a size-exceeded delivery failed");
+                    unavailable(stats, "could not read the row back; retry")
+                })?;
             AgentStatusChange {
                 event,
                 agent_status_id: row.agent_status_id,
@@ -137,7 +158,11 @@ async fn handle(ingress: &Ingress, query: Option<&str>, headers: &HeaderMap, bod
         stats.ignored.fetch_add(1, Ordering::Relaxed);
         let reason = "the event carries no current presence";
         info!(agent = %change.agent_id, reason, "Webhook acknowledged and ignored");
-        return Ok((StatusCode::OK, Json(json!({ "ignored": reason, "entity": context::AGENT_STATUS_ENTITY }))).into_response());
+        return Ok((
+            StatusCode::OK,
+            Json(json!({ "ignored": reason, "entity": context::AGENT_STATUS_ENTITY })),
+        )
+            .into_response());
     };
     if change.event == "Create" {
         if let Some(d) = &ingress.discovery {
@@ -148,11 +173,19 @@ async fn handle(ingress: &Ingress, query: Option<&str>, headers: &HeaderMap, bod
         Ok(Enqueued::Accepted) => {
             stats.accepted.fetch_add(1, Ordering::Relaxed);
             debug!(key = %change.delivery_key, "Webhook stored");
-            Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": change.delivery_key }))).into_response())
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(json!({ "accepted": change.delivery_key })),
+            )
+                .into_response())
         }
         Ok(Enqueued::Duplicate) => {
             stats.duplicates.fetch_add(1, Ordering::Relaxed);
-            Ok((StatusCode::OK, Json(json!({ "duplicate": change.delivery_key }))).into_response())
+            Ok((
+                StatusCode::OK,
+                Json(json!({ "duplicate": change.delivery_key })),
+            )
+                .into_response())
         }
         Err(e) => {
             error!(error = %e, "Could not store a webhook; answering 503 so Dataverse retries");
@@ -167,14 +200,23 @@ fn unavailable(stats: &IngressStats, message: &str) -> Refusal {
 }
 
 /// Check the secret as Dataverse sends it, and the organization, in constant time.
-fn authenticate(config: &WebhookConfig, query: Option<&str>, headers: &HeaderMap) -> Result<(), &'static str> {
+fn authenticate(
+    config: &WebhookConfig,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<(), &'static str> {
     let presented: Option<String> = match &config.auth {
-        WebhookAuth::HttpHeader { name, .. } => headers.get(name.as_str()).and_then(|v| v.to_str().ok()).map(str::to_owned),
+        WebhookAuth::HttpHeader { name, .. } => headers
+            .get(name.as_str())
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
         WebhookAuth::WebhookKey { .. } => query_param(query, "code"),
         WebhookAuth::HttpQueryString { name, .. } => query_param(query, name),
     };
     let expected = match &config.auth {
-        WebhookAuth::HttpHeader { value, .. } | WebhookAuth::WebhookKey { value } | WebhookAuth::HttpQueryString { value, .. } => value,
+        WebhookAuth::HttpHeader { value, .. }
+        | WebhookAuth::WebhookKey { value }
+        | WebhookAuth::HttpQueryString { value, .. } => value,
     };
     let Some(presented) = presented else {
         return Err(match &config.auth {
@@ -187,7 +229,9 @@ fn authenticate(config: &WebhookConfig, query: Option<&str>, headers: &HeaderMap
         return Err("wrong webhook secret");
     }
     if let Some(org) = &config.organization {
-        let sent = headers.get("x-ms-dynamics-organization").and_then(|v| v.to_str().ok());
+        let sent = headers
+            .get("x-ms-dynamics-organization")
+            .and_then(|v| v.to_str().ok());
         if !sent.is_some_and(|s| s.eq_ignore_ascii_case(org)) {
             return Err("x-ms-dynamics-organization is missing or not the configured organization");
         }
@@ -235,21 +279,32 @@ async fn discover(ingress: &Ingress, discovery: &Discovery, agent_id: &str) -> R
     if known.is_some() {
         return Ok(());
     }
-    let oid = ingress.connector.client().aad_object_id(agent.as_str()).await.map_err(|e| {
-        warn!(error = %e, agent = %agent, "Could not read the new agent's Entra object id");
-        unavailable(&ingress.stats, "could not read the new agent; retry")
-    })?;
+    let oid = ingress
+        .connector
+        .client()
+        .aad_object_id(agent.as_str())
+        .await
+        .map_err(|e| {
+            warn!(error = %e, agent = %agent, "Could not read the new agent's Entra object id");
+            unavailable(&ingress.stats, "could not read the new agent; retry")
+        })?;
     let mut external_ids = std::collections::BTreeMap::new();
     external_ids.insert(ingress.system.clone(), agent.clone());
     if let Some(oid) = oid {
-        external_ids.insert(SystemId(discovery.entra_system.clone()), ExternalId(oid.to_ascii_lowercase()));
+        external_ids.insert(
+            SystemId(discovery.entra_system.clone()),
+            ExternalId(oid.to_ascii_lowercase()),
+        );
     }
     let rep = Representative {
         id: RepId(format!("{}-{}", ingress.system, agent)),
         display_name: agent.to_string(),
         external_ids,
     };
-    match store.upsert_representative(&rep, ingress.engine.now()).await {
+    match store
+        .upsert_representative(&rep, ingress.engine.now())
+        .await
+    {
         Ok(()) => {
             ingress.stats.discovered.fetch_add(1, Ordering::Relaxed);
             info!(rep = %rep.id, "New agent added to the directory");
@@ -262,7 +317,10 @@ async fn discover(ingress: &Ingress, discovery: &Discovery, agent_id: &str) -> R
         }
         Err(e) => {
             error!(error = %e, "Could not add a discovered agent");
-            Err(unavailable(&ingress.stats, "could not update the directory; retry"))
+            Err(unavailable(
+                &ingress.stats,
+                "could not update the directory; retry",
+            ))
         }
     }
 }

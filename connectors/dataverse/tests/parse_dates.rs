@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 use presync_dataverse::context::{parse, parse_date, to_rfc3339_millis, Value};
+use proptest::prelude::*;
 
 #[test]
 fn plain_date_is_utc_milliseconds() {
@@ -79,6 +80,10 @@ fn garbage_is_not_a_date() {
         "/Date(99999999999999999999)/",
         "2024-08-02T07:00:38Z",
         "/Date(1)/ ",
+        "/Date(1é)/",
+        "/Date(1+é00)/",
+        "/Date(-é)/",
+        "/Date(1+00é)/",
     ] {
         assert_eq!(parse_date(garbage), None, "{garbage:?}");
     }
@@ -166,4 +171,35 @@ fn rfc3339_walks_every_calendar_day_across_four_centuries() {
         previous = text;
     }
     assert!(previous.starts_with("2199-12-31"), "{previous}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn any_date_text_parses_back_to_its_milliseconds(
+        ms in any::<i64>(),
+        offset in prop::option::of((prop::bool::ANY, 0u32..10_000)),
+        escaped in prop::bool::ANY,
+    ) {
+        let offset = offset.map_or(String::new(), |(plus, hhmm)| {
+            format!("{}{hhmm:04}", if plus { '+' } else { '-' })
+        });
+        let slash = if escaped { "\\/" } else { "/" };
+        prop_assert_eq!(parse_date(&format!("{slash}Date({ms}{offset}){slash}")), Some(ms));
+    }
+
+    #[test]
+    fn arbitrary_text_inside_the_date_brackets_never_panics(inner in "\\PC{0,16}") {
+        let _ = parse_date(&format!("/Date({inner})/"));
+        let _ = parse_date(&inner);
+    }
+
+    #[test]
+    fn rfc3339_of_any_instant_has_the_fixed_shape(ms in -62_135_596_800_000i64..253_402_300_800_000) {
+        let text = to_rfc3339_millis(ms);
+        prop_assert_eq!(text.len(), 24);
+        prop_assert_eq!(&text[text.len() - 5..text.len() - 4], ".");
+        prop_assert!(text.ends_with('Z'));
+    }
 }

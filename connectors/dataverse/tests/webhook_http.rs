@@ -23,8 +23,11 @@ use presync_engine::topology::TopologyConfig;
 use presync_engine::{Connector, ConnectorError, Representative};
 use tower::ServiceExt;
 
-const UPDATE: &str = include_str!("../../../fixtures/dataverse/ms-docs-agentstatus-update-modify-presence.json");
-const ACCOUNT: &str = include_str!("../../../fixtures/dataverse/albanian-xrm-DeserializationFromTextSamplesTests-0.json");
+const UPDATE: &str =
+    include_str!("../../../fixtures/dataverse/ms-docs-agentstatus-update-modify-presence.json");
+const ACCOUNT: &str = include_str!(
+    "../../../fixtures/dataverse/albanian-xrm-DeserializationFromTextSamplesTests-0.json"
+);
 const AGENT: &str = "97c90b02-4e38-ef11-a315-000d3a5a54dc";
 const SECRET: &str = "s3cret-0123456789-abcdef";
 
@@ -34,7 +37,9 @@ struct NoToken;
 #[async_trait]
 impl Credentials for NoToken {
     async fn bearer(&self) -> Result<String, ConnectorError> {
-        Err(ConnectorError::Unauthorized { message: "no remote in this test".into() })
+        Err(ConnectorError::Unauthorized {
+            message: "no remote in this test".into(),
+        })
     }
     fn invalidate(&self) {}
 }
@@ -46,7 +51,9 @@ struct Fixture {
 
 async fn fixture(auth: WebhookAuth, organization: Option<&str>) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&format!("sqlite:{}", dir.path().join("p.db").display())).await.unwrap();
+    let store = Store::open(&format!("sqlite:{}", dir.path().join("p.db").display()))
+        .await
+        .unwrap();
     let mut hook = WebhookConfig::header("x", "y");
     hook.auth = auth;
     hook.organization = organization.map(str::to_owned);
@@ -64,7 +71,14 @@ async fn fixture(auth: WebhookAuth, organization: Option<&str>) -> Fixture {
     ids.insert("teams".into(), "aad-1".into());
     engine
         .store()
-        .upsert_representative(&Representative { id: "rep-1".into(), display_name: "Rep".into(), external_ids: ids }, 0)
+        .upsert_representative(
+            &Representative {
+                id: "rep-1".into(),
+                display_name: "Rep".into(),
+                external_ids: ids,
+            },
+            0,
+        )
         .await
         .unwrap();
     let ingress = Arc::new(Ingress {
@@ -79,18 +93,32 @@ async fn fixture(auth: WebhookAuth, organization: Option<&str>) -> Fixture {
 }
 
 fn header_auth() -> WebhookAuth {
-    WebhookAuth::HttpHeader { name: "x-presync-secret".into(), value: SECRET.into() }
+    WebhookAuth::HttpHeader {
+        name: "x-presync-secret".into(),
+        value: SECRET.into(),
+    }
 }
 
-async fn post(f: &Fixture, uri: &str, headers: &[(&str, &str)], body: impl Into<Body>) -> (StatusCode, serde_json::Value) {
+async fn post(
+    f: &Fixture,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Body>,
+) -> (StatusCode, serde_json::Value) {
     let mut req = Request::post(uri).header("content-type", "application/json");
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let resp = router(f.ingress.clone()).oneshot(req.body(body.into()).unwrap()).await.unwrap();
+    let resp = router(f.ingress.clone())
+        .oneshot(req.body(body.into()).unwrap())
+        .await
+        .unwrap();
     let status = resp.status();
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
 }
 
 async fn inbox(f: &Fixture) -> i64 {
@@ -100,10 +128,23 @@ async fn inbox(f: &Fixture) -> i64 {
 #[tokio::test]
 async fn the_right_secret_is_accepted_in_each_of_the_three_modes() {
     let modes = [
-        (header_auth(), PATH.to_owned(), vec![("x-presync-secret", SECRET)]),
-        (WebhookAuth::WebhookKey { value: SECRET.into() }, format!("{PATH}?code={SECRET}"), vec![]),
         (
-            WebhookAuth::HttpQueryString { name: "token".into(), value: SECRET.into() },
+            header_auth(),
+            PATH.to_owned(),
+            vec![("x-presync-secret", SECRET)],
+        ),
+        (
+            WebhookAuth::WebhookKey {
+                value: SECRET.into(),
+            },
+            format!("{PATH}?code={SECRET}"),
+            vec![],
+        ),
+        (
+            WebhookAuth::HttpQueryString {
+                name: "token".into(),
+                value: SECRET.into(),
+            },
             format!("{PATH}?other=1&token={SECRET}"),
             vec![],
         ),
@@ -120,9 +161,26 @@ async fn the_right_secret_is_accepted_in_each_of_the_three_modes() {
 async fn a_wrong_or_missing_secret_gets_401_and_stores_nothing() {
     let cases: [(WebhookAuth, String, Vec<(&str, &str)>); 4] = [
         (header_auth(), PATH.to_owned(), vec![]),
-        (header_auth(), PATH.to_owned(), vec![("x-presync-secret", "s3cret-0123456789-abcdeX")]),
-        (WebhookAuth::WebhookKey { value: SECRET.into() }, format!("{PATH}?code=nope"), vec![]),
-        (WebhookAuth::HttpQueryString { name: "token".into(), value: SECRET.into() }, PATH.to_owned(), vec![]),
+        (
+            header_auth(),
+            PATH.to_owned(),
+            vec![("x-presync-secret", "s3cret-0123456789-abcdeX")],
+        ),
+        (
+            WebhookAuth::WebhookKey {
+                value: SECRET.into(),
+            },
+            format!("{PATH}?code=nope"),
+            vec![],
+        ),
+        (
+            WebhookAuth::HttpQueryString {
+                name: "token".into(),
+                value: SECRET.into(),
+            },
+            PATH.to_owned(),
+            vec![],
+        ),
     ];
     for (auth, uri, headers) in cases {
         let f = fixture(auth, None).await;
@@ -139,22 +197,55 @@ async fn a_wrong_or_missing_secret_gets_401_and_stores_nothing() {
 #[tokio::test]
 async fn a_request_from_another_organization_is_refused() {
     let f = fixture(header_auth(), Some("contoso.crm.dynamics.com")).await;
-    let (status, _) = post(&f, PATH, &[("x-presync-secret", SECRET), ("x-ms-dynamics-organization", "evil.crm.dynamics.com")], UPDATE).await;
+    let (status, _) = post(
+        &f,
+        PATH,
+        &[
+            ("x-presync-secret", SECRET),
+            ("x-ms-dynamics-organization", "evil.crm.dynamics.com"),
+        ],
+        UPDATE,
+    )
+    .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    let (status, _) = post(&f, PATH, &[("x-presync-secret", SECRET), ("x-ms-dynamics-organization", "Contoso.crm.dynamics.com")], UPDATE).await;
+    let (status, _) = post(
+        &f,
+        PATH,
+        &[
+            ("x-presync-secret", SECRET),
+            ("x-ms-dynamics-organization", "Contoso.crm.dynamics.com"),
+        ],
+        UPDATE,
+    )
+    .await;
     assert_eq!(status, StatusCode::ACCEPTED);
 }
 
 #[tokio::test]
 async fn malformed_json_gets_400_with_a_message_and_stores_nothing() {
     let f = fixture(header_auth(), None).await;
-    let (status, body) = post(&f, PATH, &[("x-presync-secret", SECRET)], "{\"MessageName\": \"Update\",").await;
+    let (status, body) = post(
+        &f,
+        PATH,
+        &[("x-presync-secret", SECRET)],
+        "{\"MessageName\": \"Update\",",
+    )
+    .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let msg = body["error"].as_str().unwrap();
     assert!(msg.contains("line") && msg.contains("column"), "{msg}");
-    let (status, body) = post(&f, PATH, &[("x-presync-secret", SECRET)], r#"{"InputParameters": 5}"#).await;
+    let (status, body) = post(
+        &f,
+        PATH,
+        &[("x-presync-secret", SECRET)],
+        r#"{"InputParameters": 5}"#,
+    )
+    .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(body["error"].as_str().unwrap().contains("InputParameters"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("InputParameters"),
+        "{body}"
+    );
     assert_eq!(inbox(&f).await, 0);
 }
 
@@ -194,11 +285,23 @@ async fn the_stored_observation_carries_what_the_event_says() {
     let f = fixture(header_auth(), None).await;
     post(&f, PATH, &[("x-presync-secret", SECRET)], UPDATE).await;
     f.ingress.engine.resolve_pending().await.unwrap();
-    let view = f.ingress.engine.store().rep_view(&"rep-1".into()).await.unwrap();
+    let view = f
+        .ingress
+        .engine
+        .store()
+        .rep_view(&"rep-1".into())
+        .await
+        .unwrap();
     let c = view.canonical.unwrap();
     assert_eq!(c.availability, presync_engine::Availability::Busy);
     assert_eq!(c.source.as_str(), "dataverse");
     assert_eq!(c.source_time, 1_722_582_038_000);
-    let observed = view.systems.get(&"dataverse".into()).unwrap().observed.clone().unwrap();
+    let observed = view
+        .systems
+        .get(&"dataverse".into())
+        .unwrap()
+        .observed
+        .clone()
+        .unwrap();
     assert_eq!(observed.sequence, Some(5_948_260));
 }

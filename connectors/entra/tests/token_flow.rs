@@ -1,5 +1,8 @@
 //! `TokenClient` against `sim::router` on a real loopback socket.
 
+// Test helpers outside `#[test]` functions may panic too.
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use presync_entra::sim::{self, SimAuthority, SimFault};

@@ -91,12 +91,14 @@ pub(crate) fn verify_assertion(
             "x5t#S256",
         ),
         Algorithm::RS256 => (certificate.x5t(), header.x5t.as_deref(), "x5t"),
-        other => return Err(Rejection::invalid_client(
-            5002730,
-            format!(
+        other => {
+            return Err(Rejection::invalid_client(
+                5002730,
+                format!(
                 "Invalid JWT token. Unsupported signing algorithm '{other:?}'; use PS256 or RS256."
             ),
-        )),
+            ))
+        }
     };
     match presented {
         Some(thumbprint) if thumbprint == expected => {}

@@ -1,0 +1,331 @@
+//! The simulated org's data: system users, `msdyn_presence` rows and one `msdyn_agentstatus` row
+//! per agent, with the clock and row-version counter that stamp every change.
+//!
+//! Every mutation returns a [`RowChange`], the after-image the webhook is built from; nothing in
+//! here does I/O.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::mapping::{BaseStatus, Catalog, PresenceEntry};
+
+/// `msdyn_presencemodifiedby` when the agent picks a presence.
+pub(crate) const BY_AGENT: &str = "AGENT";
+/// `msdyn_presencemodifiedby` when D365 itself changes it (capacity, sign-in, sign-out).
+pub(crate) const BY_SYSTEM: &str = "SYSTEM";
+/// `msdyn_availableunitscapacity` of a fresh agent, as in both Microsoft samples.
+const DEFAULT_CAPACITY: i64 = 100;
+/// First `versionnumber` handed out; the update sample's `RowVersion` is of this magnitude.
+const FIRST_VERSION: i64 = 5_948_000;
+
+/// A `systemuser` row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct User {
+    pub id: String,
+    pub aad_object_id: String,
+    pub name: String,
+}
+
+/// An `msdyn_agentstatus` row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AgentRow {
+    pub status_id: String,
+    pub agent_id: String,
+    pub presence_id: String,
+    pub logged_in: bool,
+    /// Milliseconds since the epoch (the `...withmilliseconds` column; the plain column is this
+    /// truncated to whole seconds).
+    pub modified_on_ms: i64,
+    pub modified_by: String,
+    /// `versionnumber`, also the webhook Target's `RowVersion`.
+    pub row_version: i64,
+    pub capacity: i64,
+    pub capacity_modified_on_ms: i64,
+    pub created_on_ms: i64,
+    /// When the current session started (`CCaaS_GetPresence`'s `Timestamp`).
+    pub signed_in_at_ms: Option<i64>,
+}
+
+/// Create or Update: the message a webhook step is registered on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Message {
+    Create,
+    Update,
+}
+
+impl Message {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Message::Create => "Create",
+            Message::Update => "Update",
+        }
+    }
+}
+
+/// One change to an agent-status row, with the row as it is afterwards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RowChange {
+    pub message: Message,
+    pub row: AgentRow,
+    /// When the operation ran (ms); equals `row.modified_on_ms` for presence changes.
+    pub at_ms: i64,
+}
+
+/// Why a presence could not be set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum SetError {
+    UnknownAgent,
+    UnknownPresence,
+}
+
+/// The org's tables.
+#[derive(Debug)]
+pub(crate) struct State {
+    users: HashMap<String, User>,
+    /// systemuserid -> row.
+    agents: HashMap<String, AgentRow>,
+    /// msdyn_presenceid -> row.
+    presences: BTreeMap<String, PresenceEntry>,
+    /// The org-wide row-version counter: like SQL Server `rowversion`, one sequence for the whole
+    /// database, so a row's version grows by one per change only when nothing else changed.
+    version: i64,
+    last_ms: i64,
+}
+
+/// Milliseconds since the epoch, from the wall clock.
+pub(crate) fn wall_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// A GUID in the lower-case hyphenated form Dataverse writes, or `None` when it is not one.
+pub(crate) fn norm_guid(s: &str) -> Option<String> {
+    uuid::Uuid::parse_str(s.trim()).ok().map(|u| u.hyphenated().to_string())
+}
+
+/// A new random GUID.
+pub(crate) fn new_guid() -> String {
+    uuid::Uuid::new_v4().hyphenated().to_string()
+}
+
+impl State {
+    pub(crate) fn new() -> State {
+        let presences = Catalog::builtin()
+            .entries()
+            .into_iter()
+            .map(|e| (e.id.clone(), e.clone()))
+            .collect();
+        State {
+            users: HashMap::new(),
+            agents: HashMap::new(),
+            presences,
+            version: FIRST_VERSION,
+            last_ms: 0,
+        }
+    }
+
+    /// The wall clock, made strictly increasing so two changes never share a millisecond.
+    pub(crate) fn now_ms(&mut self) -> i64 {
+        self.last_ms = wall_ms().max(self.last_ms + 1);
+        self.last_ms
+    }
+
+    fn next_version(&mut self) -> i64 {
+        self.version += 1;
+        self.version
+    }
+
+    /// Insert or replace a system user. Ids are normalised; a non-GUID id is kept lower-cased.
+    pub(crate) fn add_user(&mut self, id: &str, aad_object_id: &str, name: &str) -> String {
+        let id = key(id);
+        self.users.insert(
+            id.clone(),
+            User {
+                id: id.clone(),
+                aad_object_id: key(aad_object_id),
+                name: name.to_owned(),
+            },
+        );
+        id
+    }
+
+    pub(crate) fn user(&self, id: &str) -> Option<&User> {
+        self.users.get(&key(id))
+    }
+
+    pub(crate) fn user_by_aad(&self, aad_object_id: &str) -> Option<&User> {
+        let aad = key(aad_object_id);
+        self.users.values().find(|u| u.aad_object_id == aad)
+    }
+
+    pub(crate) fn users(&self) -> impl Iterator<Item = &User> {
+        self.users.values()
+    }
+
+    pub(crate) fn add_presence(&mut self, mut entry: PresenceEntry) {
+        entry.id = key(&entry.id);
+        self.presences.insert(entry.id.clone(), entry);
+    }
+
+    pub(crate) fn presence(&self, id: &str) -> Option<&PresenceEntry> {
+        self.presences.get(&key(id))
+    }
+
+    pub(crate) fn presences(&self) -> impl Iterator<Item = &PresenceEntry> {
+        self.presences.values()
+    }
+
+    /// The first presence with this base status (the built-in one).
+    pub(crate) fn presence_with_base(&self, base: BaseStatus) -> Option<String> {
+        let builtin = Catalog::builtin();
+        builtin
+            .entries()
+            .into_iter()
+            .find(|e| e.base == base)
+            .map(|e| e.id.clone())
+    }
+
+    pub(crate) fn agent(&self, systemuser_id: &str) -> Option<&AgentRow> {
+        self.agents.get(&key(systemuser_id))
+    }
+
+    pub(crate) fn agent_by_status_id(&self, status_id: &str) -> Option<&AgentRow> {
+        let id = key(status_id);
+        self.agents.values().find(|a| a.status_id == id)
+    }
+
+    pub(crate) fn agents(&self) -> impl Iterator<Item = &AgentRow> {
+        self.agents.values()
+    }
+
+    pub(crate) fn agent_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.agents.keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    /// Create the agent's `msdyn_agentstatus` row (and its system user). An existing agent is
+    /// left alone: its row id is returned and no change is reported.
+    pub(crate) fn add_agent(
+        &mut self,
+        systemuser_id: &str,
+        aad_object_id: &str,
+        name: &str,
+        presence_id: &str,
+        signed_in: bool,
+    ) -> Result<(String, Option<RowChange>), SetError> {
+        let presence_id = self.presence(presence_id).ok_or(SetError::UnknownPresence)?.id.clone();
+        let id = self.add_user(systemuser_id, aad_object_id, name);
+        if let Some(existing) = self.agents.get(&id) {
+            return Ok((existing.status_id.clone(), None));
+        }
+        let now = self.now_ms();
+        let row = AgentRow {
+            status_id: new_guid(),
+            agent_id: id.clone(),
+            presence_id,
+            logged_in: signed_in,
+            modified_on_ms: now,
+            modified_by: BY_SYSTEM.to_owned(),
+            row_version: self.next_version(),
+            capacity: DEFAULT_CAPACITY,
+            capacity_modified_on_ms: now,
+            created_on_ms: now,
+            signed_in_at_ms: signed_in.then_some(now),
+        };
+        self.agents.insert(id, row.clone());
+        let status_id = row.status_id.clone();
+        Ok((
+            status_id,
+            Some(RowChange {
+                message: Message::Create,
+                row,
+                at_ms: now,
+            }),
+        ))
+    }
+
+    /// Write `msdyn_currentpresenceid` (and optionally `msdyn_isagentloggedin`). The row changes
+    /// even when the presence is the same: Dataverse stamps and versions every Update it is
+    /// given, and a step filtered on `msdyn_currentpresenceid` fires because the column was in
+    /// the request, not because its value differs.
+    pub(crate) fn set_presence(
+        &mut self,
+        systemuser_id: &str,
+        presence_id: &str,
+        modified_by: &str,
+        logged_in: Option<bool>,
+    ) -> Result<RowChange, SetError> {
+        let presence_id = self.presence(presence_id).ok_or(SetError::UnknownPresence)?.id.clone();
+        let id = key(systemuser_id);
+        if !self.agents.contains_key(&id) {
+            return Err(SetError::UnknownAgent);
+        }
+        let now = self.now_ms();
+        let version = self.next_version();
+        let row = self.agents.get_mut(&id).ok_or(SetError::UnknownAgent)?;
+        row.presence_id = presence_id;
+        row.modified_on_ms = now;
+        row.modified_by = modified_by.to_owned();
+        row.row_version = version;
+        if let Some(l) = logged_in {
+            if l && !row.logged_in {
+                row.signed_in_at_ms = Some(now);
+            }
+            if !l {
+                row.signed_in_at_ms = None;
+            }
+            row.logged_in = l;
+        }
+        Ok(RowChange {
+            message: Message::Update,
+            row: row.clone(),
+            at_ms: now,
+        })
+    }
+}
+
+/// GUIDs normalised to lower-case hyphenated; anything else lower-cased and trimmed.
+pub(crate) fn key(s: &str) -> String {
+    norm_guid(s).unwrap_or_else(|| s.trim().to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mapping::builtin;
+
+    const AGENT: &str = "97c90b02-4e38-ef11-a315-000d3a5a54dc";
+
+    #[test]
+    fn every_change_gets_a_later_time_and_a_higher_version() {
+        let mut s = State::new();
+        let (id, created) = s.add_agent(AGENT, "aad", "Ann", builtin::OFFLINE, false).unwrap();
+        let created = created.unwrap();
+        assert_eq!(created.message, Message::Create);
+        assert_eq!(created.row.status_id, id);
+        let a = s.set_presence(AGENT, builtin::BUSY, BY_AGENT, Some(true)).unwrap();
+        let b = s.set_presence(&AGENT.to_ascii_uppercase(), builtin::BUSY, BY_AGENT, None).unwrap();
+        assert!(a.row.row_version > created.row.row_version);
+        assert_eq!(b.row.row_version, a.row.row_version + 1, "same presence still versions the row");
+        assert!(b.row.modified_on_ms > a.row.modified_on_ms);
+        assert!(b.row.logged_in && b.row.signed_in_at_ms.is_some());
+    }
+
+    #[test]
+    fn unknown_agents_and_presences_are_refused() {
+        let mut s = State::new();
+        assert_eq!(
+            s.set_presence(AGENT, builtin::BUSY, BY_AGENT, None),
+            Err(SetError::UnknownAgent)
+        );
+        s.add_agent(AGENT, "aad", "Ann", builtin::OFFLINE, false).unwrap();
+        assert_eq!(
+            s.set_presence(AGENT, "00000000-0000-0000-0000-000000000001", BY_AGENT, None),
+            Err(SetError::UnknownPresence)
+        );
+        let (_, again) = s.add_agent(AGENT, "aad", "Ann", builtin::OFFLINE, false).unwrap();
+        assert!(again.is_none(), "adding an existing agent changes nothing");
+    }
+}
