@@ -163,6 +163,7 @@ accessors! {
     /// The text of a `String` or a `Guid`.
     as_str -> &str { Value::String(s) | Value::Guid(s) => s.as_str() }
     as_bool -> bool { Value::Bool(b) => *b }
+    /// An `Int`, or the number of an `OptionSet`.
     as_i64 -> i64 { Value::Int(i) | Value::OptionSet(i) => *i }
     as_date -> Millis { Value::Date(ms) => *ms }
     as_entity -> &Entity { Value::Entity(e) => &**e }
@@ -176,12 +177,9 @@ accessors! {
 
 /// Parses a webhook body. The bytes are always UTF-8 (a leading BOM is skipped).
 pub fn parse(body: &[u8]) -> Result<ExecutionContext, ParseError> {
-    let bom = if body.starts_with(b"\xEF\xBB\xBF") {
-        3
-    } else {
-        0
-    };
-    let text = std::str::from_utf8(&body[bom..]).map_err(|e| ParseError::InvalidUtf8 {
+    let unmarked = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
+    let bom = body.len() - unmarked.len();
+    let text = std::str::from_utf8(unmarked).map_err(|e| ParseError::InvalidUtf8 {
         offset: bom + e.valid_up_to(), // in the body as received, BOM included
     })?;
     let json: Json = serde_json::from_str(text).map_err(|e| {

@@ -1,5 +1,6 @@
 //! presync-dataverse (work in progress).
 
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod connector;

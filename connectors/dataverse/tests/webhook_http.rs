@@ -157,9 +157,12 @@ async fn the_right_secret_is_accepted_in_each_of_the_three_modes() {
     }
 }
 
+/// An authentication mode, the URI to post to, and the headers to send.
+type Case = (WebhookAuth, String, Vec<(&'static str, &'static str)>);
+
 #[tokio::test]
 async fn a_wrong_or_missing_secret_gets_401_and_stores_nothing() {
-    let cases: [(WebhookAuth, String, Vec<(&str, &str)>); 4] = [
+    let cases: [Case; 4] = [
         (header_auth(), PATH.to_owned(), vec![]),
         (
             header_auth(),

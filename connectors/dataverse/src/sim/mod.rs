@@ -1,0 +1,473 @@
+//! A faithful simulator of the parts of Dataverse / Dynamics 365 Contact Center that presync
+//! uses, served on loopback for tests and demos (DESIGN.md, "Simulators").
+//!
+//! [`DataverseSim::router`] serves:
+//! - the Entra token endpoint `POST /{tenant}/oauth2/v2.0/token` (from `presync_entra::sim`);
+//!   every `/api/data/v9.2/...` request needs a bearer token it issued, else 401;
+//! - `POST CCaaS_ModifyAgentPresence` with the Supervisor-only rule, impersonation through
+//!   `MSCRMCallerID` or `CallerObjectId`, and the 400/403/404 answers (dataverse.md §5.2, §5.3);
+//! - `GET CCaaS_GetPresence(ApiVersion=@p1)?@p1='1.0'` and the bare `GET CCaaS_GetPresence`
+//!   (which form the real service wants is UNCONFIRMED, so both work), for the impersonated agent;
+//! - OData reads of `msdyn_agentstatuses`, `msdyn_presences` and `systemusers` with `$select`,
+//!   `$expand`, simple `$filter` and server-driven paging (`odata.rs`);
+//! - the service-protection limit per caller: 429 with `Retry-After` (dataverse.md §8).
+//!
+//! Each change to an agent-status row (API write, [`DataverseSim::agent_sets`],
+//! [`DataverseSim::system_sets`], sign-in and -out, [`DataverseSim::start_activity`]) is POSTed
+//! to the configured webhook in the exact `RemoteExecutionContext` shape of Microsoft's samples
+//! (`webhook_body.rs`), in order, from a background task (`webhooks.rs`). Faults ([`Fault`]) make
+//! requests or deliveries fail the way the real ones do.
+//!
+//! Start with [`SimConfig::new`] and [`DataverseSim::new`], add agents with
+//! [`DataverseSim::add_agent`], then [`DataverseSim::spawn`] (or [`DataverseSim::serve`]) and
+//! point the client at `http://{addr}` with authority `http://{addr}`.
+
+mod activity;
+mod api;
+mod errors;
+mod faults;
+mod json;
+mod odata;
+mod state;
+mod webhook_body;
+mod webhooks;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use presync_entra::sim::SimAuthority;
+use presync_entra::CredentialError;
+
+use crate::config::WebhookAuth;
+use crate::mapping::{builtin, PresenceEntry};
+use faults::{ApiFault, ApiFaults, RateLimiter};
+use state::{State, BY_AGENT, BY_SYSTEM};
+use webhook_body::OrgIds;
+use webhooks::Outbox;
+
+pub use activity::Activity;
+pub use faults::Fault;
+pub use webhooks::Delivery;
+
+/// How the simulated application proves itself to the token endpoint.
+#[derive(Clone)]
+pub enum SimCredential {
+    /// A client secret.
+    ClientSecret(String),
+    /// The PEM certificate whose key signs the client assertion.
+    CertificatePem(String),
+}
+
+impl std::fmt::Debug for SimCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SimCredential::ClientSecret(_) => f.write_str("ClientSecret(***)"),
+            SimCredential::CertificatePem(_) => f.write_str("CertificatePem(..)"),
+        }
+    }
+}
+
+/// The webhook registration: a `serviceendpoint` (contract 8) with steps on `msdyn_agentstatus`.
+#[derive(Debug, Clone)]
+pub struct WebhookTarget {
+    /// The endpoint URL.
+    pub url: String,
+    /// How Dataverse authenticates to it (dataverse.md §4.2).
+    pub auth: WebhookAuth,
+    /// Whether a Create step is registered too (the "new agent" sample); default true. The
+    /// Update step (filtered on `msdyn_currentpresenceid`) is always registered.
+    pub emit_create: bool,
+    /// How long Dataverse waits for an answer; 60 s.
+    pub timeout: Duration,
+    /// The pause before the single retry after 502/503/504 (the real delay is undocumented);
+    /// default 1 s.
+    pub retry_delay: Duration,
+}
+
+impl WebhookTarget {
+    /// A target with the defaults.
+    pub fn new(url: impl Into<String>, auth: WebhookAuth) -> Self {
+        WebhookTarget {
+            url: url.into(),
+            auth,
+            emit_create: true,
+            timeout: webhooks::DEFAULT_TIMEOUT,
+            retry_delay: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The simulated environment.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// The Entra tenant of the token endpoint.
+    pub tenant_id: String,
+    /// The application (client) id, which is also the application user.
+    pub client_id: String,
+    /// The application's credential.
+    pub credential: SimCredential,
+    /// The environment's host, sent as `x-ms-dynamics-organization` (e.g. `contoso.crm.dynamics.com`).
+    pub org_host: String,
+    /// The webhook registration; `None` sends no webhooks.
+    pub webhook: Option<WebhookTarget>,
+    /// Systemuserids holding Omnichannel Supervisor: the callers `CCaaS_ModifyAgentPresence`
+    /// accepts (since 2026-05-07, dataverse.md §5.2).
+    pub supervisors: Vec<String>,
+    /// Whether the application user itself holds Supervisor, so a call with no impersonation
+    /// header is accepted. Default true.
+    pub app_user_is_supervisor: bool,
+    /// Requests per caller per sliding window: 6,000 per 300 s by default.
+    pub rate_limit: (u32, Duration),
+    /// `msdyn_presencemodifiedby` written by `CCaaS_ModifyAgentPresence`: default `"AGENT"`.
+    /// UNCONFIRMED (dataverse.md §4.10): change it to test the other case.
+    pub modified_by_for_api: String,
+    /// `CCaaS_ModifyAgentPresence` answers 404 for a signed-out agent (a practitioner report,
+    /// UNCONFIRMED, dataverse.md §5.2). Default true.
+    pub require_signed_in: bool,
+}
+
+impl SimConfig {
+    /// A configuration with every default and no webhook.
+    pub fn new(
+        tenant_id: impl Into<String>,
+        client_id: impl Into<String>,
+        credential: SimCredential,
+        org_host: impl Into<String>,
+    ) -> Self {
+        SimConfig {
+            tenant_id: tenant_id.into(),
+            client_id: client_id.into(),
+            credential,
+            org_host: org_host.into(),
+            webhook: None,
+            supervisors: Vec::new(),
+            app_user_is_supervisor: true,
+            rate_limit: (6_000, Duration::from_secs(300)),
+            modified_by_for_api: BY_AGENT.to_owned(),
+            require_signed_in: true,
+        }
+    }
+}
+
+/// An agent's `msdyn_agentstatus` row, as the simulator holds it (the truth tests compare to).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimRow {
+    pub agent_status_id: String,
+    pub agent_id: String,
+    pub presence_id: String,
+    /// `msdyn_presencemodifiedonwithmilliseconds`, ms since the epoch.
+    pub modified_on_ms: i64,
+    /// `msdyn_presencemodifiedby`: `AGENT`, `SYSTEM`, or [`SimConfig::modified_by_for_api`].
+    pub modified_by: String,
+    /// `versionnumber` (the webhook's `RowVersion`).
+    pub row_version: i64,
+    pub logged_in: bool,
+}
+
+/// One Web API request as received. The bearer token is never kept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedRequest {
+    pub method: String,
+    /// The decoded path, e.g. `/api/data/v9.2/CCaaS_GetPresence(ApiVersion=@p1)`.
+    pub path: String,
+    /// The decoded query string, e.g. `@p1='1.0'`; empty when there is none.
+    pub query: String,
+    /// The impersonation header sent: (`MSCRMCallerID` or `CallerObjectId`, value).
+    pub caller: Option<(String, String)>,
+    /// The `Prefer` header.
+    pub prefer: Option<String>,
+    /// The body as JSON; a body that is not JSON is kept as a JSON string; `None` when empty.
+    pub body: Option<serde_json::Value>,
+    /// The status answered.
+    pub status: u16,
+}
+
+/// The simulator. Cheap to clone; clones share one org.
+#[derive(Clone)]
+pub struct DataverseSim {
+    shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    tenant_id: String,
+    client_id: String,
+    org_host: String,
+    supervisors: Vec<String>,
+    app_user_is_supervisor: bool,
+    rate_limit: (u32, Duration),
+    modified_by_for_api: String,
+    require_signed_in: bool,
+    authority: SimAuthority,
+    ids: OrgIds,
+    state: Mutex<State>,
+    api_faults: Mutex<ApiFaults>,
+    limiter: Mutex<RateLimiter>,
+    requests: Mutex<Vec<RecordedRequest>>,
+    outbox: Outbox,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Let the delivery task see that the simulator is gone.
+        self.outbox.wake.notify_one();
+    }
+}
+
+impl std::fmt::Debug for DataverseSim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataverseSim")
+            .field("org_host", &self.shared.org_host)
+            .field("tenant_id", &self.shared.tenant_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Lock a mutex, ignoring poisoning (a panicking test must not wedge the others).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl DataverseSim {
+    /// A simulator for `cfg`.
+    ///
+    /// # Panics
+    /// If [`SimCredential::CertificatePem`] is not a PEM certificate (a test set-up mistake); use
+    /// [`DataverseSim::try_new`] to get the error instead.
+    pub fn new(cfg: SimConfig) -> Self {
+        match Self::try_new(cfg) {
+            Ok(sim) => sim,
+            Err(e) => panic!("Dataverse simulator credential: {e}"),
+        }
+    }
+
+    /// A simulator for `cfg`, or why its certificate could not be read.
+    pub fn try_new(cfg: SimConfig) -> Result<Self, CredentialError> {
+        let authority = match &cfg.credential {
+            SimCredential::ClientSecret(s) => {
+                SimAuthority::with_client_secret(cfg.tenant_id.clone(), cfg.client_id.clone(), s.clone())
+            }
+            SimCredential::CertificatePem(pem) => {
+                SimAuthority::with_certificate(cfg.tenant_id.clone(), cfg.client_id.clone(), pem)?
+            }
+        };
+        let sim = DataverseSim {
+            shared: Arc::new(Shared {
+                limiter: Mutex::new(RateLimiter::new(cfg.rate_limit.0, cfg.rate_limit.1)),
+                tenant_id: cfg.tenant_id,
+                client_id: cfg.client_id,
+                org_host: cfg.org_host,
+                supervisors: cfg.supervisors.iter().map(|s| state::key(s)).collect(),
+                app_user_is_supervisor: cfg.app_user_is_supervisor,
+                rate_limit: cfg.rate_limit,
+                modified_by_for_api: cfg.modified_by_for_api,
+                require_signed_in: cfg.require_signed_in,
+                authority,
+                ids: OrgIds::generate(),
+                state: Mutex::new(State::new()),
+                api_faults: Mutex::new(ApiFaults::default()),
+                requests: Mutex::new(Vec::new()),
+                outbox: Outbox::new(cfg.webhook),
+            }),
+        };
+        sim.ensure_worker();
+        Ok(sim)
+    }
+
+    /// Start the webhook delivery task, once, if a Tokio runtime is running.
+    fn ensure_worker(&self) {
+        if tokio::runtime::Handle::try_current().is_ok() && self.shared.outbox.claim_start() {
+            tokio::spawn(webhooks::run(
+                Arc::downgrade(&self.shared),
+                self.shared.outbox.wake.clone(),
+            ));
+        }
+    }
+
+    /// The token endpoint's authority (to change token lifetimes, fail token requests, count them).
+    pub fn authority(&self) -> &SimAuthority {
+        &self.shared.authority
+    }
+
+    /// The token endpoint and the Web API.
+    pub fn router(&self) -> axum::Router {
+        self.ensure_worker();
+        presync_entra::sim::router(self.shared.authority.clone()).merge(api::router(self.clone()))
+    }
+
+    /// Serve on `listener` until the task is dropped.
+    pub async fn serve(self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+        axum::serve(listener, self.router()).await
+    }
+
+    /// Serve on `listener` until `shutdown` completes.
+    pub async fn serve_with_shutdown(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+
+    /// Bind `127.0.0.1:0`, serve in a background task, and return the address.
+    pub async fn spawn(&self) -> std::io::Result<SocketAddr> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let sim = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = sim.serve(listener).await {
+                tracing::error!(error = %e, "Dataverse simulator stopped");
+            }
+        });
+        Ok(addr)
+    }
+
+    /// Add a system user who is not an agent (e.g. a supervisor to impersonate by Entra id).
+    pub fn add_user(&self, systemuser_id: &str, aad_object_id: &str, name: &str) {
+        lock(&self.shared.state).add_user(systemuser_id, aad_object_id, name);
+    }
+
+    /// Add an agent: the system user and its `msdyn_agentstatus` row (modified by `SYSTEM`), and
+    /// the Create webhook when a Create step is registered. Returns the `msdyn_agentstatusid`;
+    /// an agent that exists already keeps its row. An unknown `presence_id` falls back to
+    /// Offline, the presence a new agent starts with in Microsoft's sample.
+    pub fn add_agent(
+        &self,
+        systemuser_id: &str,
+        aad_object_id: &str,
+        name: &str,
+        presence_id: &str,
+        signed_in: bool,
+    ) -> String {
+        self.ensure_worker();
+        let mut st = lock(&self.shared.state);
+        let presence = if st.presence(presence_id).is_some() {
+            presence_id
+        } else {
+            builtin::OFFLINE
+        };
+        match st.add_agent(systemuser_id, aad_object_id, name, presence, signed_in) {
+            Ok((id, change)) => {
+                if let Some(c) = change {
+                    self.shared.outbox.push(c);
+                }
+                id
+            }
+            Err(_) => String::new(),
+        }
+    }
+
+    /// Add a custom presence to `msdyn_presence`.
+    pub fn add_custom_presence(&self, entry: PresenceEntry) {
+        lock(&self.shared.state).add_presence(entry);
+    }
+
+    /// The agent picks a presence (`msdyn_presencemodifiedby` `AGENT`). Returns the new row
+    /// version, or `None` for an unknown agent or presence.
+    pub fn agent_sets(&self, systemuser_id: &str, presence_id: &str) -> Option<i64> {
+        self.change(systemuser_id, presence_id, BY_AGENT, None)
+    }
+
+    /// D365 changes the presence itself, e.g. from capacity (`SYSTEM`).
+    pub fn system_sets(&self, systemuser_id: &str, presence_id: &str) -> Option<i64> {
+        self.change(systemuser_id, presence_id, BY_SYSTEM, None)
+    }
+
+    /// The agent signs out: Offline, not logged in, by `SYSTEM`.
+    pub fn sign_out(&self, systemuser_id: &str) -> Option<i64> {
+        self.change(systemuser_id, builtin::OFFLINE, BY_SYSTEM, Some(false))
+    }
+
+    /// The agent signs in with `presence_id` (their default presence), by `SYSTEM`.
+    pub fn sign_in(&self, systemuser_id: &str, presence_id: &str) -> Option<i64> {
+        self.change(systemuser_id, presence_id, BY_SYSTEM, Some(true))
+    }
+
+    fn change(&self, agent: &str, presence: &str, by: &str, logged_in: Option<bool>) -> Option<i64> {
+        self.ensure_worker();
+        self.shared.set_presence(agent, presence, by, logged_in).ok()
+    }
+
+    /// The agent's current presence id.
+    pub fn presence(&self, systemuser_id: &str) -> Option<String> {
+        lock(&self.shared.state).agent(systemuser_id).map(|a| a.presence_id.clone())
+    }
+
+    /// The agent's row.
+    pub fn row(&self, systemuser_id: &str) -> Option<SimRow> {
+        lock(&self.shared.state).agent(systemuser_id).map(|a| SimRow {
+            agent_status_id: a.status_id.clone(),
+            agent_id: a.agent_id.clone(),
+            presence_id: a.presence_id.clone(),
+            modified_on_ms: a.modified_on_ms,
+            modified_by: a.modified_by.clone(),
+            row_version: a.row_version,
+            logged_in: a.logged_in,
+        })
+    }
+
+    /// Queue a fault (see [`Fault`] for what each one hits).
+    pub fn inject(&self, fault: Fault) {
+        match fault {
+            Fault::RateLimited { retry_after_secs } => {
+                lock(&self.shared.api_faults).push(ApiFault::RateLimited { retry_after_secs });
+            }
+            Fault::ServerError(code) => lock(&self.shared.api_faults).push(ApiFault::ServerError(code)),
+            Fault::Slow(d) => lock(&self.shared.api_faults).push(ApiFault::Slow(d)),
+            Fault::RevokeTokens => self.shared.authority.revoke_all(),
+            Fault::DropWebhooks(n) => self.shared.outbox.add_faults(|f| f.drop += n),
+            Fault::DuplicateWebhooks(n) => self.shared.outbox.add_faults(|f| f.duplicate += n),
+            Fault::ReorderWebhooks(n) => self.shared.outbox.add_faults(|f| f.reorder += n),
+            Fault::SizeExceededWebhooks(n) => self.shared.outbox.add_faults(|f| f.size_exceeded += n),
+        }
+    }
+
+    /// Every Web API request received so far (token requests are counted by [`Self::authority`]).
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        lock(&self.shared.requests).clone()
+    }
+
+    /// Every webhook POST so far, retries and duplicates included.
+    pub fn deliveries(&self) -> Vec<Delivery> {
+        self.shared.outbox.deliveries()
+    }
+
+    /// The `seq` of every event a [`Fault::DropWebhooks`] swallowed.
+    pub fn dropped_webhooks(&self) -> Vec<u64> {
+        self.shared.outbox.dropped()
+    }
+
+    /// Wait until no webhook is queued or in flight. Events held back by
+    /// [`Fault::ReorderWebhooks`] until enough have arrived do not count.
+    pub async fn wait_deliveries_idle(&self) {
+        self.ensure_worker();
+        self.shared.outbox.idle().await;
+    }
+
+    /// Agents change presence on their own until the handle is aborted, the activity's
+    /// `max_changes` is reached, or the simulator is dropped.
+    pub fn start_activity(&self, activity: Activity) -> tokio::task::JoinHandle<()> {
+        self.ensure_worker();
+        tokio::spawn(activity::run(Arc::downgrade(&self.shared), activity))
+    }
+}
+
+impl Shared {
+    /// Change a row and queue its webhook, under one lock so webhooks leave in row order.
+    pub(crate) fn set_presence(
+        &self,
+        agent: &str,
+        presence: &str,
+        by: &str,
+        logged_in: Option<bool>,
+    ) -> Result<i64, state::SetError> {
+        let mut st = lock(&self.state);
+        let change = st.set_presence(agent, presence, by, logged_in)?;
+        let version = change.row.row_version;
+        self.outbox.push(change);
+        Ok(version)
+    }
+}
