@@ -7,5 +7,6 @@ pub mod connector;
 pub mod context;
 pub mod inspect;
 pub mod mapping;
+pub mod sim;
 pub mod time;
 pub mod webhook;

@@ -81,7 +81,7 @@ pub(crate) struct EventFate {
 impl DeliveryFaults {
     /// Decide the fate of the next event to be sent, consuming the counters.
     pub(crate) fn fate(&mut self) -> EventFate {
-        let mut take = |n: &mut u32| {
+        let take = |n: &mut u32| {
             let hit = *n > 0;
             *n = n.saturating_sub(1);
             hit
@@ -123,16 +123,19 @@ impl RateLimiter {
     pub(crate) fn check(&mut self, caller: &str) -> Result<(), u64> {
         let now = Instant::now();
         let q = self.seen.entry(caller.to_owned()).or_default();
-        while q.front().is_some_and(|t| now.duration_since(*t) >= self.window) {
+        while q
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= self.window)
+        {
             q.pop_front();
         }
         if q.len() < self.limit {
             q.push_back(now);
             return Ok(());
         }
-        let wait = q
-            .front()
-            .map_or(self.window, |t| self.window.saturating_sub(now.duration_since(*t)));
+        let wait = q.front().map_or(self.window, |t| {
+            self.window.saturating_sub(now.duration_since(*t))
+        });
         Err(ceil_secs(wait).max(1))
     }
 }

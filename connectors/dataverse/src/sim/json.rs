@@ -15,7 +15,10 @@ pub(crate) enum J {
     Int(i64),
     Str(String),
     /// A WCF date: `"\/Date(<ms>)\/"`, or `"\/Date(<ms>+0000)\/"` when `offset` is set.
-    Date { ms: i64, offset: bool },
+    Date {
+        ms: i64,
+        offset: bool,
+    },
     Arr(Vec<J>),
     Obj(Vec<(&'static str, J)>),
 }
@@ -44,7 +47,12 @@ impl J {
     /// Remove the object members named in `keys` (no-op on non-objects).
     pub(crate) fn without(self, keys: &[&str]) -> J {
         match self {
-            J::Obj(members) => J::Obj(members.into_iter().filter(|(k, _)| !keys.contains(k)).collect()),
+            J::Obj(members) => J::Obj(
+                members
+                    .into_iter()
+                    .filter(|(k, _)| !keys.contains(k))
+                    .collect(),
+            ),
             other => other,
         }
     }
@@ -66,7 +74,11 @@ impl J {
             }
             J::Str(s) => write_str(out, s, esc),
             J::Date { ms, offset } => {
-                let _ = write!(out, "\"\\/Date({ms}{})\\/\"", if *offset { "+0000" } else { "" });
+                let _ = write!(
+                    out,
+                    "\"\\/Date({ms}{})\\/\"",
+                    if *offset { "+0000" } else { "" }
+                );
             }
             J::Arr(items) => {
                 out.push('[');
@@ -113,7 +125,13 @@ mod tests {
         let v = J::Obj(vec![
             ("__type", J::s("Entity:http://x")),
             ("A", J::date(5)),
-            ("B", J::Date { ms: 7, offset: true }),
+            (
+                "B",
+                J::Date {
+                    ms: 7,
+                    offset: true,
+                },
+            ),
             ("C", J::Arr(vec![J::Null, J::Bool(true), J::Int(-3)])),
         ]);
         assert_eq!(

@@ -9,27 +9,44 @@
 //! - `GET CCaaS_GetPresence(ApiVersion=@p1)?@p1='1.0'` and the bare `GET CCaaS_GetPresence`
 //!   (which form the real service wants is UNCONFIRMED, so both work), for the impersonated agent;
 //! - OData reads of `msdyn_agentstatuses`, `msdyn_presences` and `systemusers` with `$select`,
-//!   `$expand`, simple `$filter` and server-driven paging (`odata.rs`);
+//!   `$expand`, simple `$filter` and server-driven paging;
 //! - the service-protection limit per caller: 429 with `Retry-After` (dataverse.md §8).
 //!
 //! Each change to an agent-status row (API write, [`DataverseSim::agent_sets`],
 //! [`DataverseSim::system_sets`], sign-in and -out, [`DataverseSim::start_activity`]) is POSTed
-//! to the configured webhook in the exact `RemoteExecutionContext` shape of Microsoft's samples
-//! (`webhook_body.rs`), in order, from a background task (`webhooks.rs`). Faults ([`Fault`]) make
-//! requests or deliveries fail the way the real ones do.
+//! to the configured webhook in the exact `RemoteExecutionContext` shape of Microsoft's samples,
+//! in order, from a background task. Faults ([`Fault`]) make requests or deliveries fail the way
+//! the real ones do.
 //!
 //! Start with [`SimConfig::new`] and [`DataverseSim::new`], add agents with
 //! [`DataverseSim::add_agent`], then [`DataverseSim::spawn`] (or [`DataverseSim::serve`]) and
-//! point the client at `http://{addr}` with authority `http://{addr}`.
+//! point the client at `http://{addr}`, with `http://{addr}` as its Entra authority.
+//!
+//! Files, by concept: `state.rs` (the tables, clock and row versions), `api.rs` (auth,
+//! impersonation, limits, the CCaaS APIs), `odata.rs` and `query.rs` (the OData reads),
+//! `webhook_body.rs` and `webhook_create.rs` (the Update and Create bodies), `webhooks.rs`
+//! (the delivery queue and task), `faults.rs`, `activity.rs`, and the small `json.rs`,
+//! `dates.rs`, `errors.rs`.
+//!
+//! Deliberate choices where the real service is unknown or differs from intuition:
+//! - `versionnumber`/`RowVersion` is one counter for the whole org, like SQL Server
+//!   `rowversion`: a row's version grows by exactly one only if nothing else changed meanwhile.
+//! - Writing the same presence again still stamps, versions and emits (Dataverse does not
+//!   compare values on Update, and the step filter fires on the column being present).
+//! - Bodies and `msdyn_presencemodifiedon` use whole seconds; `...withmilliseconds` carries ms.
+//!   The clock is made strictly increasing so two changes never share a millisecond.
 
 mod activity;
 mod api;
+mod dates;
 mod errors;
 mod faults;
 mod json;
 mod odata;
+mod query;
 mod state;
 mod webhook_body;
+mod webhook_create;
 mod webhooks;
 
 use std::future::Future;
@@ -245,9 +262,11 @@ impl DataverseSim {
     /// A simulator for `cfg`, or why its certificate could not be read.
     pub fn try_new(cfg: SimConfig) -> Result<Self, CredentialError> {
         let authority = match &cfg.credential {
-            SimCredential::ClientSecret(s) => {
-                SimAuthority::with_client_secret(cfg.tenant_id.clone(), cfg.client_id.clone(), s.clone())
-            }
+            SimCredential::ClientSecret(s) => SimAuthority::with_client_secret(
+                cfg.tenant_id.clone(),
+                cfg.client_id.clone(),
+                s.clone(),
+            ),
             SimCredential::CertificatePem(pem) => {
                 SimAuthority::with_certificate(cfg.tenant_id.clone(), cfg.client_id.clone(), pem)?
             }
@@ -386,27 +405,39 @@ impl DataverseSim {
         self.change(systemuser_id, presence_id, BY_SYSTEM, Some(true))
     }
 
-    fn change(&self, agent: &str, presence: &str, by: &str, logged_in: Option<bool>) -> Option<i64> {
+    fn change(
+        &self,
+        agent: &str,
+        presence: &str,
+        by: &str,
+        logged_in: Option<bool>,
+    ) -> Option<i64> {
         self.ensure_worker();
-        self.shared.set_presence(agent, presence, by, logged_in).ok()
+        self.shared
+            .set_presence(agent, presence, by, logged_in)
+            .ok()
     }
 
     /// The agent's current presence id.
     pub fn presence(&self, systemuser_id: &str) -> Option<String> {
-        lock(&self.shared.state).agent(systemuser_id).map(|a| a.presence_id.clone())
+        lock(&self.shared.state)
+            .agent(systemuser_id)
+            .map(|a| a.presence_id.clone())
     }
 
     /// The agent's row.
     pub fn row(&self, systemuser_id: &str) -> Option<SimRow> {
-        lock(&self.shared.state).agent(systemuser_id).map(|a| SimRow {
-            agent_status_id: a.status_id.clone(),
-            agent_id: a.agent_id.clone(),
-            presence_id: a.presence_id.clone(),
-            modified_on_ms: a.modified_on_ms,
-            modified_by: a.modified_by.clone(),
-            row_version: a.row_version,
-            logged_in: a.logged_in,
-        })
+        lock(&self.shared.state)
+            .agent(systemuser_id)
+            .map(|a| SimRow {
+                agent_status_id: a.status_id.clone(),
+                agent_id: a.agent_id.clone(),
+                presence_id: a.presence_id.clone(),
+                modified_on_ms: a.modified_on_ms,
+                modified_by: a.modified_by.clone(),
+                row_version: a.row_version,
+                logged_in: a.logged_in,
+            })
     }
 
     /// Queue a fault (see [`Fault`] for what each one hits).
@@ -415,13 +446,17 @@ impl DataverseSim {
             Fault::RateLimited { retry_after_secs } => {
                 lock(&self.shared.api_faults).push(ApiFault::RateLimited { retry_after_secs });
             }
-            Fault::ServerError(code) => lock(&self.shared.api_faults).push(ApiFault::ServerError(code)),
+            Fault::ServerError(code) => {
+                lock(&self.shared.api_faults).push(ApiFault::ServerError(code))
+            }
             Fault::Slow(d) => lock(&self.shared.api_faults).push(ApiFault::Slow(d)),
             Fault::RevokeTokens => self.shared.authority.revoke_all(),
             Fault::DropWebhooks(n) => self.shared.outbox.add_faults(|f| f.drop += n),
             Fault::DuplicateWebhooks(n) => self.shared.outbox.add_faults(|f| f.duplicate += n),
             Fault::ReorderWebhooks(n) => self.shared.outbox.add_faults(|f| f.reorder += n),
-            Fault::SizeExceededWebhooks(n) => self.shared.outbox.add_faults(|f| f.size_exceeded += n),
+            Fault::SizeExceededWebhooks(n) => {
+                self.shared.outbox.add_faults(|f| f.size_exceeded += n)
+            }
         }
     }
 

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::mapping::{BaseStatus, Catalog, PresenceEntry};
+use crate::mapping::{Catalog, PresenceEntry};
 
 /// `msdyn_presencemodifiedby` when the agent picks a presence.
 pub(crate) const BY_AGENT: &str = "AGENT";
@@ -101,7 +101,9 @@ pub(crate) fn wall_ms() -> i64 {
 
 /// A GUID in the lower-case hyphenated form Dataverse writes, or `None` when it is not one.
 pub(crate) fn norm_guid(s: &str) -> Option<String> {
-    uuid::Uuid::parse_str(s.trim()).ok().map(|u| u.hyphenated().to_string())
+    uuid::Uuid::parse_str(s.trim())
+        .ok()
+        .map(|u| u.hyphenated().to_string())
 }
 
 /// A new random GUID.
@@ -176,16 +178,6 @@ impl State {
         self.presences.values()
     }
 
-    /// The first presence with this base status (the built-in one).
-    pub(crate) fn presence_with_base(&self, base: BaseStatus) -> Option<String> {
-        let builtin = Catalog::builtin();
-        builtin
-            .entries()
-            .into_iter()
-            .find(|e| e.base == base)
-            .map(|e| e.id.clone())
-    }
-
     pub(crate) fn agent(&self, systemuser_id: &str) -> Option<&AgentRow> {
         self.agents.get(&key(systemuser_id))
     }
@@ -215,7 +207,11 @@ impl State {
         presence_id: &str,
         signed_in: bool,
     ) -> Result<(String, Option<RowChange>), SetError> {
-        let presence_id = self.presence(presence_id).ok_or(SetError::UnknownPresence)?.id.clone();
+        let presence_id = self
+            .presence(presence_id)
+            .ok_or(SetError::UnknownPresence)?
+            .id
+            .clone();
         let id = self.add_user(systemuser_id, aad_object_id, name);
         if let Some(existing) = self.agents.get(&id) {
             return Ok((existing.status_id.clone(), None));
@@ -257,7 +253,11 @@ impl State {
         modified_by: &str,
         logged_in: Option<bool>,
     ) -> Result<RowChange, SetError> {
-        let presence_id = self.presence(presence_id).ok_or(SetError::UnknownPresence)?.id.clone();
+        let presence_id = self
+            .presence(presence_id)
+            .ok_or(SetError::UnknownPresence)?
+            .id
+            .clone();
         let id = key(systemuser_id);
         if !self.agents.contains_key(&id) {
             return Err(SetError::UnknownAgent);
@@ -301,14 +301,24 @@ mod tests {
     #[test]
     fn every_change_gets_a_later_time_and_a_higher_version() {
         let mut s = State::new();
-        let (id, created) = s.add_agent(AGENT, "aad", "Ann", builtin::OFFLINE, false).unwrap();
+        let (id, created) = s
+            .add_agent(AGENT, "aad", "Ann", builtin::OFFLINE, false)
+            .unwrap();
         let created = created.unwrap();
         assert_eq!(created.message, Message::Create);
         assert_eq!(created.row.status_id, id);
-        let a = s.set_presence(AGENT, builtin::BUSY, BY_AGENT, Some(true)).unwrap();
-        let b = s.set_presence(&AGENT.to_ascii_uppercase(), builtin::BUSY, BY_AGENT, None).unwrap();
+        let a = s
+            .set_presence(AGENT, builtin::BUSY, BY_AGENT, Some(true))
+            .unwrap();
+        let b = s
+            .set_presence(&AGENT.to_ascii_uppercase(), builtin::BUSY, BY_AGENT, None)
+            .unwrap();
         assert!(a.row.row_version > created.row.row_version);
-        assert_eq!(b.row.row_version, a.row.row_version + 1, "same presence still versions the row");
+        assert_eq!(
+            b.row.row_version,
+            a.row.row_version + 1,
+            "same presence still versions the row"
+        );
         assert!(b.row.modified_on_ms > a.row.modified_on_ms);
         assert!(b.row.logged_in && b.row.signed_in_at_ms.is_some());
     }
@@ -320,12 +330,20 @@ mod tests {
             s.set_presence(AGENT, builtin::BUSY, BY_AGENT, None),
             Err(SetError::UnknownAgent)
         );
-        s.add_agent(AGENT, "aad", "Ann", builtin::OFFLINE, false).unwrap();
+        s.add_agent(AGENT, "aad", "Ann", builtin::OFFLINE, false)
+            .unwrap();
         assert_eq!(
-            s.set_presence(AGENT, "00000000-0000-0000-0000-000000000001", BY_AGENT, None),
+            s.set_presence(
+                AGENT,
+                "00000000-0000-0000-0000-000000000001",
+                BY_AGENT,
+                None
+            ),
             Err(SetError::UnknownPresence)
         );
-        let (_, again) = s.add_agent(AGENT, "aad", "Ann", builtin::OFFLINE, false).unwrap();
+        let (_, again) = s
+            .add_agent(AGENT, "aad", "Ann", builtin::OFFLINE, false)
+            .unwrap();
         assert!(again.is_none(), "adding an existing agent changes nothing");
     }
 }

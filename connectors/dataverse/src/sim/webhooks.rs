@@ -48,7 +48,10 @@ impl Delivery {
     /// A header sent, by lower-case name.
     pub fn header(&self, name: &str) -> Option<&str> {
         let name = name.to_ascii_lowercase();
-        self.headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The body as JSON (`Null` if it is not JSON, which never happens for bodies we send).
@@ -118,7 +121,8 @@ impl Outbox {
     }
 
     fn publish(&self, q: &Queue) {
-        self.pending.send_replace(q.events.len() + usize::from(q.in_flight));
+        self.pending
+            .send_replace(q.events.len() + usize::from(q.in_flight));
     }
 
     /// The next event to send and its fate; held events (reorder) are parked here and released
@@ -271,17 +275,37 @@ fn target_url(target: &WebhookTarget) -> String {
     }
 }
 
-fn headers(shared: &Shared, target: &WebhookTarget, ev: &WebhookEvent, size_exceeded: bool) -> Vec<(String, String)> {
+fn headers(
+    shared: &Shared,
+    target: &WebhookTarget,
+    ev: &WebhookEvent,
+    size_exceeded: bool,
+) -> Vec<(String, String)> {
     let mut h = vec![
         ("x-request-id".to_owned(), new_guid()),
-        ("x-ms-dynamics-organization".to_owned(), shared.org_host.clone()),
-        ("x-ms-dynamics-entity-name".to_owned(), "msdyn_agentstatus".to_owned()),
-        ("x-ms-dynamics-request-name".to_owned(), ev.change.message.name().to_owned()),
-        ("x-ms-correlation-request-id".to_owned(), ev.correlation_id.clone()),
+        (
+            "x-ms-dynamics-organization".to_owned(),
+            shared.org_host.clone(),
+        ),
+        (
+            "x-ms-dynamics-entity-name".to_owned(),
+            "msdyn_agentstatus".to_owned(),
+        ),
+        (
+            "x-ms-dynamics-request-name".to_owned(),
+            ev.change.message.name().to_owned(),
+        ),
+        (
+            "x-ms-correlation-request-id".to_owned(),
+            ev.correlation_id.clone(),
+        ),
         ("content-type".to_owned(), "application/json".to_owned()),
     ];
     if size_exceeded {
-        h.push(("x-ms-dynamics-msg-size-exceeded".to_owned(), "true".to_owned()));
+        h.push((
+            "x-ms-dynamics-msg-size-exceeded".to_owned(),
+            "true".to_owned(),
+        ));
     }
     if let WebhookAuth::HttpHeader { name, value } = &target.auth {
         h.push((name.to_ascii_lowercase(), value.clone()));
