@@ -572,12 +572,12 @@ fn apply(
         if &route.to == sys || !route.allows(a) {
             continue;
         }
-        // A reconcile read repairs only what it has seen differ: a target never observed is
-        // reconciled by its own read.
+        // A reconcile read repairs only what presync knows differs: a target it has neither
+        // observed nor written is reconciled by its own read.
         let never_observed = view
             .systems
             .get(&route.to)
-            .is_none_or(|s| s.observed.is_none());
+            .is_none_or(|s| s.observed.is_none() && s.written.is_none());
         // (A write already queued there carries an older state and must be replaced.)
         if obs.kind == ObservationKind::Reconcile
             && never_observed
