@@ -8,6 +8,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod sim;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use presync_dataverse::mapping::Catalog;
@@ -32,6 +34,9 @@ enum Command {
         )]
         database: String,
     },
+    /// Run a simulator of a remote system on a local address.
+    #[command(subcommand)]
+    Sim(sim::SimCommand),
     /// Parse a captured payload and print, as JSON, what presync derives from it.
     Inspect {
         /// The system the payload comes from.
@@ -115,6 +120,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             store.close().await;
             println!("{shown}: schema is up to date");
         }
+        Command::Sim(command) => sim::run(command).await?,
         Command::Inspect { .. } => unreachable!("handled before the runtime starts"),
     }
     Ok(())

@@ -135,3 +135,61 @@ fn inspect_dataverse_refuses_an_unreadable_body_with_exit_2_and_one_line() {
     assert!(err.contains("line") && err.contains("column"), "{err}");
     assert!(out.stdout.is_empty());
 }
+
+#[test]
+fn sim_dataverse_serves_the_token_endpoint_and_the_web_api() {
+    use std::io::{BufRead, BufReader};
+    let mut child = presync()
+        .args([
+            "sim",
+            "dataverse",
+            "--listen",
+            "127.0.0.1:0",
+            "--agents",
+            "3",
+        ])
+        .env("PRESYNC_SIM_CLIENT_SECRET", "a-test-secret-for-the-sim")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    stdout.read_line(&mut line).unwrap();
+    let base = line.trim().rsplit(' ').next().unwrap().to_owned();
+    assert!(base.starts_with("http://127.0.0.1:"), "{line}");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let status = rt.block_on(async {
+        let client = reqwest::Client::new();
+        let token: serde_json::Value = client
+            .post(format!("{base}/presync-sim/oauth2/v2.0/token"))
+            .form(&[
+                ("client_id", "presync"),
+                ("client_secret", "a-test-secret-for-the-sim"),
+                ("grant_type", "client_credentials"),
+                ("scope", "https://contoso.crm.dynamics.com/.default"),
+            ])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let bearer = token["access_token"].as_str().unwrap().to_owned();
+        let rows: serde_json::Value = client
+            .get(format!("{base}/api/data/v9.2/msdyn_agentstatuses?$select=msdyn_agentstatusid,_msdyn_agentid_value"))
+            .bearer_auth(bearer)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        rows["value"].as_array().map(Vec::len)
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(status, Some(3));
+}

@@ -1,0 +1,161 @@
+//! `presync sim`: the simulators of the remote systems, on a local address, for the demo,
+//! manual testing and the end-to-end tests. Nothing here talks to Microsoft.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand, ValueEnum};
+use presync_dataverse::config::WebhookAuth;
+use presync_dataverse::mapping::builtin;
+use presync_dataverse::sim::{Activity, DataverseSim, SimConfig, SimCredential, WebhookTarget};
+
+#[derive(Debug, Subcommand)]
+pub enum SimCommand {
+    /// The Dynamics 365 Contact Center (Dataverse) simulator: Entra token endpoint, CCaaS presence
+    /// APIs, OData reads, presence catalog, and webhooks to a URL.
+    Dataverse(DataverseArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DataverseArgs {
+    /// Address to listen on (loopback).
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    listen: SocketAddr,
+    /// The Entra tenant id of the token endpoint.
+    #[arg(long, default_value = "presync-sim")]
+    tenant: String,
+    /// The application (client) id it accepts.
+    #[arg(long, default_value = "presync")]
+    client_id: String,
+    /// The client secret it accepts.
+    #[arg(
+        long,
+        env = "PRESYNC_SIM_CLIENT_SECRET",
+        hide_env_values = true,
+        conflicts_with = "certificate"
+    )]
+    client_secret: Option<String>,
+    /// A PEM certificate whose key signs the client assertions it accepts.
+    #[arg(long)]
+    certificate: Option<std::path::PathBuf>,
+    /// The organization host sent as `x-ms-dynamics-organization`.
+    #[arg(long, default_value = "contoso.crm.dynamics.com")]
+    org_host: String,
+    /// Where to send webhooks (presync's `/webhooks/dataverse`).
+    #[arg(long)]
+    webhook_url: Option<String>,
+    /// How webhooks authenticate.
+    #[arg(long, value_enum, default_value = "header")]
+    webhook_auth: HookAuth,
+    /// The header or query parameter name (for `header` and `query`).
+    #[arg(long, default_value = "x-presync-secret")]
+    webhook_name: String,
+    /// The webhook secret.
+    #[arg(long, env = "PRESYNC_SIM_WEBHOOK_SECRET", hide_env_values = true)]
+    webhook_secret: Option<String>,
+    /// Seed this many signed-in agents (Available).
+    #[arg(long, default_value_t = 0)]
+    agents: usize,
+    /// Let the agents change presence on their own, one change per this many milliseconds on
+    /// average (0: never).
+    #[arg(long, default_value_t = 0)]
+    activity_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum HookAuth {
+    /// A request header `NAME: SECRET`.
+    Header,
+    /// `?code=SECRET` (WebhookKey).
+    Key,
+    /// `?NAME=SECRET` (HttpQueryString).
+    Query,
+}
+
+/// The id of the `i`th seeded agent, and of their Entra user.
+pub fn seeded_agent(i: usize) -> (String, String) {
+    (
+        format!("5e000000-0000-4000-8000-{i:012x}"),
+        format!("aad00000-0000-4000-8000-{i:012x}"),
+    )
+}
+
+pub async fn run(command: SimCommand) -> anyhow::Result<()> {
+    match command {
+        SimCommand::Dataverse(args) => dataverse(args).await,
+    }
+}
+
+async fn dataverse(args: DataverseArgs) -> anyhow::Result<()> {
+    let credential = match (&args.client_secret, &args.certificate) {
+        (_, Some(path)) => SimCredential::CertificatePem(
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+        ),
+        (Some(secret), None) => SimCredential::ClientSecret(secret.clone()),
+        (None, None) => {
+            anyhow::bail!("give --client-secret (or PRESYNC_SIM_CLIENT_SECRET) or --certificate")
+        }
+    };
+    let mut config = SimConfig::new(
+        args.tenant.clone(),
+        args.client_id.clone(),
+        credential,
+        args.org_host.clone(),
+    );
+    if let Some(url) = &args.webhook_url {
+        let secret = args
+            .webhook_secret
+            .clone()
+            .context("--webhook-url needs --webhook-secret (or PRESYNC_SIM_WEBHOOK_SECRET)")?;
+        let auth = match args.webhook_auth {
+            HookAuth::Header => WebhookAuth::HttpHeader {
+                name: args.webhook_name.clone(),
+                value: secret,
+            },
+            HookAuth::Key => WebhookAuth::WebhookKey { value: secret },
+            HookAuth::Query => WebhookAuth::HttpQueryString {
+                name: args.webhook_name.clone(),
+                value: secret,
+            },
+        };
+        config.webhook = Some(WebhookTarget::new(url.clone(), auth));
+    }
+    let sim = DataverseSim::try_new(config).context("starting the Dataverse simulator")?;
+    for i in 0..args.agents {
+        let (agent, aad) = seeded_agent(i);
+        sim.add_agent(
+            &agent,
+            &aad,
+            &format!("Agent {i}"),
+            builtin::AVAILABLE,
+            true,
+        );
+    }
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    // A closed stdout must not stop a running simulator.
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "Dataverse simulator on http://{addr}");
+    let _ = writeln!(
+        out,
+        "  token endpoint: http://{addr}/{}/oauth2/v2.0/token",
+        args.tenant
+    );
+    let _ = writeln!(out, "  Web API:        http://{addr}/api/data/v9.2");
+    let _ = out.flush();
+    if args.activity_ms > 0 {
+        sim.start_activity(Activity::new(
+            0x5eed,
+            Duration::from_millis(args.activity_ms),
+        ));
+    }
+    sim.serve_with_shutdown(listener, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await?;
+    Ok(())
+}
