@@ -36,7 +36,7 @@ enum Command {
     },
     /// Run a simulator of a remote system on a local address.
     #[command(subcommand)]
-    Sim(sim::SimCommand),
+    Sim(Box<sim::SimCommand>),
     /// Parse a captured payload and print, as JSON, what presync derives from it.
     Inspect {
         /// The system the payload comes from.
@@ -120,7 +120,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             store.close().await;
             println!("{shown}: schema is up to date");
         }
-        Command::Sim(command) => sim::run(command).await?,
+        Command::Sim(command) => sim::run(*command).await?,
         Command::Inspect { .. } => unreachable!("handled before the runtime starts"),
     }
     Ok(())
