@@ -14,7 +14,7 @@ use presync_dataverse::connector::DataverseConnector;
 use presync_dataverse::mapping::builtin;
 use presync_dataverse::sim::{DataverseSim, Fault, SimConfig, SimCredential, WebhookTarget};
 use presync_dataverse::webhook::{router, Ingress, IngressStats, PATH};
-use presync_engine::clock::ManualClock;
+use presync_engine::clock::{Clock, ManualClock};
 use presync_engine::config::EngineConfig;
 use presync_engine::engine::Engine;
 use presync_engine::memory::MemorySystem;
@@ -125,7 +125,9 @@ impl World {
             }
             self.engine.resolve_pending().await.unwrap();
             self.engine.dispatch_pending().await.unwrap();
-            self.clock.advance(1);
+            // The simulator dates changes with the real clock: keep the engine's at or past it.
+            let real = presync_engine::clock::Clock::now(&presync_engine::clock::SystemClock);
+            self.clock.set(real.max(self.clock.now() + 1));
         }
     }
 
@@ -216,7 +218,10 @@ async fn a_write_that_meets_5xx_and_429_is_retried_until_it_lands() {
     w.sim.inject(Fault::RateLimited {
         retry_after_secs: 2,
     });
-    w.clock.advance(10);
+    // The simulator dates D365's changes with the real clock; the person's Teams change comes
+    // after them, so the engine's manual clock must be past it too.
+    w.clock
+        .set(presync_engine::clock::Clock::now(&presync_engine::clock::SystemClock) + 1_000);
     w.teams.person_sets(&AAD.into(), Availability::DoNotDisturb);
     for d in w.teams.take_deliveries() {
         w.engine.ingest(d).await.unwrap();

@@ -1,0 +1,231 @@
+//! [`TeamsConnector`]: the engine's [`Connector`] for Microsoft Teams presence.
+//!
+//! A user of this system is an Entra object id; its native state is the `availability/activity`
+//! pair. In `session` mode presync's write is its own presence session, one input to the Teams
+//! aggregate: the connector declares [`WriteSemantics::Contribution`], so the engine withdraws
+//! presync's session when Teams itself reports a change, and [`TeamsConnector::keep_alive`]
+//! re-posts the sessions presync owns before they fade or expire. In `preferred` mode presync
+//! sets the user's preferred presence, which overrides everything.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use presync_engine::clock::Clock;
+use presync_engine::Millis;
+use presync_engine::{
+    Availability, Capabilities, Connector, ConnectorError, Desired, ExternalId, Mapped,
+    NativeState, Origin, RemoteState, WriteSemantics,
+};
+use std::sync::Arc;
+use tokio::sync::Mutex;
+use tracing::{debug, warn};
+
+use crate::client::GraphClient;
+use crate::config::TeamsConfig;
+use crate::mapping::{Mapping, Pair, WriteMode};
+
+/// The connector kind, as named in config.
+pub const KIND: &str = "teams";
+
+/// A configuration the connector refuses.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid Teams configuration:\n{}", .0.join("\n"))]
+pub struct ConfigError(pub Vec<String>);
+
+/// What a keep-alive pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeepAlive {
+    /// Sessions re-posted.
+    pub refreshed: usize,
+    /// Sessions that could not be re-posted (kept for the next pass).
+    pub failed: usize,
+}
+
+/// The Teams connector.
+#[derive(Debug)]
+pub struct TeamsConnector {
+    client: GraphClient,
+    config: TeamsConfig,
+    mapping: Mapping,
+    /// The sessions presync owns, by user: the pair and when it was last posted.
+    sessions: Mutex<HashMap<String, (Pair, Millis)>>,
+    clock: Arc<dyn Clock>,
+}
+
+impl TeamsConnector {
+    /// Validate the configuration (every problem at once) and build the connector.
+    pub fn new(
+        config: TeamsConfig,
+        client: GraphClient,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, ConfigError> {
+        let problems = config.validate();
+        if !problems.is_empty() {
+            return Err(ConfigError(problems));
+        }
+        let mapping = config
+            .mapping()
+            .map_err(|e| ConfigError(e.iter().map(ToString::to_string).collect()))?;
+        Ok(TeamsConnector {
+            client,
+            config,
+            mapping,
+            sessions: Mutex::new(HashMap::new()),
+            clock,
+        })
+    }
+
+    /// The Graph client (for subscriptions and the notification ingress).
+    pub fn client(&self) -> &GraphClient {
+        &self.client
+    }
+
+    fn session_expiration(&self) -> Duration {
+        Duration::from_secs(self.config.session_expiration_secs)
+    }
+
+    /// Re-post every session presync owns that was last posted longer ago than
+    /// `keep_alive_after_secs`, so an Available session never fades and no session expires.
+    pub async fn keep_alive(&self) -> KeepAlive {
+        let due: Vec<(String, Pair)> = {
+            let sessions = self.sessions.lock().await;
+            let after =
+                i64::try_from(self.config.keep_alive_after_secs * 1_000).unwrap_or(i64::MAX);
+            let now = self.clock.now();
+            sessions
+                .iter()
+                .filter(|(_, (_, at))| now.saturating_sub(*at) >= after)
+                .map(|(u, (p, _))| (u.clone(), p.clone()))
+                .collect()
+        };
+        let mut report = KeepAlive::default();
+        for (user, pair) in due {
+            match self
+                .client
+                .set_presence(&user, &self.config.app_id, &pair, self.session_expiration())
+                .await
+            {
+                Ok(()) => {
+                    report.refreshed += 1;
+                    let mut sessions = self.sessions.lock().await;
+                    // A write that replaced the session meanwhile keeps its own pair and time.
+                    if let Some((p, at)) = sessions.get_mut(&user) {
+                        if *p == pair {
+                            *at = self.clock.now();
+                        }
+                    }
+                }
+                Err(e) => {
+                    report.failed += 1;
+                    warn!(user = %user, error = %e, "Keep-alive of presync's session failed");
+                }
+            }
+        }
+        if report.refreshed > 0 {
+            debug!(refreshed = report.refreshed, "Sessions kept alive");
+        }
+        report
+    }
+
+    /// The users presync currently holds a session for.
+    pub async fn owned_sessions(&self) -> Vec<String> {
+        self.sessions.lock().await.keys().cloned().collect()
+    }
+
+    async fn write_session(&self, user: &str, desired: &Desired) -> Result<(), ConnectorError> {
+        let pair = match desired {
+            Desired::Set(p) => self.mapping.pair_for(p.availability).cloned(),
+            Desired::Withdraw => None,
+        };
+        match pair {
+            Some(pair) => {
+                self.client
+                    .set_presence(user, &self.config.app_id, &pair, self.session_expiration())
+                    .await?;
+                self.sessions
+                    .lock()
+                    .await
+                    .insert(user.to_owned(), (pair, self.clock.now()));
+            }
+            // Offline, or presync's contribution withdrawn: end the session.
+            None => {
+                self.client
+                    .clear_presence(user, &self.config.app_id)
+                    .await?;
+                self.sessions.lock().await.remove(user);
+            }
+        }
+        Ok(())
+    }
+
+    async fn write_preferred(&self, user: &str, desired: &Desired) -> Result<(), ConnectorError> {
+        let pair = match desired {
+            Desired::Set(p) => self.mapping.pair_for(p.availability),
+            Desired::Withdraw => None,
+        };
+        match pair {
+            Some(pair) => {
+                let expiry = Duration::from_secs(self.config.preferred_expiration_secs);
+                self.client.set_preferred(user, pair, expiry).await
+            }
+            None => self.client.clear_preferred(user).await,
+        }
+    }
+}
+
+#[async_trait]
+impl Connector for TeamsConnector {
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            push_ingress: true,
+            bulk_read: true,
+            write: true,
+            write_semantics: match self.mapping.mode() {
+                WriteMode::Session => WriteSemantics::Contribution,
+                WriteMode::Preferred => WriteSemantics::Overwrite,
+            },
+            source_timestamps: false,
+        }
+    }
+
+    fn to_canonical(&self, native: &NativeState) -> Mapped {
+        Mapping::to_canonical(native)
+    }
+
+    fn to_native(&self, availability: Availability) -> Option<NativeState> {
+        Some(self.mapping.to_native(availability))
+    }
+
+    async fn write(&self, user: &ExternalId, desired: &Desired) -> Result<(), ConnectorError> {
+        let user = user.as_str().to_ascii_lowercase();
+        match self.mapping.mode() {
+            WriteMode::Session => self.write_session(&user, desired).await,
+            WriteMode::Preferred => self.write_preferred(&user, desired).await,
+        }
+    }
+
+    async fn read_all(&self, users: &[ExternalId]) -> Result<Vec<RemoteState>, ConnectorError> {
+        let ids: Vec<String> = users
+            .iter()
+            .map(|u| u.as_str().to_ascii_lowercase())
+            .collect();
+        let presences = self.client.presences(&ids).await?;
+        let mut out: Vec<RemoteState> = presences
+            .into_iter()
+            .map(|p| RemoteState {
+                external_id: ExternalId(p.id.to_ascii_lowercase()),
+                native: NativeState::new(format!("{}/{}", p.availability, p.activity)),
+                source_time: None,
+                sequence: None,
+                origin: Origin::Unknown,
+            })
+            .collect();
+        out.sort_by(|a, b| a.external_id.cmp(&b.external_id));
+        Ok(out)
+    }
+}

@@ -1,0 +1,13 @@
+//! presync-teams (work in progress).
+
+pub mod auth;
+pub mod client;
+pub mod config;
+pub mod connector;
+pub mod crypto;
+pub mod inspect;
+pub mod mapping;
+pub mod notifications;
+pub mod sim;
+pub mod subscriptions;
+pub mod webhook;

@@ -1,0 +1,561 @@
+//! A faithful simulator of the parts of Microsoft Graph that presync uses for Teams presence,
+//! served on loopback for tests and demos (DESIGN.md, "Simulators"). A client bug must fail
+//! against it the way it would fail against Microsoft; graph.md is the authority for its rules.
+//!
+//! [`GraphSim::router`] serves:
+//! - the Entra token endpoint `POST /{tenant}/oauth2/v2.0/token`: client credentials with the
+//!   application secret give **app-only** tokens; `grant_type=refresh_token` gives **delegated**
+//!   tokens for the service account and rotates the refresh token (`tokens.rs`);
+//! - presence reads under `/v1.0`: `GET users/{id}/presence`, `GET communications/presences/{id}`,
+//!   `GET me/presence` (delegated only), `POST communications/getPresencesByUserId` (at most 650
+//!   ids) (`actions.rs`);
+//! - presence writes: `setPresence`, `clearPresence`, `setUserPreferredPresence`,
+//!   `clearUserPreferredPresence` under `users/{id}/presence/`, `communications/presences/{id}/`
+//!   and `me/presence/`, also namespace-qualified (`microsoft.graph.setPresence`), with the pair,
+//!   session-id and duration rules of graph.md §2.2 and §2.3 (`actions.rs`);
+//! - change subscriptions (`POST`, `GET`, `PATCH`, `DELETE /v1.0/subscriptions[/{id}]`), delegated
+//!   only, with the validation handshake, the 650-user and 60-minute caps and conflicts
+//!   (`subscriptions.rs`, `resource.rs`, `handshake.rs`);
+//! - Graph's throttling (1,500 requests per 30 s per application per tenant by default): 429 with
+//!   a decimal `Retry-After` (`faults.rs`).
+//!
+//! Presence is an aggregate (`presence.rs`, graph.md §4): the person's own Teams client, one
+//! session per application, and the preferred presence. Time is the injected [`Clock`]: every
+//! request and every method applies fade and expiry at the clock's now, and [`GraphSim::tick`]
+//! does it with nothing else happening (a background task calls it every second of real time;
+//! tests with a [`presync_engine::clock::ManualClock`] advance the clock and call it). When the
+//! aggregate of a subscribed user changes, a change notification is queued and POSTed, in order,
+//! by a background task (`notify.rs`); basic notifications carry no availability (graph.md §1.5),
+//! rich ones carry it encrypted with the subscription's certificate (`cert.rs`,
+//! [`crate::crypto::encrypt_for_subscription`]).
+//!
+//! Start with [`GraphSimConfig::new`] and [`GraphSim::new`], add users with
+//! [`GraphSim::add_user`], then [`GraphSim::spawn`] and point the client at `http://{addr}` both
+//! as the Graph base (`http://{addr}/v1.0`) and as the Entra authority.
+//!
+//! Deliberate choices where graph.md is silent or the real service is unknown (UNCONFIRMED):
+//! - User ids in URLs and bodies must be GUIDs (`8-4-4-4-12`, any case): other ids get 400, as
+//!   graph.md §2.1 says `{id}` must be the object id. Add users with GUID ids.
+//! - Availability and activity values must be spelled exactly as documented (PascalCase).
+//! - A delegated token may write only the signed-in user's own presence (`Presence.ReadWrite`);
+//!   another user gets 403 `Forbidden` with an empty message (graph.md §2.4). App-only tokens may
+//!   write anyone's. Both may read anyone's.
+//! - getPresencesByUserId answers `PresenceUnknown/PresenceUnknown` for a GUID it does not know.
+//! - Write actions answer 200 with an empty body, as documented; the OpenAPI description says
+//!   204, so clients must accept both. [`GraphSimConfig::action_status`] switches to 204.
+//! - Each application may hold one presence subscription per delegated user (graph.md §1.3):
+//!   a second one answers 409, as does the same resource twice
+//!   ([`GraphSimConfig::one_subscription_per_user`] relaxes the former).
+//! - Notification URLs may be `http` (loopback receivers have no certificate);
+//!   [`GraphSimConfig::require_https`] enforces Graph's HTTPS rule.
+//! - One notification per POST (Graph may batch several; clients must handle both).
+
+mod actions;
+mod api;
+mod cert;
+mod dates;
+mod errors;
+mod faults;
+mod handshake;
+mod notify;
+mod presence;
+mod resource;
+mod state;
+mod subscriptions;
+mod tokens;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use axum::routing::post;
+use presync_engine::clock::Clock;
+use presync_engine::Millis;
+
+use faults::{ApiFault, ApiFaults, RateLimiter};
+use notify::Outbox;
+use presence::{ClientSession, Pair, Preferred, UserPresence, PREFERRED_LONG, PREFERRED_SHORT};
+use state::{user_key, State};
+use tokens::TokenStore;
+
+pub use faults::Fault;
+pub use notify::{NotificationKind, SentNotification};
+pub use subscriptions::SimSubscription;
+pub use tokens::{TokenKind, TokenRequest};
+
+/// The simulated tenant and application, and the knobs tests turn.
+#[derive(Clone)]
+pub struct GraphSimConfig {
+    /// The Entra tenant (directory) id; also `tenantId` and `organizationId` in notifications.
+    pub tenant_id: String,
+    /// The application (client) id. Also the only `sessionId` setPresence and clearPresence
+    /// accept (graph.md §2.2), and `applicationId` of subscriptions.
+    pub app_client_id: String,
+    /// The application's client secret, for client credentials.
+    pub app_secret: String,
+    /// The service account's user (object) id: the signed-in user of delegated tokens and
+    /// `creatorId` of subscriptions.
+    pub delegated_account: String,
+    /// The refresh token `presync teams login` would have stored; the simulator accepts it for
+    /// `grant_type=refresh_token` and rotates it (see `tokens.rs` for the grace period).
+    pub refresh_token: String,
+    /// Requests per application per tenant per sliding window: 1,500 per 30 s (graph.md §1.7).
+    pub rate_limit: (u32, Duration),
+    /// How long the simulator waits for a validation reply and for each notification delivery
+    /// attempt: 10 s.
+    pub notification_timeout: Duration,
+    /// A delivery answered with 2xx later than this counts as failed and is retried: 3 s
+    /// (graph.md §6.3).
+    pub ack_deadline: Duration,
+    /// Retries after a failed delivery (non-2xx, no answer, late): 3. Graph retries for up to
+    /// 4 hours; tests want fewer.
+    pub delivery_retries: u32,
+    /// Pause before the first retry, doubled for each further one: 1 s.
+    pub delivery_backoff: Duration,
+    /// Lifetime of access tokens on the simulator's clock: 3,599 s (graph.md §9.3).
+    pub token_lifetime: Duration,
+    /// How long a refresh token stays valid after it was rotated: 5 minutes.
+    pub refresh_token_grace: Duration,
+    /// Status of a successful presence write: 200 (documented); set 204 (OpenAPI) to check a
+    /// client accepts both.
+    pub action_status: u16,
+    /// One presence subscription per application per delegated user (graph.md §1.3): true.
+    pub one_subscription_per_user: bool,
+    /// Refuse `http` notification URLs, as Graph does: false, so loopback receivers work.
+    pub require_https: bool,
+    /// Refuse app-only setUserPreferredPresence and clearUserPreferredPresence with 403, as
+    /// graph.md §2.4 suspects (UNCONFIRMED): false, as documented.
+    pub preferred_requires_delegated: bool,
+    /// Call [`GraphSim::tick`] every second of real time from a background task: true.
+    pub auto_tick: bool,
+}
+
+impl GraphSimConfig {
+    /// A configuration with every default.
+    pub fn new(
+        tenant_id: impl Into<String>,
+        app_client_id: impl Into<String>,
+        app_secret: impl Into<String>,
+        delegated_account: impl Into<String>,
+        refresh_token: impl Into<String>,
+    ) -> Self {
+        GraphSimConfig {
+            tenant_id: tenant_id.into(),
+            app_client_id: app_client_id.into(),
+            app_secret: app_secret.into(),
+            delegated_account: delegated_account.into(),
+            refresh_token: refresh_token.into(),
+            rate_limit: (1_500, Duration::from_secs(30)),
+            notification_timeout: Duration::from_secs(10),
+            ack_deadline: Duration::from_secs(3),
+            delivery_retries: 3,
+            delivery_backoff: Duration::from_secs(1),
+            token_lifetime: Duration::from_secs(3_599),
+            refresh_token_grace: Duration::from_secs(300),
+            action_status: 200,
+            one_subscription_per_user: true,
+            require_https: false,
+            preferred_requires_delegated: false,
+            auto_tick: true,
+        }
+    }
+}
+
+impl std::fmt::Debug for GraphSimConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GraphSimConfig")
+            .field("tenant_id", &self.tenant_id)
+            .field("app_client_id", &self.app_client_id)
+            .field("app_secret", &"***")
+            .field("delegated_account", &self.delegated_account)
+            .field("refresh_token", &"***")
+            .field("rate_limit", &self.rate_limit)
+            .field("notification_timeout", &self.notification_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An application's presence session for a user, as the simulator holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimSession {
+    /// The availability now, after fading.
+    pub availability: String,
+    /// The activity now, after fading.
+    pub activity: String,
+    /// The availability last posted.
+    pub posted_availability: String,
+    /// The activity last posted.
+    pub posted_activity: String,
+    /// When setPresence was last posted (ms since the epoch, simulator clock).
+    pub last_posted: Millis,
+    /// When the session ends unless posted again.
+    pub expires_at: Millis,
+}
+
+/// One Graph request as received (token requests are in [`GraphSim::token_requests`]). The
+/// bearer token is never kept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedRequest {
+    pub method: String,
+    /// The decoded path, e.g. `/v1.0/users/{id}/presence/setPresence`.
+    pub path: String,
+    /// The decoded query string; empty when there is none.
+    pub query: String,
+    /// The body as JSON; a body that is not JSON is kept as a JSON string; `None` when empty.
+    pub body: Option<serde_json::Value>,
+    /// The status answered.
+    pub status: u16,
+    /// The kind of the valid bearer token presented; `None` when it was missing or refused.
+    pub token: Option<TokenKind>,
+}
+
+/// The simulator. Cheap to clone; clones share one tenant.
+#[derive(Clone)]
+pub struct GraphSim {
+    shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    cfg: GraphSimConfig,
+    clock: Arc<dyn Clock>,
+    tokens: Mutex<TokenStore>,
+    token_requests: Mutex<Vec<TokenRequest>>,
+    state: Mutex<State>,
+    faults: Mutex<ApiFaults>,
+    limiter: Mutex<RateLimiter>,
+    requests: Mutex<Vec<RecordedRequest>>,
+    outbox: Outbox,
+    http: reqwest::Client,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Let the delivery task see that the simulator is gone.
+        self.outbox.wake.notify_one();
+    }
+}
+
+impl std::fmt::Debug for GraphSim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GraphSim")
+            .field("tenant_id", &self.shared.cfg.tenant_id)
+            .field("app_client_id", &self.shared.cfg.app_client_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Lock a mutex, ignoring poisoning (a panicking test must not wedge the others).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl GraphSim {
+    /// A simulator for `cfg` on `clock`. Starts its background tasks when called inside a Tokio
+    /// runtime (otherwise at [`GraphSim::router`] or [`GraphSim::spawn`]).
+    pub fn new(cfg: GraphSimConfig, clock: Arc<dyn Clock>) -> Self {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap_or_default();
+        let sim = GraphSim {
+            shared: Arc::new(Shared {
+                tokens: Mutex::new(TokenStore::new(&cfg.refresh_token)),
+                token_requests: Mutex::new(Vec::new()),
+                state: Mutex::new(State::default()),
+                faults: Mutex::new(ApiFaults::default()),
+                limiter: Mutex::new(RateLimiter::new(cfg.rate_limit.0, cfg.rate_limit.1)),
+                requests: Mutex::new(Vec::new()),
+                outbox: Outbox::new(),
+                http,
+                cfg,
+                clock,
+            }),
+        };
+        sim.ensure_workers();
+        sim
+    }
+
+    /// Start the delivery task and the ticker, once, if a Tokio runtime is running.
+    fn ensure_workers(&self) {
+        if tokio::runtime::Handle::try_current().is_ok() && self.shared.outbox.claim_start() {
+            tokio::spawn(notify::run(
+                Arc::downgrade(&self.shared),
+                self.shared.outbox.wake.clone(),
+            ));
+            if self.shared.cfg.auto_tick {
+                tokio::spawn(notify::ticker(Arc::downgrade(&self.shared)));
+            }
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &GraphSimConfig {
+        &self.shared.cfg
+    }
+
+    /// The token endpoint and Graph `/v1.0`.
+    pub fn router(&self) -> axum::Router {
+        self.ensure_workers();
+        axum::Router::new()
+            .route("/{tenant}/oauth2/v2.0/token", post(tokens::token_endpoint))
+            .with_state(self.clone())
+            .merge(api::router(self.clone()))
+    }
+
+    /// Serve on `listener` until the task is dropped.
+    pub async fn serve(self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+        axum::serve(listener, self.router()).await
+    }
+
+    /// Serve on `listener` until `shutdown` completes.
+    pub async fn serve_with_shutdown(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+
+    /// Bind `127.0.0.1:0`, serve in a background task, and return the address.
+    pub async fn spawn(&self) -> std::io::Result<SocketAddr> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let sim = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = sim.serve(listener).await {
+                tracing::error!(error = %e, "Graph simulator stopped");
+            }
+        });
+        Ok(addr)
+    }
+
+    /// The token URL for a simulator listening at `base` (e.g. `http://127.0.0.1:PORT`).
+    pub fn token_url(&self, base: &str) -> String {
+        format!(
+            "{}/{}/oauth2/v2.0/token",
+            base.trim_end_matches('/'),
+            self.shared.cfg.tenant_id
+        )
+    }
+
+    /// Add a user, signed out (`Offline/Offline`). Use the user's object id (a GUID): Graph takes
+    /// no other id. Adding a user twice keeps the first.
+    pub fn add_user(&self, user_id: &str) {
+        let mut st = lock(&self.shared.state);
+        st.users
+            .entry(user_key(user_id))
+            .or_insert_with(|| UserPresence::new(user_id));
+    }
+
+    /// Apply fade and expiry at the clock's now, drop expired subscriptions, and queue
+    /// notifications for every aggregate that changed.
+    pub fn tick(&self) {
+        let mut st = lock(&self.shared.state);
+        self.shared.settle(&mut st);
+    }
+
+    /// The person signs in to Teams: their own client session, `Available/Available`. No change
+    /// when already signed in. False for an unknown user.
+    pub fn person_signs_in(&self, user: &str) -> bool {
+        self.person(user, |u, now| {
+            if u.client.is_none() {
+                u.client = Some(ClientSession {
+                    state: Pair::new("Available", "Available"),
+                    since: now,
+                });
+            }
+        })
+    }
+
+    /// The person signs out of Teams: their client session ends.
+    pub fn person_signs_out(&self, user: &str) -> bool {
+        self.person(user, |u, _| u.client = None)
+    }
+
+    /// The person joins a meeting in Teams (signing in if needed): `Busy/InAMeeting`.
+    pub fn person_joins_meeting(&self, user: &str) -> bool {
+        self.person(user, |u, now| {
+            u.client = Some(ClientSession {
+                state: Pair::new("Busy", "InAMeeting"),
+                since: now,
+            });
+        })
+    }
+
+    /// The person leaves the meeting: back to `Available/Available` if still signed in.
+    pub fn person_leaves_meeting(&self, user: &str) -> bool {
+        self.person(user, |u, now| {
+            if let Some(c) = &mut u.client {
+                c.state = Pair::new("Available", "Available");
+                c.since = now;
+            }
+        })
+    }
+
+    /// The person picks a status in Teams: the preferred presence, with Graph's default expiry
+    /// (1 day for DoNotDisturb and Busy, 7 days otherwise). Any pair is taken as given.
+    pub fn person_sets_preferred(&self, user: &str, availability: &str, activity: &str) -> bool {
+        self.person(user, |u, now| {
+            u.preferred = Some(Preferred {
+                state: Pair::new(availability, activity),
+                expires_at: now + preferred_default(availability),
+            });
+        })
+    }
+
+    /// The person resets their status in Teams: the preferred presence is cleared.
+    pub fn person_clears_preferred(&self, user: &str) -> bool {
+        self.person(user, |u, _| u.preferred = None)
+    }
+
+    fn person(&self, user: &str, f: impl FnOnce(&mut UserPresence, Millis)) -> bool {
+        let now = self.shared.clock.now();
+        let mut st = lock(&self.shared.state);
+        self.shared.settle(&mut st);
+        let Some(u) = st.user_mut(user) else {
+            return false;
+        };
+        f(u, now);
+        self.shared.settle(&mut st);
+        true
+    }
+
+    /// The user's aggregate (availability, activity) at the clock's now: the truth tests compare
+    /// to. `PresenceUnknown/PresenceUnknown` for an unknown user.
+    pub fn presence(&self, user: &str) -> (String, String) {
+        let mut st = lock(&self.shared.state);
+        self.shared.settle(&mut st);
+        st.user(user).map_or_else(
+            || ("PresenceUnknown".to_owned(), "PresenceUnknown".to_owned()),
+            |u| u.shown.tuple(),
+        )
+    }
+
+    /// The preferred presence currently set for the user, if any (whether or not it shows).
+    pub fn preferred(&self, user: &str) -> Option<(String, String)> {
+        let mut st = lock(&self.shared.state);
+        self.shared.settle(&mut st);
+        st.user(user)?.preferred.as_ref().map(|p| p.state.tuple())
+    }
+
+    /// The session of application `app_id` for the user, at the clock's now.
+    pub fn session(&self, user: &str, app_id: &str) -> Option<SimSession> {
+        let now = self.shared.clock.now();
+        let mut st = lock(&self.shared.state);
+        self.shared.settle(&mut st);
+        let s = st.user(user)?.apps.get(app_id)?;
+        let effective = s.effective(now);
+        Some(SimSession {
+            availability: effective.availability,
+            activity: effective.activity,
+            posted_availability: s.posted.availability.clone(),
+            posted_activity: s.posted.activity.clone(),
+            last_posted: s.posted_at,
+            expires_at: s.expires_at,
+        })
+    }
+
+    /// Queue a fault (see [`Fault`] for what each one hits).
+    pub fn inject(&self, fault: Fault) {
+        match fault {
+            Fault::RateLimited { retry_after } => {
+                lock(&self.shared.faults).push(ApiFault::RateLimited { retry_after })
+            }
+            Fault::ServerError(status) => {
+                lock(&self.shared.faults).push(ApiFault::ServerError(status))
+            }
+            Fault::Slow(d) => lock(&self.shared.faults).push(ApiFault::Slow(d)),
+            Fault::RevokeTokens => lock(&self.shared.tokens).revoke_access(),
+            Fault::DropNotifications(n) => self.shared.outbox.add_faults(|f| f.drop += n),
+            Fault::DuplicateNotifications(n) => self.shared.outbox.add_faults(|f| f.duplicate += n),
+            Fault::FailValidation => lock(&self.shared.faults).fail_validation += 1,
+        }
+    }
+
+    /// Refuse every refresh token from now on (a password reset or revoked sessions): the
+    /// service account must sign in again.
+    pub fn revoke_refresh_tokens(&self) {
+        lock(&self.shared.tokens).revoke_refresh();
+    }
+
+    /// The refresh token a client should hold now (the latest rotation), if not revoked.
+    pub fn current_refresh_token(&self) -> Option<String> {
+        lock(&self.shared.tokens).current_refresh()
+    }
+
+    /// Every Graph request received so far.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        lock(&self.shared.requests).clone()
+    }
+
+    /// Every token request received so far.
+    pub fn token_requests(&self) -> Vec<TokenRequest> {
+        lock(&self.shared.token_requests).clone()
+    }
+
+    /// Every POST the simulator made so far: validation handshakes, change and lifecycle
+    /// notifications, retries and duplicates included, in the order they were made.
+    pub fn notifications(&self) -> Vec<SentNotification> {
+        self.shared.outbox.sent()
+    }
+
+    /// The `seq` of every notification a [`Fault::DropNotifications`] swallowed.
+    pub fn dropped_notifications(&self) -> Vec<u64> {
+        self.shared.outbox.dropped()
+    }
+
+    /// Wait until no notification is queued or being sent.
+    pub async fn wait_notifications_idle(&self) {
+        self.ensure_workers();
+        self.shared.outbox.idle().await;
+    }
+
+    /// Live subscriptions at the clock's now, oldest first.
+    pub fn subscriptions(&self) -> Vec<SimSubscription> {
+        let mut st = lock(&self.shared.state);
+        self.shared.settle(&mut st);
+        st.subs.iter().map(|s| s.public()).collect()
+    }
+
+    /// Queue a lifecycle notification (`reauthorizationRequired`, `subscriptionRemoved` or
+    /// `missed`) for a subscription, to its `lifecycleNotificationUrl` or else its
+    /// `notificationUrl`. `subscriptionRemoved` also removes the subscription. False when the
+    /// subscription does not exist.
+    pub fn send_lifecycle(&self, subscription_id: &str, event: &str) -> bool {
+        self.ensure_workers();
+        let mut st = lock(&self.shared.state);
+        self.shared.settle(&mut st);
+        let Some(i) = st.subs.iter().position(|s| s.id == subscription_id) else {
+            return false;
+        };
+        notify::queue_lifecycle(&self.shared, &st.subs[i], event);
+        if event == "subscriptionRemoved" {
+            st.subs.remove(i);
+        }
+        true
+    }
+}
+
+impl Shared {
+    /// Apply time at the clock's now and queue the notifications it causes (under the caller's
+    /// state lock, so notifications leave in the order of the changes).
+    pub(crate) fn settle(&self, st: &mut State) {
+        let now = self.clock.now();
+        let changes = st.settle(now);
+        if !changes.is_empty() {
+            notify::queue_changes(self, st, &changes);
+        }
+    }
+}
+
+/// Default expiry of a preferred presence (graph.md §2.2).
+pub(crate) fn preferred_default(availability: &str) -> Millis {
+    if matches!(availability, "DoNotDisturb" | "Busy") {
+        PREFERRED_SHORT
+    } else {
+        PREFERRED_LONG
+    }
+}

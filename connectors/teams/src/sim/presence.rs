@@ -1,0 +1,291 @@
+//! Teams presence as an aggregate (graph.md §4): the person's own client session, one session
+//! per application (setPresence), and the preferred presence, combined at a given time.
+//!
+//! Rules, and the choices made where graph.md is silent:
+//! - The preferred presence beats every session, but only while at least one session exists;
+//!   with no session the user is `Offline/Offline` (and a preferred presence still set shows
+//!   again when a session appears, until it expires).
+//! - Among sessions: DoNotDisturb > Busy > Available > Available/AvailableInactive >
+//!   BeRightBack > Away. An active Available beats a faded one (a person at their desk makes
+//!   the user Available although presync's session has faded); BeRightBack sits just above
+//!   Away as the stronger of the two "not here" signals. Any other availability ranks lowest.
+//!   Among sessions of equal rank, the most recently set one shows (its activity wins).
+//! - An application session posted as Available fades to `Available/AvailableInactive` 5 minutes
+//!   after it was last posted and to `Away/Away` after 10; other states do not fade. The
+//!   person's own client session does not fade (the person is taken to be active).
+//! - A session ends at its expiry (`expirationDuration` after it was last posted); re-posting
+//!   setPresence restarts both the fade and the expiry. A preferred presence ends at its own
+//!   expiry.
+
+use std::collections::BTreeMap;
+
+use presync_engine::Millis;
+
+use super::dates::MINUTE;
+
+/// The pairs `setPresence` accepts (graph.md §2.3).
+pub(crate) const SESSION_PAIRS: [(&str, &str); 5] = [
+    ("Available", "Available"),
+    ("Busy", "InACall"),
+    ("Busy", "InAConferenceCall"),
+    ("Away", "Away"),
+    ("DoNotDisturb", "Presenting"),
+];
+
+/// The pairs `setUserPreferredPresence` accepts (graph.md §2.3).
+pub(crate) const PREFERRED_PAIRS: [(&str, &str); 6] = [
+    ("Available", "Available"),
+    ("Busy", "Busy"),
+    ("DoNotDisturb", "DoNotDisturb"),
+    ("BeRightBack", "BeRightBack"),
+    ("Away", "Away"),
+    ("Offline", "OffWork"),
+];
+
+/// After this long without a re-post, an Available application session is AvailableInactive.
+pub(crate) const FADE_INACTIVE: Millis = 5 * MINUTE;
+/// After this long without a re-post, an Available application session is Away.
+pub(crate) const FADE_AWAY: Millis = 10 * MINUTE;
+/// `expirationDuration` bounds and default for setPresence.
+pub(crate) const SESSION_MIN: Millis = 5 * MINUTE;
+pub(crate) const SESSION_MAX: Millis = 240 * MINUTE;
+/// Default preferred-presence expiry: 1 day for DoNotDisturb and Busy, 7 days for the others.
+pub(crate) const PREFERRED_SHORT: Millis = 1_440 * MINUTE;
+pub(crate) const PREFERRED_LONG: Millis = 7 * 1_440 * MINUTE;
+
+/// An availability/activity pair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Pair {
+    pub availability: String,
+    pub activity: String,
+}
+
+impl Pair {
+    pub(crate) fn new(availability: &str, activity: &str) -> Pair {
+        Pair {
+            availability: availability.to_owned(),
+            activity: activity.to_owned(),
+        }
+    }
+
+    pub(crate) fn offline() -> Pair {
+        Pair::new("Offline", "Offline")
+    }
+
+    pub(crate) fn tuple(&self) -> (String, String) {
+        (self.availability.clone(), self.activity.clone())
+    }
+
+    /// Precedence among sessions (higher wins).
+    fn rank(&self) -> u8 {
+        match (self.availability.as_str(), self.activity.as_str()) {
+            ("DoNotDisturb", _) => 6,
+            ("Busy", _) => 5,
+            ("Available", "AvailableInactive") => 3,
+            ("Available", _) => 4,
+            ("BeRightBack", _) => 2,
+            ("Away", _) => 1,
+            _ => 0,
+        }
+    }
+}
+
+/// The person's own Teams client.
+#[derive(Debug, Clone)]
+pub(crate) struct ClientSession {
+    pub state: Pair,
+    pub since: Millis,
+}
+
+/// An application's session, as posted.
+#[derive(Debug, Clone)]
+pub(crate) struct AppSession {
+    pub posted: Pair,
+    pub posted_at: Millis,
+    pub expires_at: Millis,
+}
+
+impl AppSession {
+    /// The session's state at `now`, after fading.
+    pub(crate) fn effective(&self, now: Millis) -> Pair {
+        if self.posted.availability != "Available" {
+            return self.posted.clone();
+        }
+        let idle = now - self.posted_at;
+        if idle >= FADE_AWAY {
+            Pair::new("Away", "Away")
+        } else if idle >= FADE_INACTIVE {
+            Pair::new("Available", "AvailableInactive")
+        } else {
+            self.posted.clone()
+        }
+    }
+}
+
+/// The preferred (user-configured) presence.
+#[derive(Debug, Clone)]
+pub(crate) struct Preferred {
+    pub state: Pair,
+    pub expires_at: Millis,
+}
+
+/// One user's presence sources and the last aggregate reported.
+#[derive(Debug, Clone)]
+pub(crate) struct UserPresence {
+    /// The user id as added (its case is kept in payloads).
+    pub id: String,
+    pub client: Option<ClientSession>,
+    /// Application id -> its session.
+    pub apps: BTreeMap<String, AppSession>,
+    pub preferred: Option<Preferred>,
+    /// The aggregate as last settled: a change of it is what notifications report.
+    pub shown: Pair,
+}
+
+impl UserPresence {
+    pub(crate) fn new(id: &str) -> UserPresence {
+        UserPresence {
+            id: id.to_owned(),
+            client: None,
+            apps: BTreeMap::new(),
+            preferred: None,
+            shown: Pair::offline(),
+        }
+    }
+
+    /// Drop what has expired by `now`.
+    pub(crate) fn expire(&mut self, now: Millis) {
+        self.apps.retain(|_, s| now < s.expires_at);
+        if self.preferred.as_ref().is_some_and(|p| now >= p.expires_at) {
+            self.preferred = None;
+        }
+    }
+
+    /// The aggregate at `now` (call [`UserPresence::expire`] first).
+    pub(crate) fn aggregate(&self, now: Millis) -> Pair {
+        let client = self.client.iter().map(|c| (c.state.clone(), c.since));
+        let apps = self.apps.values().map(|s| (s.effective(now), s.posted_at));
+        let best = client
+            .chain(apps)
+            .max_by(|(a, at), (b, bt)| a.rank().cmp(&b.rank()).then(at.cmp(bt)));
+        match (best, &self.preferred) {
+            (None, _) => Pair::offline(),
+            (Some(_), Some(p)) => p.state.clone(),
+            (Some((pair, _)), None) => pair,
+        }
+    }
+
+    /// Expire, aggregate, and return the new aggregate when it differs from the last one.
+    pub(crate) fn settle(&mut self, now: Millis) -> Option<Pair> {
+        self.expire(now);
+        let now_shown = self.aggregate(now);
+        if now_shown == self.shown {
+            None
+        } else {
+            self.shown = now_shown.clone();
+            Some(now_shown)
+        }
+    }
+}
+
+/// Whether (availability, activity) is one of `pairs`.
+pub(crate) fn allowed(pairs: &[(&str, &str)], availability: &str, activity: &str) -> bool {
+    pairs
+        .iter()
+        .any(|(a, b)| *a == availability && *b == activity)
+}
+
+/// The list of `pairs` for an error message: `Available/Available, Busy/InACall, ...`.
+pub(crate) fn describe(pairs: &[(&str, &str)]) -> String {
+    pairs
+        .iter()
+        .map(|(a, b)| format!("{a}/{b}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app(avail: &str, act: &str, at: Millis) -> AppSession {
+        AppSession {
+            posted: Pair::new(avail, act),
+            posted_at: at,
+            expires_at: at + SESSION_MAX,
+        }
+    }
+
+    #[test]
+    fn available_fades_to_inactive_then_away() {
+        let s = app("Available", "Available", 0);
+        assert_eq!(
+            s.effective(FADE_INACTIVE - 1),
+            Pair::new("Available", "Available")
+        );
+        assert_eq!(
+            s.effective(FADE_INACTIVE),
+            Pair::new("Available", "AvailableInactive")
+        );
+        assert_eq!(s.effective(FADE_AWAY), Pair::new("Away", "Away"));
+        let busy = app("Busy", "InACall", 0);
+        assert_eq!(busy.effective(FADE_AWAY * 3), Pair::new("Busy", "InACall"));
+    }
+
+    #[test]
+    fn precedence_among_sessions_and_preferred() {
+        let mut u = UserPresence::new("u");
+        assert_eq!(u.aggregate(0), Pair::offline());
+        u.preferred = Some(Preferred {
+            state: Pair::new("BeRightBack", "BeRightBack"),
+            expires_at: PREFERRED_LONG,
+        });
+        assert_eq!(u.aggregate(0), Pair::offline(), "preferred needs a session");
+        u.apps
+            .insert("app".into(), app("Available", "Available", 0));
+        assert_eq!(u.aggregate(0), Pair::new("BeRightBack", "BeRightBack"));
+        u.preferred = None;
+        u.client = Some(ClientSession {
+            state: Pair::new("Busy", "InAMeeting"),
+            since: 0,
+        });
+        assert_eq!(u.aggregate(0), Pair::new("Busy", "InAMeeting"));
+        u.apps
+            .insert("app".into(), app("DoNotDisturb", "Presenting", 1));
+        assert_eq!(u.aggregate(1), Pair::new("DoNotDisturb", "Presenting"));
+    }
+
+    #[test]
+    fn an_active_client_beats_a_faded_session_and_equal_ranks_go_to_the_latest() {
+        let mut u = UserPresence::new("u");
+        u.apps
+            .insert("app".into(), app("Available", "Available", 0));
+        assert_eq!(
+            u.aggregate(FADE_INACTIVE),
+            Pair::new("Available", "AvailableInactive")
+        );
+        u.client = Some(ClientSession {
+            state: Pair::new("Available", "Available"),
+            since: 0,
+        });
+        assert_eq!(u.aggregate(FADE_AWAY), Pair::new("Available", "Available"));
+        u.client = Some(ClientSession {
+            state: Pair::new("Busy", "InAMeeting"),
+            since: 5,
+        });
+        u.apps.insert("app".into(), app("Busy", "InACall", 10));
+        assert_eq!(u.aggregate(10), Pair::new("Busy", "InACall"));
+    }
+
+    #[test]
+    fn settle_reports_only_changes_of_the_aggregate() {
+        let mut u = UserPresence::new("u");
+        assert_eq!(u.settle(0), None);
+        u.apps
+            .insert("app".into(), app("Available", "Available", 0));
+        assert_eq!(u.settle(0), Some(Pair::new("Available", "Available")));
+        assert_eq!(u.settle(1), None);
+        assert_eq!(u.settle(SESSION_MAX), Some(Pair::offline()), "expired");
+        assert!(u.apps.is_empty());
+    }
+}

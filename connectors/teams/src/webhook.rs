@@ -1,0 +1,261 @@
+//! Graph change-notification ingress for presence.
+//!
+//! - Validation handshake: `POST ...?validationToken=T` is answered at once with 200,
+//!   `text/plain`, and the decoded token.
+//! - A delivery (`changeNotificationCollection`) is parsed; each item's `clientState` is checked
+//!   in constant time, and an item that fails is refused and nothing from it is stored.
+//! - A rich item (decrypted with the configured keys) carries the presence: it becomes an
+//!   observation at once. A basic item (no availability since 2024) names the user: the user is
+//!   queued for a coalesced batch read ([`spawn_reader`]), whose results become observations.
+//! - Lifecycle items go to the subscription manager (renew, recreate, re-read).
+//! - The reply is 202 after the observations are stored (Graph allows 3 s); 503 when they could
+//!   not be, so Graph retries.
+//!
+//! A basic notification whose read had not run when the process died is repaired by the next
+//! reconcile: Graph offers no replay.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{to_bytes, Body};
+use axum::extract::{RawQuery, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use presync_engine::engine::Engine;
+use presync_engine::{
+    Connector, ExternalId, NativeState, Observation, ObservationKind, Origin, SystemId,
+};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tracing::{debug, error, warn};
+
+use crate::connector::TeamsConnector;
+use crate::crypto::DecryptionKeys;
+use crate::notifications::{self, client_state_matches, ChangeItem, LifecycleItem, Notification};
+
+/// The notification URL path.
+pub const PATH: &str = "/webhooks/teams";
+/// The lifecycle notification URL path.
+pub const LIFECYCLE_PATH: &str = "/webhooks/teams/lifecycle";
+/// Deliveries larger than this are refused.
+pub const MAX_BODY: usize = 4 * 1024 * 1024;
+
+/// Counters by outcome; the service exports them as metrics.
+#[derive(Debug, Default)]
+pub struct TeamsIngressStats {
+    pub handshakes: AtomicU64,
+    pub accepted: AtomicU64,
+    pub refused_items: AtomicU64,
+    pub rereads_queued: AtomicU64,
+    pub lifecycle: AtomicU64,
+    pub malformed: AtomicU64,
+    pub undecryptable: AtomicU64,
+}
+
+/// Everything the ingress needs.
+#[derive(Debug)]
+pub struct TeamsIngress {
+    pub engine: Engine,
+    pub system: SystemId,
+    /// The `clientState` of presync's subscriptions (a secret).
+    pub client_state: String,
+    /// Keys for rich notifications, when configured.
+    pub keys: Option<DecryptionKeys>,
+    /// Users whose presence must be read (basic notifications).
+    pub reread: mpsc::UnboundedSender<String>,
+    /// Lifecycle events for the subscription manager.
+    pub lifecycle: mpsc::UnboundedSender<LifecycleItem>,
+    pub stats: TeamsIngressStats,
+}
+
+/// The router serving [`PATH`] and [`LIFECYCLE_PATH`].
+pub fn router(ingress: Arc<TeamsIngress>) -> Router {
+    Router::new()
+        .route(PATH, post(receive))
+        .route(LIFECYCLE_PATH, post(receive))
+        .with_state(ingress)
+}
+
+async fn receive(
+    State(ingress): State<Arc<TeamsIngress>>,
+    RawQuery(query): RawQuery,
+    body: Body,
+) -> Response {
+    if let Some(token) = notifications::validation_response(query.as_deref()) {
+        ingress.stats.handshakes.fetch_add(1, Ordering::Relaxed);
+        return (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain")],
+            token,
+        )
+            .into_response();
+    }
+    let Ok(bytes) = to_bytes(body, MAX_BODY).await else {
+        return refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body is larger than {MAX_BODY} bytes"),
+        );
+    };
+    let batch = match notifications::parse(&bytes) {
+        Ok(b) => b,
+        Err(e) => {
+            ingress.stats.malformed.fetch_add(1, Ordering::Relaxed);
+            return refuse(StatusCode::BAD_REQUEST, e.to_string());
+        }
+    };
+    let total = batch.items.len();
+    let mut observations = Vec::new();
+    let mut refused = 0;
+    for item in batch.items {
+        if !client_state_matches(item.client_state(), &ingress.client_state) {
+            refused += 1;
+            continue;
+        }
+        match item {
+            Notification::Change(c) => {
+                if let Some(o) = change(&ingress, c) {
+                    observations.push(o);
+                }
+            }
+            Notification::Lifecycle(l) => {
+                ingress.stats.lifecycle.fetch_add(1, Ordering::Relaxed);
+                let _ = ingress.lifecycle.send(l);
+            }
+        }
+    }
+    ingress
+        .stats
+        .refused_items
+        .fetch_add(refused as u64, Ordering::Relaxed);
+    if refused > 0 {
+        warn!(
+            refused,
+            total, "Notification items with a wrong clientState refused"
+        );
+    }
+    if total > 0 && refused == total {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "wrong or missing clientState".to_owned(),
+        );
+    }
+    let stored = observations.len();
+    if let Err(e) = ingress.engine.ingest_batch(observations).await {
+        error!(error = %e, "Could not store notifications; answering 503 so Graph retries");
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "could not store the notifications; retry".to_owned(),
+        );
+    }
+    ingress
+        .stats
+        .accepted
+        .fetch_add(stored as u64, Ordering::Relaxed);
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({ "stored": stored, "refused": refused })),
+    )
+        .into_response()
+}
+
+fn refuse(status: StatusCode, message: String) -> Response {
+    (status, Json(json!({ "error": message }))).into_response()
+}
+
+/// A change item: an observation when it carries the presence, else a queued read.
+fn change(ingress: &TeamsIngress, mut c: ChangeItem) -> Option<Observation> {
+    if let (Some(enc), Some(keys)) = (c.encrypted.clone(), ingress.keys.as_ref()) {
+        match keys.decrypt(&enc) {
+            Ok(data) => c.apply_resource_data(data),
+            Err(e) => {
+                ingress.stats.undecryptable.fetch_add(1, Ordering::Relaxed);
+                warn!(error = %e, subscription = %c.subscription_id, "Rich notification could not be decrypted; reading instead");
+            }
+        }
+    }
+    let user = c.user_id.clone()?;
+    match (c.availability.as_deref(), c.activity.as_deref()) {
+        (Some(a), activity) => {
+            let now = ingress.engine.now();
+            Some(Observation {
+                system: ingress.system.clone(),
+                external_id: ExternalId(user.clone()),
+                native: NativeState::new(format!("{a}/{}", activity.unwrap_or(a))),
+                source_time: now,
+                sequence: None,
+                origin: Origin::Unknown,
+                kind: ObservationKind::Event,
+                // Graph's sequence number is an opaque string and not always present, so a
+                // redelivery is not recognised by key; the rules see it as a duplicate state.
+                delivery_key: format!(
+                    "teams:{}:{user}:{}",
+                    c.subscription_id,
+                    uuid::Uuid::new_v4().simple()
+                ),
+                observed_at: now,
+            })
+        }
+        (None, _) => {
+            ingress.stats.rereads_queued.fetch_add(1, Ordering::Relaxed);
+            let _ = ingress.reread.send(user);
+            None
+        }
+    }
+}
+
+/// Read the users queued by basic notifications, coalescing those that arrive within `window`
+/// into one `getPresencesByUserId` call per 650, and store what is read.
+pub fn spawn_reader(
+    engine: Engine,
+    system: SystemId,
+    connector: Arc<TeamsConnector>,
+    mut queue: mpsc::UnboundedReceiver<String>,
+    window: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(first) = queue.recv().await {
+            let mut users = BTreeSet::from([first]);
+            let deadline = tokio::time::Instant::now() + window;
+            while let Ok(Some(u)) = tokio::time::timeout_at(deadline, queue.recv()).await {
+                users.insert(u);
+            }
+            let ids: Vec<ExternalId> = users.into_iter().map(ExternalId).collect();
+            match connector.read_all(&ids).await {
+                Ok(states) => {
+                    let now = engine.now();
+                    let observations = states
+                        .into_iter()
+                        .map(|s| Observation {
+                            system: system.clone(),
+                            delivery_key: format!(
+                                "teams:read:{}:{}",
+                                s.external_id,
+                                uuid::Uuid::new_v4().simple()
+                            ),
+                            external_id: s.external_id,
+                            native: s.native,
+                            source_time: now,
+                            sequence: None,
+                            origin: Origin::Unknown,
+                            kind: ObservationKind::Event,
+                            observed_at: now,
+                        })
+                        .collect::<Vec<_>>();
+                    let n = observations.len();
+                    if let Err(e) = engine.ingest_batch(observations).await {
+                        error!(error = %e, "Could not store presences read after notifications");
+                    } else {
+                        debug!(users = n, "Presences read after notifications");
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, users = ids.len(), "Read after notifications failed; the reconciler will repair")
+                }
+            }
+        }
+    })
+}
