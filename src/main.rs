@@ -46,12 +46,19 @@ enum Command {
         /// The delivery carried `x-ms-dynamics-msg-size-exceeded` (Dataverse).
         #[arg(long)]
         size_exceeded: bool,
+        /// Decrypt rich Teams notifications with this private key (PEM)...
+        #[arg(long, requires = "certificate_id")]
+        key: Option<PathBuf>,
+        /// ...registered under this `encryptionCertificateId`.
+        #[arg(long)]
+        certificate_id: Option<String>,
     },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum InspectSystem {
     Dataverse,
+    Teams,
 }
 
 fn main() -> ExitCode {
@@ -60,9 +67,12 @@ fn main() -> ExitCode {
         system,
         file,
         size_exceeded,
+        key,
+        certificate_id,
     } = &cli.command
     {
-        return inspect(*system, file, *size_exceeded);
+        let key = key.as_ref().zip(certificate_id.as_ref());
+        return inspect(*system, file, *size_exceeded, key);
     }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -75,7 +85,12 @@ fn main() -> ExitCode {
 
 /// `presync inspect`: one JSON object on stdout; exit 2 with one line on stderr for a body it
 /// cannot read.
-fn inspect(system: InspectSystem, file: &PathBuf, size_exceeded: bool) -> ExitCode {
+fn inspect(
+    system: InspectSystem,
+    file: &PathBuf,
+    size_exceeded: bool,
+    key: Option<(&PathBuf, &String)>,
+) -> ExitCode {
     let body = match std::fs::read(file) {
         Ok(b) => b,
         Err(e) => {
@@ -89,6 +104,36 @@ fn inspect(system: InspectSystem, file: &PathBuf, size_exceeded: bool) -> ExitCo
             match presync_dataverse::inspect::inspect(&body, size_exceeded, &|id| {
                 catalog.canonical(id)
             }) {
+                Ok(json) => {
+                    println!("{json}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("presync inspect: {}: {e}", file.display());
+                    ExitCode::from(2)
+                }
+            }
+        }
+        InspectSystem::Teams => {
+            let keys = match key {
+                Some((path, id)) => {
+                    let loaded = std::fs::read_to_string(path)
+                        .map_err(|e| e.to_string())
+                        .and_then(|pem| {
+                            presync_teams::crypto::DecryptionKeys::from_pem(id, &pem)
+                                .map_err(|e| e.to_string())
+                        });
+                    match loaded {
+                        Ok(k) => Some(k),
+                        Err(e) => {
+                            eprintln!("presync inspect: {}: {e}", path.display());
+                            return ExitCode::from(2);
+                        }
+                    }
+                }
+                None => None,
+            };
+            match presync_teams::inspect::inspect(&body, keys.as_ref()) {
                 Ok(json) => {
                     println!("{json}");
                     ExitCode::SUCCESS

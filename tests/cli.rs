@@ -193,3 +193,67 @@ fn sim_dataverse_serves_the_token_endpoint_and_the_web_api() {
     child.wait().unwrap();
     assert_eq!(status, Some(3));
 }
+
+#[test]
+fn inspect_teams_prints_one_entry_per_item() {
+    let file = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/teams/batch-two-subscriptions.json"
+    );
+    let out = presync().args(["inspect", "teams", file]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let items = v.as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    for item in items {
+        assert_eq!(item["kind"], "change");
+        assert!(item["subscription_id"].is_string() && item["user_id"].is_string());
+        assert!(
+            item["availability"].is_null(),
+            "basic notifications carry no availability"
+        );
+    }
+}
+
+#[test]
+fn inspect_teams_decrypts_a_rich_notification_with_the_key() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures");
+    let out = presync()
+        .args([
+            "inspect",
+            "teams",
+            &format!("{dir}/teams/rich-presence.json"),
+        ])
+        .args([
+            "--key",
+            &format!("{dir}/entra/test-only-key.pem"),
+            "--certificate-id",
+            "presync-test-only-cert",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v[0]["availability"].is_string(), "{v}");
+}
+
+#[test]
+fn inspect_teams_refuses_an_unreadable_body_with_exit_2_and_one_line() {
+    let file = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/teams/malformed-truncated.json"
+    );
+    let out = presync().args(["inspect", "teams", file]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(out.stdout.is_empty());
+}

@@ -161,14 +161,13 @@ impl GraphClient {
         .map(drop)
     }
 
-    /// `clearUserPreferredPresence`.
+    /// `clearUserPreferredPresence`. The action takes no parameters: the OpenAPI description
+    /// declares no request body (graph.md shows `{}`), so none is sent.
     pub async fn clear_preferred(&self, user: &str) -> Result<(), ConnectorError> {
-        self.app_post(
-            &format!("/users/{}/presence/clearUserPreferredPresence", id(user)?),
-            &json!({}),
-        )
-        .await
-        .map(drop)
+        let path = format!("/users/{}/presence/clearUserPreferredPresence", id(user)?);
+        self.send(&self.inner.app, Method::POST, &path, None)
+            .await
+            .map(drop)
     }
 
     /// `getPresencesByUserId`, in batches of at most 650 ids.
