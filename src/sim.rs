@@ -16,6 +16,45 @@ pub enum SimCommand {
     /// The Dynamics 365 Contact Center (Dataverse) simulator: Entra token endpoint, CCaaS presence
     /// APIs, OData reads, presence catalog, and webhooks to a URL.
     Dataverse(DataverseArgs),
+    /// The Microsoft Graph presence simulator: Entra token endpoint (app-only and delegated
+    /// grants), presence reads and writes with aggregation, fade and expiry, subscriptions with
+    /// the validation handshake, and change notifications.
+    Teams(TeamsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TeamsArgs {
+    /// Address to listen on (loopback).
+    #[arg(long, default_value = "127.0.0.1:8082")]
+    listen: SocketAddr,
+    /// The Entra tenant id of the token endpoint.
+    #[arg(long, default_value = "presync-sim")]
+    tenant: String,
+    /// presync's application (client) id: also the presence session id it accepts.
+    #[arg(long, default_value = "11111111-2222-3333-4444-555555555555")]
+    app_id: String,
+    /// The client secret it accepts.
+    #[arg(long, env = "PRESYNC_SIM_CLIENT_SECRET", hide_env_values = true)]
+    client_secret: String,
+    /// The delegated service account's user id.
+    #[arg(long, default_value = "99999999-0000-0000-0000-000000000001")]
+    delegated_account: String,
+    /// The refresh token it accepts for the delegated account.
+    #[arg(
+        long,
+        env = "PRESYNC_SIM_REFRESH_TOKEN",
+        hide_env_values = true,
+        default_value = "presync-sim-refresh-token"
+    )]
+    refresh_token: String,
+    /// Seed this many users, signed in (Available).
+    #[arg(long, default_value_t = 0)]
+    users: usize,
+}
+
+/// The Entra object id of the `i`th seeded Teams user (the same people as the seeded agents).
+pub fn seeded_user(i: usize) -> String {
+    seeded_agent(i).1
 }
 
 #[derive(Debug, Args)]
@@ -85,6 +124,7 @@ pub fn seeded_agent(i: usize) -> (String, String) {
 pub async fn run(command: SimCommand) -> anyhow::Result<()> {
     match command {
         SimCommand::Dataverse(args) => dataverse(args).await,
+        SimCommand::Teams(args) => teams(args).await,
     }
 }
 
@@ -153,6 +193,44 @@ async fn dataverse(args: DataverseArgs) -> anyhow::Result<()> {
             Duration::from_millis(args.activity_ms),
         ));
     }
+    sim.serve_with_shutdown(listener, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await?;
+    Ok(())
+}
+
+async fn teams(args: TeamsArgs) -> anyhow::Result<()> {
+    use presync_teams::sim::{GraphSim, GraphSimConfig};
+    let config = GraphSimConfig::new(
+        args.tenant.clone(),
+        args.app_id.clone(),
+        args.client_secret.clone(),
+        args.delegated_account.clone(),
+        args.refresh_token.clone(),
+    );
+    let sim = GraphSim::new(
+        config,
+        std::sync::Arc::new(presync_engine::clock::SystemClock),
+    );
+    for i in 0..args.users {
+        let user = seeded_user(i);
+        sim.add_user(&user);
+        sim.person_signs_in(&user);
+    }
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "Graph simulator on http://{addr}");
+    let _ = writeln!(
+        out,
+        "  token endpoint: http://{addr}/{}/oauth2/v2.0/token",
+        args.tenant
+    );
+    let _ = writeln!(out, "  Graph:          http://{addr}/v1.0");
+    let _ = out.flush();
     sim.serve_with_shutdown(listener, async {
         let _ = tokio::signal::ctrl_c().await;
     })

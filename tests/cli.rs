@@ -257,3 +257,61 @@ fn inspect_teams_refuses_an_unreadable_body_with_exit_2_and_one_line() {
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     assert!(out.stdout.is_empty());
 }
+
+#[test]
+fn sim_teams_serves_presence_reads() {
+    use std::io::{BufRead, BufReader};
+    let mut child = presync()
+        .args(["sim", "teams", "--listen", "127.0.0.1:0", "--users", "2"])
+        .env("PRESYNC_SIM_CLIENT_SECRET", "a-test-secret-for-the-sim")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    stdout.read_line(&mut line).unwrap();
+    let base = line.trim().rsplit(' ').next().unwrap().to_owned();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let count = rt.block_on(async {
+        let client = reqwest::Client::new();
+        let token: serde_json::Value = client
+            .post(format!("{base}/presync-sim/oauth2/v2.0/token"))
+            .form(&[
+                ("client_id", "11111111-2222-3333-4444-555555555555"),
+                ("client_secret", "a-test-secret-for-the-sim"),
+                ("grant_type", "client_credentials"),
+                ("scope", "https://graph.microsoft.com/.default"),
+            ])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let ids = [
+            "aad00000-0000-4000-8000-000000000000",
+            "aad00000-0000-4000-8000-000000000001",
+        ];
+        let body: serde_json::Value = client
+            .post(format!("{base}/v1.0/communications/getPresencesByUserId"))
+            .bearer_auth(token["access_token"].as_str().unwrap())
+            .json(&serde_json::json!({ "ids": ids }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        body["value"].as_array().map(|v| {
+            v.iter()
+                .filter(|p| p["availability"] == "Available")
+                .count()
+        })
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(count, Some(2));
+}

@@ -8,6 +8,7 @@ pub mod crypto;
 pub mod inspect;
 pub mod mapping;
 pub mod notifications;
+pub mod poll;
 pub mod sim;
 pub mod subscriptions;
 pub mod webhook;

@@ -5,7 +5,9 @@
 //! [`GraphSim::router`] serves:
 //! - the Entra token endpoint `POST /{tenant}/oauth2/v2.0/token`: client credentials with the
 //!   application secret give **app-only** tokens; `grant_type=refresh_token` gives **delegated**
-//!   tokens for the service account and rotates the refresh token (`tokens.rs`);
+//!   tokens for the service account and rotates the refresh token; the device-code grant after
+//!   `POST /{tenant}/oauth2/v2.0/devicecode` signs the service account in once a test calls
+//!   [`GraphSim::approve_device_code`] (`tokens.rs`);
 //! - presence reads under `/v1.0`: `GET users/{id}/presence`, `GET communications/presences/{id}`,
 //!   `GET me/presence` (delegated only), `POST communications/getPresencesByUserId` (at most 650
 //!   ids) (`actions.rs`);
@@ -117,6 +119,11 @@ pub struct GraphSimConfig {
     pub token_lifetime: Duration,
     /// How long a refresh token stays valid after it was rotated: 5 minutes.
     pub refresh_token_grace: Duration,
+    /// The polling `interval` the devicecode endpoint answers, in seconds: 5 (Entra's). Polls
+    /// sooner than this after the previous one get `slow_down`.
+    pub device_code_interval_secs: u64,
+    /// How long a device code stays valid (`expires_in`): 15 minutes (Entra's).
+    pub device_code_lifetime: Duration,
     /// Status of a successful presence write: 200 (documented); set 204 (OpenAPI) to check a
     /// client accepts both.
     pub action_status: u16,
@@ -153,6 +160,8 @@ impl GraphSimConfig {
             delivery_backoff: Duration::from_secs(1),
             token_lifetime: Duration::from_secs(3_599),
             refresh_token_grace: Duration::from_secs(300),
+            device_code_interval_secs: 5,
+            device_code_lifetime: Duration::from_secs(900),
             action_status: 200,
             one_subscription_per_user: true,
             require_https: false,
@@ -299,6 +308,10 @@ impl GraphSim {
         self.ensure_workers();
         axum::Router::new()
             .route("/{tenant}/oauth2/v2.0/token", post(tokens::token_endpoint))
+            .route(
+                "/{tenant}/oauth2/v2.0/devicecode",
+                post(tokens::devicecode_endpoint),
+            )
             .with_state(self.clone())
             .merge(api::router(self.clone()))
     }
@@ -479,6 +492,18 @@ impl GraphSim {
     /// service account must sign in again.
     pub fn revoke_refresh_tokens(&self) {
         lock(&self.shared.tokens).revoke_refresh();
+    }
+
+    /// The service account approves the device-code sign-in showing `user_code` (as a person
+    /// would at `https://microsoft.com/devicelogin`). False when no pending sign-in has that code.
+    pub fn approve_device_code(&self, user_code: &str) -> bool {
+        lock(&self.shared.tokens).decide_device_code(user_code, true)
+    }
+
+    /// The person declines the device-code sign-in showing `user_code`. False when no pending
+    /// sign-in has that code.
+    pub fn decline_device_code(&self, user_code: &str) -> bool {
+        lock(&self.shared.tokens).decide_device_code(user_code, false)
     }
 
     /// The refresh token a client should hold now (the latest rotation), if not revoked.

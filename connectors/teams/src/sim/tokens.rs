@@ -1,4 +1,4 @@
-//! The Entra token endpoint in front of the simulated Graph, with the two grants presync uses:
+//! The Entra token endpoint in front of the simulated Graph, with the three grants presync uses:
 //!
 //! - `client_credentials` with the application's secret (form field or HTTP Basic) and one
 //!   `…/.default` scope: an **app-only** token (graph.md §9.1);
@@ -6,6 +6,16 @@
 //!   service account ([`super::GraphSimConfig::delegated_account`]), and, when `scope` includes
 //!   `offline_access`, a new refresh token. A `client_secret` may be sent (a confidential client
 //!   must; a public client must not); when sent it must be right.
+//! - `urn:ietf:params:oauth:grant-type:device_code` (RFC 8628, `presync teams login`), after
+//!   `POST /{tenant}/oauth2/v2.0/devicecode` with `client_id` and `scope`: `authorization_pending`
+//!   until a test calls [`super::GraphSim::approve_device_code`], then a delegated token for the
+//!   service account and, when the scope included `offline_access`, a new current refresh token
+//!   (the one it replaces gets the rotation grace). `slow_down` when polled sooner than the
+//!   interval after the previous poll (on the simulator's clock; the interval then grows by 5 s,
+//!   RFC 8628 §3.5), `authorization_declined` after [`super::GraphSim::decline_device_code`],
+//!   `expired_token` once [`super::GraphSimConfig::device_code_lifetime`] has passed, and
+//!   `bad_verification_code` for an unknown or already redeemed device code. The `AADSTS` numbers
+//!   of `slow_down`, `authorization_declined` and `bad_verification_code` are UNCONFIRMED.
 //!
 //! Refresh-token rotation: each redemption that returns a new refresh token makes it the
 //! current one; the token it replaced stays valid for [`super::GraphSimConfig::refresh_token_grace`]
@@ -81,6 +91,27 @@ pub(crate) struct TokenStore {
     current_refresh: Option<String>,
     /// Replaced refresh tokens -> when they were replaced.
     replaced: HashMap<String, Millis>,
+    /// Device codes handed out by the devicecode endpoint and not yet redeemed.
+    device_codes: HashMap<String, DeviceLogin>,
+}
+
+/// A device-code sign-in in progress.
+#[derive(Debug)]
+struct DeviceLogin {
+    user_code: String,
+    scope: String,
+    expires_at: Millis,
+    /// Minimum time between polls; grows by 5 s with each `slow_down`.
+    interval: Millis,
+    last_poll: Option<Millis>,
+    approval: Approval,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Approval {
+    Pending,
+    Approved,
+    Declined,
 }
 
 impl TokenStore {
@@ -104,6 +135,36 @@ impl TokenStore {
 
     pub(crate) fn current_refresh(&self) -> Option<String> {
         self.current_refresh.clone()
+    }
+
+    /// The user approves (or declines) the sign-in shown with `user_code`. False when no pending
+    /// sign-in has that code.
+    pub(crate) fn decide_device_code(&mut self, user_code: &str, approve: bool) -> bool {
+        let wanted = user_code.trim().replace('-', "").to_ascii_uppercase();
+        match self
+            .device_codes
+            .values_mut()
+            .find(|d| d.user_code == wanted && d.approval == Approval::Pending)
+        {
+            Some(d) => {
+                d.approval = if approve {
+                    Approval::Approved
+                } else {
+                    Approval::Declined
+                };
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Make a new refresh token the current one; the one it replaces gets the grace period.
+    fn rotate_refresh(&mut self, now: Millis) -> String {
+        let rotated = format!("sim.rt.{}", uuid::Uuid::new_v4().simple());
+        if let Some(old) = self.current_refresh.replace(rotated.clone()) {
+            self.replaced.insert(old, now);
+        }
+        rotated
     }
 
     fn issue(&mut self, caller: Caller, now: Millis, lifetime: Millis) -> String {
@@ -235,14 +296,7 @@ fn grant(
     now: Millis,
 ) -> Result<serde_json::Value, Refusal> {
     let cfg = &shared.cfg;
-    if tenant != cfg.tenant_id {
-        return Err(Refusal::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            90002,
-            format!("Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud."),
-        ));
-    }
+    check_tenant(cfg, tenant)?;
     let field = |name: &'static str| {
         form.get(name)
             .map(String::as_str)
@@ -250,7 +304,10 @@ fn grant(
             .ok_or_else(|| Refusal::missing(name))
     };
     let grant_type = field("grant_type")?;
-    if !matches!(grant_type, "client_credentials" | "refresh_token") {
+    if !matches!(
+        grant_type,
+        "client_credentials" | "refresh_token" | DEVICE_CODE_GRANT
+    ) {
         return Err(Refusal::new(
             StatusCode::BAD_REQUEST,
             "unsupported_grant_type",
@@ -259,25 +316,17 @@ fn grant(
         ));
     }
     let client_id = field("client_id")?;
-    if client_id != cfg.app_client_id {
-        return Err(Refusal::new(
-            StatusCode::BAD_REQUEST,
-            "unauthorized_client",
-            700016,
-            format!("Application with identifier '{client_id}' was not found in the directory '{tenant}'."),
-        ));
+    check_client(cfg, tenant, client_id)?;
+    if grant_type == DEVICE_CODE_GRANT {
+        let device_code = field("device_code")?;
+        if secret.is_some_and(|s| !bool::from(s.as_bytes().ct_eq(cfg.app_secret.as_bytes()))) {
+            return Err(bad_secret(client_id));
+        }
+        return redeem_device_code(shared, device_code, now);
     }
     let scope = field("scope")?;
     let secret_ok =
         |presented: &str| bool::from(presented.as_bytes().ct_eq(cfg.app_secret.as_bytes()));
-    let bad_secret = || {
-        Refusal::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            7000215,
-            format!("Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'."),
-        )
-    };
     let lifetime = Millis::try_from(cfg.token_lifetime.as_millis()).unwrap_or(Millis::MAX);
     let expires_in = (lifetime / 1000).max(1);
     let mut tokens = lock(&shared.tokens);
@@ -299,7 +348,7 @@ fn grant(
                     "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
                 ))
             }
-            Some(s) if !secret_ok(s) => return Err(bad_secret()),
+            Some(s) if !secret_ok(s) => return Err(bad_secret(client_id)),
             Some(_) => {}
         }
         let caller = Caller {
@@ -319,7 +368,7 @@ fn grant(
     // grant_type=refresh_token
     let presented = field("refresh_token")?;
     if secret.is_some_and(|s| !secret_ok(s)) {
-        return Err(bad_secret());
+        return Err(bad_secret(client_id));
     }
     let grace = Millis::try_from(cfg.refresh_token_grace.as_millis()).unwrap_or(Millis::MAX);
     let is_current = tokens.current_refresh.as_deref() == Some(presented);
@@ -360,11 +409,184 @@ fn grant(
         "access_token": access_token,
     });
     if scope.split_whitespace().any(|s| s == "offline_access") {
-        let rotated = format!("sim.rt.{}", uuid::Uuid::new_v4().simple());
-        if let Some(old) = tokens.current_refresh.replace(rotated.clone()) {
-            tokens.replaced.insert(old, now);
-        }
-        body["refresh_token"] = json!(rotated);
+        body["refresh_token"] = json!(tokens.rotate_refresh(now));
+    }
+    Ok(body)
+}
+
+/// The grant type of the device authorization grant (RFC 8628 §3.4).
+const DEVICE_CODE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
+
+/// Where the user signs in; Entra's own.
+const VERIFICATION_URI: &str = "https://microsoft.com/devicelogin";
+
+fn check_tenant(cfg: &super::GraphSimConfig, tenant: &str) -> Result<(), Refusal> {
+    if tenant == cfg.tenant_id {
+        return Ok(());
+    }
+    Err(Refusal::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        90002,
+        format!("Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud."),
+    ))
+}
+
+fn check_client(cfg: &super::GraphSimConfig, tenant: &str, client_id: &str) -> Result<(), Refusal> {
+    if client_id == cfg.app_client_id {
+        return Ok(());
+    }
+    Err(Refusal::new(
+        StatusCode::BAD_REQUEST,
+        "unauthorized_client",
+        700016,
+        format!(
+            "Application with identifier '{client_id}' was not found in the directory '{tenant}'."
+        ),
+    ))
+}
+
+fn bad_secret(client_id: &str) -> Refusal {
+    Refusal::new(
+        StatusCode::UNAUTHORIZED,
+        "invalid_client",
+        7000215,
+        format!("Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'."),
+    )
+}
+
+/// `POST /{tenant}/oauth2/v2.0/devicecode`: start a device-code sign-in.
+pub(crate) async fn devicecode_endpoint(
+    State(sim): State<GraphSim>,
+    Path(tenant): Path<String>,
+    form: Result<Form<HashMap<String, String>>, FormRejection>,
+) -> Response {
+    let shared = &sim.shared;
+    let now = shared.clock.now();
+    let form = form.map(|Form(f)| f).unwrap_or_default();
+    match start_device_code(shared, &tenant, &form, now) {
+        Ok(body) => Json(body).into_response(),
+        Err(refusal) => refusal.render(now),
+    }
+}
+
+fn start_device_code(
+    shared: &Shared,
+    tenant: &str,
+    form: &HashMap<String, String>,
+    now: Millis,
+) -> Result<serde_json::Value, Refusal> {
+    let cfg = &shared.cfg;
+    check_tenant(cfg, tenant)?;
+    let field = |name: &'static str| {
+        form.get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| Refusal::missing(name))
+    };
+    let client_id = field("client_id")?;
+    check_client(cfg, tenant, client_id)?;
+    let scope = field("scope")?;
+    let lifetime = Millis::try_from(cfg.device_code_lifetime.as_millis()).unwrap_or(Millis::MAX);
+    let interval = cfg.device_code_interval_secs;
+    let device_code = format!(
+        "sim.dc.{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    // Entra's user codes are short, upper-case and typed by a person (e.g. `FG7R2K9LM`).
+    let user_code = uuid::Uuid::new_v4().simple().to_string()[..9].to_ascii_uppercase();
+    let mut tokens = lock(&shared.tokens);
+    tokens.device_codes.retain(|_, d| d.expires_at > now);
+    tokens.device_codes.insert(
+        device_code.clone(),
+        DeviceLogin {
+            user_code: user_code.clone(),
+            scope: scope.to_owned(),
+            expires_at: now.saturating_add(lifetime),
+            interval: Millis::try_from(interval.saturating_mul(1000)).unwrap_or(Millis::MAX),
+            last_poll: None,
+            approval: Approval::Pending,
+        },
+    );
+    Ok(json!({
+        "device_code": device_code,
+        "user_code": user_code,
+        "verification_uri": VERIFICATION_URI,
+        "expires_in": (lifetime / 1000).max(1),
+        "interval": interval,
+        "message": format!("To sign in, use a web browser to open the page {VERIFICATION_URI} and enter the code {user_code} to authenticate."),
+    }))
+}
+
+/// One poll of a device-code sign-in.
+fn redeem_device_code(
+    shared: &Shared,
+    device_code: &str,
+    now: Millis,
+) -> Result<serde_json::Value, Refusal> {
+    let cfg = &shared.cfg;
+    let refuse = |error: &'static str, code: u32, message: &str| {
+        Refusal::new(StatusCode::BAD_REQUEST, error, code, message)
+    };
+    let mut tokens = lock(&shared.tokens);
+    let Some(login) = tokens.device_codes.get_mut(device_code) else {
+        return Err(refuse(
+            "bad_verification_code",
+            70000,
+            "The provided value for the input parameter 'device_code' is not valid.",
+        ));
+    };
+    if now >= login.expires_at {
+        tokens.device_codes.remove(device_code);
+        return Err(refuse("expired_token", 70019, "Verification code expired."));
+    }
+    let too_soon = login
+        .last_poll
+        .is_some_and(|last| now < last.saturating_add(login.interval));
+    login.last_poll = Some(now);
+    if login.approval == Approval::Declined {
+        tokens.device_codes.remove(device_code);
+        return Err(refuse(
+            "authorization_declined",
+            70000,
+            "The user declined the sign-in request.",
+        ));
+    }
+    if too_soon {
+        login.interval = login.interval.saturating_add(5_000);
+        return Err(refuse(
+            "slow_down",
+            70016,
+            "The client is polling too quickly. Wait for the interval before the next request.",
+        ));
+    }
+    if login.approval == Approval::Pending {
+        return Err(refuse(
+            "authorization_pending",
+            70016,
+            "OAuth 2.0 device flow error. Authorization is pending. Continue polling.",
+        ));
+    }
+    let scope = login.scope.clone();
+    tokens.device_codes.remove(device_code);
+    let lifetime = Millis::try_from(cfg.token_lifetime.as_millis()).unwrap_or(Millis::MAX);
+    let expires_in = (lifetime / 1000).max(1);
+    let caller = Caller {
+        kind: TokenKind::Delegated,
+        app_id: cfg.app_client_id.clone(),
+        user: Some(cfg.delegated_account.clone()),
+    };
+    let access_token = tokens.issue(caller, now, lifetime);
+    let mut body = json!({
+        "token_type": "Bearer",
+        "scope": scope,
+        "expires_in": expires_in,
+        "ext_expires_in": expires_in,
+        "access_token": access_token,
+    });
+    if scope.split_whitespace().any(|s| s == "offline_access") {
+        body["refresh_token"] = json!(tokens.rotate_refresh(now));
     }
     Ok(body)
 }
