@@ -6,6 +6,7 @@ pub mod config;
 pub mod connector;
 pub mod crypto;
 pub mod inspect;
+pub mod login;
 pub mod mapping;
 pub mod notifications;
 pub mod poll;

@@ -247,6 +247,17 @@ async fn receiver(
     Arc<presync_teams::webhook::TeamsIngress>,
     tempfile::TempDir,
 ) {
+    receiver_with(client_state, None).await
+}
+
+async fn receiver_with(
+    client_state: &str,
+    keys: Option<presync_teams::crypto::DecryptionKeys>,
+) -> (
+    String,
+    Arc<presync_teams::webhook::TeamsIngress>,
+    tempfile::TempDir,
+) {
     use presync_engine::config::EngineConfig;
     use presync_engine::engine::Engine;
     use presync_engine::memory::MemorySystem;
@@ -280,7 +291,7 @@ async fn receiver(
         engine,
         system: "teams".into(),
         client_state: client_state.to_owned(),
-        keys: None,
+        keys,
         reread,
         lifecycle,
         stats: Default::default(),
@@ -371,4 +382,57 @@ async fn a_wrong_client_state_is_refused_per_item_and_nothing_is_stored() {
         0
     );
     let _ = Clock::now(&ManualClock::new(0));
+}
+
+#[tokio::test]
+async fn a_rich_notification_is_decrypted_and_stored_as_the_persons_presence() {
+    let key = include_str!("../../../fixtures/entra/test-only-key.pem");
+    let keys =
+        presync_teams::crypto::DecryptionKeys::from_pem("presync-test-only-cert", key).unwrap();
+    let (url, ingress, _dir) = receiver_with("presync-test-state-two", Some(keys)).await;
+    let body = include_str!("../../../fixtures/teams/rich-presence.json");
+    let r = reqwest::Client::new()
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(
+        ingress
+            .stats
+            .accepted
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert_eq!(
+        ingress
+            .stats
+            .rereads_queued
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "no read needed"
+    );
+    assert_eq!(
+        ingress.engine.store().queue_depths().await.unwrap().inbox,
+        1
+    );
+}
+
+#[tokio::test]
+async fn the_validation_handshake_echoes_the_decoded_token_as_text() {
+    let (url, _ingress, _dir) = receiver("s").await;
+    let r = reqwest::Client::new()
+        .post(format!("{url}?validationToken=a%2Bb%20c%3Dd"))
+        .header("content-type", "text/plain; charset=utf-8")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    assert_eq!(r.text().await.unwrap(), "a+b c=d");
 }
