@@ -34,6 +34,9 @@ enum Command {
         )]
         database: String,
     },
+    /// Microsoft Teams: sign in the delegated service account for presence subscriptions.
+    #[command(subcommand)]
+    Teams(TeamsCommand),
     /// Run a simulator of a remote system on a local address.
     #[command(subcommand)]
     Sim(Box<sim::SimCommand>),
@@ -52,6 +55,26 @@ enum Command {
         /// ...registered under this `encryptionCertificateId`.
         #[arg(long)]
         certificate_id: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TeamsCommand {
+    /// Sign in the delegated service account with the device-code flow and store its refresh
+    /// token (readable by its owner only) for the running service.
+    Login {
+        /// The Entra tenant id.
+        #[arg(long)]
+        tenant: String,
+        /// presync's application (client) id.
+        #[arg(long)]
+        client_id: String,
+        /// Where to store the refresh token.
+        #[arg(long)]
+        store: PathBuf,
+        /// The Entra authority (sovereign clouds have their own).
+        #[arg(long, default_value = "https://login.microsoftonline.com")]
+        authority: String,
     },
 }
 
@@ -166,6 +189,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{shown}: schema is up to date");
         }
         Command::Sim(command) => sim::run(*command).await?,
+        Command::Teams(TeamsCommand::Login {
+            tenant,
+            client_id,
+            store,
+            authority,
+        }) => {
+            let login = presync_teams::login::DeviceLogin::new(authority, tenant, client_id)?;
+            let code = login.start().await?;
+            println!("{}", code.message);
+            login.wait(&code, &store).await?;
+            println!(
+                "Signed in; the refresh token is stored at {}",
+                store.display()
+            );
+        }
         Command::Inspect { .. } => unreachable!("handled before the runtime starts"),
     }
     Ok(())

@@ -146,7 +146,7 @@ impl DelegatedCredentials {
             .await
             .map_err(|e| ConnectorError::transient(format!("delegated token response: {e}")))?;
         if let Some(rotated) = t.refresh_token {
-            write_secret(&d.store, &rotated)
+            crate::login::write_secret(&d.store, &rotated)
                 .await
                 .map_err(|e| ConnectorError::Unauthorized {
                     message: format!(
@@ -164,18 +164,6 @@ impl DelegatedCredentials {
             Instant::now() + lifetime.saturating_sub(margin),
         ))
     }
-}
-
-/// Write a secret file readable by its owner only, atomically (write, then rename).
-async fn write_secret(path: &PathBuf, value: &str) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    tokio::fs::write(&tmp, value).await?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        tokio::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).await?;
-    }
-    tokio::fs::rename(&tmp, path).await
 }
 
 #[async_trait]

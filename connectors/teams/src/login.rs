@@ -351,7 +351,8 @@ fn refused(step: &'static str, status: u16, body: &[u8], secret: Option<&str>) -
 /// Write a secret to `path` readable by its owner only, atomically: create the directory
 /// (mode 0700 when new), write a temporary file created with mode 0600 beside it, flush it to
 /// disk, and rename it into place.
-async fn write_secret(path: &Path, value: &str) -> std::io::Result<()> {
+/// Write a secret file readable by its owner only, atomically (temporary file, sync, rename).
+pub(crate) async fn write_secret(path: &Path, value: &str) -> std::io::Result<()> {
     let parent = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
