@@ -1,4 +1,4 @@
-//! Every request the connector sends during a full sync matches graph-presence-openapi.yaml:
+//! Every request the connector sends during a full sync matches fixtures/graph/graph-presence-openapi.yaml:
 //! the method and path template exist, and the JSON body fits the operation's request schema
 //! (declared properties only, the right types, required ones present).
 #![allow(clippy::unwrap_used)]
@@ -18,7 +18,7 @@ use presync_teams::sim::{GraphSim, GraphSimConfig};
 use presync_teams::subscriptions::{SubscriptionManager, SubscriptionSettings};
 use serde_json::Value;
 
-const SPEC: &str = include_str!("../../../../shared/reference/graph-presence-openapi.yaml");
+const SPEC: &str = include_str!("../../../fixtures/graph/graph-presence-openapi.yaml");
 const TENANT: &str = "presync-sim";
 const APP: &str = "11111111-2222-3333-4444-555555555555";
 const SECRET: &str = "graph-sim-secret-0123456789";
