@@ -36,6 +36,7 @@ struct World {
     d365: MemorySystem,
     engine: Engine,
     poller: Poller,
+    base: String,
 }
 
 async fn world() -> World {
@@ -110,6 +111,7 @@ async fn world() -> World {
         d365,
         engine,
         poller,
+        base,
     }
 }
 
@@ -200,4 +202,65 @@ async fn polling_reports_only_what_changed() {
     w.sim.person_joins_meeting(AAD);
     assert_eq!(w.poller.poll_once().await.unwrap(), 1);
     assert_eq!(w.poller.poll_once().await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_notifications_become_one_coalesced_read() {
+    let w = world().await;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let connector = presync_teams_connector(&w).await;
+    let reader = presync_teams::webhook::spawn_reader(
+        w.engine.clone(),
+        "teams".into(),
+        connector,
+        rx,
+        Duration::from_millis(50),
+    );
+    w.sim.person_joins_meeting(AAD);
+    for _ in 0..3 {
+        tx.send(AAD.to_owned()).unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let reads = w
+            .sim
+            .requests()
+            .iter()
+            .filter(|r| r.path.ends_with("getPresencesByUserId"))
+            .count();
+        if w.engine.store().queue_depths().await.unwrap().inbox == 1 {
+            assert_eq!(reads, 1, "three notifications, one read");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the read never happened"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    reader.abort();
+}
+
+/// A second connector on the same simulator, for tests that need the concrete type.
+async fn presync_teams_connector(w: &World) -> Arc<TeamsConnector> {
+    let base = w.base.clone();
+    let entra = EntraConfig::new(
+        TENANT,
+        APP,
+        "https://graph.microsoft.com/.default",
+        Credential::client_secret(SECRET.to_owned()),
+    )
+    .with_authority(base.clone());
+    let client = GraphClient::new(
+        &format!("{base}/v1.0"),
+        Arc::new(AppCredentials::new(TokenClient::new(&entra).unwrap())),
+        None,
+        1_500,
+        Duration::from_secs(30),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let mut config = TeamsConfig::new(APP);
+    config.graph_url = format!("{base}/v1.0");
+    Arc::new(TeamsConnector::new(config, client, w.clock.clone()).unwrap())
 }
