@@ -134,6 +134,7 @@ mod dispatch;
 pub mod engine;
 pub mod memory;
 pub mod model;
+pub mod remote;
 pub mod rules;
 pub mod store;
 pub mod topology;

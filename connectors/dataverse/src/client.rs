@@ -3,30 +3,19 @@
 //! service-protection limit, `Retry-After`, one token refresh on 401). Failures come back
 //! classified as [`ConnectorError`].
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
+pub use presync_engine::remote::Credentials;
+use presync_engine::remote::{parse_retry_after, SlidingWindow};
 use presync_engine::{ConnectorError, Millis};
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 use serde_json::Value;
-use tokio::sync::Mutex;
-use tokio::time::Instant;
 
 use crate::config::{Caller, CallerHeader, DataverseConfig, GetPresenceForm};
 use crate::mapping::{BaseStatus, PresenceEntry};
 use crate::time::parse_iso8601;
-
-/// Where bearer tokens come from: the Entra client in production, a fixed token in tests.
-#[async_trait]
-pub trait Credentials: Send + Sync + std::fmt::Debug {
-    /// A bearer token for the Dataverse environment.
-    async fn bearer(&self) -> Result<String, ConnectorError>;
-    /// Forget the cached token (the server refused it).
-    fn invalidate(&self);
-}
 
 /// An agent as the CCaaS APIs need it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,7 +63,7 @@ struct Inner {
     base: String,
     credentials: Arc<dyn Credentials>,
     config: DataverseConfig,
-    limiter: Limiter,
+    limiter: SlidingWindow,
 }
 
 impl DataverseClient {
@@ -93,7 +82,7 @@ impl DataverseClient {
             config.org_url.trim_end_matches('/'),
             config.api_path.trim_end_matches('/')
         );
-        let limiter = Limiter::new(
+        let limiter = SlidingWindow::new(
             config.rate_limit,
             Duration::from_secs(config.rate_window_secs),
         );
@@ -421,69 +410,9 @@ fn classify(
     }
 }
 
-/// `Retry-After` in seconds (integer or decimal). An HTTP-date is not used by Dataverse.
-pub fn parse_retry_after(v: &str) -> Option<Duration> {
-    let secs: f64 = v.trim().parse().ok()?;
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(86_400.0)))
-}
-
-/// A sliding-window request limit per key (the impersonated user).
-#[derive(Debug)]
-struct Limiter {
-    limit: usize,
-    window: Duration,
-    sent: Mutex<HashMap<String, VecDeque<Instant>>>,
-}
-
-impl Limiter {
-    fn new(limit: u32, window: Duration) -> Self {
-        Limiter {
-            limit: usize::try_from(limit.max(1)).unwrap_or(usize::MAX),
-            window,
-            sent: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Wait until one more request for `key` stays within the limit, then count it.
-    async fn acquire(&self, key: &str) {
-        loop {
-            let wait = {
-                let mut sent = self.sent.lock().await;
-                let q = sent.entry(key.to_owned()).or_default();
-                let now = Instant::now();
-                while q
-                    .front()
-                    .is_some_and(|t| now.duration_since(*t) >= self.window)
-                {
-                    q.pop_front();
-                }
-                if q.len() < self.limit {
-                    q.push_back(now);
-                    return;
-                }
-                q.front().map_or(Duration::ZERO, |t| {
-                    self.window.saturating_sub(now.duration_since(*t))
-                })
-            };
-            tokio::time::sleep(wait).await;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn retry_after_accepts_whole_and_decimal_seconds() {
-        assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
-        assert_eq!(
-            parse_retry_after(" 2.5 "),
-            Some(Duration::from_millis(2_500))
-        );
-        assert_eq!(parse_retry_after("soon"), None);
-        assert_eq!(parse_retry_after("-1"), None);
-    }
 
     #[test]
     fn http_failures_are_classified() {
@@ -524,21 +453,5 @@ mod tests {
         assert!(guid("efdeb843-c07a-e811-8162-000d3aa11f50").is_ok());
         assert!(guid("x') or 1=1").is_err());
         assert!(guid("").is_err());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_limiter_keeps_each_caller_within_its_window() {
-        let l = Limiter::new(3, Duration::from_secs(300));
-        let start = Instant::now();
-        for _ in 0..3 {
-            l.acquire("a").await;
-        }
-        l.acquire("b").await;
-        assert_eq!(Instant::now(), start, "under the limit: no wait");
-        l.acquire("a").await;
-        assert_eq!(
-            Instant::now().duration_since(start),
-            Duration::from_secs(300)
-        );
     }
 }

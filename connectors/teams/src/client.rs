@@ -4,31 +4,20 @@
 //! a 401 refreshes the token once, and the Graph error envelope is mapped to the engine's
 //! error classes.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
+pub use presync_engine::remote::Credentials;
+use presync_engine::remote::{parse_retry_after, SlidingWindow};
 use presync_engine::ConnectorError;
 use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use tokio::sync::Mutex;
-use tokio::time::Instant;
 
 use crate::mapping::Pair;
 
 /// At most this many ids per `getPresencesByUserId` call and per subscription.
 pub const MAX_IDS: usize = 650;
-
-/// Where bearer tokens come from: Entra app-only or delegated tokens, or fixed ones in tests.
-#[async_trait]
-pub trait Credentials: Send + Sync + std::fmt::Debug {
-    /// A bearer token for Graph.
-    async fn bearer(&self) -> Result<String, ConnectorError>;
-    /// Forget the cached token (Graph refused it).
-    fn invalidate(&self);
-}
 
 /// One user's presence as Graph returns it.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -76,7 +65,7 @@ struct Inner {
     base: String,
     app: Arc<dyn Credentials>,
     delegated: Option<Arc<dyn Credentials>>,
-    limiter: Limiter,
+    limiter: SlidingWindow,
 }
 
 impl GraphClient {
@@ -101,7 +90,7 @@ impl GraphClient {
                 base: base.trim_end_matches('/').to_owned(),
                 app,
                 delegated,
-                limiter: Limiter::new(rate_limit, window),
+                limiter: SlidingWindow::new(rate_limit, window),
             }),
         })
     }
@@ -282,7 +271,7 @@ impl GraphClient {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Value, ConnectorError> {
-        self.inner.limiter.acquire().await;
+        self.inner.limiter.acquire("app").await;
         let url = format!("{}{path}", self.inner.base);
         let mut refreshed = false;
         loop {
@@ -350,12 +339,6 @@ pub fn iso_duration(d: Duration) -> String {
     format!("PT{}M", (d.as_secs() / 60).max(5))
 }
 
-/// `Retry-After` as decimal seconds (`2.128`, `10`).
-pub fn parse_retry_after(v: &str) -> Option<Duration> {
-    let secs: f64 = v.trim().parse().ok()?;
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(86_400.0)))
-}
-
 /// The Graph error envelope in the engine's classes. Decisions come from the status and the
 /// error `code`, never from the message.
 fn classify(
@@ -388,60 +371,9 @@ fn classify(
     }
 }
 
-/// The app's request limit in the tenant: a sliding window.
-#[derive(Debug)]
-struct Limiter {
-    limit: usize,
-    window: Duration,
-    sent: Mutex<VecDeque<Instant>>,
-}
-
-impl Limiter {
-    fn new(limit: u32, window: Duration) -> Self {
-        Limiter {
-            limit: usize::try_from(limit.max(1)).unwrap_or(usize::MAX),
-            window,
-            sent: Mutex::new(VecDeque::new()),
-        }
-    }
-
-    async fn acquire(&self) {
-        loop {
-            let wait = {
-                let mut q = self.sent.lock().await;
-                let now = Instant::now();
-                while q
-                    .front()
-                    .is_some_and(|t| now.duration_since(*t) >= self.window)
-                {
-                    q.pop_front();
-                }
-                if q.len() < self.limit {
-                    q.push_back(now);
-                    return;
-                }
-                q.front().map_or(Duration::ZERO, |t| {
-                    self.window.saturating_sub(now.duration_since(*t))
-                })
-            };
-            tokio::time::sleep(wait).await;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn retry_after_is_read_as_decimal_seconds() {
-        assert_eq!(
-            parse_retry_after("2.128"),
-            Some(Duration::from_millis(2_128))
-        );
-        assert_eq!(parse_retry_after("10"), Some(Duration::from_secs(10)));
-        assert_eq!(parse_retry_after("later"), None);
-    }
 
     #[test]
     fn the_graph_error_envelope_is_classified_by_status() {
@@ -478,15 +410,5 @@ mod tests {
         assert!(id("fa8bf3dc-eca7-46b7-bad1-db199b62afc3").is_ok());
         assert!(id("x/../../me").is_err());
         assert!(id("a') or ('1").is_err());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_limiter_spreads_requests_over_the_window() {
-        let l = Limiter::new(2, Duration::from_secs(30));
-        let t0 = Instant::now();
-        l.acquire().await;
-        l.acquire().await;
-        l.acquire().await;
-        assert_eq!(Instant::now().duration_since(t0), Duration::from_secs(30));
     }
 }
