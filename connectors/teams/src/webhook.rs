@@ -13,6 +13,10 @@
 //!
 //! A basic notification whose read had not run when the process died is repaired by the next
 //! reconcile: Graph offers no replay.
+//!
+//! The `validationTokens` of rich notifications are not verified against Microsoft's signing
+//! keys (presync cannot reach them from here, and the simulator's tokens are not Microsoft's):
+//! items are authenticated by `clientState`, and rich ones also by the HMAC of their content.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
