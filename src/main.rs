@@ -8,6 +8,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod config;
 mod sim;
 
 use anyhow::Context;
@@ -34,6 +35,9 @@ enum Command {
         )]
         database: String,
     },
+    /// Check a configuration file, or print a commented example.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Microsoft Teams: sign in the delegated service account for presence subscriptions.
     #[command(subcommand)]
     Teams(TeamsCommand),
@@ -56,6 +60,18 @@ enum Command {
         #[arg(long)]
         certificate_id: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Report every problem of a configuration, with its key path; exit 1 if there is any.
+    Check {
+        /// The TOML file (PRESYNC_* variables apply on top).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Print a commented example configuration.
+    Default,
 }
 
 #[derive(Debug, Subcommand)]
@@ -189,6 +205,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{shown}: schema is up to date");
         }
         Command::Sim(command) => sim::run(*command).await?,
+        Command::Config(ConfigCommand::Default) => print!("{}", config::EXAMPLE),
+        Command::Config(ConfigCommand::Check { config: path }) => {
+            let problems = match config::load(Some(&path)) {
+                Ok(c) => c.validate(),
+                Err(errors) => errors,
+            };
+            if !problems.is_empty() {
+                for p in &problems {
+                    eprintln!("{}: {p}", path.display());
+                }
+                anyhow::bail!("{} problem(s) in {}", problems.len(), path.display());
+            }
+            println!("{}: ok", path.display());
+        }
         Command::Teams(TeamsCommand::Login {
             tenant,
             client_id,

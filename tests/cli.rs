@@ -315,3 +315,56 @@ fn sim_teams_serves_presence_reads() {
     child.wait().unwrap();
     assert_eq!(count, Some(2));
 }
+
+fn with_example_secrets(cmd: &mut Command) -> &mut Command {
+    cmd.env("PRESYNC_ADMIN_TOKEN", "admin")
+        .env("PRESYNC_DATAVERSE_WEBHOOK_SECRET", "0123456789abcdef0123")
+        .env("PRESYNC_DATAVERSE_CLIENT_SECRET", "dv")
+        .env("PRESYNC_TEAMS_CLIENT_SECRET", "teams")
+}
+
+#[test]
+fn config_default_prints_an_example_that_config_check_accepts() {
+    let out = presync().args(["config", "default"]).output().unwrap();
+    assert!(out.status.success());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("presync.toml");
+    std::fs::write(&file, &out.stdout).unwrap();
+    let out = with_example_secrets(presync().args(["config", "check", "-c"]).arg(&file))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A PRESYNC_* variable overrides a key, and its problem is reported with the key path.
+    let out = with_example_secrets(presync().args(["config", "check", "-c"]).arg(&file))
+        .env("PRESYNC_HTTP__LISTEN", "not-an-address")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("http.listen"));
+}
+
+#[test]
+fn config_check_reports_every_problem_with_its_key_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(
+        &file,
+        "[database]\nurl = \"mysql://root:hunter2@db/x\"\n[http]\nlisten = \"nowhere\"\n",
+    )
+    .unwrap();
+    let out = presync()
+        .args(["config", "check", "-c"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for key in ["database.url", "http.listen", "dataverse, teams"] {
+        assert!(err.contains(key), "{key} missing from: {err}");
+    }
+    assert!(!err.contains("hunter2"), "{err}");
+}

@@ -1,0 +1,537 @@
+//! The service configuration: one TOML file, every key overridable by a `PRESYNC_*` environment
+//! variable (`__` separates levels: `PRESYNC_DATABASE__URL`), unknown keys rejected, and every
+//! problem reported with its key path. Secrets are never written inline: they are references to
+//! an environment variable or a file, resolved when the service starts, and never printed.
+
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use presync_dataverse::config::{
+    DataverseConfig, Discovery, Impersonation, WebhookAuth, WebhookConfig,
+};
+use presync_engine::config::EngineConfig;
+use presync_teams::config::TeamsConfig;
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub database: Database,
+    #[serde(default)]
+    pub http: Http,
+    #[serde(default)]
+    pub reconcile: Reconcile,
+    /// Conflict rules, pipeline timings and dispatch limits.
+    #[serde(default)]
+    pub engine: EngineConfig,
+    /// Dynamics 365 Contact Center; absent: not synced.
+    #[serde(default)]
+    pub dataverse: Option<DataverseSection>,
+    /// Microsoft Teams; absent: not synced.
+    #[serde(default)]
+    pub teams: Option<TeamsSection>,
+}
+
+/// Where presync keeps its state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Database {
+    /// `sqlite:PATH` (one instance) or `postgres://USER@HOST/DB` (several instances).
+    #[serde(default = "default_database")]
+    pub url: String,
+}
+
+impl Default for Database {
+    fn default() -> Self {
+        Database {
+            url: default_database(),
+        }
+    }
+}
+
+fn default_database() -> String {
+    "sqlite:presync.db".to_owned()
+}
+
+/// The HTTP server: webhooks, health, metrics, admin API.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Http {
+    /// Address to listen on.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Bearer token of the admin API.
+    #[serde(default)]
+    pub admin_token: Option<SecretRef>,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http {
+            listen: default_listen(),
+            admin_token: None,
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".to_owned()
+}
+
+/// The scheduled reconciler.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reconcile {
+    /// Cron expression with seconds (`sec min hour day month weekday`): every 5 minutes.
+    #[serde(default = "default_schedule")]
+    pub schedule: String,
+}
+
+impl Default for Reconcile {
+    fn default() -> Self {
+        Reconcile {
+            schedule: default_schedule(),
+        }
+    }
+}
+
+fn default_schedule() -> String {
+    "0 */5 * * * *".to_owned()
+}
+
+/// A secret, by reference: `{ env = "NAME" }` or `{ file = "/path" }`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum SecretRef {
+    Env(String),
+    File(PathBuf),
+}
+
+impl std::fmt::Debug for SecretRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretRef::Env(name) => write!(f, "env:{name}"),
+            SecretRef::File(path) => write!(f, "file:{}", path.display()),
+        }
+    }
+}
+
+impl SecretRef {
+    /// The secret's value. The error names the reference, never the value.
+    pub fn resolve(&self) -> Result<String, String> {
+        match self {
+            SecretRef::Env(name) => std::env::var(name)
+                .map(|v| v.trim().to_owned())
+                .map_err(|_| format!("environment variable {name} is not set")),
+            SecretRef::File(path) => std::fs::read_to_string(path)
+                .map(|v| v.trim().to_owned())
+                .map_err(|e| format!("cannot read {}: {e}", path.display())),
+        }
+    }
+}
+
+/// How presync gets Entra ID tokens for a connector.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Entra {
+    /// `https://login.microsoftonline.com`, or a sovereign cloud's authority.
+    #[serde(default = "default_authority")]
+    pub authority: String,
+    pub tenant_id: String,
+    pub client_id: String,
+    /// A client secret, or (better) a certificate: `certificate_pem` (a path) with
+    /// `private_key` (a secret reference to the PEM key).
+    #[serde(default)]
+    pub client_secret: Option<SecretRef>,
+    #[serde(default)]
+    pub certificate_pem: Option<PathBuf>,
+    #[serde(default)]
+    pub private_key: Option<SecretRef>,
+}
+
+fn default_authority() -> String {
+    "https://login.microsoftonline.com".to_owned()
+}
+
+/// The Dataverse connector as configured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataverseSection {
+    /// The environment URL, e.g. `https://contoso.crm.dynamics.com`.
+    pub org_url: String,
+    pub entra: Entra,
+    /// The webhook's authentication: `header` (with `header_name`), `key` or `query` (with
+    /// `query_name`).
+    #[serde(default = "default_webhook_auth")]
+    pub webhook_auth: String,
+    #[serde(default = "default_header_name")]
+    pub webhook_name: String,
+    /// The webhook secret, as registered on the Dataverse service endpoint.
+    pub webhook_secret: SecretRef,
+    /// When set, `x-ms-dynamics-organization` must equal it.
+    #[serde(default)]
+    pub organization: Option<String>,
+    #[serde(default)]
+    pub impersonation: Impersonation,
+    /// Add new agents to the directory from Create events.
+    #[serde(default)]
+    pub discovery: bool,
+}
+
+fn default_webhook_auth() -> String {
+    "header".to_owned()
+}
+fn default_header_name() -> String {
+    "x-presync-secret".to_owned()
+}
+
+/// The Teams connector as configured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeamsSection {
+    pub entra: Entra,
+    /// Writes, reads and keep-alive.
+    pub graph: TeamsConfig,
+    /// `subscriptions` (change notifications, with the delegated account of `presync teams
+    /// login`) or `polling`.
+    #[serde(default = "default_ingress")]
+    pub ingress: String,
+    /// Polling mode: seconds between two reads.
+    #[serde(default = "default_poll")]
+    pub poll_interval_secs: u64,
+    /// Subscriptions: presync's public base URL (HTTPS), e.g. `https://presync.example.com`.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// Subscriptions: the `clientState` secret.
+    #[serde(default)]
+    pub client_state: Option<SecretRef>,
+    /// Subscriptions: where `presync teams login` stored the refresh token.
+    #[serde(default)]
+    pub refresh_token_file: Option<PathBuf>,
+}
+
+fn default_ingress() -> String {
+    "subscriptions".to_owned()
+}
+fn default_poll() -> u64 {
+    30
+}
+
+/// Load `file` (when given) and the `PRESYNC_*` environment over the defaults.
+pub fn load(file: Option<&Path>) -> Result<Config, Vec<String>> {
+    let mut figment = Figment::new();
+    if let Some(f) = file {
+        if !f.exists() {
+            return Err(vec![format!("{}: no such file", f.display())]);
+        }
+        figment = figment.merge(Toml::file(f));
+    }
+    // Every override names a section and a key (`PRESYNC_SECTION__KEY`); other `PRESYNC_*`
+    // variables (secrets the file refers to, the test database URL) are not configuration keys.
+    figment = figment.merge(
+        Env::prefixed("PRESYNC_")
+            .filter(|key| key.as_str().contains("__"))
+            .split("__"),
+    );
+    figment
+        .extract::<Config>()
+        .map_err(|e| e.into_iter().map(|e| e.to_string()).collect())
+}
+
+impl Config {
+    /// Every problem, with its key path. Secret references are resolved to check they exist.
+    pub fn validate(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if presync_engine::store::Dialect::of_url(&self.database.url).is_err() {
+            p.push(format!(
+                "database.url: {:?} must start with sqlite: or postgres://",
+                presync_engine::store::redact_url(&self.database.url)
+            ));
+        }
+        if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
+            p.push(format!(
+                "http.listen: {:?} is not an address like 127.0.0.1:8080",
+                self.http.listen
+            ));
+        }
+        if let Some(t) = &self.http.admin_token {
+            if let Err(e) = t.resolve() {
+                p.push(format!("http.admin_token: {e}"));
+            }
+        }
+        if self.reconcile.schedule.split_whitespace().count() != 6 {
+            p.push(format!(
+                "reconcile.schedule: {:?} must have 6 fields (sec min hour day month weekday)",
+                self.reconcile.schedule
+            ));
+        }
+        if let Some(d) = &self.dataverse {
+            match d.connector_config() {
+                Ok(c) => p.extend(c.validate().into_iter().map(|m| format!("dataverse.{m}"))),
+                Err(e) => p.push(e),
+            }
+            entra_problems("dataverse.entra", &d.entra, &mut p);
+        }
+        if let Some(t) = &self.teams {
+            p.extend(
+                t.graph
+                    .validate()
+                    .into_iter()
+                    .map(|m| format!("teams.graph.{m}")),
+            );
+            entra_problems("teams.entra", &t.entra, &mut p);
+            match t.ingress.as_str() {
+                "polling" => {
+                    if t.poll_interval_secs == 0 {
+                        p.push("teams.poll_interval_secs: must be positive".to_owned());
+                    }
+                }
+                "subscriptions" => {
+                    if t.public_url
+                        .as_deref()
+                        .is_none_or(|u| !u.starts_with("https://"))
+                    {
+                        p.push(
+                            "teams.public_url: subscriptions need presync's public https:// URL"
+                                .to_owned(),
+                        );
+                    }
+                    match &t.client_state {
+                        None => p.push(
+                            "teams.client_state: subscriptions need a clientState secret"
+                                .to_owned(),
+                        ),
+                        Some(s) => match s.resolve() {
+                            Ok(v) if v.len() > 128 => {
+                                p.push("teams.client_state: at most 128 characters".to_owned())
+                            }
+                            Ok(_) => {}
+                            Err(e) => p.push(format!("teams.client_state: {e}")),
+                        },
+                    }
+                    if t.refresh_token_file.is_none() {
+                        p.push("teams.refresh_token_file: subscriptions need the file `presync teams login` writes".to_owned());
+                    }
+                }
+                other => p.push(format!(
+                    "teams.ingress: {other:?} must be \"subscriptions\" or \"polling\""
+                )),
+            }
+        }
+        if self.dataverse.is_none() && self.teams.is_none() {
+            p.push("dataverse, teams: configure at least one system".to_owned());
+        }
+        p
+    }
+}
+
+fn entra_problems(at: &str, e: &Entra, p: &mut Vec<String>) {
+    match (&e.client_secret, &e.certificate_pem, &e.private_key) {
+        (Some(s), None, None) => {
+            if let Err(m) = s.resolve() {
+                p.push(format!("{at}.client_secret: {m}"));
+            }
+        }
+        (None, Some(cert), Some(key)) => {
+            if !cert.exists() {
+                p.push(format!(
+                    "{at}.certificate_pem: {} does not exist",
+                    cert.display()
+                ));
+            }
+            if let Err(m) = key.resolve() {
+                p.push(format!("{at}.private_key: {m}"));
+            }
+        }
+        _ => p.push(format!(
+            "{at}: give either client_secret, or certificate_pem with private_key"
+        )),
+    }
+    if e.tenant_id.trim().is_empty() || e.client_id.trim().is_empty() {
+        p.push(format!("{at}: tenant_id and client_id must not be empty"));
+    }
+}
+
+impl DataverseSection {
+    /// The connector's own configuration, with the webhook secret resolved.
+    pub fn connector_config(&self) -> Result<DataverseConfig, String> {
+        let secret = self
+            .webhook_secret
+            .resolve()
+            .map_err(|e| format!("dataverse.webhook_secret: {e}"))?;
+        let auth = match self.webhook_auth.as_str() {
+            "header" => WebhookAuth::HttpHeader {
+                name: self.webhook_name.clone(),
+                value: secret,
+            },
+            "key" => WebhookAuth::WebhookKey { value: secret },
+            "query" => WebhookAuth::HttpQueryString {
+                name: self.webhook_name.clone(),
+                value: secret,
+            },
+            other => {
+                return Err(format!(
+                    "dataverse.webhook_auth: {other:?} must be \"header\", \"key\" or \"query\""
+                ))
+            }
+        };
+        let mut hook = WebhookConfig::header("", "");
+        hook.auth = auth;
+        hook.organization = self.organization.clone();
+        let mut c = DataverseConfig::new(self.org_url.clone(), hook);
+        c.impersonation = self.impersonation.clone();
+        if self.discovery {
+            c.discovery = Some(Discovery {
+                entra_system: "teams".to_owned(),
+            });
+        }
+        Ok(c)
+    }
+}
+
+/// The commented example `presync config default` prints. A test checks it passes
+/// `config check` once its referenced secrets exist.
+pub const EXAMPLE: &str = r#"# presync configuration. Every key can be overridden by an environment variable:
+# PRESYNC_<SECTION>__<KEY>, e.g. PRESYNC_DATABASE__URL or PRESYNC_HTTP__LISTEN.
+# Secrets are references, never values: { env = "NAME" } or { file = "/path" }.
+
+[database]
+# sqlite:PATH for one instance; postgres://USER@HOST/DB when several instances share the work.
+url = "sqlite:presync.db"
+
+[http]
+listen = "127.0.0.1:8080"
+# Bearer token of the admin API.
+admin_token = { env = "PRESYNC_ADMIN_TOKEN" }
+
+[reconcile]
+# Cron with seconds: every 5 minutes.
+schedule = "0 */5 * * * *"
+
+[dataverse]
+org_url = "https://contoso.crm.dynamics.com"
+# Authentication of the webhook, as registered on the service endpoint: header, key or query.
+webhook_auth = "header"
+webhook_name = "x-presync-secret"
+webhook_secret = { env = "PRESYNC_DATAVERSE_WEBHOOK_SECRET" }
+organization = "contoso.crm.dynamics.com"
+discovery = false
+
+[dataverse.entra]
+tenant_id = "00000000-0000-0000-0000-000000000000"
+client_id = "11111111-1111-1111-1111-111111111111"
+# A certificate is what Microsoft asks for; a client secret also works.
+client_secret = { env = "PRESYNC_DATAVERSE_CLIENT_SECRET" }
+
+[dataverse.impersonation]
+# MSCRMCallerID (a systemuserid) or CallerObjectId (an Entra object id).
+header = "MSCRMCallerID"
+# application (the app user holds Omnichannel Supervisor), { supervisor = { id = "..." } }, or agent.
+caller = "application"
+
+[teams]
+# subscriptions (delegated account, see `presync teams login`) or polling (app-only).
+ingress = "polling"
+poll_interval_secs = 30
+
+[teams.entra]
+tenant_id = "00000000-0000-0000-0000-000000000000"
+client_id = "11111111-1111-1111-1111-111111111111"
+client_secret = { env = "PRESYNC_TEAMS_CLIENT_SECRET" }
+
+[teams.graph]
+app_id = "11111111-1111-1111-1111-111111111111"
+# session (presync's own presence session) or preferred.
+mode = "session"
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example_env() {
+        // Distinct names per process so tests in parallel do not disturb each other.
+        std::env::set_var("PRESYNC_ADMIN_TOKEN", "admin-token-value");
+        std::env::set_var("PRESYNC_DATAVERSE_WEBHOOK_SECRET", "0123456789abcdef0123");
+        std::env::set_var("PRESYNC_DATAVERSE_CLIENT_SECRET", "dv-secret");
+        std::env::set_var("PRESYNC_TEAMS_CLIENT_SECRET", "teams-secret");
+    }
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), text).unwrap();
+        f
+    }
+
+    #[test]
+    fn the_printed_example_passes_config_check() {
+        example_env();
+        let f = write(EXAMPLE);
+        let c = load(Some(f.path())).unwrap();
+        assert_eq!(c.validate(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_path() {
+        let f = write("[database]\nurl = \"sqlite:x.db\"\nurll = 1\n");
+        let errors = load(Some(f.path())).unwrap_err();
+        assert!(errors.iter().any(|e| e.contains("urll")), "{errors:?}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key_path() {
+        let f = write(
+            r#"
+[database]
+url = "mysql://x"
+[http]
+listen = "nowhere"
+[reconcile]
+schedule = "*/5 * * * *"
+[teams]
+ingress = "subscriptions"
+[teams.entra]
+tenant_id = "t"
+client_id = "c"
+client_secret = { env = "PRESYNC_TEST_SURELY_UNSET_VARIABLE" }
+[teams.graph]
+app_id = "a"
+"#,
+        );
+        let c = load(Some(f.path())).unwrap();
+        let p = c.validate();
+        for key in [
+            "database.url",
+            "http.listen",
+            "reconcile.schedule",
+            "teams.public_url",
+            "teams.client_state",
+            "teams.refresh_token_file",
+            "teams.entra.client_secret",
+        ] {
+            assert!(
+                p.iter().any(|m| m.starts_with(key)),
+                "no problem for {key}: {p:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn secrets_are_never_shown() {
+        example_env();
+        let f = write(EXAMPLE);
+        let c = load(Some(f.path())).unwrap();
+        let shown = format!("{c:?}");
+        for secret in [
+            "admin-token-value",
+            "0123456789abcdef0123",
+            "dv-secret",
+            "teams-secret",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+    }
+}
