@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 mod config;
+mod reps;
 mod sim;
 
 use anyhow::Context;
@@ -28,6 +29,24 @@ enum Command {
     /// Create or upgrade the database schema.
     Migrate {
         /// Database URL: `sqlite:PATH` (embedded default) or `postgres://USER@HOST/DB`.
+        #[arg(
+            long,
+            env = "PRESYNC_DATABASE_URL",
+            default_value = "sqlite:presync.db"
+        )]
+        database: String,
+    },
+    /// The directory of representatives.
+    #[command(subcommand)]
+    Reps(RepsCommand),
+    /// Why a representative's presence is what it is: the canonical state, each system's state,
+    /// and the last decisions with their rules.
+    Explain {
+        /// The representative's id.
+        rep: String,
+        /// How many decisions to show.
+        #[arg(long, default_value_t = 20)]
+        last: i64,
         #[arg(
             long,
             env = "PRESYNC_DATABASE_URL",
@@ -59,6 +78,29 @@ enum Command {
         /// ...registered under this `encryptionCertificateId`.
         #[arg(long)]
         certificate_id: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RepsCommand {
+    /// Add or update representatives from a CSV (`id,display_name,<system>...`) or JSON file.
+    Import {
+        file: PathBuf,
+        #[arg(
+            long,
+            env = "PRESYNC_DATABASE_URL",
+            default_value = "sqlite:presync.db"
+        )]
+        database: String,
+    },
+    /// List the directory: id, name, and each system's id.
+    List {
+        #[arg(
+            long,
+            env = "PRESYNC_DATABASE_URL",
+            default_value = "sqlite:presync.db"
+        )]
+        database: String,
     },
 }
 
@@ -186,6 +228,12 @@ fn inspect(
     }
 }
 
+async fn open_store(url: &str) -> anyhow::Result<Store> {
+    Store::open(url)
+        .await
+        .with_context(|| format!("opening {}", redact_url(url)))
+}
+
 #[tokio::main]
 async fn run(cli: Cli) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -206,6 +254,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Sim(command) => sim::run(*command).await?,
         Command::Config(ConfigCommand::Default) => print!("{}", config::EXAMPLE),
+        Command::Reps(RepsCommand::Import { file, database }) => {
+            let store = open_store(&database).await?;
+            let now = presync_engine::clock::Clock::now(&presync_engine::clock::SystemClock);
+            let n = reps::import(&store, &file, now).await?;
+            println!("{n} representative(s) imported from {}", file.display());
+        }
+        Command::Reps(RepsCommand::List { database }) => {
+            let store = open_store(&database).await?;
+            print!("{}", reps::list(&store).await?);
+        }
+        Command::Explain {
+            rep,
+            last,
+            database,
+        } => {
+            let store = open_store(&database).await?;
+            print!(
+                "{}",
+                reps::explain(&store, &presync_engine::RepId(rep), last).await?
+            );
+        }
         Command::Config(ConfigCommand::Check { config: path }) => {
             let problems = match config::load(Some(&path)) {
                 Ok(c) => c.validate(),

@@ -368,3 +368,47 @@ fn config_check_reports_every_problem_with_its_key_path() {
     }
     assert!(!err.contains("hunter2"), "{err}");
 }
+
+#[test]
+fn reps_import_list_and_explain_work_on_a_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite:{}", dir.path().join("p.db").display());
+    let csv = dir.path().join("reps.csv");
+    std::fs::write(&csv, "id,display_name,dataverse,teams\nann,Ann Lee,97c90b02-4e38-ef11-a315-000d3a5a54dc,aad-1\nbob,Bob Ray,,aad-2\n").unwrap();
+    let out = presync()
+        .args(["reps", "import"])
+        .arg(&csv)
+        .env("PRESYNC_DATABASE_URL", &db)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("2 representative(s)"));
+    let out = presync()
+        .args(["reps", "list"])
+        .env("PRESYNC_DATABASE_URL", &db)
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listing.contains("ann\tAnn Lee") && listing.contains("teams=aad-2"),
+        "{listing}"
+    );
+    let out = presync()
+        .args(["explain", "ann"])
+        .env("PRESYNC_DATABASE_URL", &db)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("canonical: not known yet"));
+    let out = presync()
+        .args(["explain", "nobody"])
+        .env("PRESYNC_DATABASE_URL", &db)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no representative nobody"));
+}

@@ -1,0 +1,227 @@
+//! `presync reps import|list` and `presync explain`: the directory and the history, from the
+//! command line.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use presync_engine::store::Store;
+use presync_engine::{ExternalId, RepId, Representative, SystemId};
+use serde::Deserialize;
+
+/// One representative in a JSON import file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonRep {
+    id: String,
+    display_name: String,
+    external_ids: BTreeMap<String, String>,
+}
+
+/// Parse an import file: JSON (an array of `{id, display_name, external_ids}`) or CSV with the
+/// header `id,display_name,<system>,<system>...` (one column per system; empty cells skipped).
+/// Every problem is reported with its line or index.
+pub fn parse(path: &Path, text: &str) -> anyhow::Result<Vec<Representative>> {
+    let json = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"))
+        || text.trim_start().starts_with('[');
+    if json {
+        let reps: Vec<JsonRep> = serde_json::from_str(text)
+            .with_context(|| format!("{}: not a JSON array of representatives", path.display()))?;
+        return reps
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                if r.id.trim().is_empty() {
+                    bail!("{}[{i}]: id is empty", path.display());
+                }
+                Ok(Representative {
+                    id: RepId(r.id),
+                    display_name: r.display_name,
+                    external_ids: r
+                        .external_ids
+                        .into_iter()
+                        .map(|(s, e)| (SystemId(s), ExternalId(e.to_ascii_lowercase())))
+                        .collect(),
+                })
+            })
+            .collect();
+    }
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty());
+    let Some((_, header)) = lines.next() else {
+        bail!("{}: empty file", path.display());
+    };
+    let columns: Vec<&str> = header.split(',').map(str::trim).collect();
+    if columns.len() < 3 || columns[0] != "id" || columns[1] != "display_name" {
+        bail!(
+            "{}:1: the header must be id,display_name,<system>[,<system>...], e.g. id,display_name,dataverse,teams",
+            path.display()
+        );
+    }
+    let mut out = Vec::new();
+    let mut problems = Vec::new();
+    for (n, line) in lines {
+        let cells: Vec<&str> = line.split(',').map(str::trim).collect();
+        if cells.len() != columns.len() {
+            problems.push(format!(
+                "{}:{}: {} cells, the header has {}",
+                path.display(),
+                n + 1,
+                cells.len(),
+                columns.len()
+            ));
+            continue;
+        }
+        if cells[0].is_empty() {
+            problems.push(format!("{}:{}: id is empty", path.display(), n + 1));
+            continue;
+        }
+        let external_ids = columns[2..]
+            .iter()
+            .zip(&cells[2..])
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(s, v)| {
+                (
+                    SystemId((*s).to_owned()),
+                    ExternalId(v.to_ascii_lowercase()),
+                )
+            })
+            .collect();
+        out.push(Representative {
+            id: RepId(cells[0].to_owned()),
+            display_name: cells[1].to_owned(),
+            external_ids,
+        });
+    }
+    if !problems.is_empty() {
+        bail!("{}", problems.join("\n"));
+    }
+    Ok(out)
+}
+
+/// Import a file into the directory; returns how many representatives were written.
+pub async fn import(store: &Store, path: &Path, now: i64) -> anyhow::Result<usize> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let reps = parse(path, &text)?;
+    for rep in &reps {
+        store
+            .upsert_representative(rep, now)
+            .await
+            .with_context(|| format!("importing {}", rep.id))?;
+    }
+    Ok(reps.len())
+}
+
+/// The directory as lines: id, name, and each system's id.
+pub async fn list(store: &Store) -> anyhow::Result<String> {
+    let mut out = String::new();
+    for rep in store.representatives().await? {
+        let ids: Vec<String> = rep
+            .external_ids
+            .iter()
+            .map(|(s, e)| format!("{s}={e}"))
+            .collect();
+        out.push_str(&format!(
+            "{}\t{}\t{}\n",
+            rep.id,
+            rep.display_name,
+            ids.join(" ")
+        ));
+    }
+    Ok(out)
+}
+
+/// Why a representative's presence is what it is: the canonical state, each system's observed
+/// and written state, and the last decisions with their rules.
+pub async fn explain(store: &Store, rep: &RepId, limit: i64) -> anyhow::Result<String> {
+    let Some(r) = store.representative(rep).await? else {
+        bail!("no representative {rep} in the directory");
+    };
+    let view = store.rep_view(rep).await?;
+    let mut out = format!("{} ({})\n", r.display_name, r.id);
+    match &view.canonical {
+        Some(c) => out.push_str(&format!(
+            "canonical: {} (version {}) from {} at {}\n",
+            c.availability, c.version, c.source, c.source_time
+        )),
+        None => out.push_str("canonical: not known yet\n"),
+    }
+    for (system, state) in &view.systems {
+        let observed = state.observed.as_ref().map_or("-".to_owned(), |o| {
+            format!("{} ({})", o.availability, o.native.code)
+        });
+        let written = state.written.as_ref().map_or("-".to_owned(), |w| {
+            w.availability
+                .map_or("withdrawn".to_owned(), |a| a.to_string())
+        });
+        out.push_str(&format!(
+            "{system}: observed {observed}, written {written}\n"
+        ));
+    }
+    out.push_str("recent decisions (newest first):\n");
+    for h in store.history(rep, limit).await? {
+        let writes = if h.writes.is_empty() {
+            String::new()
+        } else {
+            format!(" -> writes {}", h.writes.join(", "))
+        };
+        out.push_str(&format!(
+            "  {} {} {}: {}{writes}\n",
+            h.at, h.system, h.rule, h.detail
+        ));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_with_one_column_per_system() {
+        let reps = parse(
+            Path::new("reps.csv"),
+            "id,display_name,dataverse,teams\nann,Ann Lee,AAAA-1,aad-1\nbob,Bob,,aad-2\n",
+        )
+        .unwrap();
+        assert_eq!(reps.len(), 2);
+        assert_eq!(
+            reps[0]
+                .external_ids
+                .get(&SystemId::from("dataverse"))
+                .unwrap()
+                .as_str(),
+            "aaaa-1"
+        );
+        assert_eq!(reps[1].external_ids.len(), 1, "an empty cell is no id");
+    }
+
+    #[test]
+    fn every_bad_line_is_reported() {
+        let err = parse(
+            Path::new("r.csv"),
+            "id,display_name,teams\n,No id,x\nann,Ann\n",
+        )
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("r.csv:2") && msg.contains("r.csv:3"), "{msg}");
+        let err = parse(Path::new("r.csv"), "name,teams\n").unwrap_err();
+        assert!(err.to_string().contains("header"));
+    }
+
+    #[test]
+    fn json_import() {
+        let reps = parse(
+            Path::new("r.json"),
+            r#"[{"id":"ann","display_name":"Ann","external_ids":{"dataverse":"X","teams":"y"}}]"#,
+        )
+        .unwrap();
+        assert_eq!(reps[0].external_ids.len(), 2);
+        assert!(parse(Path::new("r.json"), r#"[{"id":"a","name":"A"}]"#).is_err());
+    }
+}
