@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 mod config;
 mod reps;
+mod service;
 mod sim;
 
 use anyhow::Context;
@@ -35,6 +36,12 @@ enum Command {
             default_value = "sqlite:presync.db"
         )]
         database: String,
+    },
+    /// Run the service: webhooks, health, metrics, the engine and the scheduled jobs.
+    Run {
+        /// The TOML configuration (PRESYNC_SECTION__KEY variables apply on top).
+        #[arg(long, short)]
+        config: PathBuf,
     },
     /// The directory of representatives.
     #[command(subcommand)]
@@ -254,6 +261,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Sim(command) => sim::run(*command).await?,
         Command::Config(ConfigCommand::Default) => print!("{}", config::EXAMPLE),
+        Command::Run { config: path } => {
+            let cfg = config::load(Some(&path)).map_err(|e| anyhow::anyhow!(e.join("\n")))?;
+            let problems = cfg.validate();
+            if !problems.is_empty() {
+                anyhow::bail!("{}:\n{}", path.display(), problems.join("\n"));
+            }
+            service::run(cfg).await?;
+        }
         Command::Reps(RepsCommand::Import { file, database }) => {
             let store = open_store(&database).await?;
             let now = presync_engine::clock::Clock::now(&presync_engine::clock::SystemClock);

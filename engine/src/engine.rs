@@ -435,6 +435,16 @@ impl Engine {
             store
                 .finish_write(&row, &self.inner.instance, expectation, now, &result)
                 .await?;
+            let untimed = self
+                .inner
+                .topology
+                .capabilities(&row.target)
+                .is_some_and(|c| !c.source_timestamps);
+            if let (WriteResult::Done, Some(id), true) = (&result, expectation, untimed) {
+                store
+                    .supersede_older_expectations(&row.rep_id, &row.target, id)
+                    .await?;
+            }
             Ok(())
         }
         .instrument(span)

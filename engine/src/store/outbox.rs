@@ -274,6 +274,29 @@ impl Store {
     }
 }
 
+impl Store {
+    /// After a confirmed write to a system without source timestamps, the expectations of
+    /// older writes there are superseded: the system now shows the newer write, and without
+    /// timestamps a later observation equal to an older write is the person's, not its echo.
+    pub async fn supersede_older_expectations(
+        &self,
+        rep: &RepId,
+        target: &SystemId,
+        newest: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE expectations SET superseded = 1
+             WHERE rep_id = $1 AND system = $2 AND id < $3 AND superseded = 0",
+        )
+        .bind(rep.as_str())
+        .bind(target.as_str())
+        .bind(newest)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
 /// The row's write is over: remove it, unless a newer desired state replaced it meanwhile, in
 /// which case give it back to be written.
 async fn done_with(
