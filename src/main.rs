@@ -43,6 +43,15 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Run one reconcile pass, send its repairs, check again, print a summary; exit non-zero if
+    /// drift remains.
+    Reconcile {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Run one pass and exit (the service runs passes on its schedule).
+        #[arg(long)]
+        once: bool,
+    },
     /// The directory of representatives.
     #[command(subcommand)]
     Reps(RepsCommand),
@@ -261,6 +270,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Sim(command) => sim::run(*command).await?,
         Command::Config(ConfigCommand::Default) => print!("{}", config::EXAMPLE),
+        Command::Reconcile { config: path, once } => {
+            if !once {
+                anyhow::bail!("give --once: the service (presync run) reconciles on its schedule");
+            }
+            let cfg = config::load(Some(&path)).map_err(|e| anyhow::anyhow!(e.join("\n")))?;
+            let problems = cfg.validate();
+            if !problems.is_empty() {
+                anyhow::bail!("{}:\n{}", path.display(), problems.join("\n"));
+            }
+            if !service::reconcile_once(cfg).await? {
+                anyhow::bail!("drift remains after the reconcile");
+            }
+        }
         Command::Run { config: path } => {
             let cfg = config::load(Some(&path)).map_err(|e| anyhow::anyhow!(e.join("\n")))?;
             let problems = cfg.validate();

@@ -334,3 +334,53 @@ async fn shutdown_signal() {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
+
+/// `presync reconcile --once`: one pass, the repairs it queued sent, then a second pass to check.
+/// Returns whether everything was in sync at the end.
+pub async fn reconcile_once(config: Config) -> anyhow::Result<bool> {
+    let service = build(&config).await?;
+    let engine = service.engine;
+    if let Some(d) = &service.dataverse {
+        if let Err(e) = d.refresh_catalog().await {
+            warn!(error = %e, "Presence catalog refresh failed; using the built-in presences");
+        }
+    }
+    eprintln!("reconciling...");
+    let first = engine.reconcile().await?;
+    for s in &first.systems {
+        match &s.error {
+            Some(e) => eprintln!("  {}: read failed: {e}", s.system),
+            None => eprintln!(
+                "  {}: {} read, {} in sync, {} fed ({} unknown, {} missing)",
+                s.system, s.read, s.in_sync, s.fed, s.unknown, s.missing
+            ),
+        }
+    }
+    eprintln!("sending repairs...");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        engine.resolve_pending().await?;
+        engine.dispatch_pending().await?;
+        let depths = engine.store().queue_depths().await?;
+        if depths.outbox == 0 && depths.inbox == 0 {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            eprintln!("  {} write(s) still queued after 60 s", depths.outbox);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let check = engine.reconcile().await?;
+    let remaining = check.drift() + check.missed_changes();
+    println!(
+        "{}",
+        serde_json::json!({
+            "missed_changes": first.missed_changes(),
+            "drift_found": first.drift(),
+            "remaining": remaining,
+            "complete": first.complete() && check.complete(),
+        })
+    );
+    Ok(remaining == 0 && check.complete())
+}

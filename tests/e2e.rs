@@ -42,8 +42,30 @@ async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn presence_flows_both_ways_through_the_real_binary() {
+struct Setup {
+    _dir: tempfile::TempDir,
+    dv: DataverseSim,
+    graph: GraphSim,
+    config: std::path::PathBuf,
+    presync_url: String,
+}
+
+impl Setup {
+    fn presync(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_presync"));
+        c.env("E2E_HOOK_SECRET", HOOK_SECRET)
+            .env("E2E_DV_SECRET", "dv-secret")
+            .env("E2E_GRAPH_SECRET", "graph-secret")
+            .env(
+                "RUST_LOG",
+                std::env::var("E2E_LOG").unwrap_or_else(|_| "warn".into()),
+            );
+        c
+    }
+}
+
+/// Both simulators on loopback, a configuration for presync, and a directory of one agent.
+async fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let presync_url = format!("http://127.0.0.1:{port}");
@@ -121,8 +143,7 @@ graph_url = "{graph_base}/v1.0"
         format!("id,display_name,dataverse,teams\nagent-one,Agent One,{AGENT},{AAD}\n"),
     )
     .unwrap();
-    let bin = env!("CARGO_BIN_EXE_presync");
-    let out = Command::new(bin)
+    let out = Command::new(env!("CARGO_BIN_EXE_presync"))
         .args(["reps", "import"])
         .arg(&reps)
         .env("PRESYNC_DATABASE_URL", &db)
@@ -134,17 +155,23 @@ graph_url = "{graph_base}/v1.0"
         String::from_utf8_lossy(&out.stderr)
     );
 
+    Setup {
+        _dir: dir,
+        dv,
+        graph,
+        config,
+        presync_url,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_flows_both_ways_through_the_real_binary() {
+    let st = setup().await;
+    let (dv, graph, presync_url) = (&st.dv, &st.graph, st.presync_url.clone());
     let _presync = Presync(
-        Command::new(bin)
+        st.presync()
             .args(["run", "--config"])
-            .arg(&config)
-            .env("E2E_HOOK_SECRET", HOOK_SECRET)
-            .env("E2E_DV_SECRET", "dv-secret")
-            .env("E2E_GRAPH_SECRET", "graph-secret")
-            .env(
-                "RUST_LOG",
-                std::env::var("E2E_LOG").unwrap_or_else(|_| "warn".into()),
-            )
+            .arg(&st.config)
             .stdout(Stdio::null())
             .stderr(
                 std::fs::File::create(std::env::temp_dir().join("presync-e2e.log"))
@@ -193,16 +220,15 @@ graph_url = "{graph_base}/v1.0"
     })
     .await;
 
-    // presync's own writes echoed back and were not propagated. D365 got two writes: Teams'
-    // Available at start (the first state seen) and the meeting's Busy. Teams got two session
-    // writes (D365's Busy, then Available); D365's changes never came back to D365.
+    // presync's own writes echoed back and were not propagated: D365 got one write (the
+    // meeting), Teams two session writes (D365's Busy, then Available).
     tokio::time::sleep(Duration::from_secs(3)).await;
     let d365_writes = dv
         .requests()
         .iter()
         .filter(|r| r.path.ends_with("CCaaS_ModifyAgentPresence"))
         .count();
-    assert_eq!(d365_writes, 2, "an echo came back to D365");
+    assert_eq!(d365_writes, 1, "an echo came back to D365");
     let teams_writes = graph
         .requests()
         .iter()
@@ -238,4 +264,30 @@ graph_url = "{graph_base}/v1.0"
         "{metrics}"
     );
     assert!(metrics.contains("outcome=\"unauthorized\"} 1"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_webhook_is_repaired_by_reconcile_once() {
+    let st = setup().await;
+    // Nobody listens for webhooks: every change is lost until a reconcile reads it.
+    st.dv.system_sets(AGENT, builtin::BUSY_DND);
+    st.dv.wait_deliveries_idle().await;
+    let out = st
+        .presync()
+        .args(["reconcile", "--once", "--config"])
+        .arg(&st.config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["remaining"], 0, "{summary}");
+    assert_eq!(summary["complete"], true);
+    assert!(st
+        .graph
+        .session(AAD, APP)
+        .is_some_and(|s| s.posted_availability == "DoNotDisturb"));
 }

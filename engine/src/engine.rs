@@ -543,7 +543,15 @@ impl Engine {
                     system: system.clone(),
                     external_id: s.external_id.clone(),
                     native: s.native,
-                    source_time: s.source_time.unwrap_or(now),
+                    // A system without timestamps does not say when a state was set. For a
+                    // user presync has never observed there, the date is unknown: it must not
+                    // claim "now" and beat every dated state, so it dates from the epoch.
+                    // After that, a difference is a change since the last observation: now.
+                    source_time: s.source_time.unwrap_or(if known.observed.is_none() {
+                        0
+                    } else {
+                        now
+                    }),
                     sequence: s.sequence,
                     origin: s.origin,
                     kind: ObservationKind::Reconcile,

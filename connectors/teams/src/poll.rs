@@ -55,19 +55,28 @@ impl Poller {
         let mut changed = Vec::new();
         for s in states {
             let user = s.external_id.as_str().to_owned();
-            if self.last.get(&user) == Some(&s.native.code) {
-                continue;
-            }
+            let first_sight = match self.last.get(&user) {
+                Some(code) if *code == s.native.code => continue,
+                Some(_) => false,
+                None => true,
+            };
             self.last.insert(user.clone(), s.native.code.clone());
+            // The first pass is a snapshot of unknown date, not a change: like a reconcile read
+            // of a user never observed, it must not beat dated states from other systems.
+            let (kind, source_time) = if first_sight {
+                (ObservationKind::Reconcile, 0)
+            } else {
+                (ObservationKind::Event, now)
+            };
             changed.push(Observation {
                 system: self.system.clone(),
                 delivery_key: format!("teams:poll:{user}:{}", uuid::Uuid::new_v4().simple()),
                 external_id: s.external_id,
                 native: s.native,
-                source_time: now,
+                source_time,
                 sequence: None,
                 origin: Origin::Unknown,
-                kind: ObservationKind::Event,
+                kind,
                 observed_at: now,
             });
         }
