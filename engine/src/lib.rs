@@ -137,6 +137,7 @@ pub mod model;
 pub mod remote;
 pub mod rules;
 pub mod store;
+pub mod time;
 pub mod topology;
 
 pub use connector::{Capabilities, Connector, ConnectorError, Mapped, RemoteState, WriteSemantics};

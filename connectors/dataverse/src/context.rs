@@ -506,36 +506,7 @@ pub fn parse_date(s: &str) -> Option<Millis> {
     number.parse().ok()
 }
 
-/// Formats milliseconds since the epoch as RFC 3339 in UTC: `2024-08-02T07:00:38.000Z`.
-pub fn to_rfc3339_millis(ms: Millis) -> String {
-    const DAY: i64 = 86_400_000;
-    let days = ms.div_euclid(DAY);
-    let in_day = ms.rem_euclid(DAY);
-    let (year, month, day) = civil_from_days(days);
-    let (hour, minute) = (in_day / 3_600_000, in_day / 60_000 % 60);
-    let (second, milli) = (in_day / 1000 % 60, in_day % 1000);
-    let year = if (0..=9999).contains(&year) {
-        format!("{year:04}")
-    } else {
-        format!("{year:+05}")
-    };
-    format!("{year}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}.{milli:03}Z")
-}
-
-/// Howard Hinnant's `civil_from_days`: days since 1970-01-01 to (year, month, day), proleptic
-/// Gregorian. Exact for every `i64` millisecond value's day count.
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097); // [0, 146096]
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
-    let mp = (5 * doy + 2) / 153; // [0, 11], March-based
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
+pub use presync_engine::time::to_rfc3339_millis;
 
 /// What a webhook delivery means for presence.
 #[derive(Debug, Clone, PartialEq)]

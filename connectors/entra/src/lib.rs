@@ -51,6 +51,7 @@ mod assertion;
 mod cache;
 mod client;
 mod config;
+pub mod credentials;
 mod error;
 mod secret;
 pub mod sim;
@@ -62,5 +63,6 @@ pub use config::{
     AssertionMode, ConfigProblem, Credential, EntraConfig, DEFAULT_AUTHORITY,
     DEFAULT_CONNECT_TIMEOUT_SECS, DEFAULT_REQUEST_TIMEOUT_SECS,
 };
+pub use credentials::EntraCredentials;
 pub use error::{Result, TokenError};
 pub use secret::Secret;

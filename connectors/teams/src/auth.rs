@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use presync_engine::ConnectorError;
-use presync_entra::TokenClient;
 use serde::Deserialize;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
@@ -21,40 +20,8 @@ use tracing::info;
 
 use crate::client::Credentials;
 
-/// App-only tokens from an Entra client-credentials [`TokenClient`].
-#[derive(Debug, Clone)]
-pub struct AppCredentials {
-    tokens: TokenClient,
-}
-
-impl AppCredentials {
-    /// Use `tokens` (scope `https://graph.microsoft.com/.default`).
-    pub fn new(tokens: TokenClient) -> Self {
-        AppCredentials { tokens }
-    }
-}
-
-#[async_trait]
-impl Credentials for AppCredentials {
-    async fn bearer(&self) -> Result<String, ConnectorError> {
-        let token = self.tokens.token().await.map_err(|e| {
-            let message = format!("token request: {e}");
-            match e.retry_after() {
-                Some(d) => ConnectorError::RateLimited {
-                    retry_after: Some(d),
-                    message,
-                },
-                None if e.is_transient() => ConnectorError::transient(message),
-                None => ConnectorError::Unauthorized { message },
-            }
-        })?;
-        Ok(token.secret().to_owned())
-    }
-
-    fn invalidate(&self) {
-        self.tokens.invalidate();
-    }
-}
+/// App-only tokens (scope `https://graph.microsoft.com/.default`): the shared Entra adapter.
+pub use presync_entra::EntraCredentials as AppCredentials;
 
 /// Delegated tokens redeemed from a refresh token kept in a file.
 #[derive(Debug, Clone)]

@@ -1,43 +1,16 @@
 //! Date-times as the Dataverse Web API writes them: ISO 8601 in UTC, whole seconds
 //! (`2024-08-02T07:00:38Z`) or with milliseconds (`2024-08-02T07:00:38.123Z`).
 
+use presync_engine::time::{to_rfc3339_millis, to_rfc3339_seconds};
+
 /// `2024-08-02T07:00:38Z`: whole seconds, as the Web API writes Dataverse date-times.
 pub(crate) fn iso_seconds(ms: i64) -> String {
-    let (date, secs) = civil(ms);
-    format!(
-        "{date}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
+    to_rfc3339_seconds(ms)
 }
 
 /// `2024-08-02T07:00:38.123Z`.
 pub(crate) fn iso_millis(ms: i64) -> String {
-    let (date, secs) = civil(ms);
-    format!(
-        "{date}T{:02}:{:02}:{:02}.{:03}Z",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60,
-        ms.rem_euclid(1000)
-    )
-}
-
-/// `YYYY-MM-DD` and the second of the day.
-fn civil(ms: i64) -> (String, i64) {
-    let secs = ms.div_euclid(1000);
-    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (format!("{year:04}-{month:02}-{day:02}"), sod)
+    to_rfc3339_millis(ms)
 }
 
 #[cfg(test)]
