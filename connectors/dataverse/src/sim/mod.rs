@@ -333,15 +333,7 @@ impl DataverseSim {
 
     /// Bind `127.0.0.1:0`, serve in a background task, and return the address.
     pub async fn spawn(&self) -> std::io::Result<SocketAddr> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let sim = self.clone();
-        tokio::spawn(async move {
-            if let Err(e) = sim.serve(listener).await {
-                tracing::error!(error = %e, "Dataverse simulator stopped");
-            }
-        });
-        Ok(addr)
+        presync_entra::sim::spawn_router(self.router(), "Dataverse simulator").await
     }
 
     /// Add a system user who is not an agent (e.g. a supervisor to impersonate by Entra id).

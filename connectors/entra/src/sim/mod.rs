@@ -12,6 +12,7 @@ mod verify;
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -416,6 +417,19 @@ pub fn router(authority: SimAuthority) -> Router {
     Router::new()
         .route("/{tenant}/oauth2/v2.0/token", post(token_endpoint))
         .with_state(authority)
+}
+
+/// Bind `127.0.0.1:0`, serve `router` in a background task, and return the address; `name`
+/// labels the error logged if serving stops. The simulators' `spawn` methods all use this.
+pub async fn spawn_router(router: Router, name: &'static str) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!(error = %e, "{name} stopped");
+        }
+    });
+    Ok(addr)
 }
 
 async fn token_endpoint(

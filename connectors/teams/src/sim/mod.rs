@@ -334,15 +334,7 @@ impl GraphSim {
 
     /// Bind `127.0.0.1:0`, serve in a background task, and return the address.
     pub async fn spawn(&self) -> std::io::Result<SocketAddr> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let sim = self.clone();
-        tokio::spawn(async move {
-            if let Err(e) = sim.serve(listener).await {
-                tracing::error!(error = %e, "Graph simulator stopped");
-            }
-        });
-        Ok(addr)
+        presync_entra::sim::spawn_router(self.router(), "Graph simulator").await
     }
 
     /// The token URL for a simulator listening at `base` (e.g. `http://127.0.0.1:PORT`).
