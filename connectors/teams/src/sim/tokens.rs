@@ -167,6 +167,34 @@ impl TokenStore {
         rotated
     }
 
+    /// Issue an access token for `caller` and answer like the token endpoint: a delegated caller
+    /// asking for `offline_access` also gets a rotated refresh token; an app caller gets no
+    /// `scope` back.
+    fn grant(
+        &mut self,
+        cfg: &super::GraphSimConfig,
+        caller: Caller,
+        scope: &str,
+        now: Millis,
+    ) -> serde_json::Value {
+        let lifetime = Millis::try_from(cfg.token_lifetime.as_millis()).unwrap_or(Millis::MAX);
+        let expires_in = (lifetime / 1000).max(1);
+        let delegated = caller.kind == TokenKind::Delegated;
+        let mut body = json!({
+            "token_type": "Bearer",
+            "expires_in": expires_in,
+            "ext_expires_in": expires_in,
+            "access_token": self.issue(caller, now, lifetime),
+        });
+        if delegated {
+            body["scope"] = json!(scope);
+            if scope.split_whitespace().any(|s| s == "offline_access") {
+                body["refresh_token"] = json!(self.rotate_refresh(now));
+            }
+        }
+        body
+    }
+
     fn issue(&mut self, caller: Caller, now: Millis, lifetime: Millis) -> String {
         let token = format!(
             "sim.graph.{}{}",
@@ -327,8 +355,6 @@ fn grant(
     let scope = field("scope")?;
     let secret_ok =
         |presented: &str| bool::from(presented.as_bytes().ct_eq(cfg.app_secret.as_bytes()));
-    let lifetime = Millis::try_from(cfg.token_lifetime.as_millis()).unwrap_or(Millis::MAX);
-    let expires_in = (lifetime / 1000).max(1);
     let mut tokens = lock(&shared.tokens);
     if grant_type == "client_credentials" {
         if scope.split_whitespace().count() != 1 || !scope.ends_with("/.default") {
@@ -356,13 +382,7 @@ fn grant(
             app_id: cfg.app_client_id.clone(),
             user: None,
         };
-        let access_token = tokens.issue(caller, now, lifetime);
-        return Ok(json!({
-            "token_type": "Bearer",
-            "expires_in": expires_in,
-            "ext_expires_in": expires_in,
-            "access_token": access_token,
-        }));
+        return Ok(tokens.grant(cfg, caller, scope, now));
     }
 
     // grant_type=refresh_token
@@ -400,18 +420,7 @@ fn grant(
         app_id: cfg.app_client_id.clone(),
         user: Some(cfg.delegated_account.clone()),
     };
-    let access_token = tokens.issue(caller, now, lifetime);
-    let mut body = json!({
-        "token_type": "Bearer",
-        "scope": scope,
-        "expires_in": expires_in,
-        "ext_expires_in": expires_in,
-        "access_token": access_token,
-    });
-    if scope.split_whitespace().any(|s| s == "offline_access") {
-        body["refresh_token"] = json!(tokens.rotate_refresh(now));
-    }
-    Ok(body)
+    Ok(tokens.grant(cfg, caller, scope, now))
 }
 
 /// The grant type of the device authorization grant (RFC 8628 §3.4).
@@ -570,25 +579,12 @@ fn redeem_device_code(
     }
     let scope = login.scope.clone();
     tokens.device_codes.remove(device_code);
-    let lifetime = Millis::try_from(cfg.token_lifetime.as_millis()).unwrap_or(Millis::MAX);
-    let expires_in = (lifetime / 1000).max(1);
     let caller = Caller {
         kind: TokenKind::Delegated,
         app_id: cfg.app_client_id.clone(),
         user: Some(cfg.delegated_account.clone()),
     };
-    let access_token = tokens.issue(caller, now, lifetime);
-    let mut body = json!({
-        "token_type": "Bearer",
-        "scope": scope,
-        "expires_in": expires_in,
-        "ext_expires_in": expires_in,
-        "access_token": access_token,
-    });
-    if scope.split_whitespace().any(|s| s == "offline_access") {
-        body["refresh_token"] = json!(tokens.rotate_refresh(now));
-    }
-    Ok(body)
+    Ok(tokens.grant(cfg, caller, &scope, now))
 }
 
 /// `Authorization: Basic base64(client_id:client_secret)`.
