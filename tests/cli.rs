@@ -136,62 +136,86 @@ fn inspect_dataverse_refuses_an_unreadable_body_with_exit_2_and_one_line() {
     assert!(out.stdout.is_empty());
 }
 
-#[test]
-fn sim_dataverse_serves_the_token_endpoint_and_the_web_api() {
+/// A `presync sim ...` child process, killed when dropped (also when a test panics).
+struct RunningSim {
+    child: std::process::Child,
+    /// `http://127.0.0.1:PORT`, from the line the simulator prints when it listens.
+    base: String,
+}
+
+impl Drop for RunningSim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Start `presync sim <args>` on an ephemeral port with the simulators' test secret.
+fn start_sim(args: &[&str]) -> RunningSim {
     use std::io::{BufRead, BufReader};
     let mut child = presync()
-        .args([
-            "sim",
-            "dataverse",
-            "--listen",
-            "127.0.0.1:0",
-            "--agents",
-            "3",
-        ])
-        .env("PRESYNC_SIM_CLIENT_SECRET", "a-test-secret-for-the-sim")
+        .arg("sim")
+        .args(args)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("PRESYNC_SIM_CLIENT_SECRET", SIM_SECRET)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let mut line = String::new();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    stdout.read_line(&mut line).unwrap();
-    let base = line.trim().rsplit(' ').next().unwrap().to_owned();
-    assert!(base.starts_with("http://127.0.0.1:"), "{line}");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
         .unwrap();
-    let status = rt.block_on(async {
-        let client = reqwest::Client::new();
-        let token: serde_json::Value = client
-            .post(format!("{base}/presync-sim/oauth2/v2.0/token"))
-            .form(&[
-                ("client_id", "presync"),
-                ("client_secret", "a-test-secret-for-the-sim"),
-                ("grant_type", "client_credentials"),
-                ("scope", "https://contoso.crm.dynamics.com/.default"),
-            ])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let bearer = token["access_token"].as_str().unwrap().to_owned();
-        let rows: serde_json::Value = client
-            .get(format!("{base}/api/data/v9.2/msdyn_agentstatuses?$select=msdyn_agentstatusid,_msdyn_agentid_value"))
-            .bearer_auth(bearer)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        rows["value"].as_array().map(Vec::len)
-    });
-    child.kill().unwrap();
-    child.wait().unwrap();
-    assert_eq!(status, Some(3));
+    let base = line.trim().rsplit(' ').next().unwrap().to_owned();
+    let sim = RunningSim { child, base };
+    assert!(sim.base.starts_with("http://127.0.0.1:"), "{line}");
+    sim
+}
+
+const SIM_SECRET: &str = "a-test-secret-for-the-sim";
+
+/// A client-credentials access token from a simulator's token endpoint.
+async fn sim_bearer(client: &reqwest::Client, base: &str, client_id: &str, scope: &str) -> String {
+    let token: serde_json::Value = client
+        .post(format!("{base}/presync-sim/oauth2/v2.0/token"))
+        .form(&[
+            ("client_id", client_id),
+            ("client_secret", SIM_SECRET),
+            ("grant_type", "client_credentials"),
+            ("scope", scope),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    token["access_token"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn sim_dataverse_serves_the_token_endpoint_and_the_web_api() {
+    let sim = start_sim(&["dataverse", "--agents", "3"]);
+    let base = &sim.base;
+    let client = reqwest::Client::new();
+    let bearer = sim_bearer(
+        &client,
+        base,
+        "presync",
+        "https://contoso.crm.dynamics.com/.default",
+    )
+    .await;
+    let rows: serde_json::Value = client
+        .get(format!(
+            "{base}/api/data/v9.2/msdyn_agentstatuses?$select=msdyn_agentstatusid,_msdyn_agentid_value"
+        ))
+        .bearer_auth(bearer)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rows["value"].as_array().map(Vec::len), Some(3));
 }
 
 #[test]
@@ -258,62 +282,38 @@ fn inspect_teams_refuses_an_unreadable_body_with_exit_2_and_one_line() {
     assert!(out.stdout.is_empty());
 }
 
-#[test]
-fn sim_teams_serves_presence_reads() {
-    use std::io::{BufRead, BufReader};
-    let mut child = presync()
-        .args(["sim", "teams", "--listen", "127.0.0.1:0", "--users", "2"])
-        .env("PRESYNC_SIM_CLIENT_SECRET", "a-test-secret-for-the-sim")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
+#[tokio::test]
+async fn sim_teams_serves_presence_reads() {
+    let sim = start_sim(&["teams", "--users", "2"]);
+    let base = &sim.base;
+    let client = reqwest::Client::new();
+    let bearer = sim_bearer(
+        &client,
+        base,
+        "11111111-2222-3333-4444-555555555555",
+        "https://graph.microsoft.com/.default",
+    )
+    .await;
+    let ids = [
+        "aad00000-0000-4000-8000-000000000000",
+        "aad00000-0000-4000-8000-000000000001",
+    ];
+    let body: serde_json::Value = client
+        .post(format!("{base}/v1.0/communications/getPresencesByUserId"))
+        .bearer_auth(bearer)
+        .json(&serde_json::json!({ "ids": ids }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
         .unwrap();
-    let mut line = String::new();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    stdout.read_line(&mut line).unwrap();
-    let base = line.trim().rsplit(' ').next().unwrap().to_owned();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let count = rt.block_on(async {
-        let client = reqwest::Client::new();
-        let token: serde_json::Value = client
-            .post(format!("{base}/presync-sim/oauth2/v2.0/token"))
-            .form(&[
-                ("client_id", "11111111-2222-3333-4444-555555555555"),
-                ("client_secret", "a-test-secret-for-the-sim"),
-                ("grant_type", "client_credentials"),
-                ("scope", "https://graph.microsoft.com/.default"),
-            ])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let ids = [
-            "aad00000-0000-4000-8000-000000000000",
-            "aad00000-0000-4000-8000-000000000001",
-        ];
-        let body: serde_json::Value = client
-            .post(format!("{base}/v1.0/communications/getPresencesByUserId"))
-            .bearer_auth(token["access_token"].as_str().unwrap())
-            .json(&serde_json::json!({ "ids": ids }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        body["value"].as_array().map(|v| {
-            v.iter()
-                .filter(|p| p["availability"] == "Available")
-                .count()
-        })
+    let available = body["value"].as_array().map(|v| {
+        v.iter()
+            .filter(|p| p["availability"] == "Available")
+            .count()
     });
-    child.kill().unwrap();
-    child.wait().unwrap();
-    assert_eq!(count, Some(2));
+    assert_eq!(available, Some(2));
 }
 
 fn with_example_secrets(cmd: &mut Command) -> &mut Command {
