@@ -205,26 +205,27 @@ fn authenticate(
     query: Option<&str>,
     headers: &HeaderMap,
 ) -> Result<(), &'static str> {
-    let presented: Option<String> = match &config.auth {
-        WebhookAuth::HttpHeader { name, .. } => headers
-            .get(name.as_str())
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
-        WebhookAuth::WebhookKey { .. } => query_param(query, "code"),
-        WebhookAuth::HttpQueryString { name, .. } => query_param(query, name),
+    let (presented, expected, missing) = match &config.auth {
+        WebhookAuth::HttpHeader { name, value } => (
+            headers
+                .get(name.as_str())
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            value,
+            "missing webhook secret header",
+        ),
+        WebhookAuth::WebhookKey { value } => (
+            query_param(query, "code"),
+            value,
+            "missing webhook key (?code=)",
+        ),
+        WebhookAuth::HttpQueryString { name, value } => (
+            query_param(query, name),
+            value,
+            "missing webhook secret query parameter",
+        ),
     };
-    let expected = match &config.auth {
-        WebhookAuth::HttpHeader { value, .. }
-        | WebhookAuth::WebhookKey { value }
-        | WebhookAuth::HttpQueryString { value, .. } => value,
-    };
-    let Some(presented) = presented else {
-        return Err(match &config.auth {
-            WebhookAuth::HttpHeader { .. } => "missing webhook secret header",
-            WebhookAuth::WebhookKey { .. } => "missing webhook key (?code=)",
-            WebhookAuth::HttpQueryString { .. } => "missing webhook secret query parameter",
-        });
-    };
+    let presented = presented.ok_or(missing)?;
     if !bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
         return Err("wrong webhook secret");
     }
