@@ -8,6 +8,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod admin;
 mod config;
 mod reps;
 mod service;

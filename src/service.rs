@@ -18,7 +18,7 @@ use presync_dataverse::auth::EntraCredentials;
 use presync_dataverse::connector::DataverseConnector;
 use presync_dataverse::webhook::{Ingress, IngressStats};
 use presync_engine::clock::SystemClock;
-use presync_engine::engine::Engine;
+use presync_engine::engine::{Engine, ReconcileReport};
 use presync_engine::store::Store;
 use presync_engine::topology::TopologyConfig;
 use presync_engine::{Connector, SystemId};
@@ -28,7 +28,7 @@ use presync_teams::client::GraphClient;
 use presync_teams::connector::TeamsConnector;
 use presync_teams::poll::Poller;
 use tokio_cron_scheduler::{Job, JobScheduler};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::{Config, Entra};
 
@@ -129,6 +129,14 @@ pub async fn build(config: &Config) -> anyhow::Result<Service> {
     if let Some(i) = ingress {
         router = router.merge(presync_dataverse::webhook::router(i));
     }
+    let admin_token = match &config.http.admin_token {
+        Some(t) => Some(presync_entra::Secret::new(
+            t.resolve()
+                .map_err(|e| anyhow::anyhow!("http.admin_token: {e}"))?,
+        )),
+        None => None,
+    };
+    router = router.merge(crate::admin::router(engine.clone(), admin_token));
     Ok(Service {
         engine,
         router,
@@ -188,6 +196,46 @@ async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
         "Writes retried after a transient failure.",
         st.retries.load(Ordering::Relaxed),
     );
+    let _ = writeln!(out, "# HELP presync_events_total Observations stored, by system and outcome.\n# TYPE presync_events_total counter");
+    for ((system, outcome), n) in st.events() {
+        let _ = writeln!(
+            out,
+            "presync_events_total{{system=\"{system}\",outcome=\"{outcome}\"}} {n}"
+        );
+    }
+    counter(
+        &mut out,
+        "presync_reconcile_drift_total",
+        "Targets the reconciler found out of sync and queued for repair.",
+        st.drift_found.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "presync_reconcile_missed_total",
+        "Changes the events had missed that the reconciler found and applied.",
+        st.missed_found.load(Ordering::Relaxed),
+    );
+    let _ = writeln!(out, "# HELP presync_target_writes_total Write attempts by target and outcome.\n# TYPE presync_target_writes_total counter");
+    for ((target, outcome), n) in st.writes() {
+        let _ = writeln!(
+            out,
+            "presync_target_writes_total{{target=\"{target}\",outcome=\"{outcome}\"}} {n}"
+        );
+    }
+    let (buckets, count, sum_ms) = st.lag.snapshot();
+    let _ = writeln!(out, "# HELP presync_end_to_end_lag_seconds From an observation's arrival to the target confirming the write.\n# TYPE presync_end_to_end_lag_seconds histogram");
+    for (le_ms, n) in buckets {
+        let _ = writeln!(
+            out,
+            "presync_end_to_end_lag_seconds_bucket{{le=\"{}\"}} {n}",
+            le_ms as f64 / 1000.0
+        );
+    }
+    let _ = writeln!(
+        out,
+        "presync_end_to_end_lag_seconds_bucket{{le=\"+Inf\"}} {count}\npresync_end_to_end_lag_seconds_sum {}\npresync_end_to_end_lag_seconds_count {count}",
+        sum_ms as f64 / 1000.0
+    );
     let _ = writeln!(out, "# HELP presync_decisions_total Decisions by conflict rule.\n# TYPE presync_decisions_total counter");
     for (rule, n) in st.decisions() {
         let _ = writeln!(out, "presync_decisions_total{{rule=\"{rule}\"}} {n}");
@@ -224,60 +272,80 @@ async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
     ([("content-type", "text/plain; version=0.0.4")], out)
 }
 
+/// How long a scheduled job's lease is held; it is renewed while the job runs.
+const JOB_LEASE: Duration = Duration::from_secs(60);
+
+/// Run `job` only if this instance takes the named lease: with several instances on one
+/// database, each scheduled job runs on one of them at a time. The lease is renewed while the job
+/// runs and then kept until it lapses, so an instance whose timer fires a little later skips the
+/// same tick. `None` when another instance holds it (or the store cannot be reached).
+pub async fn exclusive<F: std::future::Future>(
+    engine: &Engine,
+    name: &str,
+    job: F,
+) -> Option<F::Output> {
+    let take = |engine: Engine, name: String| async move {
+        let now = engine.now();
+        let until = now + i64::try_from(JOB_LEASE.as_millis()).unwrap_or(i64::MAX);
+        engine
+            .store()
+            .acquire_lease(&name, engine.instance_id(), now, until)
+            .await
+    };
+    match take(engine.clone(), name.to_owned()).await {
+        Ok(true) => {}
+        Ok(false) => {
+            debug!(
+                job = name,
+                "Another instance holds the job's lease; skipped"
+            );
+            return None;
+        }
+        Err(e) => {
+            warn!(job = name, error = %e, "Could not take the job's lease; skipped");
+            return None;
+        }
+    }
+    let renew = {
+        let (engine, name) = (engine.clone(), name.to_owned());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(JOB_LEASE / 3).await;
+                if let Err(e) = take(engine.clone(), name.clone()).await {
+                    warn!(job = %name, error = %e, "Could not renew the job's lease");
+                }
+            }
+        })
+    };
+    let out = job.await;
+    renew.abort();
+    Some(out)
+}
+
+/// One reconcile pass under the `reconcile` lease, logged.
+pub async fn scheduled_reconcile(engine: &Engine) -> Option<ReconcileReport> {
+    match exclusive(engine, "reconcile", engine.reconcile()).await? {
+        Ok(r) => {
+            info!(
+                drift = r.drift(),
+                missed = r.missed_changes(),
+                "Scheduled reconcile done"
+            );
+            Some(r)
+        }
+        Err(e) => {
+            warn!(error = %e, "Scheduled reconcile failed");
+            None
+        }
+    }
+}
+
 /// Run until Ctrl-C or SIGTERM; a second signal exits at once.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let service = build(&config).await?;
     let listener = tokio::net::TcpListener::bind(&config.http.listen)
         .await
         .with_context(|| format!("listening on {}", config.http.listen))?;
-    info!(listen = %listener.local_addr()?, "presync running");
-
-    let scheduler = JobScheduler::new().await?;
-    let engine = service.engine.clone();
-    scheduler
-        .add(Job::new_async(
-            config.reconcile.schedule.as_str(),
-            move |_, _| {
-                let engine = engine.clone();
-                Box::pin(async move {
-                    match engine.reconcile().await {
-                        Ok(r) => info!(
-                            drift = r.drift(),
-                            missed = r.missed_changes(),
-                            "Scheduled reconcile done"
-                        ),
-                        Err(e) => warn!(error = %e, "Scheduled reconcile failed"),
-                    }
-                })
-            },
-        )?)
-        .await?;
-    scheduler.start().await?;
-
-    let mut background = Vec::new();
-    if let Some(d) = service.dataverse.clone() {
-        background.push(tokio::spawn(async move {
-            loop {
-                if let Err(e) = d.refresh_catalog().await {
-                    warn!(error = %e, "Presence catalog refresh failed");
-                }
-                tokio::time::sleep(Duration::from_secs(600)).await;
-            }
-        }));
-    }
-    if let Some(t) = service.teams.clone() {
-        let keep = t.clone();
-        background.push(tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(30)).await;
-                keep.keep_alive().await;
-            }
-        }));
-        if let Some(interval) = service.teams_polling {
-            background.push(Poller::new(service.engine.clone(), "teams".into(), t).spawn(interval));
-        }
-    }
-
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let signals = tokio::spawn(async move {
         shutdown_signal().await;
@@ -286,6 +354,78 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         shutdown_signal().await;
         warn!("Second signal: exiting now");
         std::process::exit(130);
+    });
+    let mut stop = stop_rx;
+    let result = serve(service, &config, listener, async move {
+        let _ = stop.changed().await;
+    })
+    .await;
+    signals.abort();
+    result
+}
+
+/// Serve `service` on `listener` with its scheduled jobs until `shutdown` completes; then stop
+/// accepting, drain in-flight requests and the engine's work within its deadline, and return.
+pub async fn serve(
+    service: Service,
+    config: &Config,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    info!(listen = %listener.local_addr()?, instance = %service.engine.instance_id(), "presync running");
+
+    let mut scheduler = JobScheduler::new().await?;
+    let engine = service.engine.clone();
+    scheduler
+        .add(Job::new_async(
+            config.reconcile.schedule.as_str(),
+            move |_, _| {
+                let engine = engine.clone();
+                Box::pin(async move {
+                    scheduled_reconcile(&engine).await;
+                })
+            },
+        )?)
+        .await?;
+    if let Some(d) = service.dataverse.clone() {
+        // Each instance keeps its own copy of the catalog: this job runs everywhere.
+        if let Err(e) = d.refresh_catalog().await {
+            warn!(error = %e, "Presence catalog refresh failed; using the built-in presences");
+        }
+        scheduler
+            .add(Job::new_async(CATALOG_SCHEDULE, move |_, _| {
+                let d = d.clone();
+                Box::pin(async move {
+                    if let Err(e) = d.refresh_catalog().await {
+                        warn!(error = %e, "Presence catalog refresh failed");
+                    }
+                })
+            })?)
+            .await?;
+    }
+    let mut background = Vec::new();
+    if let Some(t) = service.teams.clone() {
+        // Each instance re-posts the sessions it wrote itself, so no session is posted twice.
+        let keep = t.clone();
+        scheduler
+            .add(Job::new_async(KEEP_ALIVE_SCHEDULE, move |_, _| {
+                let keep = keep.clone();
+                Box::pin(async move {
+                    let r = keep.keep_alive().await;
+                    debug!(?r, "Teams keep-alive pass");
+                })
+            })?)
+            .await?;
+        if let Some(interval) = service.teams_polling {
+            background.push(Poller::new(service.engine.clone(), "teams".into(), t).spawn(interval));
+        }
+    }
+    scheduler.start().await?;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
     });
     let engine = service.engine.clone();
     let mut engine_stop = stop_rx.clone();
@@ -305,13 +445,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     for b in background {
         b.abort();
     }
-    let mut scheduler = scheduler;
     let _ = scheduler.shutdown().await;
     engine_task.await??;
-    signals.abort();
     info!("presync stopped");
     Ok(())
 }
+
+/// Every 10 minutes: the Dataverse presence catalog.
+const CATALOG_SCHEDULE: &str = "0 */10 * * * *";
+/// Every 30 seconds: Teams sessions due for a re-post (the connector's `keep_alive_after_secs`
+/// decides which).
+const KEEP_ALIVE_SCHEDULE: &str = "*/30 * * * * *";
 
 async fn shutdown_signal() {
     #[cfg(unix)]

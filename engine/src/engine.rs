@@ -49,13 +49,91 @@ pub struct Stats {
     pub writes_ok: AtomicU64,
     pub writes_failed: AtomicU64,
     pub retries: AtomicU64,
+    /// Targets the reconciler found out of sync (repair writes queued).
+    pub drift_found: AtomicU64,
+    /// Changes the events had missed that the reconciler found and applied.
+    pub missed_found: AtomicU64,
+    /// End-to-end lag of confirmed writes: from the causing observation's arrival to the target's
+    /// confirmation.
+    pub lag: LagHistogram,
     decisions: Mutex<BTreeMap<&'static str, u64>>,
+    writes: Mutex<BTreeMap<(SystemId, &'static str), u64>>,
+    events: Mutex<BTreeMap<(SystemId, &'static str), u64>>,
+}
+
+/// A fixed-bucket histogram of milliseconds, in the shape Prometheus exports.
+#[derive(Debug, Default)]
+pub struct LagHistogram {
+    buckets: [AtomicU64; LAG_BUCKETS_MS.len()],
+    count: AtomicU64,
+    sum_ms: AtomicU64,
+}
+
+/// The upper bounds of [`LagHistogram`]'s buckets, in milliseconds (`+Inf` is implied).
+pub const LAG_BUCKETS_MS: [u64; 14] = [
+    5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000, 300_000,
+];
+
+impl LagHistogram {
+    /// Record one value.
+    pub fn observe(&self, ms: u64) {
+        if let Some(i) = LAG_BUCKETS_MS.iter().position(|b| ms <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_ms.fetch_add(ms, Ordering::Relaxed);
+    }
+
+    /// Cumulative counts per bucket bound, then the total count and the sum.
+    pub fn snapshot(&self) -> (Vec<(u64, u64)>, u64, u64) {
+        let mut acc = 0;
+        let cumulative = LAG_BUCKETS_MS
+            .iter()
+            .zip(&self.buckets)
+            .map(|(b, n)| {
+                acc += n.load(Ordering::Relaxed);
+                (*b, acc)
+            })
+            .collect();
+        (
+            cumulative,
+            self.count.load(Ordering::Relaxed),
+            self.sum_ms.load(Ordering::Relaxed),
+        )
+    }
 }
 
 impl Stats {
     /// Decisions by rule name.
     pub fn decisions(&self) -> BTreeMap<&'static str, u64> {
         self.decisions.lock().map(|d| d.clone()).unwrap_or_default()
+    }
+
+    /// Write attempts by target and outcome (`ok`, `retry`, `rejected`).
+    pub fn writes(&self) -> BTreeMap<(SystemId, &'static str), u64> {
+        self.writes.lock().map(|d| d.clone()).unwrap_or_default()
+    }
+
+    /// Observations stored by system and outcome (`event`, `reconcile`, `duplicate`).
+    pub fn events(&self) -> BTreeMap<(SystemId, &'static str), u64> {
+        self.events.lock().map(|d| d.clone()).unwrap_or_default()
+    }
+
+    fn ingested(&self, system: &SystemId, kind: ObservationKind, accepted: bool) {
+        let outcome = match (accepted, kind) {
+            (false, _) => "duplicate",
+            (true, ObservationKind::Reconcile) => "reconcile",
+            (true, _) => "event",
+        };
+        if let Ok(mut d) = self.events.lock() {
+            *d.entry((system.clone(), outcome)).or_default() += 1;
+        }
+    }
+
+    fn wrote(&self, target: &SystemId, outcome: &'static str) {
+        if let Ok(mut d) = self.writes.lock() {
+            *d.entry((target.clone(), outcome)).or_default() += 1;
+        }
     }
 
     fn decided(&self, rule: Rule) {
@@ -182,11 +260,13 @@ impl Engine {
             return Ok(Vec::new());
         }
         let out = self.inner.store.enqueue(&observations, self.now()).await?;
-        for e in &out {
+        for (e, o) in out.iter().zip(&observations) {
+            let stats = &self.inner.stats;
             match e {
-                Enqueued::Accepted => self.inner.stats.accepted.fetch_add(1, Ordering::Relaxed),
-                Enqueued::Duplicate => self.inner.stats.duplicates.fetch_add(1, Ordering::Relaxed),
+                Enqueued::Accepted => stats.accepted.fetch_add(1, Ordering::Relaxed),
+                Enqueued::Duplicate => stats.duplicates.fetch_add(1, Ordering::Relaxed),
             };
+            stats.ingested(&o.system, o.kind, matches!(e, Enqueued::Accepted));
         }
         self.inner.inbox_ready.notify_one();
         Ok(out)
@@ -426,8 +506,12 @@ impl Engine {
             let now = self.now();
             let result = match outcome {
                 Ok(()) => {
-                    self.inner.stats.writes_ok.fetch_add(1, Ordering::Relaxed);
-                    debug!(lag_ms = now - row.origin_observed_at, "Written");
+                    let stats = &self.inner.stats;
+                    stats.writes_ok.fetch_add(1, Ordering::Relaxed);
+                    stats.wrote(&row.target, "ok");
+                    let lag = now.saturating_sub(row.origin_observed_at);
+                    stats.lag.observe(u64::try_from(lag).unwrap_or(0));
+                    debug!(lag_ms = lag, "Written");
                     WriteResult::Done
                 }
                 Err(e) => self.failed(&row, &e, now),
@@ -477,9 +561,11 @@ impl Engine {
                 .stats
                 .writes_failed
                 .fetch_add(1, Ordering::Relaxed);
+            self.inner.stats.wrote(&row.target, "rejected");
             error!(error = %e, "Write rejected; the target stays out of sync until the next change or reconcile");
         } else {
             self.inner.stats.retries.fetch_add(1, Ordering::Relaxed);
+            self.inner.stats.wrote(&row.target, "retry");
             warn!(error = %e, class = e.class(), retry_in_ms = wait.as_millis() as u64, "Write failed, will retry");
         }
         WriteResult::Failed {
@@ -583,6 +669,13 @@ impl Engine {
         for h in self.inner.store.history_with_key_prefix(&prefix).await? {
             *report.decisions.entry(h.rule).or_default() += 1;
         }
+        let stats = &self.inner.stats;
+        stats
+            .drift_found
+            .fetch_add(report.drift(), Ordering::Relaxed);
+        stats
+            .missed_found
+            .fetch_add(report.missed_changes(), Ordering::Relaxed);
         info!(run = %report.run_id, fed = report.systems.iter().map(|s| s.fed).sum::<usize>(),
             drift = report.drift(), missed = report.missed_changes(), "Reconcile pass done");
         Ok(report)

@@ -390,7 +390,17 @@ impl GraphSim {
         })
     }
 
-    /// The person leaves the meeting: back to `Available/Available` if still signed in.
+    /// The person takes a Teams call (signing in if needed): `Busy/InACall`.
+    pub fn person_joins_call(&self, user: &str) -> bool {
+        self.person(user, |u, now| {
+            u.client = Some(ClientSession {
+                state: Pair::new("Busy", "InACall"),
+                since: now,
+            });
+        })
+    }
+
+    /// The person leaves the meeting (or call): back to `Available/Available` if still signed in.
     pub fn person_leaves_meeting(&self, user: &str) -> bool {
         self.person(user, |u, now| {
             if let Some(c) = &mut u.client {
