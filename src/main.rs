@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 mod admin;
 mod config;
+mod demo;
 mod reps;
 mod service;
 mod sim;
@@ -28,6 +29,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The whole service on this machine: both simulators on loopback, a SQLite database,
+    /// simulated representatives at work, a few faults; live progress, then a summary. Exits 0
+    /// only if every representative converged.
+    Demo(demo::DemoArgs),
     /// Create or upgrade the database schema.
     Migrate {
         /// Database URL: `sqlite:PATH` (embedded default) or `postgres://USER@HOST/DB`.
@@ -253,10 +258,15 @@ async fn open_store(url: &str) -> anyhow::Result<Store> {
 
 #[tokio::main]
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    // The demo draws on the terminal: only errors interrupt it unless RUST_LOG asks for more.
+    let default_level = match cli.command {
+        Command::Demo(_) => "error",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -270,6 +280,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{shown}: schema is up to date");
         }
         Command::Sim(command) => sim::run(*command).await?,
+        Command::Demo(args) => {
+            if !demo::run(args).await? {
+                anyhow::bail!("not every representative converged");
+            }
+        }
         Command::Config(ConfigCommand::Default) => print!("{}", config::EXAMPLE),
         Command::Reconcile { config: path, once } => {
             if !once {

@@ -412,3 +412,32 @@ fn reps_import_list_and_explain_work_on_a_database() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no representative nobody"));
 }
+
+#[test]
+fn the_demo_converges_and_prints_its_summary_as_json() {
+    let out = presync()
+        .args(["demo", "--reps", "8", "--duration", "6", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["reps"], 8);
+    assert_eq!(s["converged"], true, "{s}");
+    for key in [
+        "events",
+        "writes",
+        "echoes_suppressed",
+        "conflicts",
+        "drift_repaired",
+    ] {
+        assert!(s[key].is_u64(), "{key} in {s}");
+    }
+    assert!(s["events"].as_u64().unwrap() > 0, "{s}");
+    assert!(s["writes"].as_u64().unwrap() > 0, "{s}");
+    assert!(s["latency_ms"]["p50"].is_number() && s["latency_ms"]["p99"].is_number());
+}

@@ -18,7 +18,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::EngineConfig;
 use crate::connector::{Connector, ConnectorError};
 use crate::dispatch::{backoff, TargetGate};
-use crate::model::{Availability, ExternalId, Observation, ObservationKind, SystemId};
+use crate::model::{Availability, Desired, ExternalId, Observation, ObservationKind, SystemId};
 use crate::rules::{self, Context, Rule};
 use crate::store::{
     Dialect, Enqueued, InboxRow, OutboxRow, Resolved, Store, StoreError, WriteResult,
@@ -529,6 +529,13 @@ impl Engine {
                     .supersede_older_expectations(&row.rep_id, &row.target, id)
                     .await?;
             }
+            // Once presync's contribution is withdrawn, what the system shows is not presync's:
+            // no earlier write can echo any more.
+            if matches!(result, WriteResult::Done) && row.desired == Desired::Withdraw {
+                store
+                    .supersede_older_expectations(&row.rep_id, &row.target, i64::MAX)
+                    .await?;
+            }
             Ok(())
         }
         .instrument(span)
@@ -604,6 +611,10 @@ impl Engine {
             };
             let directory = self.inner.store.reconcile_snapshot(&system).await?;
             let users: Vec<ExternalId> = directory.keys().cloned().collect();
+            // A state read is known to hold from some moment of the read on: a system without
+            // timestamps gets the read's start as its date, never a later one that could beat
+            // a write of presync's which landed while the read was on the wire.
+            let read_at = self.now();
             let states = match connector.read_all(&users).await {
                 Ok(s) => s,
                 Err(e) => {
@@ -636,7 +647,7 @@ impl Engine {
                     source_time: s.source_time.unwrap_or(if known.observed.is_none() {
                         0
                     } else {
-                        now
+                        read_at
                     }),
                     sequence: s.sequence,
                     origin: s.origin,

@@ -139,6 +139,7 @@ struct Inner {
     name: SystemId,
     clock: Arc<dyn Clock>,
     semantics: WriteSemantics,
+    timestamps: bool,
     push: bool,
     users: BTreeMap<ExternalId, UserState>,
     deliveries: Vec<Observation>,
@@ -279,6 +280,7 @@ impl MemorySystem {
                 name: name.into(),
                 clock,
                 semantics: WriteSemantics::Overwrite,
+                timestamps: true,
                 push: true,
                 users: BTreeMap::new(),
                 deliveries: Vec::new(),
@@ -291,6 +293,13 @@ impl MemorySystem {
     /// The same system with other write semantics; `Contribution` models a Teams-like aggregate.
     pub fn with_semantics(self, semantics: WriteSemantics) -> Self {
         lock(&self.inner).semantics = semantics;
+        self
+    }
+
+    /// The same system declaring that it does not date its states (like Teams): the engine then
+    /// dates them by when it reads or receives them.
+    pub fn without_timestamps(self) -> Self {
+        lock(&self.inner).timestamps = false;
         self
     }
 
@@ -407,12 +416,13 @@ impl Connector for MemoryConnector {
     }
 
     fn capabilities(&self) -> Capabilities {
+        let inner = lock(&self.inner);
         Capabilities {
             push_ingress: true,
             bulk_read: true,
             write: true,
-            write_semantics: lock(&self.inner).semantics,
-            source_timestamps: true,
+            write_semantics: inner.semantics,
+            source_timestamps: inner.timestamps,
         }
     }
 

@@ -273,6 +273,29 @@ pub fn decide(
         }
     };
 
+    // Rule 2 (first part): a system without timestamps is dated by when presync read it. A
+    // read that started before presync's last write there landed may show the state from before
+    // that write; it says nothing about what the system shows now (the next read will).
+    if !timed && source_time > 0 {
+        if let Some(w) = state
+            .written
+            .as_ref()
+            .filter(|w| w.written_at > source_time)
+        {
+            let mut d = Decision::new(
+                Rule::Stale,
+                Outcome::Dropped,
+                a,
+                format!(
+                    "read from {sys} before presync's write of version {} there landed",
+                    w.version
+                ),
+            );
+            d.close_expectations = close;
+            return d;
+        }
+    }
+
     // Rule 1: echo suppression by recorded expectation.
     if order != Ordering::Less {
         if let Some(hit) = open.iter().filter(|e| could_echo(e)).max_by_key(|e| e.id) {
@@ -399,7 +422,22 @@ pub fn decide(
         }
         // A reconcile read equal to the last observation, and not newer where the system's
         // timestamps tell (the same state set again, with a lost delivery in between, is a change).
+        // Where presync only contributes to what the system shows, a read taken after presync's
+        // last write there landed that still shows something else is not presync's state but
+        // the person's own (it outranks presync's contribution): that is news, even when an
+        // earlier observation already showed it and was taken for an echo.
+        let contribution = ctx
+            .topology
+            .capabilities(sys)
+            .is_some_and(|c| c.write_semantics == WriteSemantics::Contribution);
+        let overridden = contribution
+            && !timed
+            && state.written.as_ref().is_some_and(|w| {
+                w.written_at <= source_time && w.availability.is_some_and(|wa| wa != a)
+            })
+            && view.canonical.as_ref().is_some_and(|c| c.availability != a);
         let unchanged = prev.availability == a
+            && !overridden
             && (!timed || raw_order(&observed_now, prev) != Ordering::Greater);
         if obs.kind == ObservationKind::Reconcile && unchanged {
             let mut d = Decision::new(

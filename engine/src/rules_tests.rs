@@ -33,6 +33,49 @@ fn topology() -> Topology {
     Topology::build(&TopologyConfig::full_mesh(&connectors), &connectors).unwrap()
 }
 
+/// The same two systems, with Teams dating nothing (as the real one): the engine dates its states
+/// by when it reads them.
+fn untimed_topology() -> Topology {
+    let clock = Arc::new(ManualClock::new(T0));
+    let mut connectors: BTreeMap<SystemId, Arc<dyn Connector>> = BTreeMap::new();
+    connectors.insert(
+        D365.into(),
+        MemorySystem::new(D365, clock.clone()).connector(),
+    );
+    connectors.insert(
+        TEAMS.into(),
+        MemorySystem::new(TEAMS, clock)
+            .with_semantics(WriteSemantics::Contribution)
+            .without_timestamps()
+            .connector(),
+    );
+    Topology::build(&TopologyConfig::full_mesh(&connectors), &connectors).unwrap()
+}
+
+fn decide_untimed(o: &Observation, v: &RepView) -> Decision {
+    let topo = untimed_topology();
+    let cfg = RulesConfig::default();
+    let a = remap(&cfg, o, o.native.code.parse().unwrap_or(Offline));
+    decide(
+        o,
+        a,
+        v,
+        Context {
+            config: &cfg,
+            topology: &topo,
+            now: o.observed_at,
+        },
+    )
+}
+
+fn written(a: Option<Availability>, version: i64, at: Millis) -> WrittenState {
+    WrittenState {
+        availability: a,
+        version,
+        written_at: at,
+    }
+}
+
 fn view() -> RepView {
     let mut v = RepView::default();
     v.external_ids.insert(D365.into(), "agent-1".into());
@@ -715,4 +758,49 @@ fn an_echo_does_not_advance_the_stale_watermark() {
     assert_eq!(d.rule, Rule::Echo);
     let o = d.observed.unwrap();
     assert_eq!((o.source_time, o.genuine_time), (T0 + 15, None));
+}
+
+// Found by `presync demo`: a Teams read that started before presync's write there landed showed
+// presync's previous state, was dated after the write, and beat the newer D365 change.
+#[test]
+fn an_untimed_read_from_before_presyncs_last_write_landed_is_stale() {
+    let mut v = view();
+    v.canonical = Some(presence(D365, Available, T0 + 50, 3));
+    let teams = v.systems.entry(TEAMS.into()).or_default();
+    teams.observed = Some(observed(Busy, T0));
+    teams.written = Some(written(Some(Available), 3, T0 + 100));
+    // The read started at T0+80, before the write of Available landed at T0+100.
+    let d = decide_untimed(&obs(TEAMS, Busy, T0 + 80), &v);
+    assert_eq!(d.rule, Rule::Stale, "{}", d.detail);
+    assert!(upserts(&d).is_empty());
+}
+
+// Found by `presync demo`: a person in a Teams call whose first poll was taken for the echo of
+// presync's Busy stayed Available in D365 once presync had written Available over it.
+#[test]
+fn an_untimed_read_after_presyncs_write_landed_that_shows_otherwise_is_the_persons_state() {
+    let mut v = view();
+    v.canonical = Some(presence(D365, Available, T0 + 50, 3));
+    let teams = v.systems.entry(TEAMS.into()).or_default();
+    teams.observed = Some(observed(Busy, T0));
+    teams.written = Some(written(Some(Available), 3, T0 + 100));
+    v.systems.entry(D365.into()).or_default().observed = Some(observed(Available, T0 + 50));
+    let d = decide_untimed(&reconcile_read(TEAMS, Busy, T0 + 200, T0 + 300), &v);
+    assert_eq!(d.rule, Rule::LastWriterWins, "{}", d.detail);
+    assert!(
+        upserts(&d).contains(&(D365.to_owned(), Some(Busy))),
+        "{:?}",
+        upserts(&d)
+    );
+}
+
+#[test]
+fn an_untimed_read_equal_to_presyncs_landed_write_is_still_unchanged() {
+    let mut v = view();
+    v.canonical = Some(presence(D365, Busy, T0 + 50, 3));
+    let teams = v.systems.entry(TEAMS.into()).or_default();
+    teams.observed = Some(observed(Busy, T0 + 150));
+    teams.written = Some(written(Some(Busy), 3, T0 + 100));
+    let d = decide_untimed(&reconcile_read(TEAMS, Busy, T0 + 200, T0 + 300), &v);
+    assert_eq!(d.rule, Rule::Unchanged, "{}", d.detail);
 }

@@ -50,6 +50,8 @@ pub struct TeamsConnector {
     mapping: Mapping,
     /// The sessions presync owns, by user: the pair and when it was last posted.
     sessions: Mutex<HashMap<String, (Pair, Millis)>>,
+    /// When each user's last write (a state or a withdrawal) was confirmed.
+    last_write: std::sync::Mutex<HashMap<String, Millis>>,
     clock: Arc<dyn Clock>,
 }
 
@@ -72,6 +74,7 @@ impl TeamsConnector {
             config,
             mapping,
             sessions: Mutex::new(HashMap::new()),
+            last_write: std::sync::Mutex::new(HashMap::new()),
             clock,
         })
     }
@@ -126,6 +129,15 @@ impl TeamsConnector {
             debug!(refreshed = report.refreshed, "Sessions kept alive");
         }
         report
+    }
+
+    /// Whether a write of this instance to `user` ended at or after `t`: a read that started at
+    /// `t` may not show it yet.
+    pub fn written_since(&self, user: &str, t: Millis) -> bool {
+        self.last_write
+            .lock()
+            .map(|w| w.get(user).is_some_and(|at| *at >= t))
+            .unwrap_or(false)
     }
 
     /// The users presync currently holds a session for.
@@ -203,10 +215,16 @@ impl Connector for TeamsConnector {
 
     async fn write(&self, user: &ExternalId, desired: &Desired) -> Result<(), ConnectorError> {
         let user = user.as_str().to_ascii_lowercase();
-        match self.mapping.mode() {
+        let result = match self.mapping.mode() {
             WriteMode::Session => self.write_session(&user, desired).await,
             WriteMode::Preferred => self.write_preferred(&user, desired).await,
+        };
+        // Even a failed attempt may have landed (a timeout): either way, a read that started
+        // before now may show the state from before it.
+        if let Ok(mut w) = self.last_write.lock() {
+            w.insert(user, self.clock.now());
         }
+        result
     }
 
     async fn read_all(&self, users: &[ExternalId]) -> Result<Vec<RemoteState>, ConnectorError> {

@@ -50,11 +50,19 @@ impl Poller {
         if users.is_empty() {
             return Ok(0);
         }
+        // Dated at the read's start: a write of presync's that landed while the read was on
+        // the wire must not look older than the state read before it.
+        let read_at = self.engine.now();
         let states = self.connector.read_all(&users).await?;
         let now = self.engine.now();
         let mut changed = Vec::new();
         for s in states {
             let user = s.external_id.as_str().to_owned();
+            // A write that ended during the read may not show in it: leave the user for the
+            // next pass, which will see the write (or what outranks it) and report it then.
+            if self.connector.written_since(&user, read_at) {
+                continue;
+            }
             let first_sight = match self.last.get(&user) {
                 Some(code) if *code == s.native.code => continue,
                 Some(_) => false,
@@ -66,7 +74,7 @@ impl Poller {
             let (kind, source_time) = if first_sight {
                 (ObservationKind::Reconcile, 0)
             } else {
-                (ObservationKind::Event, now)
+                (ObservationKind::Event, read_at)
             };
             changed.push(Observation {
                 system: self.system.clone(),
