@@ -13,6 +13,15 @@ const AGENT: &str = "5e000000-0000-4000-8000-000000000001";
 const AAD: &str = "aad00000-0000-4000-8000-000000000001";
 const APP: &str = "11111111-2222-3333-4444-555555555555";
 const HOOK_SECRET: &str = "e2e-webhook-secret-0123456789";
+const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789";
+
+/// The `i`th agent and its Entra user (agent 1 is [`AGENT`]/[`AAD`]).
+fn agent(i: usize) -> (String, String) {
+    (
+        format!("5e000000-0000-4000-8000-{i:012x}"),
+        format!("aad00000-0000-4000-8000-{i:012x}"),
+    )
+}
 
 struct Presync(Child);
 
@@ -48,12 +57,14 @@ struct Setup {
     graph: GraphSim,
     config: std::path::PathBuf,
     presync_url: String,
+    db: String,
 }
 
 impl Setup {
     fn presync(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_presync"));
         c.env("E2E_HOOK_SECRET", HOOK_SECRET)
+            .env("E2E_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("E2E_DV_SECRET", "dv-secret")
             .env("E2E_GRAPH_SECRET", "graph-secret")
             .env(
@@ -66,6 +77,12 @@ impl Setup {
 
 /// Both simulators on loopback, a configuration for presync, and a directory of one agent.
 async fn setup() -> Setup {
+    setup_with(1, None).await
+}
+
+/// [`setup`] with `agents` agents (1..=agents) and, when given, that database instead of a
+/// SQLite file.
+async fn setup_with(agents: usize, database: Option<String>) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let presync_url = format!("http://127.0.0.1:{port}");
@@ -84,7 +101,15 @@ async fn setup() -> Setup {
         },
     ));
     let dv = DataverseSim::new(dv_cfg);
-    dv.add_agent(AGENT, AAD, "Agent One", builtin::OFFLINE, true);
+    for i in 1..=agents {
+        let (a, aad) = agent(i);
+        let name = if i == 1 {
+            "Agent One".to_owned()
+        } else {
+            format!("Agent {i}")
+        };
+        dv.add_agent(&a, &aad, &name, builtin::OFFLINE, true);
+    }
     let dv_base = format!("http://{}", dv.spawn().await.unwrap());
 
     let graph = GraphSim::new(
@@ -97,11 +122,15 @@ async fn setup() -> Setup {
         ),
         std::sync::Arc::new(presync_engine::clock::SystemClock),
     );
-    graph.add_user(AAD);
-    graph.person_signs_in(AAD);
+    for i in 1..=agents {
+        let aad = agent(i).1;
+        graph.add_user(&aad);
+        graph.person_signs_in(&aad);
+    }
     let graph_base = format!("http://{}", graph.spawn().await.unwrap());
 
-    let db = format!("sqlite:{}", dir.path().join("presync.db").display());
+    let db =
+        database.unwrap_or_else(|| format!("sqlite:{}", dir.path().join("presync.db").display()));
     let config = dir.path().join("presync.toml");
     std::fs::write(
         &config,
@@ -111,8 +140,10 @@ async fn setup() -> Setup {
 url = "{db}"
 [http]
 listen = "127.0.0.1:{port}"
+admin_token = {{ env = "E2E_ADMIN_TOKEN" }}
 [engine.pipeline]
 poll_interval_ms = 50
+lease_ms = 4000
 [dataverse]
 org_url = "{dv_base}"
 webhook_secret = {{ env = "E2E_HOOK_SECRET" }}
@@ -138,11 +169,12 @@ graph_url = "{graph_base}/v1.0"
     )
     .unwrap();
     let reps = dir.path().join("reps.csv");
-    std::fs::write(
-        &reps,
-        format!("id,display_name,dataverse,teams\nagent-one,Agent One,{AGENT},{AAD}\n"),
-    )
-    .unwrap();
+    let mut csv = format!("id,display_name,dataverse,teams\nagent-one,Agent One,{AGENT},{AAD}\n");
+    for i in 2..=agents {
+        let (a, aad) = agent(i);
+        csv.push_str(&format!("agent-{i},Agent {i},{a},{aad}\n"));
+    }
+    std::fs::write(&reps, csv).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_presync"))
         .args(["reps", "import"])
         .arg(&reps)
@@ -161,6 +193,7 @@ graph_url = "{graph_base}/v1.0"
         graph,
         config,
         presync_url,
+        db,
     }
 }
 
@@ -290,4 +323,392 @@ async fn a_lost_webhook_is_repaired_by_reconcile_once() {
         .graph
         .session(AAD, APP)
         .is_some_and(|s| s.posted_availability == "DoNotDisturb"));
+}
+
+impl Setup {
+    /// The same simulators and files, for a second instance's address.
+    fn clone_paths(&self) -> Setup {
+        Setup {
+            _dir: tempfile::tempdir().unwrap(),
+            dv: self.dv.clone(),
+            graph: self.graph.clone(),
+            config: self.config.clone(),
+            presync_url: self.presync_url.clone(),
+            db: self.db.clone(),
+        }
+    }
+
+    fn run(&self, log: &str) -> Presync {
+        Presync(
+            self.presync()
+                .args(["run", "--config"])
+                .arg(&self.config)
+                .stdout(Stdio::null())
+                .stderr(
+                    std::fs::File::create(std::env::temp_dir().join(log))
+                        .map(Stdio::from)
+                        .unwrap_or(Stdio::null()),
+                )
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    async fn ready(&self) {
+        let http = reqwest::Client::new();
+        let ready = format!("{}/readyz", self.presync_url);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = http.get(&ready).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "presync never became ready"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn metric(&self, line_prefix: &str) -> Option<f64> {
+        let text = reqwest::get(format!("{}/metrics", self.presync_url))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(line_prefix))
+            .and_then(|v| v.trim().parse().ok())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_are_refused_with_a_clear_message_and_store_nothing() {
+    let st = setup().await;
+    let _presync = st.run("presync-e2e-bad.log");
+    st.ready().await;
+    let http = reqwest::Client::new();
+    let hook = format!("{}/webhooks/dataverse", st.presync_url);
+    let authed = |body: Vec<u8>| {
+        http.post(&hook)
+            .header("x-presync-secret", HOOK_SECRET)
+            .header("x-ms-dynamics-organization", "contoso.crm.dynamics.com")
+            .header("content-type", "application/json")
+            .body(body)
+    };
+    // Oversized: refused on its Content-Length, before the body is sent. (A client streaming
+    // the body would see the connection closed under it.)
+    let reply = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = st.presync_url.trim_start_matches("http://");
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "POST /webhooks/dataverse HTTP/1.1\r\nhost: {addr}\r\nx-presync-secret: {HOOK_SECRET}\r\n\
+             x-ms-dynamics-organization: contoso.crm.dynamics.com\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            4 * 1024 * 1024
+        );
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+    assert!(
+        reply.contains("larger than the configured limit"),
+        "{reply}"
+    );
+    // Malformed: says what and where.
+    let r = authed(b"{\"MessageName\": ".to_vec()).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("line"));
+    // Unauthenticated, and a wrong secret.
+    let r = http.post(&hook).body("{}").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = http
+        .post(&hook)
+        .header("x-presync-secret", "not-the-secret-at-all")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(!r.text().await.unwrap().contains(HOOK_SECRET));
+    // Nothing from Dataverse was stored, and each refusal was counted.
+    for (outcome, n) in [
+        ("accepted", 0.0),
+        ("too_large", 1.0),
+        ("malformed", 1.0),
+        ("unauthorized", 2.0),
+    ] {
+        let line = format!("presync_webhooks_total{{system=\"dataverse\",outcome=\"{outcome}\"}} ");
+        assert_eq!(st.metric(&line).await, Some(n), "{outcome}");
+    }
+    assert!(st
+        .metric("presync_events_total{system=\"dataverse\",outcome=\"event\"} ")
+        .await
+        .is_none());
+
+    // The admin API: refused without the token, then the directory, one representative's
+    // state, an update that would steal an id (409), and a reconcile on demand.
+    let admin = |path: &str| format!("{}/admin/{path}", st.presync_url);
+    let r = http.get(admin("reps")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = http
+        .get(admin("reps"))
+        .bearer_auth("wrong-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let reps: serde_json::Value = http
+        .get(admin("reps"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(reps[0]["id"], "agent-one", "{reps}");
+    let one: serde_json::Value = http
+        .get(admin("reps/agent-one"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(one["representative"]["display_name"], "Agent One", "{one}");
+    assert!(one["history"].is_array(), "{one}");
+    let r = http
+        .put(admin("reps/agent-two"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&serde_json::json!({"display_name": "Two", "external_ids": {"teams": AAD}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let r = http
+        .get(admin("reps/nobody"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let report: serde_json::Value = http
+        .post(admin("reconcile"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        report["systems"].as_array().map(Vec::len),
+        Some(2),
+        "{report}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_in_the_middle_of_a_burst_loses_nothing_acknowledged() {
+    let st = setup().await;
+    let mut presync = st.run("presync-e2e-kill.log");
+    st.ready().await;
+    // A burst of D365 changes; the process is killed with SIGKILL halfway through.
+    for i in 0..80 {
+        let p = if i % 2 == 0 {
+            builtin::BUSY
+        } else {
+            builtin::AVAILABLE
+        };
+        st.dv.system_sets(AGENT, p);
+        if i == 40 {
+            presync.0.kill().unwrap();
+            presync.0.wait().unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    st.dv.wait_deliveries_idle().await;
+    let _restarted = st.run("presync-e2e-kill-2.log");
+    st.ready().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while st.metric("presync_queue_depth{queue=\"inbox\"} ").await != Some(0.0) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "inbox never drained"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Every delivery presync acknowledged was resolved: it has its decision in history.
+    let acknowledged: Vec<String> = st
+        .dv
+        .deliveries()
+        .iter()
+        .filter(|d| d.status.is_some_and(|s| (200..300).contains(&s)))
+        .filter_map(|d| {
+            let ctx = presync_dataverse::context::parse(d.body.as_bytes()).unwrap();
+            match presync_dataverse::context::agent_status(&ctx, false) {
+                presync_dataverse::context::Derived::Change(c) => Some(c.delivery_key),
+                _ => None,
+            }
+        })
+        .collect();
+    assert!(acknowledged.len() > 20, "{}", acknowledged.len());
+    let db = st.db.clone();
+    let store = presync_engine::store::Store::open(&db).await.unwrap();
+    for key in &acknowledged {
+        let h = store.history_for_delivery(key).await.unwrap();
+        assert!(!h.is_empty(), "acknowledged delivery {key} was lost");
+    }
+}
+
+/// Every `setPresence` body posted for `user`, as (availability, activity).
+fn session_posts(graph: &GraphSim, user: &str) -> Vec<String> {
+    graph
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/presence/setPresence") && r.path.contains(user))
+        .filter_map(|r| {
+            r.body
+                .as_ref()?
+                .get("availability")?
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticky_echo_settles_with_the_persons_real_state() {
+    let st = setup().await;
+    let _presync = st.run("presync-e2e-sticky.log");
+    st.ready().await;
+    // A customer conversation: presync's Teams session says Busy.
+    st.dv.system_sets(AGENT, builtin::BUSY);
+    wait_for("Busy in Teams", || {
+        st.graph
+            .session(AAD, APP)
+            .is_some_and(|s| s.posted_availability == "Busy")
+    })
+    .await;
+    // The person sets Do not disturb by hand in Teams: D365 follows, and its echo must not come
+    // back into presync's Teams session, or the session would hold DND after the person clears it.
+    st.graph
+        .person_sets_preferred(AAD, "DoNotDisturb", "DoNotDisturb");
+    wait_for("DND in D365", || {
+        st.dv.presence(AGENT).as_deref() == Some(builtin::BUSY_DND)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    st.graph.person_clears_preferred(AAD);
+    wait_for("Available in D365 again", || {
+        st.dv.presence(AGENT).as_deref() == Some(builtin::AVAILABLE)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(st.graph.presence(AAD).0, "Available");
+    assert_eq!(st.dv.presence(AGENT).as_deref(), Some(builtin::AVAILABLE));
+    let posts = session_posts(&st.graph, AAD);
+    assert!(
+        !posts.iter().any(|a| a == "DoNotDisturb"),
+        "presync's session held the echo: {posts:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_postgres_share_the_work_and_survive_one_killed() {
+    use sqlx::Connection;
+    let Ok(admin) = std::env::var("PRESYNC_TEST_POSTGRES_URL") else {
+        eprintln!("skipped: PRESYNC_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let name = format!("presync_e2e_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
+    const N: usize = 20;
+    let st = setup_with(N, Some(url)).await;
+    // Instance A gets the webhooks; instance B listens elsewhere.
+    let mut a = st.run("presync-e2e-pg-a.log");
+    let b_port = free_port();
+    let mut b_cmd = st.presync();
+    b_cmd
+        .env("PRESYNC_HTTP__LISTEN", format!("127.0.0.1:{b_port}"))
+        .args(["run", "--config"])
+        .arg(&st.config)
+        .stdout(Stdio::null())
+        .stderr(
+            std::fs::File::create(std::env::temp_dir().join("presync-e2e-pg-b.log"))
+                .map(Stdio::from)
+                .unwrap_or(Stdio::null()),
+        );
+    let _b = Presync(b_cmd.spawn().unwrap());
+    st.ready().await;
+    let b = Setup {
+        presync_url: format!("http://127.0.0.1:{b_port}"),
+        ..st.clone_paths()
+    };
+    b.ready().await;
+
+    // Every agent goes Busy in D365: one Teams write each, whichever instance sends it.
+    for i in 1..=N {
+        st.dv.system_sets(&agent(i).0, builtin::BUSY);
+    }
+    wait_for("every agent Busy in Teams", || {
+        (1..=N).all(|i| st.graph.presence(&agent(i).1).0 == "Busy")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for i in 1..=N {
+        let posts = session_posts(&st.graph, &agent(i).1);
+        assert_eq!(posts, vec!["Busy".to_owned()], "agent {i}");
+    }
+
+    // The two instances' writes add up to one per agent: the work was shared, not repeated.
+    let by_a = st.metric("presync_writes_ok_total ").await.unwrap();
+    let by_b = b.metric("presync_writes_ok_total ").await.unwrap();
+    eprintln!("phase 1 writes: instance A {by_a}, instance B {by_b}");
+    assert_eq!(by_a + by_b, N as f64);
+
+    // A is killed; B carries on alone: the people set Do not disturb in Teams, and B reads it
+    // and writes each agent once in D365.
+    a.0.kill().unwrap();
+    a.0.wait().unwrap();
+    for i in 1..=N {
+        st.graph
+            .person_sets_preferred(&agent(i).1, "DoNotDisturb", "DoNotDisturb");
+    }
+    wait_for("every agent DND in D365", || {
+        (1..=N).all(|i| st.dv.presence(&agent(i).0).as_deref() == Some(builtin::BUSY_DND))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let d365_writes = st
+        .dv
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("CCaaS_ModifyAgentPresence") && (200..300).contains(&r.status))
+        .count();
+    assert_eq!(d365_writes, N, "one D365 write per agent");
+    let by_b_after = b.metric("presync_writes_ok_total ").await.unwrap();
+    // N D365 writes, plus the withdrawals of presync's Teams sessions (the change came from Teams).
+    assert!(
+        by_b_after - by_b >= N as f64,
+        "B wrote {}",
+        by_b_after - by_b
+    );
+    drop(_b);
+    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
 }

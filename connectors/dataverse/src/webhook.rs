@@ -102,7 +102,20 @@ async fn handle(
         return Err(Refusal(StatusCode::UNAUTHORIZED, why.to_owned()));
     }
     let limit = ingress.config.max_body_bytes;
-    let Ok(bytes) = to_bytes(body, limit).await else {
+    // A declared length over the limit is refused before a byte of the body is read.
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let body = match declared {
+        Some(n) if n > limit => None,
+        _ => Some(body),
+    };
+    let read = match body {
+        Some(body) => to_bytes(body, limit).await.ok(),
+        None => None,
+    };
+    let Some(bytes) = read else {
         stats.too_large.fetch_add(1, Ordering::Relaxed);
         return Err(Refusal(
             StatusCode::PAYLOAD_TOO_LARGE,
