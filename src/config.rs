@@ -211,6 +211,14 @@ pub struct TeamsSection {
     /// Subscriptions: where `presync teams login` stored the refresh token.
     #[serde(default)]
     pub refresh_token_file: Option<PathBuf>,
+    /// Subscriptions: the lifetime asked for, in seconds (Graph allows at most 3600 for
+    /// presence); renewed when a third of it remains.
+    #[serde(default = "default_subscription_lifetime")]
+    pub subscription_lifetime_secs: u64,
+}
+
+fn default_subscription_lifetime() -> u64 {
+    3_600
 }
 
 fn default_ingress() -> String {
@@ -218,6 +226,14 @@ fn default_ingress() -> String {
 }
 fn default_poll() -> u64 {
     30
+}
+
+/// `http://` on a loopback address: Graph itself requires HTTPS, but the simulator on this
+/// machine does not.
+fn is_loopback_http(url: &str) -> bool {
+    url.strip_prefix("http://").is_some_and(|rest| {
+        rest.starts_with("127.0.0.1") || rest.starts_with("localhost") || rest.starts_with("[::1]")
+    })
 }
 
 /// Load `file` (when given) and the `PRESYNC_*` environment over the defaults.
@@ -292,7 +308,7 @@ impl Config {
                 "subscriptions" => {
                     if t.public_url
                         .as_deref()
-                        .is_none_or(|u| !u.starts_with("https://"))
+                        .is_none_or(|u| !(u.starts_with("https://") || is_loopback_http(u)))
                     {
                         p.push(
                             "teams.public_url: subscriptions need presync's public https:// URL"
@@ -436,6 +452,11 @@ caller = "application"
 # subscriptions (delegated account, see `presync teams login`) or polling (app-only).
 ingress = "polling"
 poll_interval_secs = 30
+# For ingress = "subscriptions" (change notifications):
+# public_url = "https://presync.example.com"
+# client_state = { env = "PRESYNC_TEAMS_CLIENT_STATE" }
+# refresh_token_file = "/var/lib/presync/teams-refresh-token"
+# subscription_lifetime_secs = 3600
 
 [teams.entra]
 tenant_id = "00000000-0000-0000-0000-000000000000"

@@ -24,9 +24,13 @@ use presync_engine::topology::TopologyConfig;
 use presync_engine::{Connector, SystemId};
 use presync_entra::{AssertionMode, Credential, EntraConfig, TokenClient};
 use presync_teams::auth::AppCredentials;
+use presync_teams::auth::DelegatedCredentials;
 use presync_teams::client::GraphClient;
 use presync_teams::connector::TeamsConnector;
+use presync_teams::notifications::LifecycleItem;
 use presync_teams::poll::Poller;
+use presync_teams::subscriptions::{LifecycleAction, SubscriptionManager, SubscriptionSettings};
+use presync_teams::webhook::{spawn_reader, TeamsIngress, TeamsIngressStats};
 use tokio_cron_scheduler::{Job, JobScheduler};
 use tracing::{debug, info, warn};
 
@@ -39,12 +43,23 @@ pub struct Service {
     dataverse: Option<Arc<DataverseConnector>>,
     teams: Option<Arc<TeamsConnector>>,
     teams_polling: Option<Duration>,
+    teams_notifications: Option<TeamsNotifications>,
 }
 
 #[derive(Clone)]
 struct Shared {
     engine: Engine,
     dataverse: Option<Arc<Ingress>>,
+    teams: Option<Arc<TeamsIngress>>,
+}
+
+/// Change-notification mode: the subscription manager, and the ingress's queues of users to
+/// read and lifecycle events.
+struct TeamsNotifications {
+    manager: Arc<SubscriptionManager>,
+    reread: tokio::sync::mpsc::UnboundedReceiver<String>,
+    lifecycle: tokio::sync::mpsc::UnboundedReceiver<LifecycleItem>,
+    connector: Arc<TeamsConnector>,
 }
 
 fn entra(e: &Entra, scope: String) -> anyhow::Result<TokenClient> {
@@ -79,27 +94,69 @@ pub async fn build(config: &Config) -> anyhow::Result<Service> {
     }
     let mut teams = None;
     let mut teams_polling = None;
+    let mut teams_subscriptions = None;
+    let mut teams_client_state = None;
     if let Some(t) = &config.teams {
         let scope = "https://graph.microsoft.com/.default".to_owned();
         let app = Arc::new(AppCredentials::new(entra(&t.entra, scope)?));
+        let subscribing = t.ingress == "subscriptions";
+        let delegated: Option<Arc<dyn presync_engine::remote::Credentials>> =
+            match (subscribing, &t.refresh_token_file) {
+                (true, Some(store)) => Some(Arc::new(DelegatedCredentials::new(
+                    format!(
+                        "{}/{}/oauth2/v2.0/token",
+                        t.entra.authority.trim_end_matches('/'),
+                        t.entra.tenant_id
+                    ),
+                    t.entra.client_id.clone(),
+                    "https://graph.microsoft.com/Presence.Read.All offline_access",
+                    store.clone(),
+                ))),
+                _ => None,
+            };
         let client = GraphClient::new(
             &t.graph.graph_url,
             app,
-            None,
+            delegated,
             t.graph.rate_limit,
             Duration::from_secs(t.graph.rate_window_secs),
             Duration::from_millis(t.graph.request_timeout_ms),
         )?;
         let connector = Arc::new(TeamsConnector::new(
             t.graph.clone(),
-            client,
+            client.clone(),
             Arc::new(SystemClock),
         )?);
         connectors.insert("teams".into(), connector.clone() as Arc<dyn Connector>);
-        if t.ingress == "polling" {
-            teams_polling = Some(Duration::from_secs(t.poll_interval_secs));
+        if subscribing {
+            let public = t
+                .public_url
+                .clone()
+                .context("teams.public_url is required for subscriptions")?;
+            let public = public.trim_end_matches('/');
+            let client_state = t
+                .client_state
+                .as_ref()
+                .context("teams.client_state is required for subscriptions")?
+                .resolve()
+                .map_err(|e| anyhow::anyhow!("teams.client_state: {e}"))?;
+            teams_subscriptions = Some(Arc::new(SubscriptionManager::new(
+                client.clone(),
+                SubscriptionSettings {
+                    notification_url: format!("{public}{}", presync_teams::webhook::PATH),
+                    lifecycle_url: Some(format!(
+                        "{public}{}",
+                        presync_teams::webhook::LIFECYCLE_PATH
+                    )),
+                    client_state: client_state.clone(),
+                    lifetime: Duration::from_secs(t.subscription_lifetime_secs),
+                    renew_before: Duration::from_secs(t.subscription_lifetime_secs / 3),
+                    encryption: None,
+                },
+                Arc::new(SystemClock),
+            )));
+            teams_client_state = Some(client_state);
         } else {
-            warn!("Teams change notifications are configured; this build runs Teams in polling mode only until the subscription wiring lands");
             teams_polling = Some(Duration::from_secs(t.poll_interval_secs));
         }
         teams = Some(connector);
@@ -117,9 +174,27 @@ pub async fn build(config: &Config) -> anyhow::Result<Service> {
         })),
         _ => None,
     };
+    let mut teams_ingress = None;
+    let mut teams_channels = None;
+    if let (Some(connector), Some(client_state)) = (&teams, teams_client_state) {
+        let (reread, reread_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (lifecycle, lifecycle_rx) = tokio::sync::mpsc::unbounded_channel();
+        let ingress = Arc::new(TeamsIngress {
+            engine: engine.clone(),
+            system: "teams".into(),
+            client_state,
+            keys: None,
+            reread,
+            lifecycle,
+            stats: TeamsIngressStats::default(),
+        });
+        teams_channels = Some((reread_rx, lifecycle_rx, connector.clone()));
+        teams_ingress = Some(ingress);
+    }
     let shared = Shared {
         engine: engine.clone(),
         dataverse: ingress.clone(),
+        teams: teams_ingress.clone(),
     };
     let mut router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -129,6 +204,9 @@ pub async fn build(config: &Config) -> anyhow::Result<Service> {
     if let Some(i) = ingress {
         router = router.merge(presync_dataverse::webhook::router(i));
     }
+    if let Some(i) = teams_ingress {
+        router = router.merge(presync_teams::webhook::router(i));
+    }
     let admin_token = match &config.http.admin_token {
         Some(t) => Some(presync_entra::Secret::new(
             t.resolve()
@@ -137,12 +215,22 @@ pub async fn build(config: &Config) -> anyhow::Result<Service> {
         None => None,
     };
     router = router.merge(crate::admin::router(engine.clone(), admin_token));
+    let teams_notifications = match (teams_subscriptions, teams_channels) {
+        (Some(manager), Some((reread, lifecycle, connector))) => Some(TeamsNotifications {
+            manager,
+            reread,
+            lifecycle,
+            connector,
+        }),
+        _ => None,
+    };
     Ok(Service {
         engine,
         router,
         dataverse,
         teams,
         teams_polling,
+        teams_notifications,
     })
 }
 
@@ -254,6 +342,24 @@ async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
             let _ = writeln!(
                 out,
                 "presync_webhooks_total{{system=\"dataverse\",outcome=\"{outcome}\"}} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
+    }
+    if let Some(i) = &s.teams {
+        let _ = writeln!(out, "# HELP presync_notifications_total Teams change notifications by outcome.\n# TYPE presync_notifications_total counter");
+        for (outcome, v) in [
+            ("handshake", &i.stats.handshakes),
+            ("accepted", &i.stats.accepted),
+            ("refused", &i.stats.refused_items),
+            ("reread_queued", &i.stats.rereads_queued),
+            ("lifecycle", &i.stats.lifecycle),
+            ("malformed", &i.stats.malformed),
+            ("undecryptable", &i.stats.undecryptable),
+        ] {
+            let _ = writeln!(
+                out,
+                "presync_notifications_total{{system=\"teams\",outcome=\"{outcome}\"}} {}",
                 v.load(Ordering::Relaxed)
             );
         }
@@ -420,6 +526,66 @@ pub async fn serve(
             background.push(Poller::new(service.engine.clone(), "teams".into(), t).spawn(interval));
         }
     }
+    if let Some(n) = service.teams_notifications {
+        let engine = service.engine.clone();
+        background.push(spawn_reader(
+            engine.clone(),
+            "teams".into(),
+            n.connector.clone(),
+            n.reread,
+            Duration::from_millis(200),
+        ));
+        // Create and renew the subscriptions: at start, then every minute, on one instance.
+        let maintain = {
+            let (engine, manager) = (engine.clone(), n.manager.clone());
+            move || {
+                let (engine, manager) = (engine.clone(), manager.clone());
+                async move {
+                    exclusive(&engine, "teams-subscriptions", async {
+                        match engine.store().external_ids(&"teams".into()).await {
+                            Ok(ids) => {
+                                let users: Vec<String> = ids
+                                    .into_iter()
+                                    .map(|(_, e)| e.as_str().to_owned())
+                                    .collect();
+                                let r = manager.maintain(&users).await;
+                                debug!(?r, "Teams subscriptions maintained");
+                            }
+                            Err(e) => {
+                                warn!(error = %e, "Could not read the directory for subscriptions")
+                            }
+                        }
+                    })
+                    .await;
+                }
+            }
+        };
+        // At start, once the HTTP server below answers the validation handshake, and once
+        // more a little later in case that first attempt failed; then every minute.
+        let first = maintain.clone();
+        background.push(tokio::spawn(async move {
+            for delay in [200, 5_000] {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+                first().await;
+            }
+        }));
+        scheduler
+            .add(Job::new_async(SUBSCRIPTION_SCHEDULE, move |_, _| {
+                Box::pin(maintain())
+            })?)
+            .await?;
+        // Lifecycle events: renew, recreate, and read everyone again when changes were lost.
+        let (manager, mut lifecycle) = (n.manager.clone(), n.lifecycle);
+        background.push(tokio::spawn(async move {
+            while let Some(item) = lifecycle.recv().await {
+                if manager.on_lifecycle(&item).await == LifecycleAction::Reread {
+                    if let Err(e) = engine.reconcile().await {
+                        warn!(error = %e, "Reconcile after a lifecycle event failed");
+                    }
+                }
+            }
+        }));
+    }
     scheduler.start().await?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -451,6 +617,8 @@ pub async fn serve(
     Ok(())
 }
 
+/// Every minute: create missing Teams subscriptions and renew those due.
+const SUBSCRIPTION_SCHEDULE: &str = "0 * * * * *";
 /// Every 10 minutes: the Dataverse presence catalog.
 const CATALOG_SCHEDULE: &str = "0 */10 * * * *";
 /// Every 30 seconds: Teams sessions due for a re-post (the connector's `keep_alive_after_secs`

@@ -65,6 +65,7 @@ impl Setup {
         let mut c = Command::new(env!("CARGO_BIN_EXE_presync"));
         c.env("E2E_HOOK_SECRET", HOOK_SECRET)
             .env("E2E_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("E2E_CLIENT_STATE", "e2e-client-state-0123456789")
             .env("E2E_DV_SECRET", "dv-secret")
             .env("E2E_GRAPH_SECRET", "graph-secret")
             .env(
@@ -80,9 +81,20 @@ async fn setup() -> Setup {
     setup_with(1, None).await
 }
 
-/// [`setup`] with `agents` agents (1..=agents) and, when given, that database instead of a
-/// SQLite file.
+/// How presync learns of Teams changes in a test.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TeamsIngress {
+    Polling,
+    Subscriptions,
+}
+
 async fn setup_with(agents: usize, database: Option<String>) -> Setup {
+    setup_full(agents, database, TeamsIngress::Polling).await
+}
+
+/// [`setup`] with `agents` agents (1..=agents), when given that database instead of a SQLite
+/// file, and Teams read by polling or change notifications.
+async fn setup_full(agents: usize, database: Option<String>, teams: TeamsIngress) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let presync_url = format!("http://127.0.0.1:{port}");
@@ -129,6 +141,19 @@ async fn setup_with(agents: usize, database: Option<String>) -> Setup {
     }
     let graph_base = format!("http://{}", graph.spawn().await.unwrap());
 
+    let teams_ingress = match teams {
+        TeamsIngress::Polling => "ingress = \"polling\"\npoll_interval_secs = 1".to_owned(),
+        TeamsIngress::Subscriptions => {
+            let store = dir.path().join("refresh-token");
+            std::fs::write(&store, "rt").unwrap();
+            format!(
+                "ingress = \"subscriptions\"\npublic_url = \"{presync_url}\"\n\
+                 client_state = {{ env = \"E2E_CLIENT_STATE\" }}\n\
+                 refresh_token_file = \"{}\"",
+                store.display()
+            )
+        }
+    };
     let db =
         database.unwrap_or_else(|| format!("sqlite:{}", dir.path().join("presync.db").display()));
     let config = dir.path().join("presync.toml");
@@ -154,8 +179,7 @@ tenant_id = "dv-tenant"
 client_id = "dv-client"
 client_secret = {{ env = "E2E_DV_SECRET" }}
 [teams]
-ingress = "polling"
-poll_interval_secs = 1
+{teams_ingress}
 [teams.entra]
 authority = "{graph_base}"
 tenant_id = "graph-tenant"
@@ -711,4 +735,52 @@ async fn two_instances_on_postgres_share_the_work_and_survive_one_killed() {
         .execute(&mut conn)
         .await
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn teams_change_notifications_drive_d365_through_the_real_binary() {
+    let st = setup_full(1, None, TeamsIngress::Subscriptions).await;
+    let _presync = st.run("presync-e2e-subscriptions.log");
+    st.ready().await;
+    // presync subscribes at start, with the delegated account, after the validation handshake.
+    wait_for("a presence subscription", || {
+        !st.graph.subscriptions().is_empty()
+    })
+    .await;
+    let sub = st.graph.subscriptions().remove(0);
+    assert_eq!(sub.user_ids, vec![AAD.to_owned()]);
+    // A meeting in Teams is notified, read and written to D365.
+    st.graph.person_joins_meeting(AAD);
+    wait_for("Busy in D365", || {
+        st.dv.presence(AGENT).as_deref() == Some(builtin::BUSY)
+    })
+    .await;
+    st.graph.person_leaves_meeting(AAD);
+    wait_for("Available in D365", || {
+        st.dv.presence(AGENT).as_deref() == Some(builtin::AVAILABLE)
+    })
+    .await;
+    // D365's change reaches Teams; its echo comes back as a notification and stops there. (Basic
+    // notifications name the user; presync reads the presence.)
+    st.dv.system_sets(AGENT, builtin::BUSY_DND);
+    wait_for("DND in Teams", || {
+        st.graph.presence(AAD).0 == "DoNotDisturb"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let d365_writes = st
+        .dv
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("CCaaS_ModifyAgentPresence"))
+        .count();
+    assert_eq!(
+        d365_writes, 2,
+        "meeting Busy, then Available; no echo written back"
+    );
+    let notified = st
+        .metric("presync_notifications_total{system=\"teams\",outcome=\"reread_queued\"} ")
+        .await
+        .unwrap_or(0.0);
+    assert!(notified >= 3.0, "{notified}");
 }

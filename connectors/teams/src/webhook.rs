@@ -221,18 +221,37 @@ pub fn spawn_reader(
     window: Duration,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        while let Some(first) = queue.recv().await {
-            let mut users = BTreeSet::from([first]);
+        // Users read while a write of presync's to them was landing: read again next round.
+        let mut again = BTreeSet::new();
+        loop {
+            let mut users = std::mem::take(&mut again);
+            if users.is_empty() {
+                match queue.recv().await {
+                    Some(first) => {
+                        users.insert(first);
+                    }
+                    None => return,
+                }
+            }
             let deadline = tokio::time::Instant::now() + window;
             while let Ok(Some(u)) = tokio::time::timeout_at(deadline, queue.recv()).await {
                 users.insert(u);
             }
             let ids: Vec<ExternalId> = users.into_iter().map(ExternalId).collect();
+            // Dated at the read's start, like the poller's reads.
+            let read_at = engine.now();
             match connector.read_all(&ids).await {
                 Ok(states) => {
                     let now = engine.now();
                     let observations = states
                         .into_iter()
+                        .filter(|s| {
+                            let racing = connector.written_since(s.external_id.as_str(), read_at);
+                            if racing {
+                                again.insert(s.external_id.as_str().to_owned());
+                            }
+                            !racing
+                        })
                         .map(|s| Observation {
                             system: system.clone(),
                             delivery_key: format!(
@@ -242,7 +261,7 @@ pub fn spawn_reader(
                             ),
                             external_id: s.external_id,
                             native: s.native,
-                            source_time: now,
+                            source_time: read_at,
                             sequence: None,
                             origin: Origin::Unknown,
                             kind: ObservationKind::Event,
