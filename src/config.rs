@@ -8,11 +8,14 @@ use std::path::{Path, PathBuf};
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use presync_dataverse::config::{
-    DataverseConfig, Discovery, Impersonation, WebhookAuth, WebhookConfig,
+    DataverseConfig, Discovery, GetPresenceForm, Impersonation, ReconcileSource, WebhookAuth,
+    WebhookConfig,
 };
 use presync_engine::config::EngineConfig;
+use presync_engine::Availability;
 use presync_teams::config::TeamsConfig;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// The whole configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -179,6 +182,34 @@ pub struct DataverseSection {
     /// Add new agents to the directory from Create events.
     #[serde(default)]
     pub discovery: bool,
+    /// How `CCaaS_GetPresence` is called: `function` (with `ApiVersion`, the default) or `bare`
+    /// (as the page documents it). UNCONFIRMED which one a tenant accepts.
+    #[serde(default)]
+    pub get_presence_form: Option<GetPresenceForm>,
+    /// What the reconciler reads: `agent_status_query` (one paged query of
+    /// `msdyn_agentstatuses`, the default) or `get_presence` (`CCaaS_GetPresence` per agent).
+    #[serde(default)]
+    pub reconcile_source: Option<ReconcileSource>,
+    /// Canonical availability -> the presence id presync writes (defaults to the built-ins).
+    #[serde(default)]
+    pub presence_map: Option<BTreeMap<Availability, String>>,
+    /// What an unknown presence id maps to (never Available; default Away).
+    #[serde(default)]
+    pub unknown_presence: Option<Availability>,
+    /// Rows per page of OData reads.
+    #[serde(default)]
+    pub page_size: Option<u32>,
+    /// Client-side request limit per impersonated user, per `rate_window_secs`.
+    #[serde(default)]
+    pub rate_limit: Option<u32>,
+    #[serde(default)]
+    pub rate_window_secs: Option<u64>,
+    /// Per-request timeout in milliseconds.
+    #[serde(default)]
+    pub request_timeout_ms: Option<u64>,
+    /// The largest webhook body accepted, in bytes (default 512 KiB).
+    #[serde(default)]
+    pub max_body_bytes: Option<usize>,
 }
 
 fn default_webhook_auth() -> String {
@@ -397,8 +428,35 @@ impl DataverseSection {
         let mut hook = WebhookConfig::header("", "");
         hook.auth = auth;
         hook.organization = self.organization.clone();
+        if let Some(n) = self.max_body_bytes {
+            hook.max_body_bytes = n;
+        }
         let mut c = DataverseConfig::new(self.org_url.clone(), hook);
         c.impersonation = self.impersonation.clone();
+        if let Some(v) = self.get_presence_form {
+            c.get_presence_form = v;
+        }
+        if let Some(v) = self.reconcile_source {
+            c.reconcile_source = v;
+        }
+        if let Some(v) = &self.presence_map {
+            c.presence_map = v.clone();
+        }
+        if let Some(v) = self.unknown_presence {
+            c.unknown_presence = v;
+        }
+        if let Some(v) = self.page_size {
+            c.page_size = v;
+        }
+        if let Some(v) = self.rate_limit {
+            c.rate_limit = v;
+        }
+        if let Some(v) = self.rate_window_secs {
+            c.rate_window_secs = v;
+        }
+        if let Some(v) = self.request_timeout_ms {
+            c.request_timeout_ms = v;
+        }
         if self.discovery {
             c.discovery = Some(Discovery {
                 entra_system: "teams".to_owned(),
@@ -435,6 +493,11 @@ webhook_name = "x-presync-secret"
 webhook_secret = { env = "PRESYNC_DATAVERSE_WEBHOOK_SECRET" }
 organization = "contoso.crm.dynamics.com"
 discovery = false
+
+# What the reconciler reads: agent_status_query (one paged query) or get_presence (per agent).
+reconcile_source = "agent_status_query"
+# How CCaaS_GetPresence is called: function (with ApiVersion) or bare. UNCONFIRMED: see README.
+get_presence_form = "function"
 
 [dataverse.entra]
 tenant_id = "00000000-0000-0000-0000-000000000000"

@@ -19,9 +19,10 @@ use presync_dataverse::connector::DataverseConnector;
 use presync_dataverse::webhook::{Ingress, IngressStats};
 use presync_engine::clock::SystemClock;
 use presync_engine::engine::{Engine, ReconcileReport};
+use presync_engine::remote::Credentials;
 use presync_engine::store::Store;
 use presync_engine::topology::TopologyConfig;
-use presync_engine::{Connector, SystemId};
+use presync_engine::{Connector, ConnectorError, SystemId};
 use presync_entra::{AssertionMode, Credential, EntraConfig, TokenClient};
 use presync_teams::auth::AppCredentials;
 use presync_teams::auth::DelegatedCredentials;
@@ -49,6 +50,8 @@ pub struct Service {
 #[derive(Clone)]
 struct Shared {
     engine: Engine,
+    /// Each connector's credentials: a connector that cannot get a token cannot write.
+    health: Arc<Vec<(&'static str, Arc<dyn Credentials>)>>,
     dataverse: Option<Arc<Ingress>>,
     teams: Option<Arc<TeamsIngress>>,
 }
@@ -81,12 +84,14 @@ fn entra(e: &Entra, scope: String) -> anyhow::Result<TokenClient> {
 pub async fn build(config: &Config) -> anyhow::Result<Service> {
     let store = Store::open(&config.database.url).await?;
     let mut connectors: BTreeMap<SystemId, Arc<dyn Connector>> = BTreeMap::new();
+    let mut health: Vec<(&'static str, Arc<dyn Credentials>)> = Vec::new();
     let mut dataverse = None;
     let mut dataverse_ingress = None;
     if let Some(d) = &config.dataverse {
         let dv_config = d.connector_config().map_err(anyhow::Error::msg)?;
         let scope = format!("{}/.default", d.org_url.trim_end_matches('/'));
         let creds = Arc::new(EntraCredentials::new(entra(&d.entra, scope)?));
+        health.push(("dataverse", creds.clone() as Arc<dyn Credentials>));
         let connector = Arc::new(DataverseConnector::new(dv_config.clone(), creds)?);
         connectors.insert("dataverse".into(), connector.clone() as Arc<dyn Connector>);
         dataverse = Some(connector);
@@ -99,6 +104,7 @@ pub async fn build(config: &Config) -> anyhow::Result<Service> {
     if let Some(t) = &config.teams {
         let scope = "https://graph.microsoft.com/.default".to_owned();
         let app = Arc::new(AppCredentials::new(entra(&t.entra, scope)?));
+        health.push(("teams", app.clone() as Arc<dyn Credentials>));
         let subscribing = t.ingress == "subscriptions";
         let delegated: Option<Arc<dyn presync_engine::remote::Credentials>> =
             match (subscribing, &t.refresh_token_file) {
@@ -192,6 +198,7 @@ pub async fn build(config: &Config) -> anyhow::Result<Service> {
         teams_ingress = Some(ingress);
     }
     let shared = Shared {
+        health: Arc::new(health),
         engine: engine.clone(),
         dataverse: ingress.clone(),
         teams: teams_ingress.clone(),
@@ -234,14 +241,43 @@ pub async fn build(config: &Config) -> anyhow::Result<Service> {
     })
 }
 
+/// Ready when the store answers and no connector's credentials are refused. A connector whose
+/// token endpoint is only unreachable is reported as degraded but keeps the instance ready:
+/// webhooks are still stored, and the writes wait and retry.
 async fn readyz(State(s): State<Shared>) -> impl IntoResponse {
-    match s.engine.store().ping().await {
-        Ok(()) => (StatusCode::OK, "ready".to_owned()),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("store unreachable: {e}"),
-        ),
+    let mut ready = true;
+    let store = match s.engine.store().ping().await {
+        Ok(()) => "ok".to_owned(),
+        Err(e) => {
+            ready = false;
+            format!("unreachable: {e}")
+        }
+    };
+    let mut connectors = serde_json::Map::new();
+    for (name, creds) in s.health.iter() {
+        let state = match creds.bearer().await {
+            Ok(_) => "ok".to_owned(),
+            Err(e @ ConnectorError::Unauthorized { .. }) => {
+                ready = false;
+                format!("credentials refused: {e}")
+            }
+            Err(e) => format!("degraded: {e}"),
+        };
+        connectors.insert((*name).to_owned(), state.into());
     }
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        axum::Json(serde_json::json!({
+            "ready": ready,
+            "store": store,
+            "connectors": connectors,
+        })),
+    )
 }
 
 /// Prometheus text exposition of the engine's and the ingress's counters.

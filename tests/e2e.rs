@@ -784,3 +784,36 @@ async fn teams_change_notifications_drive_d365_through_the_real_binary() {
         .unwrap_or(0.0);
     assert!(notified >= 3.0, "{notified}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_reports_refused_credentials_without_the_secret() {
+    let st = setup().await;
+    let mut cmd = st.presync();
+    cmd.env("E2E_GRAPH_SECRET", "wrong-graph-secret-value")
+        .args(["run", "--config"])
+        .arg(&st.config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _presync = Presync(cmd.spawn().unwrap());
+    let url = format!("{}/readyz", st.presync_url);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let (status, body) = loop {
+        if let Ok(r) = reqwest::get(&url).await {
+            break (r.status(), r.text().await.unwrap());
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no answer");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status, 503, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["store"], "ok", "{v}");
+    assert_eq!(v["connectors"]["dataverse"], "ok", "{v}");
+    assert!(
+        v["connectors"]["teams"]
+            .as_str()
+            .unwrap()
+            .starts_with("credentials refused"),
+        "{v}"
+    );
+    assert!(!body.contains("wrong-graph-secret-value"));
+}
