@@ -3,7 +3,8 @@
 //! simulated representatives, and a working day compressed into `--duration` seconds: a burst of
 //! sign-ins at shift start, customer conversations that make D365 Busy and then Available, Teams
 //! meetings and calls, people setting Do not disturb by hand in either system, sign-outs and
-//! sign-ins, plus lost webhooks and 429s for the reconciler and the dispatcher to absorb.
+//! sign-ins, plus lost, reordered and duplicated webhooks and 429s for the rules, the reconciler
+//! and the dispatcher to absorb.
 //!
 //! At the end the activity stops, the reconciler runs, and the demo checks every representative:
 //! Dynamics 365, Teams and presync's canonical state must all show the same availability. It
@@ -362,6 +363,7 @@ graph_url = "{graph_base}/v1.0"
         "conflicts": count(&["stale", "superseded", "manual_wins", "debounced", "deferred"]),
         "drift_repaired": st.drift_found.load(Relaxed) + st.missed_found.load(Relaxed),
         "lost_webhooks": dv.dropped_webhooks().len(),
+        "duplicate_webhooks": st.duplicates.load(Relaxed),
         "rate_limited_responses": rate_limited,
         "converged": converged,
         "diverged": diverged,
@@ -450,8 +452,9 @@ async fn drive(
     let faults_at = [
         started + run_for.mul_f64(0.3),
         started + run_for.mul_f64(0.5),
+        started + run_for.mul_f64(0.4),
     ];
-    let mut faults_done = [false, false];
+    let mut faults_done = [false, false, false];
     let expect = |i: usize, to_teams: bool, expected: Availability| {
         if let Ok(mut l) = latencies.lock() {
             l.awaited.insert(
@@ -486,6 +489,18 @@ async fn drive(
             world.dv.inject(presync_dataverse::sim::Fault::RateLimited {
                 retry_after_secs: 1,
             });
+        }
+        if !faults_done[2] && now >= faults_at[2] {
+            faults_done[2] = true;
+            // Dataverse runs webhooks as asynchronous jobs in no guaranteed order, and retries:
+            // a few arrive out of order, a few twice.
+            let n = u32::try_from((world.reps.len() / 10).clamp(3, 30)).unwrap_or(3);
+            world
+                .dv
+                .inject(presync_dataverse::sim::Fault::ReorderWebhooks(n));
+            world
+                .dv
+                .inject(presync_dataverse::sim::Fault::DuplicateWebhooks(n));
         }
         for (i, p) in people.iter_mut().enumerate() {
             // End what is due.
@@ -723,6 +738,7 @@ fn print_summary(s: &serde_json::Value) {
         "conflicts",
         "drift_repaired",
         "lost_webhooks",
+        "duplicate_webhooks",
         "rate_limited_responses",
     ] {
         println!("  {key:<24} {}", s[key]);
