@@ -330,6 +330,13 @@ impl Config {
                     .map(|m| format!("teams.graph.{m}")),
             );
             entra_problems("teams.entra", &t.entra, &mut p);
+            // Graph takes a presence session only from the application that owns it.
+            if !t.graph.app_id.eq_ignore_ascii_case(&t.entra.client_id) {
+                p.push(format!(
+                    "teams.graph.app_id: {:?} must equal teams.entra.client_id {:?} (Graph accepts a session id only from its own application)",
+                    t.graph.app_id, t.entra.client_id
+                ));
+            }
             match t.ingress.as_str() {
                 "polling" => {
                     if t.poll_interval_secs == 0 {
@@ -556,6 +563,41 @@ mod tests {
         let f = write(EXAMPLE);
         let c = load(Some(f.path())).unwrap();
         assert_eq!(c.validate(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_teams_session_id_other_than_the_application_is_refused() {
+        example_env();
+        let text = EXAMPLE.replace(
+            "app_id = \"11111111-1111-1111-1111-111111111111\"",
+            "app_id = \"22222222-2222-2222-2222-222222222222\"",
+        );
+        assert_ne!(text, EXAMPLE);
+        let f = write(&text);
+        let problems = load(Some(f.path())).unwrap().validate();
+        assert!(
+            problems.iter().any(|p| p.starts_with("teams.graph.app_id")),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn dataverse_choices_reach_the_connector() {
+        example_env();
+        let text = EXAMPLE
+            .replace(
+                "reconcile_source = \"agent_status_query\"",
+                "reconcile_source = \"get_presence\"",
+            )
+            .replace(
+                "get_presence_form = \"function\"",
+                "get_presence_form = \"bare\"",
+            );
+        let f = write(&text);
+        let c = load(Some(f.path())).unwrap();
+        let dv = c.dataverse.unwrap().connector_config().unwrap();
+        assert_eq!(dv.reconcile_source, ReconcileSource::GetPresence);
+        assert_eq!(dv.get_presence_form, GetPresenceForm::Bare);
     }
 
     #[test]
