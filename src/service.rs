@@ -547,14 +547,31 @@ pub async fn serve(
     }
     let mut background = Vec::new();
     if let Some(t) = service.teams.clone() {
-        // Each instance re-posts the sessions it wrote itself, so no session is posted twice.
-        let keep = t.clone();
+        // One instance at a time re-posts every session presync's records say it holds, whichever
+        // instance wrote it: a session is presync's application's, not an instance's, and one
+        // written before a restart or by an instance that died must not fade or expire.
+        let (keep, engine) = (t.clone(), service.engine.clone());
         scheduler
             .add(Job::new_async(KEEP_ALIVE_SCHEDULE, move |_, _| {
-                let keep = keep.clone();
+                let (keep, engine) = (keep.clone(), engine.clone());
                 Box::pin(async move {
-                    let r = keep.keep_alive().await;
-                    debug!(?r, "Teams keep-alive pass");
+                    exclusive(&engine, "teams-keep-alive", async {
+                        match engine.store().written_states(&"teams".into()).await {
+                            Ok(written) => {
+                                let adopted = keep
+                                    .adopt_sessions(written.into_iter().map(|(user, w)| {
+                                        (user.as_str().to_owned(), w.availability, w.written_at)
+                                    }))
+                                    .await;
+                                let r = keep.keep_alive().await;
+                                debug!(adopted, ?r, "Teams keep-alive pass");
+                            }
+                            Err(e) => {
+                                warn!(error = %e, "Keep-alive could not read presync's records")
+                            }
+                        }
+                    })
+                    .await;
                 })
             })?)
             .await?;

@@ -227,6 +227,15 @@ async fn a_newer_desired_state_survives_the_write_in_flight(url: String) {
         .clone()
         .unwrap();
     assert_eq!(written.availability, Some(Availability::Busy));
+    // The same record, listed for the whole system (what Teams keep-alive adopts).
+    let all = store.written_states(&"teams".into()).await.unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].1, written);
+    assert!(store
+        .written_states(&"d365".into())
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 async fn a_failed_write_is_released_for_retry_or_dropped_when_refused(url: String) {

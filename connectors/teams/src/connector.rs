@@ -140,6 +140,45 @@ impl TeamsConnector {
             .unwrap_or(false)
     }
 
+    /// Take over the sessions presync's records say it holds (`written`: user, the availability
+    /// last written or `None` for a withdrawal, and when), for sessions this process did not post
+    /// itself: after a restart, or those of another instance. A session this process posted
+    /// more recently is kept as it is. Returns how many were adopted.
+    pub async fn adopt_sessions(
+        &self,
+        written: impl IntoIterator<Item = (String, Option<Availability>, Millis)>,
+    ) -> usize {
+        if self.mapping.mode() != WriteMode::Session {
+            return 0;
+        }
+        let mut sessions = self.sessions.lock().await;
+        let mut adopted = 0;
+        for (user, availability, at) in written {
+            let user = user.to_ascii_lowercase();
+            let mine = self
+                .last_write
+                .lock()
+                .map(|w| w.get(&user).is_some_and(|t| *t >= at))
+                .unwrap_or(false);
+            if mine {
+                continue;
+            }
+            match availability.and_then(|a| self.mapping.pair_for(a).cloned()) {
+                Some(pair) => {
+                    let newer = sessions.get(&user).is_none_or(|(_, t)| *t < at);
+                    if newer {
+                        sessions.insert(user, (pair, at));
+                        adopted += 1;
+                    }
+                }
+                None => {
+                    sessions.remove(&user);
+                }
+            }
+        }
+        adopted
+    }
+
     /// The users presync currently holds a session for.
     pub async fn owned_sessions(&self) -> Vec<String> {
         self.sessions.lock().await.keys().cloned().collect()

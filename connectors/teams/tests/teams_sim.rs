@@ -30,6 +30,7 @@ fn user(i: usize) -> String {
 
 struct Env {
     sim: GraphSim,
+    sim_graph_url: String,
     clock: Arc<ManualClock>,
     connector: Arc<TeamsConnector>,
     client: GraphClient,
@@ -78,6 +79,7 @@ async fn env(users: usize) -> Env {
     let connector = Arc::new(TeamsConnector::new(config, client.clone(), clock.clone()).unwrap());
     Env {
         sim,
+        sim_graph_url: format!("{base}/v1.0"),
         clock,
         connector,
         client,
@@ -435,4 +437,37 @@ async fn the_validation_handshake_echoes_the_decoded_token_as_text() {
         .unwrap()
         .starts_with("text/plain"));
     assert_eq!(r.text().await.unwrap(), "a+b c=d");
+}
+
+#[tokio::test]
+async fn a_restarted_process_keeps_alive_the_sessions_presyncs_records_name() {
+    let env = env(1).await;
+    let u = ExternalId(user(0));
+    env.connector
+        .write(&u, &set(Availability::Available))
+        .await
+        .unwrap();
+    let written_at = env.clock.now();
+    // A new process (a restart, or another instance) knows the session only from the records.
+    let mut config = TeamsConfig::new(APP);
+    config.graph_url = env.sim_graph_url.clone();
+    let fresh = TeamsConnector::new(config, env.client.clone(), env.clock.clone()).unwrap();
+    let adopted = fresh
+        .adopt_sessions([(user(0), Some(Availability::Available), written_at)])
+        .await;
+    assert_eq!(adopted, 1);
+    for _ in 0..30 {
+        env.clock.advance(60_000);
+        env.sim.tick();
+        fresh.keep_alive().await;
+        assert_eq!(
+            env.sim.presence(&user(0)),
+            ("Available".to_owned(), "Available".to_owned())
+        );
+    }
+    // A withdrawal in the records drops the session from what is kept alive.
+    fresh
+        .adopt_sessions([(user(0), None, env.clock.now())])
+        .await;
+    assert!(fresh.owned_sessions().await.is_empty());
 }

@@ -6,7 +6,7 @@ use sqlx::Row;
 
 use super::{from_json, parse_availability, Result, Store, StoreError};
 use crate::model::{
-    Availability, ExternalId, Millis, ObservedState, RepId, Representative, SystemId,
+    Availability, ExternalId, Millis, ObservedState, RepId, Representative, SystemId, WrittenState,
 };
 
 impl Store {
@@ -228,5 +228,30 @@ impl Store {
             );
         }
         Ok(out)
+    }
+
+    /// Every directory user of `system` with the last state presync wrote there.
+    pub async fn written_states(
+        &self,
+        system: &SystemId,
+    ) -> Result<Vec<(ExternalId, WrittenState)>> {
+        let rows = sqlx::query(
+            "SELECT e.external_id, s.written
+             FROM external_ids e
+             JOIN system_state s ON s.rep_id = e.rep_id AND s.system = e.system
+             WHERE e.system = $1 AND s.written IS NOT NULL",
+        )
+        .bind(system.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let w: String = r.try_get("written")?;
+                Ok((
+                    ExternalId(r.try_get("external_id")?),
+                    from_json::<WrittenState>(&w, "system_state.written")?,
+                ))
+            })
+            .collect()
     }
 }
