@@ -118,6 +118,76 @@ impl World {
     }
 }
 
+/// One representative as D365, Teams and presync each show them.
+struct Views {
+    d365: Availability,
+    d365_label: String,
+    teams: Availability,
+    teams_native: String,
+    presync: Option<Availability>,
+}
+
+impl Views {
+    async fn of(
+        world: &World,
+        engine: &Engine,
+        (id, agent, aad): &(String, String, String),
+    ) -> anyhow::Result<Views> {
+        let (teams, teams_native) = world.teams(aad);
+        Ok(Views {
+            d365: world.d365(agent),
+            d365_label: world.d365_label(agent),
+            teams,
+            teams_native,
+            presync: engine
+                .store()
+                .rep_view(&RepId(id.clone()))
+                .await?
+                .canonical
+                .map(|p| p.availability),
+        })
+    }
+
+    fn agree(&self) -> bool {
+        self.presync == Some(self.d365) && self.d365 == self.teams
+    }
+
+    fn presync_text(&self) -> String {
+        self.presync.map_or("-".to_owned(), |c| c.to_string())
+    }
+}
+
+/// The decisions the demo counts as conflicts: an observation that lost against another state.
+const CONFLICT_RULES: [&str; 5] = [
+    "stale",
+    "superseded",
+    "manual_wins",
+    "debounced",
+    "deferred",
+];
+
+fn conflicts(engine: &Engine) -> u64 {
+    let d = engine.stats().decisions();
+    CONFLICT_RULES
+        .iter()
+        .map(|r| d.get(r).copied().unwrap_or(0))
+        .sum()
+}
+
+/// Drift and missed changes the reconciler found (and queued for repair).
+fn drift_repaired(engine: &Engine) -> u64 {
+    use std::sync::atomic::Ordering::Relaxed;
+    let st = engine.stats();
+    st.drift_found.load(Relaxed) + st.missed_found.load(Relaxed)
+}
+
+/// Every latency sample of both directions, sorted.
+fn all_latencies(l: &Latencies) -> Vec<f64> {
+    let mut all: Vec<f64> = l.to_teams.iter().chain(&l.to_d365).copied().collect();
+    all.sort_by(f64::total_cmp);
+    all
+}
+
 pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     anyhow::ensure!(args.reps > 0, "--reps must be at least 1");
     anyhow::ensure!(args.duration > 0, "--duration must be at least 1 second");
@@ -330,20 +400,12 @@ graph_url = "{graph_base}/v1.0"
     }
 
     let st = engine.stats();
-    let decisions = st.decisions();
-    let count = |rules: &[&str]| -> u64 {
-        rules
-            .iter()
-            .map(|r| decisions.get(r).copied().unwrap_or(0))
-            .sum()
-    };
     let rate_limited = dv.requests().iter().filter(|r| r.status == 429).count()
         + graph.requests().iter().filter(|r| r.status == 429).count();
     let (all, to_teams, to_d365) = {
         let l = latencies.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-        let mut all: Vec<f64> = l.to_teams.iter().chain(&l.to_d365).copied().collect();
         (
-            stats(&mut all),
+            stats(&mut all_latencies(&l)),
             stats(&mut l.to_teams.clone()),
             stats(&mut l.to_d365.clone()),
         )
@@ -359,9 +421,9 @@ graph_url = "{graph_base}/v1.0"
         "events_per_s": round1(st.accepted.load(Relaxed) as f64 / activity_secs.max(0.001)),
         "writes": st.writes_ok.load(Relaxed),
         "write_retries": st.retries.load(Relaxed),
-        "echoes_suppressed": count(&["echo"]),
-        "conflicts": count(&["stale", "superseded", "manual_wins", "debounced", "deferred"]),
-        "drift_repaired": st.drift_found.load(Relaxed) + st.missed_found.load(Relaxed),
+        "echoes_suppressed": st.decisions().get("echo").copied().unwrap_or(0),
+        "conflicts": conflicts(&engine),
+        "drift_repaired": drift_repaired(&engine),
         "lost_webhooks": dv.dropped_webhooks().len(),
         "duplicate_webhooks": st.duplicates.load(Relaxed),
         "rate_limited_responses": rate_limited,
@@ -399,20 +461,17 @@ async fn drain(engine: &Engine, until: Instant) {
 /// Representatives whose three views disagree: `id: D365 x, Teams y, presync z`.
 async fn divergent(world: &World, engine: &Engine) -> anyhow::Result<Vec<String>> {
     let mut out = Vec::new();
-    for (id, agent, aad) in &world.reps {
-        let d = world.d365(agent);
-        let (t, native) = world.teams(aad);
-        let c = engine
-            .store()
-            .rep_view(&RepId(id.clone()))
-            .await?
-            .canonical
-            .map(|p| p.availability);
-        if c != Some(d) || d != t {
+    for rep in &world.reps {
+        let v = Views::of(world, engine, rep).await?;
+        if !v.agree() {
             out.push(format!(
-                "{id}: D365 {d} ({}), Teams {t} ({native}), presync {}",
-                world.d365_label(agent),
-                c.map_or("-".to_owned(), |c| c.to_string())
+                "{}: D365 {} ({}), Teams {} ({}), presync {}",
+                rep.0,
+                v.d365,
+                v.d365_label,
+                v.teams,
+                v.teams_native,
+                v.presync_text()
             ));
         }
     }
@@ -658,20 +717,10 @@ async fn show(
     let elapsed = started.elapsed().as_secs_f64();
     let events = st.accepted.load(Relaxed);
     let (p50, p99) = latencies.lock().map_or((0.0, 0.0), |l| {
-        let mut all: Vec<f64> = l.to_teams.iter().chain(&l.to_d365).copied().collect();
-        all.sort_by(f64::total_cmp);
+        let all = all_latencies(&l);
         (percentile(&all, 50.0), percentile(&all, 99.0))
     });
-    let conflicts: u64 = [
-        "stale",
-        "superseded",
-        "manual_wins",
-        "debounced",
-        "deferred",
-    ]
-    .iter()
-    .map(|r| d.get(r).copied().unwrap_or(0))
-    .sum();
+    let conflicts = conflicts(engine);
     let head = format!(
         "presync demo · {phase} · {:.0}/{} s · {} reps\nevents {events} ({:.1}/s) · writes {} · echoes suppressed {} · conflicts {conflicts} · drift repaired {} · latency p50 {p50:.0} ms, p99 {p99:.0} ms",
         elapsed.min(run_for.as_secs_f64()),
@@ -680,7 +729,7 @@ async fn show(
         events as f64 / elapsed.max(0.001),
         st.writes_ok.load(Relaxed),
         d.get("echo").copied().unwrap_or(0),
-        st.drift_found.load(Relaxed) + st.missed_found.load(Relaxed),
+        drift_repaired(engine),
     );
     if !tty {
         eprintln!("{}", head.replace('\n', " · "));
@@ -692,22 +741,17 @@ async fn show(
         "{:<10} {:<24} {:<26} {:<13}",
         "rep", "Dynamics 365", "Teams", "presync"
     ));
-    for (id, agent, aad) in world.reps.iter().take(12) {
-        let dv = world.d365(agent);
-        let (t, native) = world.teams(aad);
-        let c = engine
-            .store()
-            .rep_view(&RepId(id.clone()))
-            .await
-            .ok()
-            .and_then(|v| v.canonical)
-            .map(|p| p.availability);
-        let mark = if c == Some(dv) && dv == t { "=" } else { "~" };
+    for rep in world.reps.iter().take(12) {
+        let Ok(v) = Views::of(world, engine, rep).await else {
+            continue;
+        };
         lines.push(format!(
-            "{id:<10} {:<24} {:<26} {:<13} {mark}",
-            world.d365_label(agent),
-            native,
-            c.map_or("-".to_owned(), |c| c.to_string()),
+            "{:<10} {:<24} {:<26} {:<13} {}",
+            rep.0,
+            v.d365_label,
+            v.teams_native,
+            v.presync_text(),
+            if v.agree() { "=" } else { "~" }
         ));
     }
     if world.reps.len() > 12 {

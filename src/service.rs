@@ -516,71 +516,45 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     info!(listen = %listener.local_addr()?, instance = %service.engine.instance_id(), "presync running");
 
-    let mut scheduler = JobScheduler::new().await?;
+    let scheduler = JobScheduler::new().await?;
     let engine = service.engine.clone();
-    scheduler
-        .add(Job::new_async(
-            config.reconcile.schedule.as_str(),
-            move |_, _| {
-                let engine = engine.clone();
-                Box::pin(async move {
-                    scheduled_reconcile(&engine).await;
-                })
-            },
-        )?)
-        .await?;
+    add_job(&scheduler, &config.reconcile.schedule, {
+        let engine = engine.clone();
+        move || {
+            let engine = engine.clone();
+            async move {
+                scheduled_reconcile(&engine).await;
+            }
+        }
+    })
+    .await?;
     if let Some(d) = service.dataverse.clone() {
         // Each instance keeps its own copy of the catalog: this job runs everywhere.
         if let Err(e) = d.refresh_catalog().await {
             warn!(error = %e, "Presence catalog refresh failed; using the built-in presences");
         }
-        scheduler
-            .add(Job::new_async(CATALOG_SCHEDULE, move |_, _| {
-                let d = d.clone();
-                Box::pin(async move {
-                    if let Err(e) = d.refresh_catalog().await {
-                        warn!(error = %e, "Presence catalog refresh failed");
-                    }
-                })
-            })?)
-            .await?;
+        add_job(&scheduler, CATALOG_SCHEDULE, move || {
+            let d = d.clone();
+            async move {
+                if let Err(e) = d.refresh_catalog().await {
+                    warn!(error = %e, "Presence catalog refresh failed");
+                }
+            }
+        })
+        .await?;
     }
     let mut background = Vec::new();
     if let Some(t) = service.teams.clone() {
-        // One instance at a time re-posts every session presync's records say it holds, whichever
-        // instance wrote it: a session is presync's application's, not an instance's, and one
-        // written before a restart or by an instance that died must not fade or expire.
-        let (keep, engine) = (t.clone(), service.engine.clone());
-        scheduler
-            .add(Job::new_async(KEEP_ALIVE_SCHEDULE, move |_, _| {
-                let (keep, engine) = (keep.clone(), engine.clone());
-                Box::pin(async move {
-                    exclusive(&engine, "teams-keep-alive", async {
-                        match engine.store().written_states(&"teams".into()).await {
-                            Ok(written) => {
-                                let adopted = keep
-                                    .adopt_sessions(written.into_iter().map(|(user, w)| {
-                                        (user.as_str().to_owned(), w.availability, w.written_at)
-                                    }))
-                                    .await;
-                                let r = keep.keep_alive().await;
-                                debug!(adopted, ?r, "Teams keep-alive pass");
-                            }
-                            Err(e) => {
-                                warn!(error = %e, "Keep-alive could not read presync's records")
-                            }
-                        }
-                    })
-                    .await;
-                })
-            })?)
-            .await?;
+        add_job(&scheduler, KEEP_ALIVE_SCHEDULE, {
+            let (engine, t) = (engine.clone(), t.clone());
+            move || keep_alive_pass(engine.clone(), t.clone())
+        })
+        .await?;
         if let Some(interval) = service.teams_polling {
-            background.push(Poller::new(service.engine.clone(), "teams".into(), t).spawn(interval));
+            background.push(Poller::new(engine.clone(), "teams".into(), t).spawn(interval));
         }
     }
     if let Some(n) = service.teams_notifications {
-        let engine = service.engine.clone();
         background.push(spawn_reader(
             engine.clone(),
             "teams".into(),
@@ -588,30 +562,9 @@ pub async fn serve(
             n.reread,
             Duration::from_millis(200),
         ));
-        // Create and renew the subscriptions: at start, then every minute, on one instance.
         let maintain = {
             let (engine, manager) = (engine.clone(), n.manager.clone());
-            move || {
-                let (engine, manager) = (engine.clone(), manager.clone());
-                async move {
-                    exclusive(&engine, "teams-subscriptions", async {
-                        match engine.store().external_ids(&"teams".into()).await {
-                            Ok(ids) => {
-                                let users: Vec<String> = ids
-                                    .into_iter()
-                                    .map(|(_, e)| e.as_str().to_owned())
-                                    .collect();
-                                let r = manager.maintain(&users).await;
-                                debug!(?r, "Teams subscriptions maintained");
-                            }
-                            Err(e) => {
-                                warn!(error = %e, "Could not read the directory for subscriptions")
-                            }
-                        }
-                    })
-                    .await;
-                }
-            }
+            move || subscriptions_pass(engine.clone(), manager.clone())
         };
         // At start, once the HTTP server below answers the validation handshake, and once
         // more a little later in case that first attempt failed; then every minute.
@@ -622,13 +575,9 @@ pub async fn serve(
                 first().await;
             }
         }));
-        scheduler
-            .add(Job::new_async(SUBSCRIPTION_SCHEDULE, move |_, _| {
-                Box::pin(maintain())
-            })?)
-            .await?;
+        add_job(&scheduler, SUBSCRIPTION_SCHEDULE, maintain).await?;
         // Lifecycle events: renew, recreate, and read everyone again when changes were lost.
-        let (manager, mut lifecycle) = (n.manager.clone(), n.lifecycle);
+        let (manager, mut lifecycle, engine) = (n.manager.clone(), n.lifecycle, engine.clone());
         background.push(tokio::spawn(async move {
             while let Some(item) = lifecycle.recv().await {
                 if manager.on_lifecycle(&item).await == LifecycleAction::Reread {
@@ -664,10 +613,67 @@ pub async fn serve(
     for b in background {
         b.abort();
     }
+    let mut scheduler = scheduler;
     let _ = scheduler.shutdown().await;
     engine_task.await??;
     info!("presync stopped");
     Ok(())
+}
+
+/// Add a cron job (seconds first) that runs `pass` each time it fires.
+async fn add_job<F, Fut>(scheduler: &JobScheduler, schedule: &str, pass: F) -> anyhow::Result<()>
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    scheduler
+        .add(Job::new_async(schedule, move |_, _| Box::pin(pass()))?)
+        .await?;
+    Ok(())
+}
+
+/// Teams keep-alive, on one instance at a time: re-post every session presync's records say it
+/// holds, whichever instance wrote it. A session belongs to presync's application, not to an
+/// instance, and one written before a restart or by an instance that died must not fade.
+async fn keep_alive_pass(engine: Engine, teams: Arc<TeamsConnector>) {
+    exclusive(&engine, "teams-keep-alive", async {
+        let written = match engine.store().written_states(&"teams".into()).await {
+            Ok(w) => w,
+            Err(e) => {
+                warn!(error = %e, "Keep-alive could not read presync's records");
+                return;
+            }
+        };
+        let adopted = teams
+            .adopt_sessions(
+                written
+                    .into_iter()
+                    .map(|(user, w)| (user.as_str().to_owned(), w.availability, w.written_at)),
+            )
+            .await;
+        let r = teams.keep_alive().await;
+        debug!(adopted, ?r, "Teams keep-alive pass");
+    })
+    .await;
+}
+
+/// Teams subscriptions, on one instance at a time: subscribe the directory's Teams users where
+/// they are not yet, and renew what is due.
+async fn subscriptions_pass(engine: Engine, manager: Arc<SubscriptionManager>) {
+    exclusive(&engine, "teams-subscriptions", async {
+        match engine.store().external_ids(&"teams".into()).await {
+            Ok(ids) => {
+                let users: Vec<String> = ids
+                    .into_iter()
+                    .map(|(_, e)| e.as_str().to_owned())
+                    .collect();
+                let r = manager.maintain(&users).await;
+                debug!(?r, "Teams subscriptions maintained");
+            }
+            Err(e) => warn!(error = %e, "Could not read the directory for subscriptions"),
+        }
+    })
+    .await;
 }
 
 /// Every minute: create missing Teams subscriptions and renew those due.

@@ -3,6 +3,9 @@
 
 use std::process::Command;
 
+#[path = "../engine/tests/common/mod.rs"]
+mod common;
+
 fn presync() -> Command {
     Command::new(env!("CARGO_BIN_EXE_presync"))
 }
@@ -40,27 +43,16 @@ fn migrate_refuses_an_unknown_scheme_without_echoing_the_password() {
 
 #[tokio::test]
 async fn migrate_runs_on_postgres_when_configured() {
-    use sqlx::Connection;
-    let Ok(admin) = std::env::var("PRESYNC_TEST_POSTGRES_URL") else {
+    let Some(pg) = common::TestDb::postgres().await else {
         eprintln!("skipped: PRESYNC_TEST_POSTGRES_URL is not set");
         return;
     };
-    let name = format!("presync_cli_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
     let out = presync()
         .args(["migrate"])
-        .env("PRESYNC_DATABASE_URL", &url)
+        .env("PRESYNC_DATABASE_URL", pg.url())
         .output()
         .unwrap();
-    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    pg.cleanup().await;
     assert!(
         out.status.success(),
         "{}",

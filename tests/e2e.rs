@@ -9,6 +9,9 @@ use presync_dataverse::mapping::builtin;
 use presync_dataverse::sim::{DataverseSim, SimConfig, SimCredential, WebhookTarget};
 use presync_teams::sim::{GraphSim, GraphSimConfig};
 
+#[path = "../engine/tests/common/mod.rs"]
+mod common;
+
 const AGENT: &str = "5e000000-0000-4000-8000-000000000001";
 const AAD: &str = "aad00000-0000-4000-8000-000000000001";
 const APP: &str = "11111111-2222-3333-4444-555555555555";
@@ -225,34 +228,9 @@ graph_url = "{graph_base}/v1.0"
 async fn presence_flows_both_ways_through_the_real_binary() {
     let st = setup().await;
     let (dv, graph, presync_url) = (&st.dv, &st.graph, st.presync_url.clone());
-    let _presync = Presync(
-        st.presync()
-            .args(["run", "--config"])
-            .arg(&st.config)
-            .stdout(Stdio::null())
-            .stderr(
-                std::fs::File::create(std::env::temp_dir().join("presync-e2e.log"))
-                    .map(Stdio::from)
-                    .unwrap_or(Stdio::null()),
-            )
-            .spawn()
-            .unwrap(),
-    );
+    let _presync = st.run("presync-e2e.log");
+    st.ready().await;
     let http = reqwest::Client::new();
-    let ready = format!("{presync_url}/readyz");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = http.get(&ready).send().await {
-            if r.status() == 200 {
-                break;
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "presync never became ready"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 
     // A D365 presence change reaches Teams.
     dv.system_sets(AGENT, builtin::BUSY);
@@ -350,67 +328,70 @@ async fn a_lost_webhook_is_repaired_by_reconcile_once() {
 }
 
 impl Setup {
-    /// The same simulators and files, for a second instance's address.
-    fn clone_paths(&self) -> Setup {
-        Setup {
-            _dir: tempfile::tempdir().unwrap(),
-            dv: self.dv.clone(),
-            graph: self.graph.clone(),
-            config: self.config.clone(),
-            presync_url: self.presync_url.clone(),
-            db: self.db.clone(),
-        }
+    /// `presync run` on this setup's configuration, logging to `log` in the temporary directory.
+    fn run(&self, log: &str) -> Presync {
+        self.run_with(log, &[])
     }
 
-    fn run(&self, log: &str) -> Presync {
-        Presync(
-            self.presync()
-                .args(["run", "--config"])
-                .arg(&self.config)
-                .stdout(Stdio::null())
-                .stderr(
-                    std::fs::File::create(std::env::temp_dir().join(log))
-                        .map(Stdio::from)
-                        .unwrap_or(Stdio::null()),
-                )
-                .spawn()
-                .unwrap(),
-        )
+    /// [`Setup::run`] with extra environment variables (configuration overrides, secrets).
+    fn run_with(&self, log: &str, env: &[(&str, &str)]) -> Presync {
+        let mut c = self.presync();
+        c.envs(env.iter().copied())
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::File::create(std::env::temp_dir().join(log))
+                    .map(Stdio::from)
+                    .unwrap_or(Stdio::null()),
+            );
+        Presync(c.spawn().unwrap())
     }
 
     async fn ready(&self) {
-        let http = reqwest::Client::new();
-        let ready = format!("{}/readyz", self.presync_url);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(r) = http.get(&ready).send().await {
-                if r.status() == 200 {
-                    return;
-                }
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "presync never became ready"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        ready(&self.presync_url).await;
     }
 
     async fn metric(&self, line_prefix: &str) -> Option<f64> {
-        let text = reqwest::get(format!("{}/metrics", self.presync_url))
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        text.lines()
-            .find_map(|l| l.strip_prefix(line_prefix))
-            .and_then(|v| v.trim().parse().ok())
+        metric(&self.presync_url, line_prefix).await
     }
+}
+
+/// Wait until the instance at `base` answers `/readyz` with 200.
+async fn ready(base: &str) {
+    let url = format!("{base}/readyz");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = reqwest::get(&url).await {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "presync never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The value of the first `/metrics` line of the instance at `base` that starts with
+/// `line_prefix`.
+async fn metric(base: &str, line_prefix: &str) -> Option<f64> {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(line_prefix))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_are_refused_with_a_clear_message_and_store_nothing() {
+    use reqwest::Method;
     let st = setup().await;
     let _presync = st.run("presync-e2e-bad.log");
     st.ready().await;
@@ -477,61 +458,35 @@ async fn bad_requests_are_refused_with_a_clear_message_and_store_nothing() {
 
     // The admin API: refused without the token, then the directory, one representative's
     // state, an update that would steal an id (409), and a reconcile on demand.
-    let admin = |path: &str| format!("{}/admin/{path}", st.presync_url);
-    let r = http.get(admin("reps")).send().await.unwrap();
+    let admin = |method: reqwest::Method, path: &str| {
+        http.request(method, format!("{}/admin/{path}", st.presync_url))
+            .bearer_auth(ADMIN_TOKEN)
+    };
+    let json = |r: reqwest::Response| async move { r.json::<serde_json::Value>().await.unwrap() };
+    let url = format!("{}/admin/reps", st.presync_url);
+    let r = http.get(&url).send().await.unwrap();
     assert_eq!(r.status(), 401);
     let r = http
-        .get(admin("reps"))
+        .get(&url)
         .bearer_auth("wrong-token")
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    let reps: serde_json::Value = http
-        .get(admin("reps"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let reps = json(admin(Method::GET, "reps").send().await.unwrap()).await;
     assert_eq!(reps[0]["id"], "agent-one", "{reps}");
-    let one: serde_json::Value = http
-        .get(admin("reps/agent-one"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let one = json(admin(Method::GET, "reps/agent-one").send().await.unwrap()).await;
     assert_eq!(one["representative"]["display_name"], "Agent One", "{one}");
     assert!(one["history"].is_array(), "{one}");
-    let r = http
-        .put(admin("reps/agent-two"))
-        .bearer_auth(ADMIN_TOKEN)
+    let r = admin(Method::PUT, "reps/agent-two")
         .json(&serde_json::json!({"display_name": "Two", "external_ids": {"teams": AAD}}))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 409);
-    let r = http
-        .get(admin("reps/nobody"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let r = admin(Method::GET, "reps/nobody").send().await.unwrap();
     assert_eq!(r.status(), 404);
-    let report: serde_json::Value = http
-        .post(admin("reconcile"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let report = json(admin(Method::POST, "reconcile").send().await.unwrap()).await;
     assert_eq!(
         report["systems"].as_array().map(Vec::len),
         Some(2),
@@ -647,41 +602,22 @@ async fn sticky_echo_settles_with_the_persons_real_state() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_on_postgres_share_the_work_and_survive_one_killed() {
-    use sqlx::Connection;
-    let Ok(admin) = std::env::var("PRESYNC_TEST_POSTGRES_URL") else {
+    let Some(pg) = common::TestDb::postgres().await else {
         eprintln!("skipped: PRESYNC_TEST_POSTGRES_URL is not set");
         return;
     };
-    let name = format!("presync_e2e_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
     const N: usize = 20;
-    let st = setup_with(N, Some(url)).await;
+    let st = setup_with(N, Some(pg.url())).await;
     // Instance A gets the webhooks; instance B listens elsewhere.
     let mut a = st.run("presync-e2e-pg-a.log");
-    let b_port = free_port();
-    let mut b_cmd = st.presync();
-    b_cmd
-        .env("PRESYNC_HTTP__LISTEN", format!("127.0.0.1:{b_port}"))
-        .args(["run", "--config"])
-        .arg(&st.config)
-        .stdout(Stdio::null())
-        .stderr(
-            std::fs::File::create(std::env::temp_dir().join("presync-e2e-pg-b.log"))
-                .map(Stdio::from)
-                .unwrap_or(Stdio::null()),
-        );
-    let _b = Presync(b_cmd.spawn().unwrap());
+    let b_url = format!("http://127.0.0.1:{}", free_port());
+    let b_listen = b_url.trim_start_matches("http://").to_owned();
+    let b = st.run_with(
+        "presync-e2e-pg-b.log",
+        &[("PRESYNC_HTTP__LISTEN", b_listen.as_str())],
+    );
     st.ready().await;
-    let b = Setup {
-        presync_url: format!("http://127.0.0.1:{b_port}"),
-        ..st.clone_paths()
-    };
-    b.ready().await;
+    ready(&b_url).await;
 
     // Every agent goes Busy in D365: one Teams write each, whichever instance sends it.
     for i in 1..=N {
@@ -699,7 +635,7 @@ async fn two_instances_on_postgres_share_the_work_and_survive_one_killed() {
 
     // The two instances' writes add up to one per agent: the work was shared, not repeated.
     let by_a = st.metric("presync_writes_ok_total ").await.unwrap();
-    let by_b = b.metric("presync_writes_ok_total ").await.unwrap();
+    let by_b = metric(&b_url, "presync_writes_ok_total ").await.unwrap();
     eprintln!("phase 1 writes: instance A {by_a}, instance B {by_b}");
     assert_eq!(by_a + by_b, N as f64);
 
@@ -723,18 +659,16 @@ async fn two_instances_on_postgres_share_the_work_and_survive_one_killed() {
         .filter(|r| r.path.ends_with("CCaaS_ModifyAgentPresence") && (200..300).contains(&r.status))
         .count();
     assert_eq!(d365_writes, N, "one D365 write per agent");
-    let by_b_after = b.metric("presync_writes_ok_total ").await.unwrap();
+    let by_b_after = metric(&b_url, "presync_writes_ok_total ").await.unwrap();
     // N D365 writes, plus the withdrawals of presync's Teams sessions (the change came from Teams).
     assert!(
         by_b_after - by_b >= N as f64,
         "B wrote {}",
         by_b_after - by_b
     );
-    drop(_b);
-    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    drop(b);
+    drop(a);
+    pg.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -788,13 +722,10 @@ async fn teams_change_notifications_drive_d365_through_the_real_binary() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_reports_refused_credentials_without_the_secret() {
     let st = setup().await;
-    let mut cmd = st.presync();
-    cmd.env("E2E_GRAPH_SECRET", "wrong-graph-secret-value")
-        .args(["run", "--config"])
-        .arg(&st.config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let _presync = Presync(cmd.spawn().unwrap());
+    let _presync = st.run_with(
+        "presync-e2e-readyz.log",
+        &[("E2E_GRAPH_SECRET", "wrong-graph-secret-value")],
+    );
     let url = format!("{}/readyz", st.presync_url);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let (status, body) = loop {

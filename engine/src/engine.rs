@@ -119,14 +119,24 @@ impl Stats {
         self.events.lock().map(|d| d.clone()).unwrap_or_default()
     }
 
-    fn ingested(&self, system: &SystemId, kind: ObservationKind, accepted: bool) {
-        let outcome = match (accepted, kind) {
-            (false, _) => "duplicate",
-            (true, ObservationKind::Reconcile) => "reconcile",
-            (true, _) => "event",
+    /// Count one stored batch, under one lock.
+    fn ingested(&self, observations: &[Observation], outcomes: &[Enqueued]) {
+        for e in outcomes {
+            match e {
+                Enqueued::Accepted => self.accepted.fetch_add(1, Ordering::Relaxed),
+                Enqueued::Duplicate => self.duplicates.fetch_add(1, Ordering::Relaxed),
+            };
+        }
+        let Ok(mut d) = self.events.lock() else {
+            return;
         };
-        if let Ok(mut d) = self.events.lock() {
-            *d.entry((system.clone(), outcome)).or_default() += 1;
+        for (o, e) in observations.iter().zip(outcomes) {
+            let outcome = match (e, o.kind) {
+                (Enqueued::Duplicate, _) => "duplicate",
+                (Enqueued::Accepted, ObservationKind::Reconcile) => "reconcile",
+                (Enqueued::Accepted, ObservationKind::Event) => "event",
+            };
+            *d.entry((o.system.clone(), outcome)).or_default() += 1;
         }
     }
 
@@ -260,14 +270,7 @@ impl Engine {
             return Ok(Vec::new());
         }
         let out = self.inner.store.enqueue(&observations, self.now()).await?;
-        for (e, o) in out.iter().zip(&observations) {
-            let stats = &self.inner.stats;
-            match e {
-                Enqueued::Accepted => stats.accepted.fetch_add(1, Ordering::Relaxed),
-                Enqueued::Duplicate => stats.duplicates.fetch_add(1, Ordering::Relaxed),
-            };
-            stats.ingested(&o.system, o.kind, matches!(e, Enqueued::Accepted));
-        }
+        self.inner.stats.ingested(&observations, &out);
         self.inner.inbox_ready.notify_one();
         Ok(out)
     }

@@ -33,6 +33,16 @@ pub const KIND: &str = "teams";
 #[error("invalid Teams configuration:\n{}", .0.join("\n"))]
 pub struct ConfigError(pub Vec<String>);
 
+/// What [`TeamsConnector::read_dated`] read.
+#[derive(Debug, Clone)]
+pub struct DatedRead {
+    /// When the read started: the date of every state in it.
+    pub read_at: Millis,
+    pub states: Vec<RemoteState>,
+    /// Users left out because a write to them ended during the read.
+    pub racing: Vec<ExternalId>,
+}
+
 /// What a keep-alive pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct KeepAlive {
@@ -131,9 +141,27 @@ impl TeamsConnector {
         report
     }
 
-    /// Whether a write of this instance to `user` ended at or after `t`: a read that started at
-    /// `t` may not show it yet.
-    pub fn written_since(&self, user: &str, t: Millis) -> bool {
+    /// A bulk read for observations, dated at its start: Teams dates nothing, and a state read
+    /// is known to hold from some moment of the read on, never later than a write of presync's
+    /// that landed while the read was on the wire. Users whose write from this process ended
+    /// during the read are left out, in [`DatedRead::racing`]: the read may predate the write,
+    /// so the caller reads them again.
+    pub async fn read_dated(&self, users: &[ExternalId]) -> Result<DatedRead, ConnectorError> {
+        let read_at = self.clock.now();
+        let (racing, states): (Vec<RemoteState>, Vec<RemoteState>) = self
+            .read_all(users)
+            .await?
+            .into_iter()
+            .partition(|s| self.written_since(s.external_id.as_str(), read_at));
+        Ok(DatedRead {
+            read_at,
+            states,
+            racing: racing.into_iter().map(|s| s.external_id).collect(),
+        })
+    }
+
+    /// Whether a write of this process to `user` ended at or after `t`.
+    fn written_since(&self, user: &str, t: Millis) -> bool {
         self.last_write
             .lock()
             .map(|w| w.get(user).is_some_and(|at| *at >= t))

@@ -7,9 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use presync_engine::engine::Engine;
-use presync_engine::{
-    Connector, ConnectorError, ExternalId, Observation, ObservationKind, Origin, SystemId,
-};
+use presync_engine::{ConnectorError, ExternalId, Observation, ObservationKind, Origin, SystemId};
 use tracing::{debug, warn};
 
 use crate::connector::TeamsConnector;
@@ -50,19 +48,13 @@ impl Poller {
         if users.is_empty() {
             return Ok(0);
         }
-        // Dated at the read's start: a write of presync's that landed while the read was on
-        // the wire must not look older than the state read before it.
-        let read_at = self.engine.now();
-        let states = self.connector.read_all(&users).await?;
+        // Users a write raced with are left out: the next pass reads them and reports what it
+        // sees then.
+        let read = self.connector.read_dated(&users).await?;
         let now = self.engine.now();
         let mut changed = Vec::new();
-        for s in states {
+        for s in read.states {
             let user = s.external_id.as_str().to_owned();
-            // A write that ended during the read may not show in it: leave the user for the
-            // next pass, which will see the write (or what outranks it) and report it then.
-            if self.connector.written_since(&user, read_at) {
-                continue;
-            }
             let first_sight = match self.last.get(&user) {
                 Some(code) if *code == s.native.code => continue,
                 Some(_) => false,
@@ -74,7 +66,7 @@ impl Poller {
             let (kind, source_time) = if first_sight {
                 (ObservationKind::Reconcile, 0)
             } else {
-                (ObservationKind::Event, read_at)
+                (ObservationKind::Event, read.read_at)
             };
             changed.push(Observation {
                 system: self.system.clone(),

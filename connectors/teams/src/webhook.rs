@@ -30,9 +30,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use presync_engine::engine::Engine;
-use presync_engine::{
-    Connector, ExternalId, NativeState, Observation, ObservationKind, Origin, SystemId,
-};
+use presync_engine::{ExternalId, NativeState, Observation, ObservationKind, Origin, SystemId};
 use serde_json::json;
 use tokio::sync::mpsc;
 use tracing::{debug, error, warn};
@@ -238,20 +236,13 @@ pub fn spawn_reader(
                 users.insert(u);
             }
             let ids: Vec<ExternalId> = users.into_iter().map(ExternalId).collect();
-            // Dated at the read's start, like the poller's reads.
-            let read_at = engine.now();
-            match connector.read_all(&ids).await {
-                Ok(states) => {
+            match connector.read_dated(&ids).await {
+                Ok(read) => {
+                    again.extend(read.racing.into_iter().map(|u| u.as_str().to_owned()));
                     let now = engine.now();
-                    let observations = states
+                    let observations = read
+                        .states
                         .into_iter()
-                        .filter(|s| {
-                            let racing = connector.written_since(s.external_id.as_str(), read_at);
-                            if racing {
-                                again.insert(s.external_id.as_str().to_owned());
-                            }
-                            !racing
-                        })
                         .map(|s| Observation {
                             system: system.clone(),
                             delivery_key: format!(
@@ -261,7 +252,7 @@ pub fn spawn_reader(
                             ),
                             external_id: s.external_id,
                             native: s.native,
-                            source_time: read_at,
+                            source_time: read.read_at,
                             sequence: None,
                             origin: Origin::Unknown,
                             kind: ObservationKind::Event,
