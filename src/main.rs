@@ -9,11 +9,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 mod admin;
+mod bench;
 mod config;
 mod demo;
+mod harness;
 mod reps;
 mod service;
 mod sim;
+mod soak;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -33,6 +36,13 @@ enum Command {
     /// simulated representatives at work, a few faults; live progress, then a summary. Exits 0
     /// only if every representative converged.
     Demo(demo::DemoArgs),
+    /// Benchmarks: the real service against both simulators on loopback, with its own load
+    /// generator and same-run baselines; writes a Markdown report (BENCHMARKS.md).
+    Bench(bench::BenchArgs),
+    /// Chaos soak: the real service (one or two `presync run` processes) against both
+    /// simulators, with faults injected and the service killed and restarted; checks the end
+    /// state against the simulators' truth and exits non-zero on any failure.
+    Soak(soak::SoakArgs),
     /// Create or upgrade the database schema.
     Migrate {
         /// Database URL: `sqlite:PATH` (embedded default) or `postgres://USER@HOST/DB`.
@@ -260,7 +270,7 @@ async fn open_store(url: &str) -> anyhow::Result<Store> {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     // The demo draws on the terminal: only errors interrupt it unless RUST_LOG asks for more.
     let default_level = match cli.command {
-        Command::Demo(_) => "error",
+        Command::Demo(_) | Command::Bench(_) | Command::Soak(_) => "error",
         _ => "info",
     };
     tracing_subscriber::fmt()
@@ -283,6 +293,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => {
             if !demo::run(args).await? {
                 anyhow::bail!("not every representative converged");
+            }
+        }
+        Command::Bench(args) => {
+            if !bench::run(args).await? {
+                anyhow::bail!("a benchmark missed its goal (see the report)");
+            }
+        }
+        Command::Soak(args) => {
+            if !soak::run(args).await? {
+                anyhow::bail!("the soak failed a check");
             }
         }
         Command::Config(ConfigCommand::Default) => print!("{}", config::EXAMPLE),

@@ -13,51 +13,16 @@ impl Store {
     /// Insert or replace a representative and its external ids. An external id that already
     /// belongs to another representative is an error, and nothing is changed.
     pub async fn upsert_representative(&self, rep: &Representative, now: Millis) -> Result<()> {
+        self.upsert_representatives(std::slice::from_ref(rep), now)
+            .await
+    }
+
+    /// [`Store::upsert_representative`] for many, in one transaction: all or nothing. Importing
+    /// a large directory this way is one commit rather than one per representative.
+    pub async fn upsert_representatives(&self, reps: &[Representative], now: Millis) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        for (system, ext) in &rep.external_ids {
-            let owner: Option<String> = sqlx::query_scalar(
-                "SELECT rep_id FROM external_ids WHERE system = $1 AND external_id = $2",
-            )
-            .bind(system.as_str())
-            .bind(ext.as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(owner) = owner.filter(|o| o != rep.id.as_str()) {
-                return Err(StoreError::ExternalIdTaken {
-                    system: system.to_string(),
-                    external_id: ext.to_string(),
-                    owner: RepId(owner),
-                });
-            }
-        }
-        sqlx::query(
-            "INSERT INTO representatives (id, display_name, created_at, updated_at)
-             VALUES ($1, $2, $3, $3)
-             ON CONFLICT (id) DO UPDATE SET display_name = excluded.display_name,
-                                            updated_at = excluded.updated_at",
-        )
-        .bind(rep.id.as_str())
-        .bind(rep.display_name.as_str())
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("INSERT INTO canonical (rep_id, version) VALUES ($1, 0) ON CONFLICT (rep_id) DO NOTHING")
-            .bind(rep.id.as_str())
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM external_ids WHERE rep_id = $1")
-            .bind(rep.id.as_str())
-            .execute(&mut *tx)
-            .await?;
-        for (system, ext) in &rep.external_ids {
-            sqlx::query(
-                "INSERT INTO external_ids (system, external_id, rep_id) VALUES ($1, $2, $3)",
-            )
-            .bind(system.as_str())
-            .bind(ext.as_str())
-            .bind(rep.id.as_str())
-            .execute(&mut *tx)
-            .await?;
+        for rep in reps {
+            upsert_in(&mut tx, rep, now).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -254,4 +219,58 @@ impl Store {
             })
             .collect()
     }
+}
+
+/// One representative's upsert inside `tx`.
+async fn upsert_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    rep: &Representative,
+    now: Millis,
+) -> Result<()> {
+    for (system, ext) in &rep.external_ids {
+        let owner: Option<String> = sqlx::query_scalar(
+            "SELECT rep_id FROM external_ids WHERE system = $1 AND external_id = $2",
+        )
+        .bind(system.as_str())
+        .bind(ext.as_str())
+        .fetch_optional(&mut **tx)
+        .await?;
+        if let Some(owner) = owner.filter(|o| o != rep.id.as_str()) {
+            return Err(StoreError::ExternalIdTaken {
+                system: system.to_string(),
+                external_id: ext.to_string(),
+                owner: RepId(owner),
+            });
+        }
+    }
+    sqlx::query(
+        "INSERT INTO representatives (id, display_name, created_at, updated_at)
+         VALUES ($1, $2, $3, $3)
+         ON CONFLICT (id) DO UPDATE SET display_name = excluded.display_name,
+                                        updated_at = excluded.updated_at",
+    )
+    .bind(rep.id.as_str())
+    .bind(rep.display_name.as_str())
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO canonical (rep_id, version) VALUES ($1, 0) ON CONFLICT (rep_id) DO NOTHING",
+    )
+    .bind(rep.id.as_str())
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("DELETE FROM external_ids WHERE rep_id = $1")
+        .bind(rep.id.as_str())
+        .execute(&mut **tx)
+        .await?;
+    for (system, ext) in &rep.external_ids {
+        sqlx::query("INSERT INTO external_ids (system, external_id, rep_id) VALUES ($1, $2, $3)")
+            .bind(system.as_str())
+            .bind(ext.as_str())
+            .bind(rep.id.as_str())
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
 }

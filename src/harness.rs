@@ -1,0 +1,498 @@
+//! The test bench that `presync bench` and `presync soak` share: both simulators in this
+//! process, a load balancer on loopback in front of one or more real `presync run` processes
+//! (this same binary, spawned), their configuration and secrets in a temporary directory, and the
+//! directory of representatives already in the database.
+//!
+//! The load balancer plays the part of the reverse proxy a real deployment puts in front of
+//! several instances: Dataverse webhooks and Graph notifications go to its address, and it sends
+//! each request to the next live instance, trying the other when one does not answer (as when it
+//! has just been killed).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use presync_dataverse::config::WebhookAuth;
+use presync_dataverse::mapping::builtin;
+use presync_dataverse::sim::{DataverseSim, SimConfig, SimCredential, WebhookTarget};
+use presync_engine::store::Store;
+use presync_engine::{ExternalId, RepId, Representative};
+use presync_teams::sim::{GraphSim, GraphSimConfig};
+
+pub const APP_ID: &str = "11111111-2222-3333-4444-555555555555";
+pub const TENANT: &str = "presync-bench";
+pub const ORG: &str = "contoso.crm.dynamics.com";
+pub const DV_CLIENT: &str = "presync-bench";
+/// The refresh token the Graph simulator accepts for the delegated account.
+const REFRESH_TOKEN: &str = "bench-refresh-token";
+
+/// How presync learns of Teams changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ingress {
+    /// Read every user every `secs` seconds.
+    Polling { secs: u64 },
+    /// Graph change notifications, through the load balancer.
+    Subscriptions,
+}
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub reps: usize,
+    /// `None`: a SQLite file in the temporary directory.
+    pub database: Option<String>,
+    pub ingress: Ingress,
+    /// Every representative starts signed in and Available in both systems (else signed out).
+    pub signed_in: bool,
+    /// `reconcile.schedule`.
+    pub reconcile_schedule: String,
+    /// The Teams simulator's throttling limit (Graph's 1,500 per 30 s by default).
+    pub graph_limit: (u32, Duration),
+    /// The Dataverse simulator's service-protection limit per caller.
+    pub dataverse_limit: (u32, Duration),
+    /// More TOML, appended to the generated configuration (sections the generated one lacks).
+    pub extra_toml: String,
+    /// More keys for the generated `[teams.graph]` section.
+    pub teams_graph_toml: String,
+    /// More keys for the generated `[dataverse]` section.
+    pub dataverse_toml: String,
+    /// `RUST_LOG` of the instances.
+    pub log_level: String,
+}
+
+impl Options {
+    pub fn new(reps: usize) -> Options {
+        Options {
+            reps,
+            database: None,
+            ingress: Ingress::Polling { secs: 1 },
+            signed_in: true,
+            reconcile_schedule: "0 0 0 1 1 *".to_owned(),
+            graph_limit: (1_500, Duration::from_secs(30)),
+            dataverse_limit: (6_000, Duration::from_secs(300)),
+            extra_toml: String::new(),
+            teams_graph_toml: String::new(),
+            dataverse_toml: String::new(),
+            log_level: "warn".to_owned(),
+        }
+    }
+}
+
+/// One representative in both simulators and in presync's directory.
+#[derive(Debug, Clone)]
+pub struct SimRep {
+    pub id: String,
+    pub agent: String,
+    pub aad: String,
+}
+
+/// Both simulators, the load balancer and the configuration; instances are spawned from it.
+pub struct Harness {
+    pub dir: tempfile::TempDir,
+    pub dv: DataverseSim,
+    pub graph: GraphSim,
+    pub reps: Vec<SimRep>,
+    pub config: PathBuf,
+    pub database: String,
+    /// The load balancer: presync's public address.
+    pub public_url: String,
+    /// The instances' addresses, in the order of [`Harness::instance_url`].
+    ports: Vec<u16>,
+    backends: Arc<RwLock<Vec<String>>>,
+    log_level: String,
+}
+
+impl std::fmt::Debug for Harness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Harness")
+            .field("public_url", &self.public_url)
+            .field("reps", &self.reps.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A running `presync run`. Killed with SIGKILL when dropped.
+#[derive(Debug)]
+pub struct Instance {
+    child: Child,
+    pub url: String,
+    pub index: usize,
+}
+
+impl Instance {
+    /// SIGKILL, and wait for the process to be gone.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Exited already (crashed)? Its status if so.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A fresh random secret, written to `dir/name`; returns the file and the value.
+fn secret(dir: &Path, name: &str) -> anyhow::Result<(PathBuf, String)> {
+    let value = uuid::Uuid::new_v4().simple().to_string();
+    let path = dir.join(name);
+    std::fs::write(&path, &value).with_context(|| format!("writing {}", path.display()))?;
+    Ok((path, value))
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl Harness {
+    /// Build everything for `instances` instances (none started yet).
+    pub async fn start(opts: &Options, instances: usize) -> anyhow::Result<Harness> {
+        anyhow::ensure!(instances >= 1, "at least one instance");
+        let dir = tempfile::tempdir().context("creating a temporary directory")?;
+        let d = dir.path();
+        let (hook_file, hook) = secret(d, "webhook-secret")?;
+        let (dv_file, dv_secret) = secret(d, "dataverse-secret")?;
+        let (graph_file, graph_secret) = secret(d, "graph-secret")?;
+        let (admin_file, _) = secret(d, "admin-token")?;
+        let (state_file, _) = secret(d, "client-state")?;
+
+        let backends = Arc::new(RwLock::new(Vec::new()));
+        let lb = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let public_url = format!("http://{}", lb.local_addr()?);
+        tokio::spawn(balance(lb, backends.clone()));
+
+        let mut dv_cfg = SimConfig::new(
+            TENANT,
+            DV_CLIENT,
+            SimCredential::ClientSecret(dv_secret),
+            ORG,
+        );
+        dv_cfg.rate_limit = opts.dataverse_limit;
+        dv_cfg.webhook = Some(WebhookTarget::new(
+            format!("{public_url}/webhooks/dataverse"),
+            WebhookAuth::HttpHeader {
+                name: "x-presync-secret".into(),
+                value: hook,
+            },
+        ));
+        let dv = DataverseSim::new(dv_cfg);
+        let mut graph_cfg = GraphSimConfig::new(
+            TENANT,
+            APP_ID,
+            graph_secret,
+            "99999999-0000-0000-0000-000000000001",
+            REFRESH_TOKEN,
+        );
+        graph_cfg.rate_limit = opts.graph_limit;
+        let graph = GraphSim::new(graph_cfg, Arc::new(presync_engine::clock::SystemClock));
+        let mut reps = Vec::with_capacity(opts.reps);
+        for i in 0..opts.reps {
+            let (agent, aad) = crate::sim::seeded_agent(i);
+            let initial = if opts.signed_in {
+                builtin::AVAILABLE
+            } else {
+                builtin::OFFLINE
+            };
+            dv.add_agent(&agent, &aad, &format!("Rep {i}"), initial, opts.signed_in);
+            graph.add_user(&aad);
+            if opts.signed_in {
+                graph.person_signs_in(&aad);
+            }
+            reps.push(SimRep {
+                id: format!("rep-{i:06}"),
+                agent,
+                aad,
+            });
+        }
+        let dv_base = format!("http://{}", dv.spawn().await?);
+        let graph_base = format!("http://{}", graph.spawn().await?);
+
+        let database = opts
+            .database
+            .clone()
+            .unwrap_or_else(|| format!("sqlite:{}", d.join("presync.db").display()));
+        let ingress = match opts.ingress {
+            Ingress::Polling { secs } => {
+                format!("ingress = \"polling\"\npoll_interval_secs = {secs}")
+            }
+            Ingress::Subscriptions => {
+                let token = d.join("refresh-token");
+                std::fs::write(&token, REFRESH_TOKEN)?;
+                format!(
+                    "ingress = \"subscriptions\"\npublic_url = \"{public_url}\"\n\
+                     client_state = {{ file = \"{}\" }}\nrefresh_token_file = \"{}\"",
+                    state_file.display(),
+                    token.display()
+                )
+            }
+        };
+        let toml = format!(
+            r#"[database]
+url = "{database}"
+[http]
+listen = "127.0.0.1:0"
+admin_token = {{ file = "{admin}" }}
+[reconcile]
+schedule = "{schedule}"
+[dataverse]
+org_url = "{dv_base}"
+webhook_secret = {{ file = "{hook}" }}
+organization = "{ORG}"
+{dataverse_extra}
+[dataverse.entra]
+authority = "{dv_base}"
+tenant_id = "{TENANT}"
+client_id = "{DV_CLIENT}"
+client_secret = {{ file = "{dvs}" }}
+[teams]
+{ingress}
+[teams.entra]
+authority = "{graph_base}"
+tenant_id = "{TENANT}"
+client_id = "{APP_ID}"
+client_secret = {{ file = "{gs}" }}
+[teams.graph]
+app_id = "{APP_ID}"
+graph_url = "{graph_base}/v1.0"
+{teams_extra}
+{extra}
+"#,
+            admin = admin_file.display(),
+            schedule = opts.reconcile_schedule,
+            hook = hook_file.display(),
+            dvs = dv_file.display(),
+            gs = graph_file.display(),
+            dataverse_extra = opts.dataverse_toml,
+            teams_extra = opts.teams_graph_toml,
+            extra = opts.extra_toml,
+        );
+        let config = d.join("presync.toml");
+        std::fs::write(&config, toml)?;
+        let checked =
+            crate::config::load(Some(&config)).map_err(|e| anyhow::anyhow!(e.join("\n")))?;
+        let problems = checked.validate();
+        anyhow::ensure!(
+            problems.is_empty(),
+            "configuration: {}",
+            problems.join("; ")
+        );
+
+        let ports = (0..instances)
+            .map(|_| free_port())
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        *backends.write().map_err(|_| anyhow::anyhow!("poisoned"))? = ports
+            .iter()
+            .map(|p| format!("http://127.0.0.1:{p}"))
+            .collect();
+        let harness = Harness {
+            dir,
+            dv,
+            graph,
+            reps,
+            config,
+            database,
+            public_url,
+            ports,
+            backends,
+            log_level: opts.log_level.clone(),
+        };
+        harness.import().await?;
+        Ok(harness)
+    }
+
+    /// Put every representative in presync's directory, straight into the database.
+    async fn import(&self) -> anyhow::Result<()> {
+        let store = Store::open(&self.database).await?;
+        let reps: Vec<Representative> = self
+            .reps
+            .iter()
+            .map(|r| Representative {
+                id: RepId(r.id.clone()),
+                display_name: r.id.clone(),
+                external_ids: [
+                    ("dataverse".into(), ExternalId(r.agent.clone())),
+                    ("teams".into(), ExternalId(r.aad.clone())),
+                ]
+                .into_iter()
+                .collect(),
+            })
+            .collect();
+        let now = presync_engine::clock::Clock::now(&presync_engine::clock::SystemClock);
+        store.upsert_representatives(&reps, now).await?;
+        store.close().await;
+        Ok(())
+    }
+
+    /// The address of instance `index`.
+    pub fn instance_url(&self, index: usize) -> String {
+        format!("http://127.0.0.1:{}", self.ports[index])
+    }
+
+    /// Start instance `index` (`presync run`, this binary), logging to `<dir>/instance-N.log`.
+    pub fn spawn(&self, index: usize) -> anyhow::Result<Instance> {
+        let log_path = self.dir.path().join(format!("instance-{index}.log"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)?;
+        let exe = std::env::current_exe().context("finding the presync binary")?;
+        let child = Command::new(exe)
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .env(
+                "PRESYNC_HTTP__LISTEN",
+                format!("127.0.0.1:{}", self.ports[index]),
+            )
+            .env("RUST_LOG", &self.log_level)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .context("starting presync run")?;
+        Ok(Instance {
+            child,
+            url: self.instance_url(index),
+            index,
+        })
+    }
+
+    /// The log of instance `index` (for a failure report).
+    pub fn log_path(&self, index: usize) -> PathBuf {
+        self.dir.path().join(format!("instance-{index}.log"))
+    }
+
+    /// The last `lines` lines of every instance's log.
+    pub fn log_tails(&self, lines: usize) -> String {
+        let mut out = String::new();
+        for i in 0..self.ports.len() {
+            let text = std::fs::read_to_string(self.log_path(i)).unwrap_or_default();
+            let all: Vec<&str> = text.lines().collect();
+            out.push_str(&format!("--- instance {i} ---\n"));
+            for l in &all[all.len().saturating_sub(lines)..] {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// How many instances the load balancer knows.
+    pub fn instances(&self) -> usize {
+        self.backends.read().map(|b| b.len()).unwrap_or(0)
+    }
+}
+
+/// Wait until the instance at `base` answers `/readyz` with 200.
+pub async fn ready(base: &str, within: Duration) -> anyhow::Result<()> {
+    let url = format!("{base}/readyz");
+    let deadline = tokio::time::Instant::now() + within;
+    let http = reqwest::Client::new();
+    loop {
+        if let Ok(r) = http.get(&url).send().await {
+            if r.status() == 200 {
+                return Ok(());
+            }
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{base} was not ready within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every sample of one `/metrics` series of the instance at `base`, summed over labels, of the
+/// lines that start with `prefix`.
+pub async fn metric_sum(base: &str, prefix: &str) -> Option<f64> {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let mut found = false;
+    let sum = text
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .inspect(|_| found = true)
+        .sum();
+    found.then_some(sum)
+}
+
+/// The load balancer: forwards each request to the next backend, trying each once until one
+/// answers. 502 when none does.
+async fn balance(listener: tokio::net::TcpListener, backends: Arc<RwLock<Vec<String>>>) {
+    #[derive(Clone)]
+    struct Lb {
+        backends: Arc<RwLock<Vec<String>>>,
+        next: Arc<AtomicUsize>,
+        http: reqwest::Client,
+    }
+    async fn forward(
+        State(lb): State<Lb>,
+        method: Method,
+        uri: Uri,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Response {
+        let backends = lb.backends.read().map(|b| b.clone()).unwrap_or_default();
+        let start = lb.next.fetch_add(1, Ordering::Relaxed);
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        for k in 0..backends.len() {
+            let base = &backends[(start + k) % backends.len()];
+            let mut req = lb.http.request(method.clone(), format!("{base}{path}"));
+            for (name, value) in &headers {
+                if name != axum::http::header::HOST && name != axum::http::header::CONTENT_LENGTH {
+                    req = req.header(name, value);
+                }
+            }
+            match req.body(body.clone()).send().await {
+                Ok(r) => {
+                    let status = r.status();
+                    let ctype = r.headers().get(axum::http::header::CONTENT_TYPE).cloned();
+                    let bytes = r.bytes().await.unwrap_or_default();
+                    let mut resp = (status, bytes).into_response();
+                    if let Some(c) = ctype {
+                        resp.headers_mut()
+                            .insert(axum::http::header::CONTENT_TYPE, c);
+                    }
+                    return resp;
+                }
+                // Connection refused or reset: that instance is down; try the next.
+                Err(_) => continue,
+            }
+        }
+        (StatusCode::BAD_GATEWAY, "no presync instance answered").into_response()
+    }
+    let lb = Lb {
+        backends,
+        next: Arc::new(AtomicUsize::new(0)),
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap_or_default(),
+    };
+    let app = axum::Router::new().fallback(forward).with_state(lb);
+    let _ = axum::serve(listener, app).await;
+}
