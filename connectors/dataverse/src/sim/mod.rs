@@ -457,6 +457,18 @@ impl DataverseSim {
         lock(&self.shared.requests).clone()
     }
 
+    /// How many Web API requests so far: the index the next one will have in [`Self::requests`], so a
+    /// harness can place its own actions in the order of the requests without copying them.
+    pub fn request_count(&self) -> usize {
+        lock(&self.shared.requests).len()
+    }
+
+    /// The requests from index `from` on (see [`Self::request_count`]).
+    pub fn requests_since(&self, from: usize) -> Vec<RecordedRequest> {
+        let all = lock(&self.shared.requests);
+        all.get(from..).map(<[_]>::to_vec).unwrap_or_default()
+    }
+
     /// Every webhook POST so far, retries and duplicates included.
     pub fn deliveries(&self) -> Vec<Delivery> {
         self.shared.outbox.deliveries()

@@ -518,6 +518,18 @@ impl GraphSim {
         lock(&self.shared.requests).clone()
     }
 
+    /// How many Graph requests so far: the index the next one will have in [`Self::requests`], so a
+    /// harness can place its own actions in the order of the requests without copying them.
+    pub fn request_count(&self) -> usize {
+        lock(&self.shared.requests).len()
+    }
+
+    /// The requests from index `from` on (see [`Self::request_count`]).
+    pub fn requests_since(&self, from: usize) -> Vec<RecordedRequest> {
+        let all = lock(&self.shared.requests);
+        all.get(from..).map(<[_]>::to_vec).unwrap_or_default()
+    }
+
     /// Every token request received so far.
     pub fn token_requests(&self) -> Vec<TokenRequest> {
         lock(&self.shared.token_requests).clone()
