@@ -246,6 +246,30 @@ async fn dropped_and_duplicated_notifications() {
 }
 
 #[tokio::test]
+async fn reordered_notifications_leave_newest_first() {
+    let env = start(|_| {}).await;
+    let rx = Receiver::start(Validation::Echo).await;
+    subscribe(&env, &rx, &[ANN]).await;
+    env.sim.inject(Fault::ReorderNotifications(1));
+    // Three changes queued together (the delivery task runs only when this test awaits).
+    env.sim.person_signs_in(ANN);
+    env.sim.person_joins_meeting(ANN);
+    env.sim.person_leaves_meeting(ANN);
+    env.sim.wait_notifications_idle().await;
+    let order: Vec<u64> = env
+        .sim
+        .notifications()
+        .into_iter()
+        .filter(|n| n.kind == NotificationKind::Change)
+        .map(|n| n.seq)
+        .collect();
+    let first = order[0];
+    assert_eq!(order.len(), 3);
+    assert!(order[1] < first && order[2] < first, "{order:?}");
+    assert!(order[1] < order[2], "only one was reordered: {order:?}");
+}
+
+#[tokio::test]
 async fn lifecycle_notifications_go_to_the_lifecycle_url() {
     let env = start(|_| {}).await;
     let rx = Receiver::start(Validation::Echo).await;

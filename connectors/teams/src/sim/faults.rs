@@ -35,6 +35,10 @@ pub enum Fault {
     DropNotifications(u32),
     /// The next N notifications are sent twice.
     DuplicateNotifications(u32),
+    /// The next N times a notification leaves while others wait behind it, the newest waiting
+    /// one leaves first: notifications queued together arrive out of order, as Graph promises
+    /// no order.
+    ReorderNotifications(u32),
     /// The next subscription validation handshake fails as if the endpoint had not answered,
     /// without being sent: the create answers 400.
     FailValidation,
@@ -78,6 +82,7 @@ impl ApiFaults {
 pub(crate) struct DeliveryFaults {
     pub drop: u32,
     pub duplicate: u32,
+    pub reorder: u32,
 }
 
 /// What happens to one notification.
@@ -88,6 +93,16 @@ pub(crate) struct Fate {
 }
 
 impl DeliveryFaults {
+    /// Whether the next notification to leave is the newest waiting one, consuming the counter
+    /// (only when `waiting` others are behind the oldest).
+    pub(crate) fn newest_first(&mut self, waiting: usize) -> bool {
+        let hit = self.reorder > 0 && waiting >= 2;
+        if hit {
+            self.reorder -= 1;
+        }
+        hit
+    }
+
     /// The fate of the next notification to leave, consuming the counters. A dropped
     /// notification does not consume a duplicate.
     pub(crate) fn fate(&mut self) -> Fate {

@@ -217,6 +217,10 @@ pub struct RecordedRequest {
     pub status: u16,
     /// The kind of the valid bearer token presented; `None` when it was missing or refused.
     pub token: Option<TokenKind>,
+    /// When the request arrived (the monotonic clock, before any processing), so a benchmark
+    /// can time a change from its source to the simulator: `presync bench` compares it with
+    /// the moment a Dataverse webhook was acknowledged.
+    pub received: std::time::Instant,
 }
 
 /// The simulator. Cheap to clone; clones share one tenant.
@@ -486,6 +490,7 @@ impl GraphSim {
             Fault::RevokeTokens => lock(&self.shared.tokens).revoke_access(),
             Fault::DropNotifications(n) => self.shared.outbox.add_faults(|f| f.drop += n),
             Fault::DuplicateNotifications(n) => self.shared.outbox.add_faults(|f| f.duplicate += n),
+            Fault::ReorderNotifications(n) => self.shared.outbox.add_faults(|f| f.reorder += n),
             Fault::FailValidation => lock(&self.shared.faults).fail_validation += 1,
         }
     }

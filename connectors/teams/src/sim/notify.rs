@@ -6,7 +6,7 @@
 //! [`super::GraphSimConfig::notification_timeout`]) is retried up to
 //! [`super::GraphSimConfig::delivery_retries`] times, after
 //! [`super::GraphSimConfig::delivery_backoff`] doubled each time; later notifications wait.
-//! Every attempt is recorded. Delivery faults (drop, duplicate) apply as notifications leave the
+//! Every attempt is recorded. Delivery faults (drop, duplicate, reorder) apply as notifications leave the
 //! outbox.
 
 use std::collections::VecDeque;
@@ -153,7 +153,12 @@ impl Outbox {
 
     fn take(&self) -> Option<(Item, Fate)> {
         let mut q = lock(&self.queue);
-        let item = q.items.pop_front()?;
+        let waiting = q.items.len();
+        let item = if q.faults.newest_first(waiting) {
+            q.items.pop_back()?
+        } else {
+            q.items.pop_front()?
+        };
         let fate = q.faults.fate();
         q.in_flight = true;
         self.publish(&q);
