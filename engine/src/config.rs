@@ -126,6 +126,9 @@ pub struct PipelineConfig {
     pub drain_deadline_ms: u64,
     /// How often an observation may fail to resolve before it is given up as a dead letter.
     pub max_attempts: i64,
+    /// Reads of one system a reconcile pass makes, after throttled or transient failures,
+    /// before it gives that system up until the next pass.
+    pub reconcile_read_attempts: u32,
 }
 
 impl Default for PipelineConfig {
@@ -138,6 +141,7 @@ impl Default for PipelineConfig {
             history_retention_ms: 30 * 24 * 60 * 60 * 1000,
             drain_deadline_ms: 10_000,
             max_attempts: 10,
+            reconcile_read_attempts: 4,
         }
     }
 }

@@ -25,6 +25,9 @@ use crate::store::{
 };
 use crate::topology::{Topology, TopologyConfig, TopologyErrors};
 
+/// The longest a reconcile pass waits before reading a system again.
+const MAX_RECONCILE_RETRY_WAIT: Duration = Duration::from_secs(60);
+
 /// Engine errors.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -587,6 +590,46 @@ impl Engine {
         }
     }
 
+    /// Read every user of `system` for a reconcile pass, with the read's start (the date a
+    /// read holds from: a system without timestamps gets it, never a later one that could beat
+    /// a write of presync's which landed while the read was on the wire).
+    ///
+    /// A throttled or transient failure is retried after the `Retry-After` the remote asked
+    /// for, or after the target's backoff, up to `pipeline.reconcile_read_attempts` reads in all: one
+    /// 429 or 502 must not cost a whole pass, and the drift it would have repaired a whole
+    /// schedule interval.
+    async fn read_for_reconcile(
+        &self,
+        system: &SystemId,
+        connector: &Arc<dyn Connector>,
+        users: &[ExternalId],
+    ) -> std::result::Result<(crate::Millis, Vec<crate::connector::RemoteState>), ConnectorError>
+    {
+        let mut attempt: u32 = 1;
+        loop {
+            let read_at = self.now();
+            match connector.read_all(users).await {
+                Ok(states) => return Ok((read_at, states)),
+                Err(e)
+                    if e.is_transient()
+                        && attempt < self.inner.config.pipeline.reconcile_read_attempts
+                        && !self.inner.stopping.load(Ordering::Relaxed) =>
+                {
+                    let wait = e
+                        .retry_after()
+                        .unwrap_or_else(|| {
+                            backoff(self.inner.config.dispatch_for(system), i64::from(attempt))
+                        })
+                        .min(MAX_RECONCILE_RETRY_WAIT);
+                    warn!(system = %system, error = %e, attempt, retry_in_ms = wait.as_millis() as u64, "Reconcile read failed; retrying");
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Read every system that can be read in bulk, feed what differs from presync's records into
     /// the inbox as reconcile observations, and resolve them. Repair writes are queued in the
     /// outbox; [`Engine::dispatch_pending`] (or the running service) sends them.
@@ -614,12 +657,9 @@ impl Engine {
             };
             let directory = self.inner.store.reconcile_snapshot(&system).await?;
             let users: Vec<ExternalId> = directory.keys().cloned().collect();
-            // A state read is known to hold from some moment of the read on: a system without
-            // timestamps gets the read's start as its date, never a later one that could beat
-            // a write of presync's which landed while the read was on the wire.
-            let read_at = self.now();
-            let states = match connector.read_all(&users).await {
-                Ok(s) => s,
+            let (read_at, states) = match self.read_for_reconcile(&system, connector, &users).await
+            {
+                Ok(read) => read,
                 Err(e) => {
                     warn!(system = %system, error = %e, "Reconcile read failed");
                     sr.error = Some(e.to_string());

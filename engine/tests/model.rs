@@ -269,6 +269,10 @@ fn run_case(n: usize, reps: usize, ops: Vec<Op>) {
         // The in-memory systems share presync's clock: no skew. (Within the skew bound of one
         // of presync's writes, a person setting the very state written is taken for its echo.)
         cfg.rules.max_clock_skew_ms = 0;
+        // A failed reconcile read fails the pass here, as the model expects: retries within a
+        // pass wait in real time, which this manual clock does not control (the pipeline
+        // suite covers them).
+        cfg.pipeline.reconcile_read_attempts = 1;
         let w = World::with_clock(&db.url(), clock, &systems, reps, cfg).await;
         let mut run = Run {
             w,

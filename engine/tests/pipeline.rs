@@ -137,6 +137,33 @@ async fn a_lost_webhook_is_repaired_by_the_next_reconcile(url: String) {
     );
 }
 
+/// Found by `presync soak`: a 502 or a 429 on the reconcile read cost the whole pass, and what
+/// the pass was to repair stayed wrong until the next one.
+async fn a_reconcile_read_that_fails_transiently_is_retried_within_the_pass(url: String) {
+    let w = world(&url).await;
+    w.engine.reconcile().await.unwrap();
+    w.settle().await;
+    w.clock.advance(10);
+    w.system("d365").person_sets(&user("d365", 1), DoNotDisturb);
+    w.take_deliveries(); // lost
+    w.settle().await;
+    w.system("d365").inject(MemoryFault::ServerError);
+    w.system("d365")
+        .inject(MemoryFault::RateLimited(std::time::Duration::from_millis(
+            20,
+        )));
+    let report = w.engine.reconcile().await.unwrap();
+    assert!(report.complete(), "{report:?}");
+    assert_eq!(report.missed_changes(), 1, "{report:?}");
+    w.settle().await;
+    assert_eq!(w.states(1), vec![Some(DoNotDisturb), Some(DoNotDisturb)]);
+
+    // A failure that will not pass is not retried: one read, and the pass reports it.
+    w.system("d365").inject(MemoryFault::Reject);
+    let report = w.engine.reconcile().await.unwrap();
+    assert!(!report.complete(), "{report:?}");
+}
+
 async fn a_write_refused_by_the_target_is_repaired_by_reconcile_as_drift(url: String) {
     let w = world(&url).await;
     w.clock.advance(10);
@@ -419,6 +446,7 @@ on_both_backends!(
     a_redelivered_webhook_is_accepted_once,
     a_burst_for_one_person_becomes_one_write,
     a_lost_webhook_is_repaired_by_the_next_reconcile,
+    a_reconcile_read_that_fails_transiently_is_retried_within_the_pass,
     a_write_refused_by_the_target_is_repaired_by_reconcile_as_drift,
     a_throttled_write_waits_for_retry_after,
     a_server_error_is_retried_with_backoff,
