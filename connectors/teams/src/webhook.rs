@@ -219,8 +219,11 @@ pub fn spawn_reader(
     window: Duration,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        // Users read while a write of presync's to them was landing: read again next round.
+        // Users read while a write of presync's to them was landing, or whose read failed:
+        // read again next round.
         let mut again = BTreeSet::new();
+        // Failed reads in a row, for the backoff.
+        let mut failures: u32 = 0;
         loop {
             let mut users = std::mem::take(&mut again);
             if users.is_empty() {
@@ -266,10 +269,35 @@ pub fn spawn_reader(
                         debug!(users = n, "Presences read after notifications");
                     }
                 }
+                // Throttled or failed for now: read the same users again once the wait is
+                // over, with what else was notified meanwhile. Left to the reconciler, a
+                // meeting would reach D365 only at its next pass.
+                Err(e) if e.is_transient() => {
+                    failures = failures.saturating_add(1);
+                    let wait = e
+                        .retry_after()
+                        .unwrap_or_else(|| reread_backoff(failures))
+                        .min(MAX_REREAD_WAIT);
+                    warn!(error = %e, users = ids.len(), retry_in_ms = wait.as_millis() as u64, "Read after notifications failed; reading again");
+                    again.extend(ids.into_iter().map(|id| id.as_str().to_owned()));
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
                 Err(e) => {
-                    warn!(error = %e, users = ids.len(), "Read after notifications failed; the reconciler will repair")
+                    warn!(error = %e, users = ids.len(), "Read after notifications refused; the reconciler will repair")
                 }
             }
+            failures = 0;
         }
     })
+}
+
+/// The longest the notification reader waits before reading failed users again.
+const MAX_REREAD_WAIT: Duration = Duration::from_secs(30);
+
+/// Wait before the `failures`th read again: 500 ms, doubled per failure, at most
+/// [`MAX_REREAD_WAIT`].
+fn reread_backoff(failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(16);
+    Duration::from_millis(500u64.saturating_mul(1 << exp)).min(MAX_REREAD_WAIT)
 }

@@ -21,7 +21,7 @@ use presync_teams::client::GraphClient;
 use presync_teams::config::TeamsConfig;
 use presync_teams::connector::TeamsConnector;
 use presync_teams::poll::Poller;
-use presync_teams::sim::{GraphSim, GraphSimConfig};
+use presync_teams::sim::{Fault, GraphSim, GraphSimConfig};
 
 const TENANT: &str = "presync-sim";
 const APP: &str = "11111111-2222-3333-4444-555555555555";
@@ -238,6 +238,43 @@ async fn basic_notifications_become_one_coalesced_read() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    reader.abort();
+}
+
+/// Found by `presync soak`: a read after notifications that met a 429 or a 5xx was left to the
+/// reconciler, so a person's meeting reached D365 only at the next pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_after_notifications_that_fails_is_read_again() {
+    let w = world().await;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let connector = presync_teams_connector(&w).await;
+    let reader = presync_teams::webhook::spawn_reader(
+        w.engine.clone(),
+        "teams".into(),
+        connector,
+        rx,
+        Duration::from_millis(20),
+    );
+    w.sim.inject(Fault::ServerError(503));
+    w.sim.inject(Fault::RateLimited { retry_after: 0.2 });
+    w.sim.person_joins_meeting(AAD);
+    tx.send(AAD.to_owned()).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while w.engine.store().queue_depths().await.unwrap().inbox == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the failed read was never made again"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let statuses: Vec<u16> = w
+        .sim
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("getPresencesByUserId"))
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(statuses, [503, 429, 200]);
     reader.abort();
 }
 
