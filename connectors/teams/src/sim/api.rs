@@ -47,6 +47,7 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let received = std::time::Instant::now();
     let shared = &*sim.shared;
     let path = decode(uri.path());
     let query = decode(uri.query().unwrap_or(""));
@@ -85,6 +86,7 @@ async fn handle(
         body: recorded_body,
         status: response.status().as_u16(),
         token,
+        received,
     });
     if let Some(d) = delay {
         tokio::time::sleep(d).await;
