@@ -105,8 +105,10 @@ pub struct Harness {
     pub public_url: String,
     /// The instances' addresses, in the order of [`Harness::instance_url`].
     ports: Vec<u16>,
-    backends: Arc<RwLock<Vec<String>>>,
     log_level: String,
+    /// The binary the instances run: a copy of this one, so a rebuild during a long run does
+    /// not take it away.
+    exe: PathBuf,
 }
 
 impl std::fmt::Debug for Harness {
@@ -123,7 +125,6 @@ impl std::fmt::Debug for Harness {
 pub struct Instance {
     child: Child,
     pub url: String,
-    pub index: usize,
 }
 
 impl Instance {
@@ -188,13 +189,17 @@ impl Harness {
             ORG,
         );
         dv_cfg.rate_limit = opts.dataverse_limit;
-        dv_cfg.webhook = Some(WebhookTarget::new(
+        let mut target = WebhookTarget::new(
             format!("{public_url}/webhooks/dataverse"),
             WebhookAuth::HttpHeader {
                 name: "x-presync-secret".into(),
                 value: hook,
             },
-        ));
+        );
+        // The agents exist before the run: no Create webhook per agent added below (they would
+        // queue ahead of every presence change, each retried after a 502 while no instance runs).
+        target.emit_create = false;
+        dv_cfg.webhook = Some(target);
         let dv = DataverseSim::new(dv_cfg);
         let mut graph_cfg = GraphSimConfig::new(
             TENANT,
@@ -304,7 +309,14 @@ graph_url = "{graph_base}/v1.0"
             .iter()
             .map(|p| format!("http://127.0.0.1:{p}"))
             .collect();
+        let exe = d.join("presync");
+        std::fs::copy(
+            std::env::current_exe().context("finding the presync binary")?,
+            &exe,
+        )
+        .context("copying the presync binary")?;
         let harness = Harness {
+            exe,
             dir,
             dv,
             graph,
@@ -313,7 +325,6 @@ graph_url = "{graph_base}/v1.0"
             database,
             public_url,
             ports,
-            backends,
             log_level: opts.log_level.clone(),
         };
         harness.import().await?;
@@ -355,8 +366,7 @@ graph_url = "{graph_base}/v1.0"
             .create(true)
             .append(true)
             .open(&log_path)?;
-        let exe = std::env::current_exe().context("finding the presync binary")?;
-        let child = Command::new(exe)
+        let child = Command::new(&self.exe)
             .args(["run", "--config"])
             .arg(&self.config)
             .env(
@@ -372,7 +382,6 @@ graph_url = "{graph_base}/v1.0"
         Ok(Instance {
             child,
             url: self.instance_url(index),
-            index,
         })
     }
 
@@ -395,11 +404,70 @@ graph_url = "{graph_base}/v1.0"
         }
         out
     }
+}
 
-    /// How many instances the load balancer knows.
-    pub fn instances(&self) -> usize {
-        self.backends.read().map(|b| b.len()).unwrap_or(0)
+/// A database of its own on a PostgreSQL server, created for one run and dropped after it.
+#[derive(Debug)]
+pub struct FreshPostgres {
+    server: String,
+    name: String,
+    pub url: String,
+}
+
+impl FreshPostgres {
+    /// Create `presync_run_<random>` on the server of `url` (connecting to `url`'s database).
+    pub async fn create(url: &str) -> anyhow::Result<FreshPostgres> {
+        use sqlx::Connection;
+        let name = format!("presync_run_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = sqlx::PgConnection::connect(url)
+            .await
+            .with_context(|| format!("connecting to {}", presync_engine::store::redact_url(url)))?;
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .context("creating the run's database")?;
+        let _ = conn.close().await;
+        Ok(FreshPostgres {
+            server: url.to_owned(),
+            url: with_database(url, &name),
+            name,
+        })
     }
+
+    /// Drop the database (errors are reported, not returned: this is clean-up).
+    pub async fn drop_database(self) {
+        use sqlx::Connection;
+        let dropped = async {
+            let mut conn = sqlx::PgConnection::connect(&self.server).await?;
+            sqlx::query(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .execute(&mut conn)
+            .await?;
+            conn.close().await
+        };
+        if let Err(e) = dropped.await {
+            eprintln!("could not drop the database {}: {e}", self.name);
+        }
+    }
+}
+
+/// `url` with its database name replaced by `name` (query string kept).
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let host_end = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
+    let mut out = format!("{}/{name}", &base[..host_end]);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
 }
 
 /// Wait until the instance at `base` answers `/readyz` with 200.
@@ -495,4 +563,22 @@ async fn balance(listener: tokio::net::TcpListener, backends: Arc<RwLock<Vec<Str
     };
     let app = axum::Router::new().fallback(forward).with_state(lb);
     let _ = axum::serve(listener, app).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    #[test]
+    fn the_database_name_is_replaced_and_the_rest_kept() {
+        assert_eq!(
+            with_database("postgres://u@h:5432/test", "x"),
+            "postgres://u@h:5432/x"
+        );
+        assert_eq!(
+            with_database("postgres://u:p@h/test?sslmode=disable", "x"),
+            "postgres://u:p@h/x?sslmode=disable"
+        );
+        assert_eq!(with_database("postgres://h", "x"), "postgres://h/x");
+    }
 }
