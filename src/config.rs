@@ -91,14 +91,24 @@ pub struct Reconcile {
     /// Cron expression with seconds (`sec min hour day month weekday`): every 5 minutes.
     #[serde(default = "default_schedule")]
     pub schedule: String,
+    /// Also run a pass when the instance starts (a second after it serves): what changed while
+    /// it was down (webhooks refused, notifications acknowledged but not yet read when it was
+    /// killed) is repaired at once rather than at the next scheduled pass. Default true.
+    #[serde(default = "default_true")]
+    pub on_start: bool,
 }
 
 impl Default for Reconcile {
     fn default() -> Self {
         Reconcile {
             schedule: default_schedule(),
+            on_start: true,
         }
     }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_schedule() -> String {
@@ -491,6 +501,8 @@ admin_token = { env = "PRESYNC_ADMIN_TOKEN" }
 [reconcile]
 # Cron with seconds: every 5 minutes.
 schedule = "0 */5 * * * *"
+# A catch-up pass when the instance starts, for what changed while it was down.
+on_start = true
 
 [dataverse]
 org_url = "https://contoso.crm.dynamics.com"

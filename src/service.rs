@@ -544,6 +544,15 @@ pub async fn serve(
         .await?;
     }
     let mut background = Vec::new();
+    if config.reconcile.on_start {
+        // A catch-up pass: what changed while this instance was down. A second's delay lets
+        // the server answer and the subscriptions come up first.
+        let engine = engine.clone();
+        background.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            scheduled_reconcile(&engine).await;
+        }));
+    }
     if let Some(t) = service.teams.clone() {
         add_job(&scheduler, KEEP_ALIVE_SCHEDULE, {
             let (engine, t) = (engine.clone(), t.clone());

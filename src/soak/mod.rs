@@ -1,0 +1,565 @@
+//! `presync soak`: a chaos soak. The real service (one or more `presync run` processes behind a
+//! loopback load balancer, see [`crate::harness`]) runs against both simulators while simulated
+//! people work, and faults arrive at configurable rates: 429 with `Retry-After`, 5xx, slow and
+//! timed-out responses from both systems; dropped, duplicated and reordered Dataverse webhooks
+//! and Graph notifications; and instances killed with SIGKILL at random moments and restarted.
+//!
+//! At the end the activity and the faults stop, one reconcile pass runs, and the soak checks the
+//! outcome against the simulators' own record of the truth:
+//!
+//! - **converged**: every representative shows, in D365, in Teams and in presync's canonical
+//!   state, the availability of what the person is doing at the end (the soak's people do one
+//!   thing at a time, so that is unambiguous);
+//! - **nothing acknowledged lost**: every webhook delivery presync answered 2xx has its decision
+//!   in presync's history;
+//! - **no echo propagated**: every write presync made into a system is justified by a genuine
+//!   change of that representative in the other system since presync's previous write there, or
+//!   is a repeat of that previous write (a retry whose answer was lost, a keep-alive);
+//! - **bounded write amplification**: writes into each system per genuine change in the other
+//!   stay at or below `--max-amplification`;
+//! - **no crash**: no instance exited other than by the soak's own SIGKILL.
+//!
+//! It prints the figures and exits non-zero when any check fails.
+
+mod audit;
+mod chaos;
+mod people;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use presync_dataverse::mapping::Catalog;
+use presync_engine::store::Store;
+use presync_engine::{Availability, NativeState, RepId};
+use presync_teams::mapping::{Mapping, Pair};
+use serde_json::json;
+use tokio::time::Instant;
+
+use crate::harness::{self, Harness, Ingress, Options};
+use audit::audit_writes;
+use chaos::{inject, kill_and_restart, FaultRates, Fleet, Injected, REQUEST_TIMEOUT_MS};
+use people::{drive, Doing, Sys, Truth};
+
+#[derive(Debug, Args)]
+pub struct SoakArgs {
+    /// Seconds of activity and faults; then the soak settles, reconciles once and checks.
+    #[arg(long, default_value_t = 60)]
+    duration: u64,
+    /// How many simulated representatives.
+    #[arg(long, default_value_t = 40)]
+    reps: usize,
+    /// A PostgreSQL server URL (`postgres://USER@HOST/DB`): the soak creates a fresh database
+    /// on that server and drops it at the end. By default a temporary SQLite file.
+    #[arg(long)]
+    database: Option<String>,
+    /// How many `presync run` instances (default: 2 on PostgreSQL, 1 on SQLite).
+    #[arg(long)]
+    instances: Option<usize>,
+    /// Seed of the activity and of the faults.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Bound on writes into a system per genuine change in the other.
+    #[arg(long, default_value_t = 1.5)]
+    max_amplification: f64,
+    /// Print the figures as one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Write the evidence here (instance logs, and for each representative a check flagged,
+    /// the genuine changes and presync's writes in order) when a check fails.
+    #[arg(long, default_value = "presync-soak-failure")]
+    evidence: std::path::PathBuf,
+    #[command(flatten)]
+    faults: FaultRates,
+}
+
+/// How long the soak waits for everything to settle after the reconcile.
+const SETTLE: Duration = Duration::from_secs(120);
+
+pub async fn run(args: SoakArgs) -> anyhow::Result<bool> {
+    anyhow::ensure!(args.reps > 0, "--reps must be at least 1");
+    anyhow::ensure!(args.duration > 0, "--duration must be at least 1 second");
+    let pg = match &args.database {
+        Some(url) if url.starts_with("postgres") => {
+            Some(harness::FreshPostgres::create(url).await?)
+        }
+        Some(other) => {
+            anyhow::bail!("--database: {other:?} is not a postgres:// URL (SQLite is the default)")
+        }
+        None => None,
+    };
+    let instances = args.instances.unwrap_or(if pg.is_some() { 2 } else { 1 });
+    anyhow::ensure!(instances >= 1, "--instances must be at least 1");
+    let mut opts = Options::new(args.reps);
+    opts.database = pg.as_ref().map(|p| p.url.clone());
+    opts.ingress = Ingress::Subscriptions;
+    opts.reconcile_schedule = "0 0 0 1 1 *".to_owned();
+    opts.dataverse_toml = format!("request_timeout_ms = {REQUEST_TIMEOUT_MS}");
+    opts.teams_graph_toml = format!("request_timeout_ms = {REQUEST_TIMEOUT_MS}");
+    opts.extra_toml = "[engine.pipeline]\npoll_interval_ms = 50\nlease_ms = 5000\n".to_owned();
+    let outcome = soak(&args, &opts, instances).await;
+    if let Some(pg) = pg {
+        pg.drop_database().await;
+    }
+    let (passed, summary) = outcome?;
+    if args.json {
+        println!("{summary}");
+    } else {
+        print_summary(&summary);
+    }
+    Ok(passed)
+}
+
+async fn soak(
+    args: &SoakArgs,
+    opts: &Options,
+    instances: usize,
+) -> anyhow::Result<(bool, serde_json::Value)> {
+    let h = Arc::new(Harness::start(opts, instances).await?);
+    let fleet = start_fleet(&h, instances).await?;
+    eprintln!(
+        "presync soak: {} reps, {} instance(s) on {}, {} s",
+        args.reps,
+        instances,
+        database_name(opts),
+        args.duration
+    );
+    let truth = Arc::new(Mutex::new(Truth::new(h.reps.len())));
+    let injected = Arc::new(Mutex::new(Injected::default()));
+    let started = Instant::now();
+    activity(&h, &fleet, &truth, &injected, args).await;
+    eprintln!("presync soak: activity over; settling");
+    let end = settle(&h, &fleet, &truth).await?;
+    let mut injected = injected.lock().map(|i| i.clone()).unwrap_or_default();
+    injected.crashes += end.crashes;
+    let t = truth.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+    let writes = audit_writes(&h, &t);
+    let amplification_ok = writes
+        .iter()
+        .all(|(_, w)| w.amplification() <= args.max_amplification);
+    let echoes: u64 = writes.iter().map(|(_, w)| w.unjustified).sum();
+    let checks = json!({
+        "converged": end.diverged.is_empty(),
+        "nothing_acknowledged_lost": end.lost.is_empty(),
+        "no_echo_propagated": echoes == 0,
+        "write_amplification_bounded": amplification_ok,
+        "no_crash": injected.crashes == 0,
+    });
+    let passed = checks
+        .as_object()
+        .is_some_and(|m| m.values().all(|v| v == true));
+    let ok = |s: Option<u16>| s.is_some_and(|s| (200..300).contains(&s));
+    let deliveries = h.dv.deliveries();
+    let notifications = h.graph.notifications();
+    let count = |statuses: &[u16], of: &[u16]| statuses.iter().filter(|s| of.contains(s)).count();
+    let dv_status: Vec<u16> = h.dv.requests().iter().map(|r| r.status).collect();
+    let graph_status: Vec<u16> = h.graph.requests().iter().map(|r| r.status).collect();
+    let changes_in = |sys: Sys| t.changes.iter().filter(|c| c.system == sys).count();
+    let summary = json!({
+        "passed": passed,
+        "checks": checks,
+        "reps": args.reps,
+        "instances": instances,
+        "database": database_name(opts),
+        "duration_s": args.duration,
+        "wall_s": (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+        "seed": args.seed,
+        "genuine_changes": { "d365": changes_in(Sys::D365), "teams": changes_in(Sys::Teams) },
+        "webhooks": {
+            "sent": deliveries.len(),
+            "acknowledged": deliveries.iter().filter(|d| ok(d.status)).count(),
+            "refused_or_unanswered": deliveries.iter().filter(|d| !ok(d.status)).count(),
+            "dropped": h.dv.dropped_webhooks().len(),
+            "acknowledged_lost": end.lost.len(),
+        },
+        "notifications": {
+            "sent": notifications.len(),
+            "accepted": notifications.iter().filter(|n| n.accepted).count(),
+            "dropped": h.graph.dropped_notifications().len(),
+        },
+        "responses": {
+            "d365_429": count(&dv_status, &[429]),
+            "d365_5xx": count(&dv_status, &[500, 502, 503, 504]),
+            "teams_429": count(&graph_status, &[429]),
+            "teams_5xx": count(&graph_status, &[500, 502, 503, 504]),
+        },
+        "injected": injected,
+        "writes": writes.iter().map(|(k, w)| (k.to_string(), w.json())).collect::<serde_json::Map<_, _>>(),
+        "echoes_propagated": echoes,
+        "diverged_before_reconcile": end.before_reconcile,
+        "reconcile": end.reconcile,
+        "diverged": end.diverged.iter().map(|(_, d)| d).collect::<Vec<_>>(),
+        "acknowledged_but_lost": end.lost.iter().take(20).collect::<Vec<_>>(),
+    });
+    if !passed {
+        let flagged: Vec<usize> = end
+            .diverged
+            .iter()
+            .map(|(i, _)| *i)
+            .chain(writes.iter().flat_map(|(_, w)| w.flagged.iter().copied()))
+            .collect();
+        let kept = keep_evidence(&h, &t, &flagged, &args.evidence);
+        eprintln!(
+            "presync soak FAILED; evidence in {} ({})",
+            args.evidence.display(),
+            kept.err()
+                .map_or("complete".to_owned(), |e| format!("incomplete: {e}"))
+        );
+    }
+    Ok((passed, summary))
+}
+
+fn database_name(opts: &Options) -> &'static str {
+    if opts.database.is_some() {
+        "postgres"
+    } else {
+        "sqlite"
+    }
+}
+
+/// Start every instance and wait until presync has its Teams subscriptions.
+async fn start_fleet(h: &Harness, instances: usize) -> anyhow::Result<Fleet> {
+    let fleet: Fleet = Arc::new(tokio::sync::Mutex::new(Vec::new()));
+    for i in 0..instances {
+        let inst = h.spawn(i)?;
+        harness::ready(&inst.url, Duration::from_secs(60)).await?;
+        fleet.lock().await.push(Some(inst));
+    }
+    let until = Instant::now() + Duration::from_secs(30);
+    while h.graph.subscriptions().is_empty() {
+        anyhow::ensure!(
+            Instant::now() < until,
+            "presync created no Teams subscription"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(fleet)
+}
+
+/// The people at work, the faults and the kills, for `--duration`, with a progress line every
+/// 10 s.
+async fn activity(
+    h: &Arc<Harness>,
+    fleet: &Fleet,
+    truth: &Arc<Mutex<Truth>>,
+    injected: &Arc<Mutex<Injected>>,
+    args: &SoakArgs,
+) {
+    let started = Instant::now();
+    let run_for = Duration::from_secs(args.duration);
+    let tasks = [
+        tokio::spawn(drive(h.clone(), truth.clone(), args.seed, run_for)),
+        tokio::spawn(inject(
+            h.clone(),
+            args.faults.clone(),
+            injected.clone(),
+            args.seed.wrapping_add(1),
+        )),
+        tokio::spawn(kill_and_restart(
+            h.clone(),
+            fleet.clone(),
+            args.faults.kill_every_secs,
+            injected.clone(),
+            args.seed.wrapping_add(2),
+        )),
+    ];
+    let mut tick =
+        tokio::time::interval_at(started + Duration::from_secs(10), Duration::from_secs(10));
+    while started.elapsed() < run_for {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = tokio::time::sleep_until(started + run_for) => break,
+        }
+        let changes = truth.lock().map(|t| t.changes.len()).unwrap_or(0);
+        let i = injected.lock().map(|i| i.clone()).unwrap_or_default();
+        eprintln!(
+            "  {:>4.0} s: {changes} genuine changes; kills {}, 429 {}, 5xx {}, slow {}, timeouts {}, dropped {}, duplicated {}, reordered {}",
+            started.elapsed().as_secs_f64(),
+            i.kills, i.rate_limited, i.server_errors, i.slow, i.timeouts, i.dropped, i.duplicated, i.reordered
+        );
+    }
+    for t in tasks {
+        t.abort();
+        // The killer may hold the fleet while it restarts an instance: wait until it let go.
+        let _ = t.await;
+    }
+}
+
+/// How the end went.
+struct End {
+    before_reconcile: usize,
+    reconcile: serde_json::Value,
+    diverged: Vec<(usize, String)>,
+    lost: Vec<String>,
+    crashes: u64,
+}
+
+/// Every instance up, the queues drained, one reconcile pass, and then until every
+/// representative shows the truth (or [`SETTLE`] is up).
+async fn settle(h: &Harness, fleet: &Fleet, truth: &Mutex<Truth>) -> anyhow::Result<End> {
+    {
+        let mut f = fleet.lock().await;
+        for (i, slot) in f.iter_mut().enumerate() {
+            if slot.as_mut().is_none_or(|inst| inst.exited().is_some()) {
+                let inst = h.spawn(i)?;
+                harness::ready(&inst.url, Duration::from_secs(60)).await?;
+                *slot = Some(inst);
+            }
+        }
+    }
+    let first = h.instance_url(0);
+    let quiet = Duration::from_secs(60);
+    let _ = tokio::time::timeout(quiet, h.dv.wait_deliveries_idle()).await;
+    let _ = tokio::time::timeout(quiet, h.graph.wait_notifications_idle()).await;
+    drained(&first, Instant::now() + quiet).await;
+    let before_reconcile = divergent(h, truth, None).await?.len();
+
+    let reconcile = reconcile_once(h, &first).await?;
+    let settle_until = Instant::now() + SETTLE;
+    let store = Store::connect(&h.database).await?;
+    let diverged = loop {
+        drained(&first, settle_until).await;
+        let _ =
+            tokio::time::timeout(Duration::from_secs(10), h.graph.wait_notifications_idle()).await;
+        let d = divergent(h, truth, Some(&store)).await?;
+        if d.is_empty() || Instant::now() >= settle_until {
+            break d;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let lost = acknowledged_lost(h, &store).await?;
+    store.close().await;
+    let mut f = fleet.lock().await;
+    let crashes = f
+        .iter_mut()
+        .flatten()
+        .filter_map(|inst| inst.exited())
+        .count() as u64;
+    f.clear();
+    Ok(End {
+        before_reconcile,
+        reconcile,
+        diverged,
+        lost,
+        crashes,
+    })
+}
+
+/// Wait until presync's inbox and outbox are empty (or `until`).
+async fn drained(base: &str, until: Instant) {
+    while Instant::now() < until {
+        let inbox = harness::metric_sum(base, "presync_queue_depth{queue=\"inbox\"}").await;
+        let outbox = harness::metric_sum(base, "presync_queue_depth{queue=\"outbox\"}").await;
+        if inbox == Some(0.0) && outbox == Some(0.0) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// One reconcile pass through the admin API; its report.
+async fn reconcile_once(h: &Harness, base: &str) -> anyhow::Result<serde_json::Value> {
+    let token = std::fs::read_to_string(h.dir.path().join("admin-token"))?;
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let r = http
+            .post(format!("{base}/admin/reconcile"))
+            .bearer_auth(token.trim())
+            .send()
+            .await
+            .context("asking for a reconcile pass")?;
+        // 409: another instance holds the reconcile lease (a pass it started); try again.
+        if r.status() == 409 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        anyhow::ensure!(r.status().is_success(), "reconcile answered {}", r.status());
+        return Ok(r.json().await?);
+    }
+}
+
+/// The availability D365 and Teams show for `rep`.
+fn shown(h: &Harness, catalog: &Catalog, rep: usize) -> (Availability, Availability) {
+    let r = &h.reps[rep];
+    let d365 =
+        h.dv.presence(&r.agent)
+            .and_then(|p| catalog.canonical(&p))
+            .unwrap_or(Availability::Offline);
+    let (a, act) = h.graph.presence(&r.aad);
+    let teams = Mapping::to_canonical(&NativeState::new(Pair::new(&a, &act).code())).availability;
+    (d365, teams)
+}
+
+/// Representatives not showing what the person is doing, in D365, Teams and (with a store)
+/// presync: `rep: expected x; D365 y, Teams z, presync w`.
+async fn divergent(
+    h: &Harness,
+    truth: &Mutex<Truth>,
+    store: Option<&Store>,
+) -> anyhow::Result<Vec<(usize, String)>> {
+    let catalog = Catalog::builtin();
+    let doing: Vec<Option<Doing>> = truth
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .doing
+        .clone();
+    let mut out = Vec::new();
+    for (i, d) in doing.iter().enumerate() {
+        let expected = d.map_or(Availability::Available, Doing::availability);
+        let (d365, teams) = shown(h, &catalog, i);
+        let presync = match store {
+            Some(s) => s
+                .rep_view(&RepId(h.reps[i].id.clone()))
+                .await?
+                .canonical
+                .map(|p| p.availability),
+            None => Some(expected),
+        };
+        if d365 != expected || teams != expected || presync != Some(expected) {
+            out.push((
+                i,
+                format!(
+                    "{}: expected {expected} ({d:?}); D365 {d365}, Teams {teams}, presync {}",
+                    h.reps[i].id,
+                    presync.map_or("-".to_owned(), |p| p.to_string())
+                ),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Delivery keys of webhooks presync acknowledged (2xx) that have no decision in its history.
+async fn acknowledged_lost(h: &Harness, store: &Store) -> anyhow::Result<Vec<String>> {
+    use presync_dataverse::context::{agent_status, parse, Derived};
+    let mut lost = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for d in h.dv.deliveries() {
+        if !d.status.is_some_and(|s| (200..300).contains(&s)) {
+            continue;
+        }
+        let Ok(ctx) = parse(d.body.as_bytes()) else {
+            continue;
+        };
+        if let Derived::Change(c) = agent_status(&ctx, d.size_exceeded()) {
+            if seen.insert(c.delivery_key.clone())
+                && store
+                    .history_for_delivery(&c.delivery_key)
+                    .await?
+                    .is_empty()
+            {
+                lost.push(c.delivery_key);
+            }
+        }
+    }
+    Ok(lost)
+}
+
+/// Copy the instance logs to `dir` and write `timeline.txt`: for each flagged representative,
+/// the genuine changes and every request either simulator got about them, in order.
+fn keep_evidence(
+    h: &Harness,
+    t: &Truth,
+    flagged: &[usize],
+    dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    use std::fmt::Write as _;
+    std::fs::create_dir_all(dir)?;
+    for i in 0.. {
+        let log = h.log_path(i);
+        if !log.exists() {
+            break;
+        }
+        std::fs::copy(&log, dir.join(format!("instance-{i}.log")))?;
+    }
+    // A SQLite database, for `presync explain --database sqlite:DIR/presync.db`.
+    for entry in std::fs::read_dir(h.dir.path())?.flatten() {
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with("presync.db") {
+            std::fs::copy(entry.path(), dir.join(&name))?;
+        }
+    }
+    let (dv, graph) = (h.dv.requests(), h.graph.requests());
+    let mut out = String::new();
+    for &rep in flagged.iter().take(10) {
+        let r = &h.reps[rep];
+        writeln!(out, "== {} (agent {}, user {})", r.id, r.agent, r.aad)?;
+        for c in t.changes.iter().filter(|c| c.rep == rep) {
+            writeln!(
+                out,
+                "  change  {:?} -> {} before d365 request {} / teams request {}",
+                c.system, c.state, c.dv_at, c.graph_at
+            )?;
+        }
+        for (i, q) in dv.iter().enumerate() {
+            let body = q.body.as_ref().map(|b| b.to_string()).unwrap_or_default();
+            if body.contains(&r.agent) || q.path.contains(&r.agent) {
+                writeln!(
+                    out,
+                    "  d365 #{i} {} {} {} -> {}",
+                    q.method, q.path, body, q.status
+                )?;
+            }
+        }
+        for (i, q) in graph.iter().enumerate() {
+            let body = q.body.as_ref().map(|b| b.to_string()).unwrap_or_default();
+            if body.contains(&r.aad) || q.path.contains(&r.aad) {
+                writeln!(
+                    out,
+                    "  teams #{i} {} {} {} -> {}",
+                    q.method, q.path, body, q.status
+                )?;
+            }
+        }
+    }
+    std::fs::write(dir.join("timeline.txt"), out)?;
+    Ok(())
+}
+
+fn print_summary(s: &serde_json::Value) {
+    println!(
+        "presync soak: {} ({} reps, {} instance(s) on {}, {} s, seed {})",
+        if s["passed"] == true {
+            "PASSED"
+        } else {
+            "FAILED"
+        },
+        s["reps"],
+        s["instances"],
+        s["database"],
+        s["duration_s"],
+        s["seed"]
+    );
+    if let Some(checks) = s["checks"].as_object() {
+        for (k, v) in checks {
+            println!("  {:<30} {}", k, if v == true { "ok" } else { "FAILED" });
+        }
+    }
+    for key in [
+        "genuine_changes",
+        "webhooks",
+        "notifications",
+        "responses",
+        "injected",
+        "writes",
+        "echoes_propagated",
+        "diverged_before_reconcile",
+        "reconcile",
+    ] {
+        println!("  {key:<30} {}", s[key]);
+    }
+    if let Some(d) = s["diverged"].as_array().filter(|d| !d.is_empty()) {
+        println!("  diverged:");
+        for line in d {
+            println!("    {}", line.as_str().unwrap_or_default());
+        }
+    }
+    if let Some(d) = s["acknowledged_but_lost"]
+        .as_array()
+        .filter(|d| !d.is_empty())
+    {
+        println!("  acknowledged but lost: {d:?}");
+    }
+}
