@@ -19,6 +19,9 @@ const GOAL_MIB: f64 = 150.0;
 
 fn options(reps: usize) -> Options {
     let mut o = Options::new(reps);
+    // Signed out in both systems: the Teams simulator settles every user on each sign-in, which
+    // is quadratic in the population at start-up.
+    o.signed_in = false;
     o.ingress = Ingress::Polling { secs: 3_600 };
     o.dataverse_toml = format!("page_size = {PAGE_SIZE}");
     o.log_level = "error".into();
@@ -147,7 +150,7 @@ pub async fn run(scale: Scale) -> anyhow::Result<Vec<Outcome>> {
         ],
         details: format!(
             "One full pass (`POST /admin/reconcile` on a spawned `presync run`, SQLite) over \
-             {reps} representatives, consistent in both simulators. Calls counted from the \
+             {reps} representatives, consistent in both simulators (all signed out, Offline). Calls counted from the \
              simulators' request logs during the pass: Teams {} `getPresencesByUserId` + {} \
              other; Dataverse {} `msdyn_agentstatuses` pages + {} other. Minimum: ceil({reps}/\
              {GRAPH_BATCH}) = {graph_min} Teams reads and ceil({reps}/{PAGE_SIZE}) = {dv_min} \
