@@ -116,10 +116,13 @@ pub(super) fn audit_writes(h: &Harness, truth: &Truth) -> Vec<(&'static str, Wri
 /// `at` places a change among the target's requests (a change recorded at `c` happened before
 /// request `c` arrived).
 ///
-/// A write of availability A is justified when `source` genuinely showed A at some moment
-/// between presync's previous write there and this one, or when the target itself did (presync
-/// restoring the person's own state after a race, counted apart). Anything else was not the
-/// person's state: an echo, or worse. A withdrawal of presync's own Teams session writes no state and
+/// presync's writes of each representative must follow the source's genuine states in their
+/// order: a write of availability A is justified by the first state A the source took at or
+/// after the state the previous write followed, and before the write arrived. Skipping states is
+/// fine (changes coalesced), repeating the followed one is fine (a retry, a keep-alive), going
+/// back is not: that is a stale state overwriting a newer one, or presync's own write coming
+/// back as an echo. A write of the target's own genuine state since presync's previous write
+/// there is a restore after a race, counted apart. A withdrawal of presync's own Teams session writes no state and
 /// cannot carry an echo.
 fn audit(
     writes: &[Write],
@@ -144,46 +147,55 @@ fn audit(
             .push((at(c), c.state));
     }
     let empty = Vec::new();
-    let mut previous: HashMap<usize, (Wrote, usize)> = HashMap::new();
+    // Per representative: where in the source's sequence of states presync's writes have got.
+    let mut followed: HashMap<usize, usize> = HashMap::new();
+    let mut previous: HashMap<usize, usize> = HashMap::new();
     for &(rep, wrote, index) in writes {
         a.writes += 1;
-        let prev = previous.get(&rep).copied();
-        let held = |system: Sys| -> Vec<Availability> {
-            let line = timeline.get(&(rep, system)).unwrap_or(&empty);
-            // The states between the previous write and this one: the one held at the previous
-            // write, and every one taken since.
-            let from = prev.map_or(0, |(_, p)| {
-                line.iter().rposition(|(c, _)| *c <= p).unwrap_or(0)
-            });
-            line[from.min(line.len())..]
-                .iter()
-                .filter(|(c, _)| *c <= index)
-                .map(|(_, s)| *s)
-                .collect()
-        };
-        let from_source = held(source);
-        let justified = match wrote {
-            Wrote::Set(v) if from_source.contains(&v) => true,
-            // The target's own genuine state, put back: after a race with one of presync's
-            // writes whose outcome was unknown, presync restores what the person set there.
-            Wrote::Set(v) if held(target).contains(&v) => {
-                a.restores += 1;
+        let source_line = timeline.get(&(rep, source)).unwrap_or(&empty);
+        let from = followed.get(&rep).copied().unwrap_or(0);
+        // The source's states from the one presync last followed on, that had happened when
+        // this write arrived.
+        let candidates = source_line[from.min(source_line.len())..]
+            .iter()
+            .take_while(|(c, _)| *c <= index);
+        let next = candidates
+            .clone()
+            .position(|(_, s)| wrote == Wrote::Set(*s))
+            .map(|k| from + k);
+        let justified = match (wrote, next) {
+            // A withdrawal writes no state, so it cannot carry an echo.
+            (Wrote::Withdraw, _) => true,
+            (_, Some(k)) => {
+                followed.insert(rep, k);
                 true
             }
-            Wrote::Set(_) => false,
-            // A withdrawal writes no state, so it cannot carry an echo.
-            Wrote::Withdraw => true,
+            // The target's own genuine state, put back: after a race with one of presync's
+            // writes whose outcome was unknown, presync restores what the person set there.
+            (Wrote::Set(v), None) => {
+                let target_line = timeline.get(&(rep, target)).unwrap_or(&empty);
+                let since = previous.get(&rep).map_or(0, |&p| {
+                    target_line.iter().rposition(|(c, _)| *c <= p).unwrap_or(0)
+                });
+                let restored = target_line[since.min(target_line.len())..]
+                    .iter()
+                    .take_while(|(c, _)| *c <= index)
+                    .any(|(_, s)| *s == v);
+                a.restores += u64::from(restored);
+                restored
+            }
         };
         if !justified {
             a.unjustified += 1;
             a.flagged.push(rep);
             if a.examples.len() < 10 {
+                let shown: Vec<Availability> = candidates.map(|(_, s)| *s).collect();
                 a.examples.push(format!(
-                    "rep-{rep:06} got {wrote:?} (request {index}) while the other system showed {from_source:?}"
+                    "rep-{rep:06} got {wrote:?} (request {index}); the other system's states since the last one followed: {shown:?}"
                 ));
             }
         }
-        previous.insert(rep, (wrote, index));
+        previous.insert(rep, index);
     }
     a
 }
@@ -191,7 +203,7 @@ fn audit(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use Availability::{Available, Busy, DoNotDisturb};
+    use Availability::{Available, Busy, DoNotDisturb, Offline};
 
     /// Rep 0's genuine changes: (system, state, index among the D365 requests).
     fn truth(changes: &[(Sys, Availability, usize)]) -> Truth {
@@ -227,6 +239,33 @@ mod tests {
         let a = d365(&[(Busy, 6), (Available, 10), (Busy, 14)], &t);
         assert_eq!(a.unjustified, 1);
         assert_eq!(a.flagged, [0]);
+    }
+
+    #[test]
+    fn delayed_writes_that_follow_the_states_in_order_are_justified() {
+        // Teams: Available (meeting over), Offline (signed out), Available (back), all before
+        // presync wrote any of them: three late writes in the same order.
+        let t = truth(&[
+            (Sys::Teams, Busy, 2),
+            (Sys::Teams, Available, 5),
+            (Sys::Teams, Offline, 5),
+            (Sys::Teams, Available, 6),
+        ]);
+        let a = d365(
+            &[(Busy, 3), (Available, 7), (Offline, 8), (Available, 9)],
+            &t,
+        );
+        assert_eq!(a.unjustified, 0);
+    }
+
+    #[test]
+    fn a_state_written_after_a_newer_one_is_flagged() {
+        // Teams went Busy, then Available; presync wrote both, then the older Busy again.
+        let t = truth(&[(Sys::Teams, Busy, 2), (Sys::Teams, Available, 3)]);
+        assert_eq!(
+            d365(&[(Busy, 4), (Available, 5), (Busy, 6)], &t).unjustified,
+            1
+        );
     }
 
     #[test]
