@@ -53,6 +53,8 @@ pub struct Options {
     pub signed_in: bool,
     /// `reconcile.schedule`.
     pub reconcile_schedule: String,
+    /// `reconcile.on_start`.
+    pub reconcile_on_start: bool,
     /// The Teams simulator's throttling limit (Graph's 1,500 per 30 s by default).
     pub graph_limit: (u32, Duration),
     /// The Dataverse simulator's service-protection limit per caller.
@@ -75,6 +77,7 @@ impl Options {
             ingress: Ingress::Polling { secs: 1 },
             signed_in: true,
             reconcile_schedule: "0 0 0 1 1 *".to_owned(),
+            reconcile_on_start: true,
             graph_limit: (1_500, Duration::from_secs(30)),
             dataverse_limit: (6_000, Duration::from_secs(300)),
             extra_toml: String::new(),
@@ -259,6 +262,7 @@ listen = "127.0.0.1:0"
 admin_token = {{ file = "{admin}" }}
 [reconcile]
 schedule = "{schedule}"
+on_start = {on_start}
 [dataverse]
 org_url = "{dv_base}"
 webhook_secret = {{ file = "{hook}" }}
@@ -284,6 +288,7 @@ graph_url = "{graph_base}/v1.0"
 "#,
             admin = admin_file.display(),
             schedule = opts.reconcile_schedule,
+            on_start = opts.reconcile_on_start,
             hook = hook_file.display(),
             dvs = dv_file.display(),
             gs = graph_file.display(),

@@ -37,6 +37,9 @@ pub enum EngineError {
     Store(#[from] StoreError),
     #[error("observation from unknown system {0:?}")]
     UnknownSystem(SystemId),
+    /// The commit that was to store an observation did not finish (its task panicked).
+    #[error("the observation could not be stored: its commit did not finish")]
+    Stopped,
 }
 
 /// `Result` with [`EngineError`].
@@ -49,6 +52,8 @@ pub struct Stats {
     /// Inbox rows given up on after `max_attempts` failures (dead letters).
     pub dead_letters: AtomicU64,
     pub duplicates: AtomicU64,
+    /// Transactions that stored ingested observations (group commit: one per batch).
+    pub ingest_commits: AtomicU64,
     pub writes_ok: AtomicU64,
     pub writes_failed: AtomicU64,
     pub retries: AtomicU64,
@@ -171,6 +176,24 @@ struct Inner {
     stats: Stats,
     /// Set when shutdown starts: passes stop taking new work.
     stopping: AtomicBool,
+    /// Group commit of ingested observations.
+    ingest: GroupCommit,
+}
+
+/// Observations waiting to be made durable, each batch with who waits for its outcome.
+type PendingIngest = Vec<(
+    Vec<Observation>,
+    tokio::sync::oneshot::Sender<Result<Vec<Enqueued>>>,
+)>;
+
+/// Group commit: while one transaction is being committed, the observations that arrive queue
+/// up, and the next committer makes them all durable in one transaction. On SQLite every commit
+/// is an fsync and there is one writer, so one commit per webhook caps ingest at the disk's
+/// commit rate; this way a burst costs a commit per batch instead.
+#[derive(Debug, Default)]
+struct GroupCommit {
+    pending: Mutex<PendingIngest>,
+    committer: tokio::sync::Mutex<()>,
 }
 
 /// The presync engine. See the crate documentation.
@@ -217,6 +240,7 @@ impl Engine {
                 unmapped_logged: Mutex::new(HashSet::new()),
                 stats: Stats::default(),
                 stopping: AtomicBool::new(false),
+                ingest: GroupCommit::default(),
             }),
         })
     }
@@ -272,10 +296,73 @@ impl Engine {
         if observations.is_empty() {
             return Ok(Vec::new());
         }
-        let out = self.inner.store.enqueue(&observations, self.now()).await?;
-        self.inner.stats.ingested(&observations, &out);
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        self.inner
+            .ingest
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((observations, done));
+        // Whoever holds the committer commits everything pending, ours included unless an
+        // earlier holder already took it.
+        {
+            let _committer = self.inner.ingest.committer.lock().await;
+            let batch = std::mem::take(
+                &mut *self
+                    .inner
+                    .ingest
+                    .pending
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            );
+            if !batch.is_empty() {
+                // In a task of its own: a webhook whose client hangs up must not cancel a commit
+                // that other webhooks wait on.
+                let engine = self.clone();
+                let _ = tokio::spawn(async move { engine.commit_ingest(batch).await }).await;
+            }
+        }
+        outcome.await.map_err(|_| EngineError::Stopped)?
+    }
+
+    /// Make `batch` durable in one transaction and tell each waiter its outcome. If the
+    /// transaction fails, each waiter's observations are tried on their own, so that one bad
+    /// request does not fail the others.
+    async fn commit_ingest(&self, batch: PendingIngest) {
+        let all: Vec<Observation> = batch.iter().flat_map(|(o, _)| o.iter().cloned()).collect();
+        let now = self.now();
+        match self.inner.store.enqueue(&all, now).await {
+            Ok(out) => {
+                self.inner
+                    .stats
+                    .ingest_commits
+                    .fetch_add(1, Ordering::Relaxed);
+                self.inner.stats.ingested(&all, &out);
+                let mut rest = out.into_iter();
+                for (obs, done) in batch {
+                    let _ = done.send(Ok(rest.by_ref().take(obs.len()).collect()));
+                }
+            }
+            Err(_) if batch.len() > 1 => {
+                for (obs, done) in batch {
+                    let one = self.inner.store.enqueue(&obs, now).await;
+                    if let Ok(out) = &one {
+                        self.inner
+                            .stats
+                            .ingest_commits
+                            .fetch_add(1, Ordering::Relaxed);
+                        self.inner.stats.ingested(&obs, out);
+                    }
+                    let _ = done.send(one.map_err(EngineError::from));
+                }
+            }
+            Err(e) => {
+                if let Some((_, done)) = batch.into_iter().next() {
+                    let _ = done.send(Err(e.into()));
+                }
+            }
+        }
         self.inner.inbox_ready.notify_one();
-        Ok(out)
     }
 
     /// Take over claims left by a crashed predecessor. Only on SQLite, whose store one instance

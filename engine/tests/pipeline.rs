@@ -35,6 +35,31 @@ async fn world(url: &str) -> World {
     .await
 }
 
+/// Webhooks that arrive while a commit is under way are stored together by the next one. On a
+/// current-thread runtime the order is fixed: the first caller commits its own observation, and
+/// the second commits the 63 that queued meanwhile.
+#[tokio::test]
+async fn concurrent_ingests_share_commits() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let db = common::TestDb::sqlite();
+    let w = world(&db.url()).await;
+    let observations: Vec<_> = (0..64)
+        .map(|i| {
+            w.clock.advance(1);
+            let a = if i % 2 == 0 { Busy } else { Available };
+            w.system("d365").person_sets(&user("d365", 0), a).unwrap()
+        })
+        .collect();
+    let outcomes =
+        futures::future::join_all(observations.into_iter().map(|o| w.engine.ingest(o))).await;
+    assert!(
+        outcomes.iter().all(|o| matches!(o, Ok(Enqueued::Accepted))),
+        "{outcomes:?}"
+    );
+    assert_eq!(w.engine.store().queue_depths().await.unwrap().inbox, 64);
+    assert_eq!(w.engine.stats().ingest_commits.load(Relaxed), 2);
+}
+
 fn writes_to(w: &World, system: &str) -> usize {
     w.system(system).writes().len()
 }

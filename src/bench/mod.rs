@@ -205,6 +205,8 @@ async fn quiet(base: &str, within: Duration) -> anyhow::Result<()> {
 /// presync's own), Teams polled rarely, keep-alive never due.
 fn unthrottled(reps: usize) -> Options {
     let mut o = Options::new(reps);
+    // Passes only when a figure asks for one.
+    o.reconcile_on_start = false;
     o.ingress = harness::Ingress::Polling { secs: 3_600 };
     o.graph_limit = (100_000_000, Duration::from_secs(30));
     o.teams_graph_toml = "rate_limit = 100000000".into();
