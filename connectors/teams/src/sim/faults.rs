@@ -172,6 +172,7 @@ mod tests {
         let mut f = DeliveryFaults {
             drop: 1,
             duplicate: 1,
+            reorder: 0,
         };
         assert!(f.fate().dropped);
         assert!(f.fate().duplicated);
