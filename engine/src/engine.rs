@@ -329,36 +329,44 @@ impl Engine {
     /// transaction fails, each waiter's observations are tried on their own, so that one bad
     /// request does not fail the others.
     async fn commit_ingest(&self, batch: PendingIngest) {
-        let all: Vec<Observation> = batch.iter().flat_map(|(o, _)| o.iter().cloned()).collect();
+        // The observations move into one batch; each waiter keeps its count.
+        let mut all = Vec::new();
+        let mut waiters = Vec::with_capacity(batch.len());
+        for (obs, done) in batch {
+            waiters.push((obs.len(), done));
+            all.extend(obs);
+        }
         let now = self.now();
+        let stored = |obs: &[Observation], out: &[Enqueued]| {
+            self.inner
+                .stats
+                .ingest_commits
+                .fetch_add(1, Ordering::Relaxed);
+            self.inner.stats.ingested(obs, out);
+        };
         match self.inner.store.enqueue(&all, now).await {
             Ok(out) => {
-                self.inner
-                    .stats
-                    .ingest_commits
-                    .fetch_add(1, Ordering::Relaxed);
-                self.inner.stats.ingested(&all, &out);
+                stored(&all, &out);
                 let mut rest = out.into_iter();
-                for (obs, done) in batch {
-                    let _ = done.send(Ok(rest.by_ref().take(obs.len()).collect()));
+                for (n, done) in waiters {
+                    let _ = done.send(Ok(rest.by_ref().take(n).collect()));
                 }
             }
-            Err(_) if batch.len() > 1 => {
-                for (obs, done) in batch {
-                    let one = self.inner.store.enqueue(&obs, now).await;
+            Err(e) if waiters.len() == 1 => {
+                if let Some((_, done)) = waiters.pop() {
+                    let _ = done.send(Err(e.into()));
+                }
+            }
+            Err(_) => {
+                let mut from = 0;
+                for (n, done) in waiters {
+                    let obs = &all[from..from + n];
+                    from += n;
+                    let one = self.inner.store.enqueue(obs, now).await;
                     if let Ok(out) = &one {
-                        self.inner
-                            .stats
-                            .ingest_commits
-                            .fetch_add(1, Ordering::Relaxed);
-                        self.inner.stats.ingested(&obs, out);
+                        stored(obs, out);
                     }
                     let _ = done.send(one.map_err(EngineError::from));
-                }
-            }
-            Err(e) => {
-                if let Some((_, done)) = batch.into_iter().next() {
-                    let _ = done.send(Err(e.into()));
                 }
             }
         }

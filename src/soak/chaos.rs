@@ -89,44 +89,57 @@ pub(super) async fn inject(
         let status = [500u16, 502, 503, 504][rng.random_range(0..4)];
         let slow = Duration::from_millis(rng.random_range(300..1_500));
         let Ok(mut n) = injected.lock() else { return };
-        if a {
-            h.dv.inject(DvFault::RateLimited {
-                retry_after_secs: retry_after,
-            });
-            h.graph.inject(GraphFault::RateLimited {
-                retry_after: retry_after as f64,
-            });
-            n.rate_limited += 2;
-        }
-        if b {
-            h.dv.inject(DvFault::ServerError(status));
-            h.graph.inject(GraphFault::ServerError(status));
-            n.server_errors += 2;
-        }
-        if c {
-            h.dv.inject(DvFault::Slow(slow));
-            h.graph.inject(GraphFault::Slow(slow));
-            n.slow += 2;
-        }
-        if d {
-            h.dv.inject(DvFault::Slow(timeout));
-            h.graph.inject(GraphFault::Slow(timeout));
-            n.timeouts += 2;
-        }
-        if e {
-            h.dv.inject(DvFault::DropWebhooks(1));
-            h.graph.inject(GraphFault::DropNotifications(1));
-            n.dropped += 2;
-        }
-        if f {
-            h.dv.inject(DvFault::DuplicateWebhooks(1));
-            h.graph.inject(GraphFault::DuplicateNotifications(1));
-            n.duplicated += 2;
-        }
-        if g {
-            h.dv.inject(DvFault::ReorderWebhooks(3));
-            h.graph.inject(GraphFault::ReorderNotifications(1));
-            n.reordered += 2;
+        let n = &mut *n;
+        // Each kind in both systems at once: (drawn, D365's fault, Teams's, its count).
+        let kinds = [
+            (
+                a,
+                DvFault::RateLimited {
+                    retry_after_secs: retry_after,
+                },
+                GraphFault::RateLimited {
+                    retry_after: retry_after as f64,
+                },
+                &mut n.rate_limited,
+            ),
+            (
+                b,
+                DvFault::ServerError(status),
+                GraphFault::ServerError(status),
+                &mut n.server_errors,
+            ),
+            (c, DvFault::Slow(slow), GraphFault::Slow(slow), &mut n.slow),
+            (
+                d,
+                DvFault::Slow(timeout),
+                GraphFault::Slow(timeout),
+                &mut n.timeouts,
+            ),
+            (
+                e,
+                DvFault::DropWebhooks(1),
+                GraphFault::DropNotifications(1),
+                &mut n.dropped,
+            ),
+            (
+                f,
+                DvFault::DuplicateWebhooks(1),
+                GraphFault::DuplicateNotifications(1),
+                &mut n.duplicated,
+            ),
+            (
+                g,
+                DvFault::ReorderWebhooks(3),
+                GraphFault::ReorderNotifications(1),
+                &mut n.reordered,
+            ),
+        ];
+        for (drawn, dv, graph, count) in kinds {
+            if drawn {
+                h.dv.inject(dv);
+                h.graph.inject(graph);
+                *count += 2;
+            }
         }
     }
 }

@@ -481,7 +481,30 @@ fn keep_evidence(
             std::fs::copy(entry.path(), dir.join(&name))?;
         }
     }
-    let (dv, graph) = (h.dv.requests(), h.graph.requests());
+    // Both simulators' requests as (method, path, body, status).
+    let (dv_requests, graph_requests) = (h.dv.requests(), h.graph.requests());
+    let dv: Vec<_> = dv_requests
+        .iter()
+        .map(|q| {
+            (
+                q.method.as_str(),
+                q.path.as_str(),
+                q.body.as_ref(),
+                q.status,
+            )
+        })
+        .collect();
+    let graph: Vec<_> = graph_requests
+        .iter()
+        .map(|q| {
+            (
+                q.method.as_str(),
+                q.path.as_str(),
+                q.body.as_ref(),
+                q.status,
+            )
+        })
+        .collect();
     let mut out = String::new();
     for &rep in flagged.iter().take(10) {
         let r = &h.reps[rep];
@@ -493,24 +516,12 @@ fn keep_evidence(
                 c.system, c.state, c.dv_at, c.graph_at
             )?;
         }
-        for (i, q) in dv.iter().enumerate() {
-            let body = q.body.as_ref().map(|b| b.to_string()).unwrap_or_default();
-            if body.contains(&r.agent) || q.path.contains(&r.agent) {
-                writeln!(
-                    out,
-                    "  d365 #{i} {} {} {} -> {}",
-                    q.method, q.path, body, q.status
-                )?;
-            }
-        }
-        for (i, q) in graph.iter().enumerate() {
-            let body = q.body.as_ref().map(|b| b.to_string()).unwrap_or_default();
-            if body.contains(&r.aad) || q.path.contains(&r.aad) {
-                writeln!(
-                    out,
-                    "  teams #{i} {} {} {} -> {}",
-                    q.method, q.path, body, q.status
-                )?;
+        for (label, id, requests) in [("d365", &r.agent, &dv), ("teams", &r.aad, &graph)] {
+            for (i, (method, path, body, status)) in requests.iter().enumerate() {
+                let body = body.map(|b| b.to_string()).unwrap_or_default();
+                if body.contains(id.as_str()) || path.contains(id.as_str()) {
+                    writeln!(out, "  {label} #{i} {method} {path} {body} -> {status}")?;
+                }
             }
         }
     }
