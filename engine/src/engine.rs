@@ -18,10 +18,10 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::EngineConfig;
 use crate::connector::{Connector, ConnectorError};
 use crate::dispatch::{backoff, TargetGate};
-use crate::model::{Availability, Desired, ExternalId, Observation, ObservationKind, SystemId};
+use crate::model::{Availability, ExternalId, Observation, ObservationKind, SystemId};
 use crate::rules::{self, Context, Rule};
 use crate::store::{
-    Dialect, Enqueued, InboxRow, OutboxRow, Resolved, Store, StoreError, WriteResult,
+    Dialect, Enqueued, FinishedWrite, InboxRow, OutboxRow, Resolved, Store, StoreError, WriteResult,
 };
 use crate::topology::{Topology, TopologyConfig, TopologyErrors};
 
@@ -389,39 +389,88 @@ impl Engine {
     /// Resolve every inbox row due now. Returns how many were processed. A row that fails is
     /// given back with backoff, and after `max_attempts` failures recorded as a dead letter; it
     /// never holds up the others.
+    ///
+    /// Each claimed batch is resolved in one transaction ([`Store::resolve_batch`]): on SQLite
+    /// one commit, and so one fsync, per batch instead of one per row. When the batch's
+    /// transaction fails as a whole, its rows are resolved one by one, each in its own.
     pub async fn resolve_pending(&self) -> Result<usize> {
         let cfg = &self.inner.config.pipeline;
         let mut total = 0;
-        let mut queued_writes = false;
         while !self.stopping() {
             let now = self.now();
-            let rows = self
+            let claimed = self
                 .inner
                 .store
                 .claim_inbox(&self.inner.instance, now, now + cfg.lease_ms, cfg.batch)
                 .await?;
-            if rows.is_empty() {
+            if claimed.is_empty() {
                 break;
             }
-            for row in rows {
-                total += 1;
-                let (id, attempts, failure) = match row {
-                    Ok(row) => match self.resolve_row(&row).await {
-                        Ok(queued) => {
-                            queued_writes |= queued;
-                            continue;
-                        }
-                        Err(e) => (row.id, row.attempts, e.to_string()),
-                    },
-                    Err(bad) => (bad.id, bad.attempts, bad.error.to_string()),
-                };
-                self.give_back(id, attempts, &failure).await?;
+            total += claimed.len();
+            let mut rows = Vec::with_capacity(claimed.len());
+            for row in claimed {
+                match row {
+                    Ok(row) => rows.push(row),
+                    Err(bad) => {
+                        self.give_back(bad.id, bad.attempts, &bad.error.to_string())
+                            .await?
+                    }
+                }
+            }
+            let queued = self.resolve_rows(&rows).await?;
+            // Wake the dispatcher per batch: under steady load the inbox is never empty, and
+            // writes decided now must not wait for it to be.
+            if queued {
+                self.inner.outbox_ready.notify_one();
             }
         }
-        if queued_writes {
-            self.inner.outbox_ready.notify_one();
-        }
         Ok(total)
+    }
+
+    /// Resolve claimed rows, as one batch when possible. True when writes were queued.
+    async fn resolve_rows(&self, rows: &[InboxRow]) -> Result<bool> {
+        if rows.is_empty() {
+            return Ok(false);
+        }
+        let ctx_cfg = &self.inner.config.rules;
+        let topology = &self.inner.topology;
+        let now = self.now();
+        let batch = self
+            .inner
+            .store
+            .resolve_batch(rows, &self.inner.instance, now, |row, _, view| {
+                let obs = &row.observation;
+                rules::decide(
+                    obs,
+                    self.map(obs),
+                    view,
+                    Context {
+                        topology,
+                        config: ctx_cfg,
+                        now,
+                    },
+                )
+            })
+            .await;
+        let results = match batch {
+            Ok(results) => results,
+            Err(e) => {
+                warn!(rows = rows.len(), error = %e, "Batch resolve failed; resolving its rows one by one");
+                let mut queued = false;
+                for row in rows {
+                    match self.resolve_row(row).await {
+                        Ok(q) => queued |= q,
+                        Err(e) => self.give_back(row.id, row.attempts, &e.to_string()).await?,
+                    }
+                }
+                return Ok(queued);
+            }
+        };
+        let mut queued = false;
+        for (row, resolved) in rows.iter().zip(results) {
+            queued |= self.resolved(&row.observation, resolved);
+        }
+        Ok(queued)
     }
 
     async fn give_back(&self, id: i64, attempts: i64, failure: &str) -> Result<()> {
@@ -449,42 +498,53 @@ impl Engine {
         Ok(())
     }
 
-    /// Resolve one claimed row. True when writes were queued.
+    /// Resolve one claimed row in its own transaction. True when writes were queued.
     async fn resolve_row(&self, row: &InboxRow) -> Result<bool> {
         let obs = &row.observation;
-        let span = info_span!("resolve", system = %obs.system, user = %obs.external_id, key = %obs.delivery_key);
-        async {
-            let availability = self.map(obs);
-            let ctx_cfg = &self.inner.config.rules;
-            let topology = &self.inner.topology;
-            let now = self.now();
-            let resolved = self
-                .inner
-                .store
-                .resolve(row, &self.inner.instance, now, |_, view| {
-                    rules::decide(obs, availability, view, Context { topology, config: ctx_cfg, now })
-                })
-                .await?;
-            Ok(match resolved {
-                Resolved::LostClaim => {
-                    debug!("Claim passed to another instance");
-                    false
-                }
-                Resolved::UnknownRepresentative => {
-                    self.inner.stats.decided(Rule::UnknownRepresentative);
-                    debug!("Observation for a user not in the directory");
-                    false
-                }
-                Resolved::Decided { rep, decision } => {
-                    self.inner.stats.decided(decision.rule);
-                    debug!(rep = %rep, rule = decision.rule.as_str(), outcome = decision.outcome.as_str(),
-                        detail = %decision.detail, "Resolved");
-                    !decision.write_targets().is_empty()
-                }
+        let availability = self.map(obs);
+        let ctx_cfg = &self.inner.config.rules;
+        let topology = &self.inner.topology;
+        let now = self.now();
+        let resolved = self
+            .inner
+            .store
+            .resolve(row, &self.inner.instance, now, |_, view| {
+                rules::decide(
+                    obs,
+                    availability,
+                    view,
+                    Context {
+                        topology,
+                        config: ctx_cfg,
+                        now,
+                    },
+                )
             })
+            .await?;
+        Ok(self.resolved(obs, resolved))
+    }
+
+    /// Count and log what resolving `obs` did. True when writes were queued.
+    fn resolved(&self, obs: &Observation, resolved: Resolved) -> bool {
+        let _span = info_span!("resolve", system = %obs.system, user = %obs.external_id, key = %obs.delivery_key)
+            .entered();
+        match resolved {
+            Resolved::LostClaim => {
+                debug!("Claim passed to another instance");
+                false
+            }
+            Resolved::UnknownRepresentative => {
+                self.inner.stats.decided(Rule::UnknownRepresentative);
+                debug!("Observation for a user not in the directory");
+                false
+            }
+            Resolved::Decided { rep, decision } => {
+                self.inner.stats.decided(decision.rule);
+                debug!(rep = %rep, rule = decision.rule.as_str(), outcome = decision.outcome.as_str(),
+                    detail = %decision.detail, "Resolved");
+                !decision.write_targets().is_empty()
+            }
         }
-        .instrument(span)
-        .await
     }
 
     /// The observation's canonical availability: the connector's mapping, then `remap`.
@@ -543,49 +603,38 @@ impl Engine {
             let Ok(tokens) = gate.take(gate.max_in_flight, now) else {
                 break;
             };
-            let rows = self
+            let begun = self
                 .inner
                 .store
-                .claim_outbox(
+                .claim_writes(
                     target,
                     &self.inner.instance,
                     now,
                     now + lease,
                     tokens as i64,
+                    self.inner.config.rules.echo_ttl_ms,
                 )
                 .await?;
-            gate.give_back(tokens - rows.len());
-            if rows.is_empty() {
+            gate.give_back(tokens - begun.len());
+            if begun.is_empty() {
                 break;
             }
-            total += rows.len();
-            let results: Vec<Result<()>> = stream::iter(rows)
-                .map(|row| self.write_one(row))
+            total += begun.len();
+            // Outcomes are recorded as they come, a commit for whatever has finished by then:
+            // a slow write does not hold up the record of the fast ones.
+            let mut finished = stream::iter(begun)
+                .map(|(row, expectation)| self.write_one(row, expectation))
                 .buffer_unordered(gate.max_in_flight)
-                .collect()
-                .await;
-            for r in results {
-                r?;
+                .ready_chunks(gate.max_in_flight);
+            while let Some(chunk) = finished.next().await {
+                self.record_writes(&chunk).await?;
             }
         }
         Ok(total)
     }
 
-    async fn write_one(&self, claimed: OutboxRow) -> Result<()> {
-        let store = &self.inner.store;
-        let ttl = self.inner.config.rules.echo_ttl_ms;
-        let Some((row, expectation)) = store
-            .begin_write(
-                &claimed.rep_id,
-                &claimed.target,
-                &self.inner.instance,
-                self.now(),
-                ttl,
-            )
-            .await?
-        else {
-            return Ok(());
-        };
+    /// Make one claimed write, its echo expectation already recorded.
+    async fn write_one(&self, row: OutboxRow, expectation: Option<i64>) -> FinishedWrite {
         let span =
             info_span!("dispatch", rep = %row.rep_id, target = %row.target, version = row.version);
         async {
@@ -617,30 +666,52 @@ impl Engine {
                 }
                 Err(e) => self.failed(&row, &e, now),
             };
-            store
-                .finish_write(&row, &self.inner.instance, expectation, now, &result)
-                .await?;
-            let untimed = self
-                .inner
-                .topology
-                .capabilities(&row.target)
-                .is_some_and(|c| !c.source_timestamps);
-            if let (WriteResult::Done, Some(id), true) = (&result, expectation, untimed) {
-                store
-                    .supersede_older_expectations(&row.rep_id, &row.target, id)
-                    .await?;
+            FinishedWrite {
+                row,
+                expectation,
+                at: now,
+                result,
             }
-            // Once presync's contribution is withdrawn, what the system shows is not presync's:
-            // no earlier write can echo any more.
-            if matches!(result, WriteResult::Done) && row.desired == Desired::Withdraw {
-                store
-                    .supersede_older_expectations(&row.rep_id, &row.target, i64::MAX)
-                    .await?;
-            }
-            Ok(())
         }
         .instrument(span)
         .await
+    }
+
+    /// Record how writes ended, in one transaction; when that fails, one by one, so that only
+    /// the write whose record fails stays claimed, to be made again when its claim runs out
+    /// (the same as a crash mid-write).
+    async fn record_writes(&self, writes: &[FinishedWrite]) -> Result<()> {
+        let topology = &self.inner.topology;
+        let untimed = |t: &SystemId| {
+            topology
+                .capabilities(t)
+                .is_some_and(|c| !c.source_timestamps)
+        };
+        let store = &self.inner.store;
+        let instance = &self.inner.instance;
+        let failed: Vec<(&FinishedWrite, StoreError)> = match store
+            .finish_writes(writes, instance, untimed)
+            .await
+        {
+            Ok(()) => return Ok(()),
+            Err(e) if writes.len() == 1 => vec![(&writes[0], e)],
+            Err(e) => {
+                warn!(writes = writes.len(), error = %e, "Recording a batch of write outcomes failed; recording them one by one");
+                let mut failed = Vec::new();
+                for w in writes {
+                    let one = std::slice::from_ref(w);
+                    if let Err(e) = store.finish_writes(one, instance, untimed).await {
+                        failed.push((w, e));
+                    }
+                }
+                failed
+            }
+        };
+        for (w, e) in failed {
+            error!(rep = %w.row.rep_id, target = %w.row.target, error = %e,
+                "Recording a write's outcome failed; it is made again when its claim runs out");
+        }
+        Ok(())
     }
 
     /// Half the claim lease: a write never outlives its claim.
@@ -762,8 +833,11 @@ impl Engine {
                     continue;
                 }
             };
+            drop(users);
             let now = self.now();
-            let mut feed = Vec::new();
+            // Fed in chunks as the read is walked, so that a pass over a large directory never
+            // holds every observation at once.
+            let mut feed = Vec::with_capacity(RECONCILE_FEED_CHUNK);
             let mut seen = HashSet::new();
             for s in states {
                 let Some(known) = directory.get(&s.external_id) else {
@@ -805,13 +879,18 @@ impl Engine {
                     sr.in_sync += 1;
                 } else {
                     feed.push(obs);
+                    sr.fed += 1;
+                    if feed.len() == RECONCILE_FEED_CHUNK {
+                        let chunk =
+                            std::mem::replace(&mut feed, Vec::with_capacity(RECONCILE_FEED_CHUNK));
+                        self.ingest_batch(chunk).await?;
+                    }
                 }
             }
-            sr.missing = users.len().saturating_sub(seen.len());
-            sr.fed = feed.len();
-            for chunk in feed.chunks(500) {
-                self.ingest_batch(chunk.to_vec()).await?;
+            if !feed.is_empty() {
+                self.ingest_batch(feed).await?;
             }
+            sr.missing = directory.len().saturating_sub(seen.len());
             report.systems.push(sr);
         }
         self.resolve_pending().await?;
@@ -917,6 +996,9 @@ impl Engine {
         }
     }
 }
+
+/// How many reconcile observations go to the inbox in one transaction.
+const RECONCILE_FEED_CHUNK: usize = 500;
 
 /// What one reconcile pass found.
 #[derive(Debug, Clone, Default, serde::Serialize)]

@@ -428,13 +428,141 @@ async fn an_unreadable_inbox_row_is_set_aside_without_holding_up_the_others(url:
     );
 }
 
+/// Make the database refuse history rows of `system` user `user` with rule `rule`: a fault
+/// in one row of a batch (a constraint, a disk error) that the others must not share.
+async fn refuse_history(url: &str, system: &str, user: &str, rule: &str) {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(url).await.unwrap();
+    let when =
+        format!("NEW.system = '{system}' AND NEW.external_id = '{user}' AND NEW.rule = '{rule}'");
+    if url.starts_with("postgres") {
+        sqlx::query(
+            "CREATE FUNCTION refuse_history() RETURNS trigger AS $$
+             BEGIN RAISE EXCEPTION 'injected fault'; END $$ LANGUAGE plpgsql",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query(&format!(
+            "CREATE TRIGGER refuse BEFORE INSERT ON history FOR EACH ROW WHEN ({when})
+             EXECUTE FUNCTION refuse_history()"
+        ))
+        .execute(&pool)
+        .await
+        .unwrap();
+    } else {
+        sqlx::query(&format!(
+            "CREATE TRIGGER refuse BEFORE INSERT ON history WHEN {when}
+             BEGIN SELECT RAISE(ABORT, 'injected fault'); END"
+        ))
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    pool.close().await;
+}
+
+async fn stop_refusing_history(url: &str) {
+    let pool = sqlx::AnyPool::connect(url).await.unwrap();
+    let sql = if url.starts_with("postgres") {
+        "DROP TRIGGER refuse ON history"
+    } else {
+        "DROP TRIGGER refuse"
+    };
+    sqlx::query(sql).execute(&pool).await.unwrap();
+    pool.close().await;
+}
+
+async fn a_row_that_fails_in_a_resolved_batch_is_retried_alone(url: String) {
+    let w = world_of(&url, 3).await;
+    refuse_history(&url, "d365", "d365-user-1", "last_writer_wins").await;
+    w.clock.advance(5);
+    let mut keys = Vec::new();
+    for i in 0..3 {
+        let d = w
+            .system("d365")
+            .person_sets(&user("d365", i), Availability::Busy)
+            .unwrap();
+        keys.push(d.delivery_key.clone());
+    }
+    for d in w.take_deliveries() {
+        w.engine.ingest(d).await.unwrap();
+    }
+    assert_eq!(w.engine.resolve_pending().await.unwrap(), 3, "one batch");
+    let store = w.engine.store();
+    for (i, key) in keys.iter().enumerate() {
+        let h = store.history_for_delivery(key).await.unwrap();
+        assert_eq!(h.len(), usize::from(i != 1), "rep {i}: {h:?}");
+    }
+    assert_eq!(store.queue_depths().await.unwrap().inbox, 1);
+    let now = w.clock.advance(1);
+    let queued = store
+        .claim_outbox(&"teams".into(), "nobody", now, now, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        queued.len(),
+        2,
+        "the failed row's writes were rolled back with it"
+    );
+    // Once the fault is gone, the row is resolved on its retry.
+    stop_refusing_history(&url).await;
+    w.clock.advance(60_000);
+    w.engine.resolve_pending().await.unwrap();
+    assert_eq!(store.history_for_delivery(&keys[1]).await.unwrap().len(), 1);
+    assert_eq!(store.queue_depths().await.unwrap().inbox, 0);
+}
+
+async fn a_write_whose_outcome_cannot_be_recorded_is_made_again_alone(url: String) {
+    let w = world_of(&url, 3).await;
+    w.clock.advance(5);
+    for i in 0..3 {
+        w.system("d365")
+            .person_sets(&user("d365", i), Availability::Busy);
+    }
+    for d in w.take_deliveries() {
+        w.engine.ingest(d).await.unwrap();
+    }
+    w.engine.resolve_pending().await.unwrap();
+    refuse_history(&url, "teams", "teams-user-1", "write").await;
+    assert_eq!(w.engine.dispatch_pending().await.unwrap(), 3);
+    let teams = w.system("teams");
+    assert_eq!(teams.writes().len(), 3);
+    let store = w.engine.store();
+    assert_eq!(
+        store.queue_depths().await.unwrap().outbox,
+        1,
+        "the two recorded writes are done; the third stays claimed"
+    );
+    for i in [0, 2] {
+        let view = store.rep_view(&rep(i)).await.unwrap();
+        let written = view.systems[&"teams".into()].written.clone().unwrap();
+        assert_eq!(written.availability, Some(Availability::Busy), "rep {i}");
+    }
+    // Its claim runs out and it is written again, as after a crash mid-write.
+    stop_refusing_history(&url).await;
+    w.clock.advance(w.config.pipeline.lease_ms + 1);
+    assert_eq!(w.engine.dispatch_pending().await.unwrap(), 1);
+    let again: Vec<_> = teams
+        .writes()
+        .into_iter()
+        .filter(|r| r.user == user("teams", 1))
+        .collect();
+    assert_eq!(again.len(), 2);
+    assert_eq!(store.queue_depths().await.unwrap().outbox, 0);
+}
+
 async fn world(url: &str) -> World {
+    world_of(url, 1).await
+}
+
+async fn world_of(url: &str, reps: usize) -> World {
     let clock = Arc::new(ManualClock::new(T0));
     let systems = vec![
         MemorySystem::new("d365", clock.clone()),
         MemorySystem::new("teams", clock.clone()),
     ];
-    World::with_clock(url, clock, &systems, 1, EngineConfig::default()).await
+    World::with_clock(url, clock, &systems, reps, EngineConfig::default()).await
 }
 
 on_both_backends!(
@@ -447,4 +575,6 @@ on_both_backends!(
     a_lease_is_held_by_one_holder_until_it_ends,
     purge_removes_only_what_is_past_retention,
     an_unreadable_inbox_row_is_set_aside_without_holding_up_the_others,
+    a_row_that_fails_in_a_resolved_batch_is_retried_alone,
+    a_write_whose_outcome_cannot_be_recorded_is_made_again_alone,
 );

@@ -36,6 +36,22 @@ struct Calls {
     graph_other: usize,
     dv_pages: usize,
     dv_other: usize,
+    /// The other calls, by system, method and the path's last segment (ids left out).
+    others: std::collections::BTreeMap<String, usize>,
+}
+
+impl Calls {
+    fn others(&self) -> String {
+        if self.others.is_empty() {
+            return "none".into();
+        }
+        let parts: Vec<String> = self
+            .others
+            .iter()
+            .map(|(k, n)| format!("{n} × {k}"))
+            .collect();
+        parts.join(", ")
+    }
 }
 
 fn calls_since(h: &Harness, graph_from: usize, dv_from: usize) -> Calls {
@@ -51,11 +67,28 @@ fn calls_since(h: &Harness, graph_from: usize, dv_from: usize) -> Calls {
         .iter()
         .filter(|r| r.path.ends_with("/msdyn_agentstatuses"))
         .count();
+    let mut others = std::collections::BTreeMap::new();
+    let graph_others = graph
+        .iter()
+        .filter(|r| !r.path.ends_with("/getPresencesByUserId"))
+        .map(|r| ("Teams", &r.method, &r.path));
+    let dv_others = dv
+        .iter()
+        .filter(|r| !r.path.ends_with("/msdyn_agentstatuses"))
+        .map(|r| ("Dataverse", &r.method, &r.path));
+    for (system, method, path) in graph_others.chain(dv_others) {
+        let last = path.rsplit('/').next().unwrap_or_default();
+        let last = last.split('(').next().unwrap_or_default();
+        *others
+            .entry(format!("{system} {method} {last}"))
+            .or_insert(0) += 1;
+    }
     Calls {
         graph_reads,
         graph_other: graph.len() - graph_reads,
         dv_pages,
         dv_other: dv.len() - dv_pages,
+        others,
     }
 }
 
@@ -184,8 +217,14 @@ pub async fn run(scale: Scale) -> anyhow::Result<Vec<Outcome>> {
              second pass, over states presync already knows (the scheduled pass of every day); \
              the first pass, which meets every state for the first time and feeds it to the \
              pipeline, is reported on its own row. The second pass's report: `{report}`; the \
-             first's: `{first_report}`.",
-            calls.graph_reads, calls.graph_other, calls.dv_pages, calls.dv_other
+             first's: `{first_report}`. Other calls during the second pass: {}; during the \
+             first: {}.",
+            calls.graph_reads,
+            calls.graph_other,
+            calls.dv_pages,
+            calls.dv_other,
+            calls.others(),
+            first_calls.others()
         ),
     };
     let memory = Outcome {

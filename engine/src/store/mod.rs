@@ -23,7 +23,7 @@ use sqlx::{AnyPool, Row};
 
 pub use directory::Known;
 pub use inbox::{Enqueued, InboxRow, Resolved, UnreadableRow};
-pub use outbox::{OutboxRow, WriteResult};
+pub use outbox::{FinishedWrite, OutboxRow, WriteResult};
 
 use crate::model::{Availability, Millis, RepId};
 
@@ -82,6 +82,15 @@ impl Dialect {
         }
     }
 
+    /// The collation that orders text by bytes, as Rust does (PostgreSQL's default follows
+    /// the locale). Rows locked in this order are locked in one global order.
+    fn bytewise(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => " COLLATE \"C\"",
+        }
+    }
+
     /// `FOR UPDATE SKIP LOCKED` where the backend has it.
     fn skip_locked(self) -> &'static str {
         match self {
@@ -89,6 +98,14 @@ impl Dialect {
             Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
         }
     }
+}
+
+/// `n` placeholders numbered from `first`: `$2, $3, $4`.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A URL with any password replaced, safe for logs and errors.

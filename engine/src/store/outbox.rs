@@ -1,18 +1,23 @@
 //! The outbox: latest desired state per (representative, target), claimed by dispatchers.
 //!
-//! A write goes through three steps, each its own transaction:
+//! A write goes through three steps:
 //! 1. [`Store::claim_outbox`] leases due rows of one target to one instance;
 //! 2. [`Store::begin_write`] re-reads the row (a newer desired state may have replaced it) and
 //!    records the echo expectation, durably, before anything goes on the wire;
 //! 3. [`Store::finish_write`] records the outcome: the written state, the expectation's
 //!    completion, and removes the row unless a newer desired state replaced it meanwhile.
 //!
+//! The dispatcher does steps 1 and 2 for a whole batch in one transaction
+//! ([`Store::claim_writes`]) and step 3 for whatever writes have ended in one transaction
+//! ([`Store::finish_writes`]): on SQLite every commit is an fsync, and one per write was the
+//! pipeline's limit.
+//!
 //! A crash between 2 and 3 leaves the row claimed; when the lease runs out it is written again.
 //! That is the only way a target receives the same write twice, and only when the first write's
 //! outcome was unknown.
 
-use sqlx::any::AnyRow;
-use sqlx::Row;
+use sqlx::any::{Any, AnyRow};
+use sqlx::{Row, Transaction};
 
 use super::{from_json, to_json, Result, Store};
 use crate::model::{Desired, ExternalId, Millis, RepId, SystemId, WrittenState};
@@ -98,6 +103,47 @@ impl Store {
         rows.iter().map(OutboxRow::from_row).collect()
     }
 
+    /// Claim up to `limit` due rows of `target` and record the echo expectation of each write
+    /// about to be made, in one transaction: [`Store::claim_outbox`] and [`Store::begin_write`]
+    /// for a whole batch with one commit. Returns each row with its expectation's id (`None`
+    /// for a withdrawal).
+    pub async fn claim_writes(
+        &self,
+        target: &SystemId,
+        instance: &str,
+        now: Millis,
+        claim_until: Millis,
+        limit: i64,
+        echo_ttl: i64,
+    ) -> Result<Vec<(OutboxRow, Option<i64>)>> {
+        let mut tx = self.pool.begin().await?;
+        let sql = format!(
+            "UPDATE outbox SET claimed_by = $1, claim_until = $2
+             WHERE (rep_id, target) IN (
+                 SELECT rep_id, target FROM outbox
+                 WHERE target = $3 AND not_before <= $4 AND (claim_until IS NULL OR claim_until < $4)
+                 ORDER BY not_before LIMIT $5{})
+             RETURNING {OUTBOX_COLUMNS}",
+            self.dialect.skip_locked()
+        );
+        let rows = sqlx::query(&sql)
+            .bind(instance)
+            .bind(claim_until)
+            .bind(target.as_str())
+            .bind(now)
+            .bind(limit)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let row = OutboxRow::from_row(r)?;
+            let expectation = expect(&mut tx, &row, now, echo_ttl).await?;
+            out.push((row, expectation));
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
     /// The earliest time a row of `target` becomes due, if any row waits.
     pub async fn next_due(&self, target: &SystemId) -> Result<Option<Millis>> {
         let t: Option<i64> = sqlx::query_scalar(
@@ -137,23 +183,7 @@ impl Store {
         let Some(row) = row.as_ref().map(OutboxRow::from_row).transpose()? else {
             return Ok(None);
         };
-        let expectation = match &row.desired {
-            Desired::Set(p) => Some(
-                sqlx::query_scalar(
-                    "INSERT INTO expectations (rep_id, system, availability, version, opened_at, expires_at)
-                     VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-                )
-                .bind(rep.as_str())
-                .bind(target.as_str())
-                .bind(p.availability.as_str())
-                .bind(p.version)
-                .bind(now)
-                .bind(now.saturating_add(echo_ttl))
-                .fetch_one(&mut *tx)
-                .await?,
-            ),
-            Desired::Withdraw => None,
-        };
+        let expectation = expect(&mut tx, &row, now, echo_ttl).await?;
         tx.commit().await?;
         Ok(Some((row, expectation)))
     }
@@ -168,12 +198,88 @@ impl Store {
         result: &WriteResult,
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
+        self.finish_in(&mut tx, row, instance, expectation, now, result, false)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Record how several writes ended, in one transaction (one commit, one fsync on SQLite).
+    /// `Err` means nothing was recorded; recording them one by one (a batch of one each) then
+    /// isolates the one that fails, whose row stays claimed and is written again when the
+    /// claim runs out.
+    ///
+    /// For a confirmed write to a system `untimed` says has no source timestamps, or of a
+    /// withdrawal, the older expectations there are superseded in the same transaction (see
+    /// [`Store::supersede_older_expectations`]).
+    ///
+    /// Representatives are locked first, in one global order (their ids' bytes), so that
+    /// batches of two instances never deadlock on PostgreSQL.
+    pub async fn finish_writes(
+        &self,
+        writes: &[FinishedWrite],
+        instance: &str,
+        untimed: impl Fn(&SystemId) -> bool,
+    ) -> Result<()> {
+        let mut order: Vec<&FinishedWrite> = writes.iter().collect();
+        order.sort_by(|a, b| a.row.rep_id.cmp(&b.row.rep_id));
+        let mut tx = self.pool.begin().await?;
+        if self.dialect == super::Dialect::Postgres && !order.is_empty() {
+            let sql = format!(
+                "SELECT rep_id FROM canonical WHERE rep_id IN ({}) ORDER BY rep_id{} FOR UPDATE",
+                super::placeholders(1, order.len()),
+                self.dialect.bytewise()
+            );
+            let mut q = sqlx::query(&sql);
+            for w in &order {
+                q = q.bind(w.row.rep_id.as_str());
+            }
+            q.execute(&mut *tx).await?;
+        }
+        for w in order {
+            self.finish_in(
+                &mut tx,
+                &w.row,
+                instance,
+                w.expectation,
+                w.at,
+                &w.result,
+                true,
+            )
+            .await?;
+            if w.result == WriteResult::Done {
+                let newest = match (w.expectation, &w.row.desired) {
+                    // Once presync's contribution is withdrawn, what the system shows is not
+                    // presync's: no earlier write can echo any more.
+                    (_, Desired::Withdraw) => Some(i64::MAX),
+                    (Some(id), _) if untimed(&w.row.target) => Some(id),
+                    _ => None,
+                };
+                if let Some(newest) = newest {
+                    supersede(&mut tx, &w.row.rep_id, &w.row.target, newest).await?;
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn finish_in(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        row: &OutboxRow,
+        instance: &str,
+        expectation: Option<i64>,
+        now: Millis,
+        result: &WriteResult,
+        locked: bool,
+    ) -> Result<()> {
         // Lock the representative like the resolver does, so a decision and a write outcome
         // of one representative never interleave.
-        if self.dialect == super::Dialect::Postgres {
+        if self.dialect == super::Dialect::Postgres && !locked {
             sqlx::query("SELECT version FROM canonical WHERE rep_id = $1 FOR UPDATE")
                 .bind(row.rep_id.as_str())
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
         }
         let rep = row.rep_id.as_str();
@@ -184,7 +290,7 @@ impl Store {
                     sqlx::query("UPDATE expectations SET completed_at = $2 WHERE id = $1")
                         .bind(id)
                         .bind(now)
-                        .execute(&mut *tx)
+                        .execute(&mut **tx)
                         .await?;
                 }
                 let written = WrittenState {
@@ -199,7 +305,7 @@ impl Store {
                 )
                 .bind(rep)
                 .bind(target)
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&mut **tx)
                 .await?;
                 let newer_recorded = previous
                     .flatten()
@@ -214,12 +320,12 @@ impl Store {
                     .bind(rep)
                     .bind(target)
                     .bind(to_json(&written))
-                    .execute(&mut *tx)
+                    .execute(&mut **tx)
                     .await?;
                 }
-                done_with(&mut tx, row, instance).await?;
+                done_with(tx, row, instance).await?;
                 history(
-                    &mut tx,
+                    tx,
                     row,
                     now,
                     "write",
@@ -240,7 +346,7 @@ impl Store {
                     (Some(id), false) => {
                         sqlx::query("DELETE FROM expectations WHERE id = $1")
                             .bind(id)
-                            .execute(&mut *tx)
+                            .execute(&mut **tx)
                             .await?;
                     }
                     // It took effect, if at all, by now: its echo carries an earlier time.
@@ -248,15 +354,15 @@ impl Store {
                         sqlx::query("UPDATE expectations SET completed_at = $2 WHERE id = $1")
                             .bind(id)
                             .bind(now)
-                            .execute(&mut *tx)
+                            .execute(&mut **tx)
                             .await?;
                     }
                     (None, _) => {}
                 }
                 if *permanent {
-                    done_with(&mut tx, row, instance).await?;
+                    done_with(tx, row, instance).await?;
                     history(
-                        &mut tx,
+                        tx,
                         row,
                         now,
                         "write",
@@ -265,11 +371,10 @@ impl Store {
                     )
                     .await?;
                 } else {
-                    release(&mut tx, row, instance, Some(*retry_at)).await?;
+                    release(tx, row, instance, Some(*retry_at)).await?;
                 }
             }
         }
-        tx.commit().await?;
         Ok(())
     }
 }
@@ -284,26 +389,70 @@ impl Store {
         target: &SystemId,
         newest: i64,
     ) -> Result<()> {
-        sqlx::query(
-            "UPDATE expectations SET superseded = 1
-             WHERE rep_id = $1 AND system = $2 AND id < $3 AND superseded = 0",
-        )
-        .bind(rep.as_str())
-        .bind(target.as_str())
-        .bind(newest)
-        .execute(&self.pool)
-        .await?;
+        let mut tx = self.pool.begin().await?;
+        supersede(&mut tx, rep, target, newest).await?;
+        tx.commit().await?;
         Ok(())
     }
 }
 
+/// How one write ended, for [`Store::finish_writes`].
+#[derive(Debug, Clone)]
+pub struct FinishedWrite {
+    pub row: OutboxRow,
+    pub expectation: Option<i64>,
+    /// When it ended.
+    pub at: Millis,
+    pub result: WriteResult,
+}
+
+async fn supersede(
+    tx: &mut Transaction<'_, Any>,
+    rep: &RepId,
+    target: &SystemId,
+    newest: i64,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE expectations SET superseded = 1
+         WHERE rep_id = $1 AND system = $2 AND id < $3 AND superseded = 0",
+    )
+    .bind(rep.as_str())
+    .bind(target.as_str())
+    .bind(newest)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Record the echo expectation of a write about to be made (none for a withdrawal).
+async fn expect(
+    tx: &mut Transaction<'_, Any>,
+    row: &OutboxRow,
+    now: Millis,
+    echo_ttl: i64,
+) -> Result<Option<i64>> {
+    Ok(match &row.desired {
+        Desired::Set(p) => Some(
+            sqlx::query_scalar(
+                "INSERT INTO expectations (rep_id, system, availability, version, opened_at, expires_at)
+                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+            )
+            .bind(row.rep_id.as_str())
+            .bind(row.target.as_str())
+            .bind(p.availability.as_str())
+            .bind(p.version)
+            .bind(now)
+            .bind(now.saturating_add(echo_ttl))
+            .fetch_one(&mut **tx)
+            .await?,
+        ),
+        Desired::Withdraw => None,
+    })
+}
+
 /// The row's write is over: remove it, unless a newer desired state replaced it meanwhile, in
 /// which case give it back to be written.
-async fn done_with(
-    tx: &mut sqlx::Transaction<'_, sqlx::any::Any>,
-    row: &OutboxRow,
-    instance: &str,
-) -> Result<()> {
+async fn done_with(tx: &mut Transaction<'_, Any>, row: &OutboxRow, instance: &str) -> Result<()> {
     let removed = sqlx::query(
         "DELETE FROM outbox WHERE rep_id = $1 AND target = $2 AND seq = $3 AND claimed_by = $4",
     )
@@ -323,7 +472,7 @@ async fn done_with(
 /// Give a claimed row back, due at `retry_at` (or at once). A row whose desired state was
 /// replaced while the write was on the wire is due at once: the backoff was the old state's.
 async fn release(
-    tx: &mut sqlx::Transaction<'_, sqlx::any::Any>,
+    tx: &mut Transaction<'_, Any>,
     row: &OutboxRow,
     instance: &str,
     retry_at: Option<Millis>,
@@ -353,7 +502,7 @@ fn describe(d: &Desired) -> String {
 }
 
 async fn history(
-    tx: &mut sqlx::Transaction<'_, sqlx::any::Any>,
+    tx: &mut Transaction<'_, Any>,
     row: &OutboxRow,
     now: Millis,
     rule: &str,
