@@ -894,9 +894,7 @@ impl Engine {
             report.systems.push(sr);
         }
         self.resolve_pending().await?;
-        for h in self.inner.store.history_with_key_prefix(&prefix).await? {
-            *report.decisions.entry(h.rule).or_default() += 1;
-        }
+        report.decisions = self.inner.store.rules_with_key_prefix(&prefix).await?;
         let stats = &self.inner.stats;
         stats
             .drift_found

@@ -30,12 +30,30 @@ fn options(reps: usize) -> Options {
     o
 }
 
-/// Calls each simulator received since the given counts: (Graph, Dataverse) by path.
+/// Calls that are not the pass's: presence writes (repairs the pipeline makes, or its other
+/// work meanwhile) and the scheduled catalog refresh (`msdyn_presences`, every 10 minutes).
+fn is_other_job(path: &str) -> bool {
+    [
+        "/setPresence",
+        "/clearPresence",
+        "/setUserPreferredPresence",
+        "/clearUserPreferredPresence",
+        "/msdyn_presences",
+    ]
+    .iter()
+    .any(|w| path.ends_with(w))
+        || path.contains("CCaaS_ModifyAgentPresence")
+}
+
+/// Calls each simulator received since the given counts: (Graph, Dataverse) by path. Other
+/// jobs' calls ([`is_other_job`]) are counted apart: they are not the cost of the pass.
 struct Calls {
     graph_reads: usize,
     graph_other: usize,
+    graph_jobs: usize,
     dv_pages: usize,
     dv_other: usize,
+    dv_jobs: usize,
     /// The other calls, by system, method and the path's last segment (ids left out).
     others: std::collections::BTreeMap<String, usize>,
 }
@@ -83,11 +101,15 @@ fn calls_since(h: &Harness, graph_from: usize, dv_from: usize) -> Calls {
             .entry(format!("{system} {method} {last}"))
             .or_insert(0) += 1;
     }
+    let graph_jobs = graph.iter().filter(|r| is_other_job(&r.path)).count();
+    let dv_jobs = dv.iter().filter(|r| is_other_job(&r.path)).count();
     Calls {
         graph_reads,
-        graph_other: graph.len() - graph_reads,
+        graph_other: graph.len() - graph_reads - graph_jobs,
+        graph_jobs,
         dv_pages,
-        dv_other: dv.len() - dv_pages,
+        dv_other: dv.len() - dv_pages - dv_jobs,
+        dv_jobs,
         others,
     }
 }
@@ -107,11 +129,16 @@ pub(super) async fn reconcile(h: &Harness, base: &str) -> anyhow::Result<serde_j
 }
 
 /// A row of calls to one system against its minimum: met when the reads are exactly the
-/// minimum and nothing else was called.
-fn calls_row(name: String, reads: usize, other: usize, minimum: usize) -> Row {
+/// minimum and nothing else was called but other jobs' calls.
+fn calls_row(name: String, reads: usize, other: usize, jobs: usize, minimum: usize) -> Row {
+    let measured = if jobs == 0 {
+        (reads + other).to_string()
+    } else {
+        format!("{} (+ {jobs} of other jobs)", reads + other)
+    };
     Row {
         name,
-        measured: (reads + other).to_string(),
+        measured,
         reference: format!("minimum {minimum}"),
         ratio: format!("{:.2}", (reads + other) as f64 / minimum as f64),
         goal: "the minimum".into(),
@@ -139,6 +166,15 @@ pub async fn run(scale: Scale) -> anyhow::Result<Vec<Outcome>> {
     let source = Source::prepare(&options(reps)).await?;
     let h = &source.harness;
     let instance = super::serve(h).await?;
+    // Polling mode reads every Teams user once at start to learn where it stands; that read is
+    // the poller's, not the pass's: let it finish before counting.
+    let graph_min = reps.div_ceil(GRAPH_BATCH);
+    let waited = Instant::now();
+    while calls_since(h, 0, 0).graph_reads < graph_min
+        && waited.elapsed() < Duration::from_secs(900)
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // The first pass meets every representative for the first time and feeds each state to
     // the pipeline; the second is the scheduled pass of every day, over states presync knows.
     let (g0, d0) = (h.graph.requests().len(), h.dv.requests().len());
@@ -165,7 +201,6 @@ pub async fn run(scale: Scale) -> anyhow::Result<Vec<Outcome>> {
     .await?;
     let (peak, now) = memory(instance.pid())?;
     instance.kill();
-    let graph_min = reps.div_ceil(GRAPH_BATCH);
     let dv_min = reps.div_ceil(PAGE_SIZE);
     let minimal = calls.graph_reads == graph_min
         && calls.dv_pages == dv_min
@@ -178,12 +213,14 @@ pub async fn run(scale: Scale) -> anyhow::Result<Vec<Outcome>> {
                 format!("Reconcile {reps}, Teams calls"),
                 calls.graph_reads,
                 calls.graph_other,
+                calls.graph_jobs,
                 graph_min,
             ),
             calls_row(
                 format!("Reconcile {reps}, Dataverse calls"),
                 calls.dv_pages,
                 calls.dv_other,
+                calls.dv_jobs,
                 dv_min,
             ),
             Row {
@@ -216,7 +253,8 @@ pub async fn run(scale: Scale) -> anyhow::Result<Vec<Outcome>> {
              Dataverse pages at page size {PAGE_SIZE}. Minimal: {minimal}. The rows above are the \
              second pass, over states presync already knows (the scheduled pass of every day); \
              the first pass, which meets every state for the first time and feeds it to the \
-             pipeline, is reported on its own row. The second pass's report: `{report}`; the \
+             pipeline, is reported on its own row (after the Teams poller's own first read of \
+             every user at start, which is waited for and not counted). The second pass's report: `{report}`; the \
              first's: `{first_report}`. Other calls during the second pass: {}; during the \
              first: {}.",
             calls.graph_reads,

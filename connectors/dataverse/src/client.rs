@@ -142,12 +142,29 @@ impl DataverseClient {
 
     /// Every row of `msdyn_agentstatuses` with its presence, following `@odata.nextLink`.
     pub async fn agent_statuses(&self) -> Result<Vec<AgentStatusRow>, ConnectorError> {
+        let mut out = Vec::new();
+        self.each_agent_status(|row| out.push(row)).await?;
+        Ok(out)
+    }
+
+    /// [`DataverseClient::agent_statuses`], each row handed to `take` as its page arrives: a
+    /// whole environment's rows are never held at once (100,000 rows as JSON values would
+    /// take ~200 MB, and as rows ~60 MB).
+    pub async fn each_agent_status(
+        &self,
+        mut take: impl FnMut(AgentStatusRow),
+    ) -> Result<(), ConnectorError> {
         let url = format!(
             "{}/msdyn_agentstatuses?{AGENT_STATUS_QUERY}",
             self.inner.base
         );
-        let rows = self.read_all_pages(url).await?;
-        rows.iter().map(agent_status_row).collect()
+        self.read_all_pages(url, |rows| {
+            for r in rows {
+                take(agent_status_row(r)?);
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// One `msdyn_agentstatus` row (the read-back of a size-exceeded webhook).
@@ -167,7 +184,12 @@ impl DataverseClient {
             "{}/msdyn_presences?$select=msdyn_presenceid,msdyn_name,msdyn_presencestatustext,msdyn_basepresencestatus",
             self.inner.base
         );
-        let rows = self.read_all_pages(url).await?;
+        let mut rows = Vec::new();
+        self.read_all_pages(url, |page| {
+            rows.extend_from_slice(page);
+            Ok(())
+        })
+        .await?;
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
             let (Some(id), Some(base)) = (
@@ -229,8 +251,11 @@ impl DataverseClient {
         }
     }
 
-    async fn read_all_pages(&self, first: String) -> Result<Vec<Value>, ConnectorError> {
-        let mut out = Vec::new();
+    async fn read_all_pages(
+        &self,
+        first: String,
+        mut take: impl FnMut(&[Value]) -> Result<(), ConnectorError>,
+    ) -> Result<(), ConnectorError> {
         let mut next = Some(first);
         while let Some(url) = next.take() {
             if !url.starts_with(&self.inner.base) {
@@ -240,14 +265,14 @@ impl DataverseClient {
             }
             let page = self.send(Method::GET, &url, None, None).await?;
             if let Some(rows) = page.get("value").and_then(Value::as_array) {
-                out.extend(rows.iter().cloned());
+                take(rows)?;
             }
             next = page
                 .get("@odata.nextLink")
                 .and_then(Value::as_str)
                 .map(str::to_owned);
         }
-        Ok(out)
+        Ok(())
     }
 
     /// One request, with the client-side limit, the bearer token, one refresh on 401, and

@@ -196,12 +196,14 @@ impl Connector for DataverseConnector {
             .collect();
         match self.client.config().reconcile_source {
             ReconcileSource::AgentStatusQuery => {
-                let rows = self.client.agent_statuses().await?;
-                let mut out: Vec<RemoteState> = rows
-                    .iter()
-                    .filter(|r| wanted.is_empty() || wanted.contains(&r.agent_id))
-                    .filter_map(|r| self.remote_state(r))
-                    .collect();
+                let mut out = Vec::new();
+                self.client
+                    .each_agent_status(|r| {
+                        if wanted.is_empty() || wanted.contains(&r.agent_id) {
+                            out.extend(self.remote_state(&r));
+                        }
+                    })
+                    .await?;
                 out.sort_by(|a, b| a.external_id.cmp(&b.external_id));
                 Ok(out)
             }

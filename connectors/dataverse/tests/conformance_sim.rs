@@ -144,6 +144,32 @@ async fn bulk_reads_follow_every_page() {
     assert_eq!(pages, 3, "12 rows at 5 a page");
 }
 
+/// Found by the memory benchmark: a bulk read held every page of 100,000 rows as JSON values
+/// (~200 MB) before converting any. Rows now go to the caller page by page.
+#[tokio::test]
+async fn bulk_read_rows_are_handed_over_page_by_page() {
+    let env = env(12, 5, SECRET).await;
+    let pages = |sim: &DataverseSim| {
+        sim.requests()
+            .iter()
+            .filter(|r| r.path.ends_with("/msdyn_agentstatuses"))
+            .count()
+    };
+    let mut seen = Vec::new();
+    env.connector
+        .client()
+        .each_agent_status(|row| seen.push((row.agent_id, pages(&env.sim))))
+        .await
+        .unwrap();
+    assert_eq!(seen.len(), 12);
+    let pages_read_when_handed: Vec<usize> = seen.iter().map(|(_, p)| *p).collect();
+    assert_eq!(
+        pages_read_when_handed,
+        [1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 3, 3],
+        "each row is handed over before the next page is read"
+    );
+}
+
 #[tokio::test]
 async fn a_revoked_token_is_refreshed_once_and_the_write_goes_through() {
     let env = env(1, 5_000, SECRET).await;

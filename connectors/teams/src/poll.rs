@@ -12,6 +12,9 @@ use tracing::{debug, warn};
 
 use crate::connector::TeamsConnector;
 
+/// How many polled observations go to the inbox in one transaction.
+const INGEST_CHUNK: usize = 500;
+
 /// Reads every directory user of the Teams system and reports what changed.
 #[derive(Debug)]
 pub struct Poller {
@@ -53,6 +56,7 @@ impl Poller {
         let read = self.connector.read_dated(&users).await?;
         let now = self.engine.now();
         let mut changed = Vec::new();
+        let mut n = 0;
         for s in read.states {
             let user = s.external_id.as_str().to_owned();
             let first_sight = match self.last.get(&user) {
@@ -79,16 +83,28 @@ impl Poller {
                 kind,
                 observed_at: now,
             });
+            n += 1;
+            // Stored in chunks: the first pass reports every user, and 100,000 observations
+            // in one transaction would be held in memory all at once.
+            if changed.len() == INGEST_CHUNK {
+                self.ingest(std::mem::take(&mut changed)).await?;
+            }
         }
-        let n = changed.len();
+        if !changed.is_empty() {
+            self.ingest(changed).await?;
+        }
         if n > 0 {
-            self.engine
-                .ingest_batch(changed)
-                .await
-                .map_err(|e| ConnectorError::transient(format!("storing polled presence: {e}")))?;
             debug!(changed = n, "Polled presence");
         }
         Ok(n)
+    }
+
+    async fn ingest(&self, observations: Vec<Observation>) -> Result<(), ConnectorError> {
+        self.engine
+            .ingest_batch(observations)
+            .await
+            .map_err(|e| ConnectorError::transient(format!("storing polled presence: {e}")))?;
+        Ok(())
     }
 
     /// Poll every `interval` until the task is dropped. Failures are logged and retried at the

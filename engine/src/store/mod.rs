@@ -16,6 +16,7 @@ mod directory;
 mod inbox;
 mod outbox;
 
+use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -370,30 +371,50 @@ impl Store {
 
     /// History rows whose delivery key starts with `prefix` (a reconcile run's observations).
     pub async fn history_with_key_prefix(&self, prefix: &str) -> Result<Vec<HistoryEntry>> {
-        // SQLite compares text bytewise, so a range finds the prefix through the index. On
-        // PostgreSQL a range depends on the collation; LIKE on the `text_pattern_ops` index
-        // does not.
-        let rows = match self.dialect {
-            Dialect::Sqlite => {
-                sqlx::query(&format!(
-                    "SELECT {HISTORY_COLUMNS} FROM history WHERE delivery_key >= $1 AND delivery_key < $2 ORDER BY id"
-                ))
-                .bind(prefix)
-                .bind(format!("{prefix}\u{10FFFF}"))
-                .fetch_all(&self.pool)
-                .await?
-            }
-            Dialect::Postgres => {
-                let escaped = prefix.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
-                sqlx::query(&format!(
-                    "SELECT {HISTORY_COLUMNS} FROM history WHERE delivery_key LIKE $1 ORDER BY id"
-                ))
-                .bind(format!("{escaped}%"))
-                .fetch_all(&self.pool)
-                .await?
-            }
-        };
+        let (filter, binds) = self.key_prefix_filter(prefix);
+        let sql = format!("SELECT {HISTORY_COLUMNS} FROM history WHERE {filter} ORDER BY id");
+        let mut q = sqlx::query(&sql);
+        for b in &binds {
+            q = q.bind(b.as_str());
+        }
+        let rows = q.fetch_all(&self.pool).await?;
         rows.iter().map(HistoryEntry::from_row).collect()
+    }
+
+    /// How many history rows of deliveries whose key starts with `prefix` each rule decided
+    /// (a reconcile pass's decisions: counted in the database, not loaded).
+    pub async fn rules_with_key_prefix(&self, prefix: &str) -> Result<BTreeMap<String, u64>> {
+        let (filter, binds) = self.key_prefix_filter(prefix);
+        let sql = format!("SELECT rule, COUNT(*) AS n FROM history WHERE {filter} GROUP BY rule");
+        let mut q = sqlx::query(&sql);
+        for b in &binds {
+            q = q.bind(b.as_str());
+        }
+        let mut out = BTreeMap::new();
+        for r in q.fetch_all(&self.pool).await? {
+            let n: i64 = r.try_get("n")?;
+            out.insert(r.try_get("rule")?, u64::try_from(n).unwrap_or(0));
+        }
+        Ok(out)
+    }
+
+    /// The condition (and its values) that selects history rows by delivery key prefix through
+    /// the index. SQLite compares text bytewise, so a range does; on PostgreSQL a range depends
+    /// on the collation, and LIKE on the `text_pattern_ops` index does not.
+    fn key_prefix_filter(&self, prefix: &str) -> (&'static str, Vec<String>) {
+        match self.dialect {
+            Dialect::Sqlite => (
+                "delivery_key >= $1 AND delivery_key < $2",
+                vec![prefix.to_owned(), format!("{prefix}\u{10FFFF}")],
+            ),
+            Dialect::Postgres => {
+                let escaped = prefix
+                    .replace('\\', "\\\\")
+                    .replace('%', "\\%")
+                    .replace('_', "\\_");
+                ("delivery_key LIKE $1", vec![format!("{escaped}%")])
+            }
+        }
     }
 }
 

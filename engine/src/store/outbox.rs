@@ -198,7 +198,15 @@ impl Store {
         result: &WriteResult,
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        self.finish_in(&mut tx, row, instance, expectation, now, result, false)
+        // Lock the representative like the resolver does, so a decision and a write outcome
+        // of one representative never interleave.
+        if self.dialect == super::Dialect::Postgres {
+            sqlx::query("SELECT version FROM canonical WHERE rep_id = $1 FOR UPDATE")
+                .bind(row.rep_id.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        self.finish_in(&mut tx, row, instance, expectation, now, result)
             .await?;
         tx.commit().await?;
         Ok(())
@@ -237,16 +245,8 @@ impl Store {
             q.execute(&mut *tx).await?;
         }
         for w in order {
-            self.finish_in(
-                &mut tx,
-                &w.row,
-                instance,
-                w.expectation,
-                w.at,
-                &w.result,
-                true,
-            )
-            .await?;
+            self.finish_in(&mut tx, &w.row, instance, w.expectation, w.at, &w.result)
+                .await?;
             if w.result == WriteResult::Done {
                 let newest = match (w.expectation, &w.row.desired) {
                     // Once presync's contribution is withdrawn, what the system shows is not
@@ -272,16 +272,7 @@ impl Store {
         expectation: Option<i64>,
         now: Millis,
         result: &WriteResult,
-        locked: bool,
     ) -> Result<()> {
-        // Lock the representative like the resolver does, so a decision and a write outcome
-        // of one representative never interleave.
-        if self.dialect == super::Dialect::Postgres && !locked {
-            sqlx::query("SELECT version FROM canonical WHERE rep_id = $1 FOR UPDATE")
-                .bind(row.rep_id.as_str())
-                .execute(&mut **tx)
-                .await?;
-        }
         let rep = row.rep_id.as_str();
         let target = row.target.as_str();
         match result {
