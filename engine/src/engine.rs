@@ -19,7 +19,7 @@ use crate::config::EngineConfig;
 use crate::connector::{Connector, ConnectorError};
 use crate::dispatch::{backoff, TargetGate};
 use crate::model::{Availability, ExternalId, Observation, ObservationKind, SystemId};
-use crate::rules::{self, Context, Rule};
+use crate::rules::{self, Context, RepView, Rule};
 use crate::store::{
     Dialect, Enqueued, FinishedWrite, InboxRow, OutboxRow, Resolved, Store, StoreError, WriteResult,
 };
@@ -432,24 +432,12 @@ impl Engine {
         if rows.is_empty() {
             return Ok(false);
         }
-        let ctx_cfg = &self.inner.config.rules;
-        let topology = &self.inner.topology;
         let now = self.now();
         let batch = self
             .inner
             .store
             .resolve_batch(rows, &self.inner.instance, now, |row, _, view| {
-                let obs = &row.observation;
-                rules::decide(
-                    obs,
-                    self.map(obs),
-                    view,
-                    Context {
-                        topology,
-                        config: ctx_cfg,
-                        now,
-                    },
-                )
+                self.decide(&row.observation, view, now)
             })
             .await;
         let results = match batch {
@@ -501,27 +489,25 @@ impl Engine {
     /// Resolve one claimed row in its own transaction. True when writes were queued.
     async fn resolve_row(&self, row: &InboxRow) -> Result<bool> {
         let obs = &row.observation;
-        let availability = self.map(obs);
-        let ctx_cfg = &self.inner.config.rules;
-        let topology = &self.inner.topology;
         let now = self.now();
         let resolved = self
             .inner
             .store
             .resolve(row, &self.inner.instance, now, |_, view| {
-                rules::decide(
-                    obs,
-                    availability,
-                    view,
-                    Context {
-                        topology,
-                        config: ctx_cfg,
-                        now,
-                    },
-                )
+                self.decide(obs, view, now)
             })
             .await?;
         Ok(self.resolved(obs, resolved))
+    }
+
+    /// The rules' decision on `obs` for a representative in the state `view`.
+    fn decide(&self, obs: &Observation, view: &RepView, now: i64) -> rules::Decision {
+        let context = Context {
+            topology: &self.inner.topology,
+            config: &self.inner.config.rules,
+            now,
+        };
+        rules::decide(obs, self.map(obs), view, context)
     }
 
     /// Count and log what resolving `obs` did. True when writes were queued.

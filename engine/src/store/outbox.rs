@@ -83,6 +83,21 @@ impl Store {
         claim_until: Millis,
         limit: i64,
     ) -> Result<Vec<OutboxRow>> {
+        let mut conn = self.pool.acquire().await?;
+        self.claim_in(&mut conn, target, instance, now, claim_until, limit)
+            .await
+    }
+
+    /// The claim of [`Store::claim_outbox`], on `conn` (a transaction's, or the pool's).
+    async fn claim_in(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        target: &SystemId,
+        instance: &str,
+        now: Millis,
+        claim_until: Millis,
+        limit: i64,
+    ) -> Result<Vec<OutboxRow>> {
         let sql = format!(
             "UPDATE outbox SET claimed_by = $1, claim_until = $2
              WHERE (rep_id, target) IN (
@@ -98,7 +113,7 @@ impl Store {
             .bind(target.as_str())
             .bind(now)
             .bind(limit)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *conn)
             .await?;
         rows.iter().map(OutboxRow::from_row).collect()
     }
@@ -117,26 +132,11 @@ impl Store {
         echo_ttl: i64,
     ) -> Result<Vec<(OutboxRow, Option<i64>)>> {
         let mut tx = self.pool.begin().await?;
-        let sql = format!(
-            "UPDATE outbox SET claimed_by = $1, claim_until = $2
-             WHERE (rep_id, target) IN (
-                 SELECT rep_id, target FROM outbox
-                 WHERE target = $3 AND not_before <= $4 AND (claim_until IS NULL OR claim_until < $4)
-                 ORDER BY not_before LIMIT $5{})
-             RETURNING {OUTBOX_COLUMNS}",
-            self.dialect.skip_locked()
-        );
-        let rows = sqlx::query(&sql)
-            .bind(instance)
-            .bind(claim_until)
-            .bind(target.as_str())
-            .bind(now)
-            .bind(limit)
-            .fetch_all(&mut *tx)
+        let rows = self
+            .claim_in(&mut tx, target, instance, now, claim_until, limit)
             .await?;
         let mut out = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let row = OutboxRow::from_row(r)?;
+        for row in rows {
             let expectation = expect(&mut tx, &row, now, echo_ttl).await?;
             out.push((row, expectation));
         }
