@@ -512,22 +512,23 @@ impl Engine {
 
     /// Count and log what resolving `obs` did. True when writes were queued.
     fn resolved(&self, obs: &Observation, resolved: Resolved) -> bool {
-        let _span = info_span!("resolve", system = %obs.system, user = %obs.external_id, key = %obs.delivery_key)
-            .entered();
+        // Events, not a span: a span per row would cost on the resolver's path even when
+        // nothing is logged at debug.
+        let (system, user, key) = (&obs.system, &obs.external_id, &obs.delivery_key);
         match resolved {
             Resolved::LostClaim => {
-                debug!("Claim passed to another instance");
+                debug!(%system, %user, %key, "Claim passed to another instance");
                 false
             }
             Resolved::UnknownRepresentative => {
                 self.inner.stats.decided(Rule::UnknownRepresentative);
-                debug!("Observation for a user not in the directory");
+                debug!(%system, %user, %key, "Observation for a user not in the directory");
                 false
             }
             Resolved::Decided { rep, decision } => {
                 self.inner.stats.decided(decision.rule);
-                debug!(rep = %rep, rule = decision.rule.as_str(), outcome = decision.outcome.as_str(),
-                    detail = %decision.detail, "Resolved");
+                debug!(%system, %user, %key, rep = %rep, rule = decision.rule.as_str(),
+                    outcome = decision.outcome.as_str(), detail = %decision.detail, "Resolved");
                 !decision.write_targets().is_empty()
             }
         }
@@ -613,7 +614,7 @@ impl Engine {
                 .buffer_unordered(gate.max_in_flight)
                 .ready_chunks(gate.max_in_flight);
             while let Some(chunk) = finished.next().await {
-                self.record_writes(&chunk).await?;
+                self.record_writes(&chunk).await;
             }
         }
         Ok(total)
@@ -666,7 +667,7 @@ impl Engine {
     /// Record how writes ended, in one transaction; when that fails, one by one, so that only
     /// the write whose record fails stays claimed, to be made again when its claim runs out
     /// (the same as a crash mid-write).
-    async fn record_writes(&self, writes: &[FinishedWrite]) -> Result<()> {
+    async fn record_writes(&self, writes: &[FinishedWrite]) {
         let topology = &self.inner.topology;
         let untimed = |t: &SystemId| {
             topology
@@ -679,7 +680,7 @@ impl Engine {
             .finish_writes(writes, instance, untimed)
             .await
         {
-            Ok(()) => return Ok(()),
+            Ok(()) => return,
             Err(e) if writes.len() == 1 => vec![(&writes[0], e)],
             Err(e) => {
                 warn!(writes = writes.len(), error = %e, "Recording a batch of write outcomes failed; recording them one by one");
@@ -697,7 +698,6 @@ impl Engine {
             error!(rep = %w.row.rep_id, target = %w.row.target, error = %e,
                 "Recording a write's outcome failed; it is made again when its claim runs out");
         }
-        Ok(())
     }
 
     /// Half the claim lease: a write never outlives its claim.

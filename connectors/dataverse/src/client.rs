@@ -140,16 +140,9 @@ impl DataverseClient {
         })
     }
 
-    /// Every row of `msdyn_agentstatuses` with its presence, following `@odata.nextLink`.
-    pub async fn agent_statuses(&self) -> Result<Vec<AgentStatusRow>, ConnectorError> {
-        let mut out = Vec::new();
-        self.each_agent_status(|row| out.push(row)).await?;
-        Ok(out)
-    }
-
-    /// [`DataverseClient::agent_statuses`], each row handed to `take` as its page arrives: a
-    /// whole environment's rows are never held at once (100,000 rows as JSON values would
-    /// take ~200 MB, and as rows ~60 MB).
+    /// Every row of `msdyn_agentstatuses` with its presence, following `@odata.nextLink`, each
+    /// handed to `take` as its page arrives: a whole environment's rows are never held at once
+    /// (100,000 rows as JSON values would take ~200 MB, and as rows ~60 MB).
     pub async fn each_agent_status(
         &self,
         mut take: impl FnMut(AgentStatusRow),

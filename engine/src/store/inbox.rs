@@ -137,23 +137,23 @@ impl Store {
 
     /// Resolve one claimed inbox row in one transaction: look the representative up, lock it,
     /// load what the rules read, run `decide`, and persist the decision with its history row.
+    /// [`Store::resolve_batch`] of one row.
     pub async fn resolve<F>(
         &self,
         row: &InboxRow,
         instance: &str,
         now: Millis,
-        decide: F,
+        mut decide: F,
     ) -> Result<Resolved>
     where
-        F: FnOnce(&RepId, &RepView) -> Decision + Send,
+        F: FnMut(&RepId, &RepView) -> Decision + Send,
     {
-        let mut tx = self.pool.begin().await?;
-        let rep = lookup_rep(&mut tx, &row.observation).await?;
-        let resolved = self
-            .resolve_in(&mut tx, row, rep, instance, now, decide)
+        let mut out = self
+            .resolve_batch(std::slice::from_ref(row), instance, now, |_, rep, view| {
+                decide(rep, view)
+            })
             .await?;
-        tx.commit().await?;
-        Ok(resolved)
+        Ok(out.pop().unwrap_or(Resolved::LostClaim))
     }
 
     /// Resolve claimed inbox rows in one transaction: one commit, and so one fsync on SQLite,
@@ -258,59 +258,6 @@ impl Store {
         Ok(q.fetch_all(&mut **tx).await?.into_iter().collect())
     }
 
-    /// The resolve of one row inside `tx`, for the representative `rep` the observation's user
-    /// maps to. Commits nothing.
-    async fn resolve_in<F>(
-        &self,
-        tx: &mut Transaction<'_, Any>,
-        row: &InboxRow,
-        rep: Option<RepId>,
-        instance: &str,
-        now: Millis,
-        decide: F,
-    ) -> Result<Resolved>
-    where
-        F: FnOnce(&RepId, &RepView) -> Decision + Send,
-    {
-        let obs = &row.observation;
-        let held: Option<i64> = sqlx::query_scalar(&format!(
-            "SELECT id FROM inbox WHERE id = $1 AND claimed_by = $2 AND done_at IS NULL{}",
-            self.dialect.lock_row()
-        ))
-        .bind(row.id)
-        .bind(instance)
-        .fetch_optional(&mut **tx)
-        .await?;
-        if held.is_none() {
-            return Ok(Resolved::LostClaim);
-        }
-        let Some(rep) = rep else {
-            unknown_user(tx, obs, now).await?;
-            mark_done(tx, row.id, now).await?;
-            return Ok(Resolved::UnknownRepresentative);
-        };
-        let view = load_view(tx, self.dialect.lock_row(), &rep).await?;
-        let decision = decide(&rep, &view);
-        persist(
-            tx,
-            self.dialect.lock_row(),
-            &rep,
-            obs,
-            &view,
-            &decision,
-            now,
-        )
-        .await?;
-        match decision.defer_until {
-            Some(until) => defer(tx, row.id, until).await?,
-            None => mark_done(tx, row.id, now).await?,
-        }
-        Ok(Resolved::Decided {
-            rep,
-            decision: Box::new(decision),
-        })
-    }
-
     /// Give back a claimed row that failed, due again at `retry_at`; or, with `None`, give up
     /// on it: it is marked done and a `failed` history row says why (a dead letter).
     pub async fn fail_inbox(
@@ -372,18 +319,6 @@ impl Store {
     }
 }
 
-/// The representative an observation's user belongs to, if any.
-async fn lookup_rep(tx: &mut Transaction<'_, Any>, obs: &Observation) -> Result<Option<RepId>> {
-    let rep: Option<String> = sqlx::query_scalar(
-        "SELECT rep_id FROM external_ids WHERE system = $1 AND external_id = $2",
-    )
-    .bind(obs.system.as_str())
-    .bind(obs.external_id.as_str())
-    .fetch_optional(&mut **tx)
-    .await?;
-    Ok(rep.map(RepId))
-}
-
 /// The representatives the users of `rows` belong to, by (system, user): one query per system.
 async fn lookup_reps<'r>(
     tx: &mut Transaction<'_, Any>,
@@ -443,17 +378,6 @@ async fn defer(tx: &mut Transaction<'_, Any>, id: i64, until: Millis) -> Result<
     )
     .bind(id)
     .bind(until)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-async fn mark_done(tx: &mut Transaction<'_, Any>, id: i64, now: Millis) -> Result<()> {
-    sqlx::query(
-        "UPDATE inbox SET done_at = $2, claimed_by = NULL, claim_until = NULL WHERE id = $1",
-    )
-    .bind(id)
-    .bind(now)
     .execute(&mut **tx)
     .await?;
     Ok(())
