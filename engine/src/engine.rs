@@ -296,30 +296,34 @@ impl Engine {
         if observations.is_empty() {
             return Ok(Vec::new());
         }
-        let (done, outcome) = tokio::sync::oneshot::channel();
-        self.inner
-            .ingest
+        let (done, mut outcome) = tokio::sync::oneshot::channel();
+        let group = &self.inner.ingest;
+        group
             .pending
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push((observations, done));
         // Whoever holds the committer commits everything pending, ours included unless an
-        // earlier holder already took it.
-        {
-            let _committer = self.inner.ingest.committer.lock().await;
-            let batch = std::mem::take(
-                &mut *self
-                    .inner
-                    .ingest
-                    .pending
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner),
-            );
-            if !batch.is_empty() {
-                // In a task of its own: a webhook whose client hangs up must not cancel a commit
-                // that other webhooks wait on.
-                let engine = self.clone();
-                let _ = tokio::spawn(async move { engine.commit_ingest(batch).await }).await;
+        // earlier holder already took it. A waiter whose observations an earlier holder took
+        // leaves as soon as their outcome is known instead of queueing for the committer: were
+        // it to queue, each waiter in turn would commit only what arrived during the previous
+        // commit, and the batches would shrink to a webhook or two (a convoy).
+        tokio::select! {
+            biased;
+            result = &mut outcome => return result.map_err(|_| EngineError::Stopped)?,
+            _committer = group.committer.lock() => {
+                let batch = std::mem::take(
+                    &mut *group
+                        .pending
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner),
+                );
+                if !batch.is_empty() {
+                    // In a task of its own: a webhook whose client hangs up must not cancel a
+                    // commit that other webhooks wait on.
+                    let engine = self.clone();
+                    let _ = tokio::spawn(async move { engine.commit_ingest(batch).await }).await;
+                }
             }
         }
         outcome.await.map_err(|_| EngineError::Stopped)?
@@ -1031,4 +1035,61 @@ pub struct SystemReconcile {
     /// Directory users the read did not return.
     pub missing: usize,
     pub error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::memory::MemorySystem;
+
+    /// Regression (found by the ingest benchmark): a webhook whose observation an earlier
+    /// committer had already made durable still queued for the committer, and committed in its
+    /// turn whatever had arrived meanwhile. Under steady load every batch then held a webhook
+    /// or two, and SQLite ingest ran at a few hundred a second. A waiter must leave as soon as
+    /// its outcome is known, whoever holds the committer.
+    #[tokio::test]
+    async fn a_webhook_committed_by_an_earlier_committer_does_not_wait_for_the_committer() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("presync.db").display());
+        let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+        let system = MemorySystem::new("a", clock.clone());
+        system.add_user("u1", Availability::Offline);
+        let connectors: BTreeMap<SystemId, Arc<dyn Connector>> =
+            [(system.name(), system.connector() as Arc<dyn Connector>)].into();
+        let topology = TopologyConfig::full_mesh(&connectors);
+        let store = Store::open(&url).await.unwrap();
+        let engine =
+            Engine::with_clock(store, connectors, &topology, EngineConfig::default(), clock)
+                .unwrap();
+        let obs = system
+            .person_sets(&ExternalId("u1".into()), Availability::Busy)
+            .unwrap();
+
+        // Another committer holds the committer throughout.
+        let held = engine.inner.ingest.committer.lock().await;
+        let waiter = tokio::spawn({
+            let engine = engine.clone();
+            async move { engine.ingest(obs).await }
+        });
+        // The waiter's observation is queued...
+        while engine.inner.ingest.pending.lock().unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        // ...and that committer takes it and makes it durable, as an earlier holder does.
+        let batch = std::mem::take(&mut *engine.inner.ingest.pending.lock().unwrap());
+        engine.commit_ingest(batch).await;
+
+        // The webhook is answered while the committer is still held. (Before the fix it waited
+        // for the committer: the bound below is only reached when that bug is back.)
+        let answered = tokio::time::timeout(Duration::from_secs(30), waiter).await;
+        assert!(
+            matches!(answered, Ok(Ok(Ok(Enqueued::Accepted)))),
+            "{answered:?}"
+        );
+        drop(held);
+        assert_eq!(engine.store().queue_depths().await.unwrap().inbox, 1);
+    }
 }
