@@ -104,9 +104,52 @@ async fn the_inbox_deduplicates_by_delivery_key(url: String) {
         .person_sets(&user("d365", 0), Availability::Busy)
         .unwrap();
     let store = w.engine.store();
-    let out = store.enqueue(&[o.clone(), o.clone()], T0).await.unwrap();
-    assert_eq!(out, vec![Enqueued::Accepted, Enqueued::Duplicate]);
-    assert_eq!(store.queue_depths().await.unwrap().inbox, 1);
+    let mut other = o.clone();
+    other.delivery_key.push_str("-other");
+    let out = store
+        .enqueue(&[o.clone(), other.clone(), o.clone()], T0)
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        vec![Enqueued::Accepted, Enqueued::Accepted, Enqueued::Duplicate]
+    );
+    let again = store.enqueue(&[other, o], T0).await.unwrap();
+    assert_eq!(again, vec![Enqueued::Duplicate, Enqueued::Duplicate]);
+    assert_eq!(store.queue_depths().await.unwrap().inbox, 2);
+}
+
+/// `enqueue` stores a large batch a chunk of rows per statement: every row is stored, and each
+/// outcome lines up with its observation across the chunks.
+async fn a_batch_larger_than_one_statement_is_stored_whole(url: String) {
+    let w = world(&url).await;
+    w.clock.advance(5);
+    let o = w
+        .system("d365")
+        .person_sets(&user("d365", 0), Availability::Busy)
+        .unwrap();
+    let store = w.engine.store();
+    store.enqueue(std::slice::from_ref(&o), T0).await.unwrap();
+    // 2,500 new deliveries with the stored one at 1,700 (in the second chunk).
+    let mut batch: Vec<_> = (0..2_500)
+        .map(|i| {
+            let mut x = o.clone();
+            x.delivery_key = format!("{}-{i}", o.delivery_key);
+            x
+        })
+        .collect();
+    batch.insert(1_700, o);
+    let out = store.enqueue(&batch, T0).await.unwrap();
+    assert_eq!(out.len(), 2_501);
+    for (i, e) in out.iter().enumerate() {
+        let want = if i == 1_700 {
+            Enqueued::Duplicate
+        } else {
+            Enqueued::Accepted
+        };
+        assert_eq!(*e, want, "observation {i}");
+    }
+    assert_eq!(store.queue_depths().await.unwrap().inbox, 2_501);
 }
 
 async fn an_inbox_claim_is_exclusive_until_its_lease_ends(url: String) {
@@ -566,6 +609,7 @@ async fn world_of(url: &str, reps: usize) -> World {
 }
 
 on_both_backends!(
+    a_batch_larger_than_one_statement_is_stored_whole,
     the_directory_looks_up_both_ways_and_refuses_a_taken_id,
     the_inbox_deduplicates_by_delivery_key,
     an_inbox_claim_is_exclusive_until_its_lease_ends,

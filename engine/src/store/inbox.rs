@@ -13,6 +13,9 @@ use crate::model::{
 };
 use crate::rules::{Decision, OutboxOp, Outcome, PendingWrite, RepView, Rule};
 
+/// Observations per `INSERT` of [`Store::enqueue`] (4 bound parameters each, and one shared).
+const ENQUEUE_ROWS_PER_STATEMENT: usize = 1_000;
+
 /// Whether an observation was new to the inbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Enqueued {
@@ -59,27 +62,44 @@ impl Store {
         now: Millis,
     ) -> Result<Vec<Enqueued>> {
         let mut tx = self.pool.begin().await?;
-        let mut out = Vec::with_capacity(observations.len());
-        for obs in observations {
-            let n = sqlx::query(
+        // One statement per chunk: on SQLite every statement is a round trip to the
+        // connection's thread. The keys it returns are the rows it stored; a key twice in one
+        // batch is stored once, for its first delivery.
+        let mut stored = std::collections::HashSet::new();
+        for chunk in observations.chunks(ENQUEUE_ROWS_PER_STATEMENT) {
+            let sql = format!(
                 "INSERT INTO inbox (delivery_key, system, external_id, observation, received_at, not_before)
-                 VALUES ($1, $2, $3, $4, $5, $5)
-                 ON CONFLICT (delivery_key) DO NOTHING",
-            )
-            .bind(obs.delivery_key.as_str())
-            .bind(obs.system.as_str())
-            .bind(obs.external_id.as_str())
-            .bind(to_json(obs))
-            .bind(now)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            out.push(if n == 1 {
-                Enqueued::Accepted
-            } else {
-                Enqueued::Duplicate
-            });
+                 VALUES {}
+                 ON CONFLICT (delivery_key) DO NOTHING
+                 RETURNING delivery_key",
+                (0..chunk.len())
+                    .map(|r| {
+                        let b = 2 + r * 4;
+                        format!("(${b}, ${}, ${}, ${}, $1, $1)", b + 1, b + 2, b + 3)
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            let mut q = sqlx::query_scalar::<_, String>(&sql).bind(now);
+            for obs in chunk {
+                q = q
+                    .bind(obs.delivery_key.as_str())
+                    .bind(obs.system.as_str())
+                    .bind(obs.external_id.as_str())
+                    .bind(to_json(obs));
+            }
+            stored.extend(q.fetch_all(&mut *tx).await?);
         }
+        let out = observations
+            .iter()
+            .map(|obs| {
+                if stored.remove(&obs.delivery_key) {
+                    Enqueued::Accepted
+                } else {
+                    Enqueued::Duplicate
+                }
+            })
+            .collect();
         tx.commit().await?;
         Ok(out)
     }
@@ -198,11 +218,12 @@ impl Store {
         let mut views = load_views(&mut tx, lock, self.dialect.bytewise(), &distinct).await?;
         let mut out: Vec<Resolved> = rows.iter().map(|_| Resolved::LostClaim).collect();
         let mut done = Vec::with_capacity(rows.len());
+        let mut writes = Writes::default();
         for (rep, i) in order {
             let row = &rows[i];
             let obs = &row.observation;
             let Some(rep) = rep else {
-                unknown_user(&mut tx, obs, now).await?;
+                writes.history.push(unknown_user(obs, now));
                 done.push(row.id);
                 out[i] = Resolved::UnknownRepresentative;
                 continue;
@@ -211,10 +232,13 @@ impl Store {
             // what the earlier decisions left.
             let view = match views.remove(rep) {
                 Some(view) => view,
-                None => load_view(&mut tx, lock, rep).await?,
+                None => {
+                    writes.flush(&mut tx).await?;
+                    load_view(&mut tx, lock, rep).await?
+                }
             };
             let decision = decide(row, rep, &view);
-            persist(&mut tx, lock, rep, obs, &view, &decision, now).await?;
+            persist(&mut tx, lock, rep, obs, &view, &decision, now, &mut writes).await?;
             match decision.defer_until {
                 Some(until) => defer(&mut tx, row.id, until).await?,
                 None => done.push(row.id),
@@ -224,6 +248,7 @@ impl Store {
                 decision: Box::new(decision),
             };
         }
+        writes.flush(&mut tx).await?;
         if !done.is_empty() {
             let sql = format!(
                 "UPDATE inbox SET done_at = $1, claimed_by = NULL, claim_until = NULL WHERE id IN ({})",
@@ -351,10 +376,9 @@ async fn lookup_reps<'r>(
     Ok(out)
 }
 
-/// Record an observation of a user not in the directory.
-async fn unknown_user(tx: &mut Transaction<'_, Any>, obs: &Observation, now: Millis) -> Result<()> {
-    insert_history(
-        tx,
+/// The history row of an observation of a user not in the directory.
+fn unknown_user(obs: &Observation, now: Millis) -> HistoryRow {
+    HistoryRow::new(
         None,
         obs,
         now,
@@ -363,12 +387,11 @@ async fn unknown_user(tx: &mut Transaction<'_, Any>, obs: &Observation, now: Mil
         None,
         None,
         &[],
-        &format!(
+        format!(
             "{} user {} is not in the directory",
             obs.system, obs.external_id
         ),
     )
-    .await
 }
 
 /// Give a row back to be resolved again at `until`.
@@ -524,7 +547,9 @@ async fn rows_of(
     Ok(q.fetch_all(&mut **tx).await?)
 }
 
-/// Persist a decision: observed state, canonical state, expectations, outbox, history.
+/// Persist a decision: observed state, canonical state, expectations, outbox, history. The
+/// writes go into `writes`, made for the whole batch by [`Writes::flush`]; only a cancel, which
+/// must read the outbox as the batch left it, flushes first and writes at once.
 #[allow(clippy::too_many_arguments)]
 async fn persist(
     tx: &mut Transaction<'_, Any>,
@@ -534,41 +559,20 @@ async fn persist(
     view: &RepView,
     d: &Decision,
     now: Millis,
+    writes: &mut Writes,
 ) -> Result<()> {
     if let Some(observed) = &d.observed {
-        sqlx::query(
-            "INSERT INTO system_state (rep_id, system, observed) VALUES ($1, $2, $3)
-             ON CONFLICT (rep_id, system) DO UPDATE SET observed = excluded.observed",
-        )
-        .bind(rep.as_str())
-        .bind(obs.system.as_str())
-        .bind(to_json(observed))
-        .execute(&mut **tx)
-        .await?;
+        writes
+            .observed
+            .push((rep.clone(), obs.system.clone(), to_json(observed)));
     }
     if let Some(p) = &d.canonical {
-        sqlx::query(
-            "UPDATE canonical SET availability = $2, version = $3, presence = $4 WHERE rep_id = $1",
-        )
-        .bind(rep.as_str())
-        .bind(p.availability.as_str())
-        .bind(p.version)
-        .bind(to_json(p))
-        .execute(&mut **tx)
-        .await?;
+        writes
+            .canonical
+            .push((rep.clone(), p.availability.as_str(), p.version, to_json(p)));
     }
-    for id in &d.supersede_expectations {
-        sqlx::query("UPDATE expectations SET superseded = 1 WHERE id = $1")
-            .bind(*id)
-            .execute(&mut **tx)
-            .await?;
-    }
-    for id in &d.close_expectations {
-        sqlx::query("DELETE FROM expectations WHERE id = $1")
-            .bind(*id)
-            .execute(&mut **tx)
-            .await?;
-    }
+    writes.supersede.extend(&d.supersede_expectations);
+    writes.close.extend(&d.close_expectations);
     let version = d
         .canonical
         .as_ref()
@@ -580,22 +584,15 @@ async fn persist(
                 let Some(ext) = view.external_ids.get(target) else {
                     continue;
                 };
-                upsert_outbox(
-                    tx,
-                    rep,
-                    target,
-                    ext,
-                    desired,
-                    d.rule.as_str(),
-                    obs.observed_at,
-                    now,
-                )
-                .await?;
+                let upsert =
+                    OutboxUpsert::new(rep, target, ext, desired, d.rule.as_str(), obs, now);
+                writes.upsert_outbox(tx, upsert).await?;
             }
             OutboxOp::Cancel {
                 target,
                 if_in_flight,
             } => {
+                writes.flush(tx).await?;
                 // Locked, so that no dispatcher claims it between this read and the delete.
                 let row: Option<Option<String>> = sqlx::query_scalar(&format!(
                     "SELECT claimed_by FROM outbox WHERE rep_id = $1 AND target = $2{lock}"
@@ -607,17 +604,16 @@ async fn persist(
                 match row {
                     Some(Some(_)) => {
                         if let Some(ext) = view.external_ids.get(target) {
-                            upsert_outbox(
-                                tx,
+                            let upsert = OutboxUpsert::new(
                                 rep,
                                 target,
                                 ext,
                                 if_in_flight,
                                 "repair_after_race",
-                                obs.observed_at,
+                                obs,
                                 now,
-                            )
-                            .await?;
+                            );
+                            writes.upsert_outbox(tx, upsert).await?;
                         }
                     }
                     Some(None) => {
@@ -632,9 +628,8 @@ async fn persist(
             }
         }
     }
-    let writes: Vec<String> = d.write_targets().iter().map(|t| t.to_string()).collect();
-    insert_history(
-        tx,
+    let targets: Vec<String> = d.write_targets().iter().map(|t| t.to_string()).collect();
+    writes.history.push(HistoryRow::new(
         Some(rep),
         obs,
         now,
@@ -642,83 +637,288 @@ async fn persist(
         d.outcome,
         Some(d.availability),
         version,
-        &writes,
-        &d.detail,
-    )
-    .await
+        &targets,
+        d.detail.clone(),
+    ));
+    Ok(())
 }
 
-/// Make `desired` the latest desired state of (rep, target), replacing any pending one.
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn upsert_outbox(
-    tx: &mut Transaction<'_, Any>,
-    rep: &RepId,
-    target: &SystemId,
-    external_id: &ExternalId,
-    desired: &Desired,
-    reason: &str,
+/// Rows per multi-row statement: well under both backends' limits on bound parameters
+/// (32,766 on SQLite, 65,535 on PostgreSQL) at 11 columns.
+const ROWS_PER_STATEMENT: usize = 256;
+
+/// `rows` tuples of `cols` placeholders numbered from `first`: `($2, $3), ($4, $5)`.
+fn tuples(first: usize, rows: usize, cols: usize) -> String {
+    (0..rows)
+        .map(|r| format!("({})", super::placeholders(first + r * cols, cols)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The writes of a resolved batch, held back and made with one statement per table for the
+/// whole batch instead of a few per row: on SQLite every statement is a round trip to the
+/// connection's thread, and those round trips were most of a resolve.
+///
+/// Within one flush a representative appears once (the resolver flushes before it reads a
+/// representative a second time), so no statement touches a row twice.
+#[derive(Debug, Default)]
+struct Writes {
+    /// `system_state.observed` by (representative, system).
+    observed: Vec<(RepId, SystemId, String)>,
+    /// `canonical` (availability, version, presence) by representative.
+    canonical: Vec<(RepId, &'static str, i64, String)>,
+    /// Expectations to mark superseded.
+    supersede: Vec<i64>,
+    /// Expectations to delete.
+    close: Vec<i64>,
+    outbox: Vec<OutboxUpsert>,
+    history: Vec<HistoryRow>,
+}
+
+impl Writes {
+    /// Queue an outbox upsert; one already queued for the same (representative, target) is
+    /// made first, so that each statement touches a row once.
+    async fn upsert_outbox(
+        &mut self,
+        tx: &mut Transaction<'_, Any>,
+        upsert: OutboxUpsert,
+    ) -> Result<()> {
+        if self
+            .outbox
+            .iter()
+            .any(|u| u.rep == upsert.rep && u.target == upsert.target)
+        {
+            self.flush(tx).await?;
+        }
+        self.outbox.push(upsert);
+        Ok(())
+    }
+
+    /// Make every queued write, in the order one decision's writes are made.
+    async fn flush(&mut self, tx: &mut Transaction<'_, Any>) -> Result<()> {
+        for chunk in self.observed.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "INSERT INTO system_state (rep_id, system, observed) VALUES {}
+                 ON CONFLICT (rep_id, system) DO UPDATE SET observed = excluded.observed",
+                tuples(1, chunk.len(), 3)
+            );
+            let mut q = sqlx::query(&sql);
+            for (rep, system, observed) in chunk {
+                q = q.bind(rep.as_str()).bind(system.as_str()).bind(observed);
+            }
+            q.execute(&mut **tx).await?;
+        }
+        self.observed.clear();
+        for chunk in self.canonical.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "UPDATE canonical SET availability = v.column2, version = v.column3,
+                                      presence = v.column4
+                 FROM (VALUES {}) AS v WHERE canonical.rep_id = v.column1",
+                tuples(1, chunk.len(), 4)
+            );
+            let mut q = sqlx::query(&sql);
+            for (rep, availability, version, presence) in chunk {
+                q = q
+                    .bind(rep.as_str())
+                    .bind(*availability)
+                    .bind(*version)
+                    .bind(presence);
+            }
+            q.execute(&mut **tx).await?;
+        }
+        self.canonical.clear();
+        for (ids, sql) in [
+            (
+                &mut self.supersede,
+                "UPDATE expectations SET superseded = 1 WHERE id IN",
+            ),
+            (&mut self.close, "DELETE FROM expectations WHERE id IN"),
+        ] {
+            for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+                let sql = format!("{sql} ({})", super::placeholders(1, chunk.len()));
+                let mut q = sqlx::query(&sql);
+                for id in chunk {
+                    q = q.bind(*id);
+                }
+                q.execute(&mut **tx).await?;
+            }
+            ids.clear();
+        }
+        for chunk in self.outbox.chunks(ROWS_PER_STATEMENT) {
+            upsert_outbox(tx, chunk).await?;
+        }
+        self.outbox.clear();
+        for chunk in self.history.chunks(ROWS_PER_STATEMENT) {
+            insert_history(tx, chunk).await?;
+        }
+        self.history.clear();
+        Ok(())
+    }
+}
+
+/// One outbox upsert: `desired` becomes the latest desired state of (rep, target).
+#[derive(Debug)]
+struct OutboxUpsert {
+    rep: RepId,
+    target: SystemId,
+    external_id: ExternalId,
+    desired: String,
+    availability: Option<&'static str>,
+    version: i64,
+    reason: String,
     origin_observed_at: Millis,
     now: Millis,
-) -> Result<()> {
-    let version = match desired {
-        Desired::Set(p) => p.version,
-        Desired::Withdraw => 0,
-    };
-    sqlx::query(
+}
+
+impl OutboxUpsert {
+    fn new(
+        rep: &RepId,
+        target: &SystemId,
+        external_id: &ExternalId,
+        desired: &Desired,
+        reason: &str,
+        cause: &Observation,
+        now: Millis,
+    ) -> OutboxUpsert {
+        OutboxUpsert {
+            rep: rep.clone(),
+            target: target.clone(),
+            external_id: external_id.clone(),
+            desired: to_json(desired),
+            availability: desired.availability().map(Availability::as_str),
+            version: match desired {
+                Desired::Set(p) => p.version,
+                Desired::Withdraw => 0,
+            },
+            reason: reason.to_owned(),
+            origin_observed_at: cause.observed_at,
+            now,
+        }
+    }
+}
+
+/// Make each upsert's desired state the latest of its (rep, target), replacing any pending
+/// one, in one statement. No two upserts may share a (rep, target).
+async fn upsert_outbox(tx: &mut Transaction<'_, Any>, upserts: &[OutboxUpsert]) -> Result<()> {
+    if upserts.is_empty() {
+        return Ok(());
+    }
+    let sql = format!(
         "INSERT INTO outbox (rep_id, target, external_id, desired, availability, version, seq, reason,
                              origin_observed_at, enqueued_at, not_before, attempts)
-         VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $8, $9, $9, 0)
+         VALUES {}
          ON CONFLICT (rep_id, target) DO UPDATE SET
              external_id = excluded.external_id, desired = excluded.desired,
              availability = excluded.availability, version = excluded.version,
              seq = outbox.seq + 1, reason = excluded.reason,
              origin_observed_at = excluded.origin_observed_at, enqueued_at = excluded.enqueued_at,
              not_before = excluded.not_before, attempts = 0",
-    )
-    .bind(rep.as_str())
-    .bind(target.as_str())
-    .bind(external_id.as_str())
-    .bind(to_json(desired))
-    .bind(desired.availability().map(|a| a.as_str()))
-    .bind(version)
-    .bind(reason)
-    .bind(origin_observed_at)
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
+        (0..upserts.len())
+            .map(|r| {
+                let b = 1 + r * 9;
+                format!(
+                    "(${b}, ${}, ${}, ${}, ${}, ${}, 1, ${}, ${}, ${}, ${}, 0)",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6,
+                    b + 7,
+                    b + 8,
+                    b + 8
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let mut q = sqlx::query(&sql);
+    for u in upserts {
+        q = q
+            .bind(u.rep.as_str())
+            .bind(u.target.as_str())
+            .bind(u.external_id.as_str())
+            .bind(u.desired.as_str())
+            .bind(u.availability)
+            .bind(u.version)
+            .bind(u.reason.as_str())
+            .bind(u.origin_observed_at)
+            .bind(u.now);
+    }
+    q.execute(&mut **tx).await?;
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn insert_history(
-    tx: &mut Transaction<'_, Any>,
-    rep: Option<&RepId>,
-    obs: &Observation,
-    now: Millis,
-    rule: Rule,
-    outcome: Outcome,
-    availability: Option<Availability>,
+/// One history row.
+#[derive(Debug)]
+struct HistoryRow {
+    rep: Option<String>,
+    system: String,
+    external_id: String,
+    delivery_key: String,
+    at: Millis,
+    rule: &'static str,
+    outcome: &'static str,
+    availability: Option<&'static str>,
     version: Option<i64>,
-    writes: &[String],
-    detail: &str,
-) -> Result<()> {
-    sqlx::query(
+    writes: String,
+    detail: String,
+}
+
+impl HistoryRow {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        rep: Option<&RepId>,
+        obs: &Observation,
+        now: Millis,
+        rule: Rule,
+        outcome: Outcome,
+        availability: Option<Availability>,
+        version: Option<i64>,
+        writes: &[String],
+        detail: String,
+    ) -> HistoryRow {
+        HistoryRow {
+            rep: rep.map(|r| r.to_string()),
+            system: obs.system.to_string(),
+            external_id: obs.external_id.to_string(),
+            delivery_key: obs.delivery_key.clone(),
+            at: now,
+            rule: rule.as_str(),
+            outcome: outcome.as_str(),
+            availability: availability.map(Availability::as_str),
+            version,
+            writes: to_json(&writes),
+            detail,
+        }
+    }
+}
+
+async fn insert_history(tx: &mut Transaction<'_, Any>, rows: &[HistoryRow]) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let sql = format!(
         "INSERT INTO history (rep_id, system, external_id, delivery_key, at, rule, outcome,
                               availability, canonical_version, writes, detail)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-    )
-    .bind(rep.map(|r| r.as_str()))
-    .bind(obs.system.as_str())
-    .bind(obs.external_id.as_str())
-    .bind(obs.delivery_key.as_str())
-    .bind(now)
-    .bind(rule.as_str())
-    .bind(outcome.as_str())
-    .bind(availability.map(|a| a.as_str()))
-    .bind(version)
-    .bind(to_json(&writes))
-    .bind(detail)
-    .execute(&mut **tx)
-    .await?;
+         VALUES {}",
+        tuples(1, rows.len(), 11)
+    );
+    let mut q = sqlx::query(&sql);
+    for h in rows {
+        q = q
+            .bind(h.rep.as_deref())
+            .bind(h.system.as_str())
+            .bind(h.external_id.as_str())
+            .bind(h.delivery_key.as_str())
+            .bind(h.at)
+            .bind(h.rule)
+            .bind(h.outcome)
+            .bind(h.availability)
+            .bind(h.version)
+            .bind(h.writes.as_str())
+            .bind(h.detail.as_str());
+    }
+    q.execute(&mut **tx).await?;
     Ok(())
 }
