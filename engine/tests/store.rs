@@ -11,7 +11,7 @@ use common::{rep, user, World, T0};
 use presync_engine::clock::ManualClock;
 use presync_engine::config::EngineConfig;
 use presync_engine::memory::MemorySystem;
-use presync_engine::store::{Enqueued, Store, StoreError, WriteResult};
+use presync_engine::store::{Enqueued, FinishedWrite, Store, StoreError, WriteResult};
 use presync_engine::{Availability, Desired, RepId, Representative};
 
 fn person(id: &str, ids: &[(&str, &str)]) -> Representative {
@@ -279,6 +279,89 @@ async fn a_newer_desired_state_survives_the_write_in_flight(url: String) {
         .await
         .unwrap()
         .is_empty());
+}
+
+/// `finish_writes` records a batch of confirmed writes with one statement per table: a write
+/// that outlived its claim and ends after a newer one does not take the record of what was
+/// written backwards, and the rest of its batch is recorded as usual.
+async fn a_batch_of_writes_never_records_an_older_write_over_a_newer_one(url: String) {
+    let w = world_of(&url, 2).await;
+    let store = w.engine.store().clone();
+    let teams: presync_engine::SystemId = "teams".into();
+    let change = |i: usize, a: Availability| {
+        w.clock.advance(5);
+        w.system("d365").person_sets(&user("d365", i), a);
+    };
+    let resolve = || async {
+        for d in w.take_deliveries() {
+            w.engine.ingest(d).await.unwrap();
+        }
+        w.engine.resolve_pending().await.unwrap();
+    };
+    // Rep 0 goes Busy; "a" claims the write with a short lease and stalls.
+    change(0, Availability::Busy);
+    resolve().await;
+    let now = w.clock.advance(1);
+    let stale = store
+        .claim_writes(&teams, "a", now, now + 100, 10, 60_000)
+        .await
+        .unwrap();
+    assert_eq!(stale.len(), 1);
+    // Its lease runs out; rep 0 goes Away and rep 1 Busy, and "b" writes both.
+    w.clock.advance(200);
+    change(0, Availability::Away);
+    change(1, Availability::Busy);
+    resolve().await;
+    let now = w.clock.advance(1);
+    let fresh = store
+        .claim_writes(&teams, "b", now, now + 30_000, 10, 60_000)
+        .await
+        .unwrap();
+    assert_eq!(fresh.len(), 2);
+    let finished = |claimed: Vec<(presync_engine::store::OutboxRow, Option<i64>)>, at| {
+        claimed
+            .into_iter()
+            .map(|(row, expectation)| FinishedWrite {
+                row,
+                expectation,
+                at,
+                result: WriteResult::Done,
+            })
+            .collect::<Vec<_>>()
+    };
+    let at = w.clock.advance(1);
+    store
+        .finish_writes(&finished(fresh, at), "b", |_| true)
+        .await
+        .unwrap();
+    // The stalled write ends now, after the newer one.
+    let at = w.clock.advance(1);
+    store
+        .finish_writes(&finished(stale, at), "a", |_| true)
+        .await
+        .unwrap();
+    let written = |i: usize| {
+        let store = store.clone();
+        let teams = teams.clone();
+        async move {
+            store.rep_view(&rep(i)).await.unwrap().systems[&teams]
+                .written
+                .clone()
+                .unwrap()
+        }
+    };
+    assert_eq!(written(0).await.availability, Some(Availability::Away));
+    assert_eq!(written(1).await.availability, Some(Availability::Busy));
+    // Nothing is left to write, and each write has its history row.
+    assert_eq!(store.queue_depths().await.unwrap().outbox, 0);
+    let ok = store
+        .history(&rep(0), 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|h| h.rule == "write" && h.outcome == "ok")
+        .count();
+    assert_eq!(ok, 2);
 }
 
 async fn a_failed_write_is_released_for_retry_or_dropped_when_refused(url: String) {
@@ -609,6 +692,7 @@ async fn world_of(url: &str, reps: usize) -> World {
 }
 
 on_both_backends!(
+    a_batch_of_writes_never_records_an_older_write_over_a_newer_one,
     a_batch_larger_than_one_statement_is_stored_whole,
     the_directory_looks_up_both_ways_and_refuses_a_taken_id,
     the_inbox_deduplicates_by_delivery_key,

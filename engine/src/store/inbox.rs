@@ -6,7 +6,10 @@ use std::str::FromStr;
 use sqlx::any::Any;
 use sqlx::{Row, Transaction};
 
-use super::{from_json, parse_availability, to_json, Result, Store, StoreError};
+use super::{
+    from_json, insert_history, parse_availability, to_json, tuples, HistoryRow, Result, Store,
+    StoreError, ROWS_PER_STATEMENT,
+};
 use crate::model::{
     Availability, Desired, Expectation, ExternalId, Millis, Observation, RepId, SystemId,
     SystemState,
@@ -378,7 +381,7 @@ async fn lookup_reps<'r>(
 
 /// The history row of an observation of a user not in the directory.
 fn unknown_user(obs: &Observation, now: Millis) -> HistoryRow {
-    HistoryRow::new(
+    HistoryRow::decided(
         None,
         obs,
         now,
@@ -629,7 +632,7 @@ async fn persist(
         }
     }
     let targets: Vec<String> = d.write_targets().iter().map(|t| t.to_string()).collect();
-    writes.history.push(HistoryRow::new(
+    writes.history.push(HistoryRow::decided(
         Some(rep),
         obs,
         now,
@@ -641,18 +644,6 @@ async fn persist(
         d.detail.clone(),
     ));
     Ok(())
-}
-
-/// Rows per multi-row statement: well under both backends' limits on bound parameters
-/// (32,766 on SQLite, 65,535 on PostgreSQL) at 11 columns.
-const ROWS_PER_STATEMENT: usize = 256;
-
-/// `rows` tuples of `cols` placeholders numbered from `first`: `($2, $3), ($4, $5)`.
-fn tuples(first: usize, rows: usize, cols: usize) -> String {
-    (0..rows)
-        .map(|r| format!("({})", super::placeholders(first + r * cols, cols)))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// The writes of a resolved batch, held back and made with one statement per table for the
@@ -748,9 +739,7 @@ impl Writes {
             upsert_outbox(tx, chunk).await?;
         }
         self.outbox.clear();
-        for chunk in self.history.chunks(ROWS_PER_STATEMENT) {
-            insert_history(tx, chunk).await?;
-        }
+        insert_history(tx, &self.history).await?;
         self.history.clear();
         Ok(())
     }
@@ -849,25 +838,10 @@ async fn upsert_outbox(tx: &mut Transaction<'_, Any>, upserts: &[OutboxUpsert]) 
     Ok(())
 }
 
-/// One history row.
-#[derive(Debug)]
-struct HistoryRow {
-    rep: Option<String>,
-    system: String,
-    external_id: String,
-    delivery_key: String,
-    at: Millis,
-    rule: &'static str,
-    outcome: &'static str,
-    availability: Option<&'static str>,
-    version: Option<i64>,
-    writes: String,
-    detail: String,
-}
-
 impl HistoryRow {
+    /// The history row of a decision on `obs`.
     #[allow(clippy::too_many_arguments)]
-    fn new(
+    fn decided(
         rep: Option<&RepId>,
         obs: &Observation,
         now: Millis,
@@ -882,43 +856,14 @@ impl HistoryRow {
             rep: rep.map(|r| r.to_string()),
             system: obs.system.to_string(),
             external_id: obs.external_id.to_string(),
-            delivery_key: obs.delivery_key.clone(),
+            delivery_key: Some(obs.delivery_key.clone()),
             at: now,
-            rule: rule.as_str(),
-            outcome: outcome.as_str(),
+            rule: rule.as_str().to_owned(),
+            outcome: outcome.as_str().to_owned(),
             availability: availability.map(Availability::as_str),
             version,
-            writes: to_json(&writes),
+            writes: Some(to_json(&writes)),
             detail,
         }
     }
-}
-
-async fn insert_history(tx: &mut Transaction<'_, Any>, rows: &[HistoryRow]) -> Result<()> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let sql = format!(
-        "INSERT INTO history (rep_id, system, external_id, delivery_key, at, rule, outcome,
-                              availability, canonical_version, writes, detail)
-         VALUES {}",
-        tuples(1, rows.len(), 11)
-    );
-    let mut q = sqlx::query(&sql);
-    for h in rows {
-        q = q
-            .bind(h.rep.as_deref())
-            .bind(h.system.as_str())
-            .bind(h.external_id.as_str())
-            .bind(h.delivery_key.as_str())
-            .bind(h.at)
-            .bind(h.rule)
-            .bind(h.outcome)
-            .bind(h.availability)
-            .bind(h.version)
-            .bind(h.writes.as_str())
-            .bind(h.detail.as_str());
-    }
-    q.execute(&mut **tx).await?;
-    Ok(())
 }

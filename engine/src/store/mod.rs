@@ -475,3 +475,64 @@ mod tests {
         assert_eq!(redact_url("sqlite:presync.db"), "sqlite:presync.db");
     }
 }
+
+/// Rows per multi-row statement: well under both backends' limits on bound parameters
+/// (32,766 on SQLite, 65,535 on PostgreSQL) at 11 columns.
+const ROWS_PER_STATEMENT: usize = 256;
+
+/// `rows` tuples of `cols` placeholders numbered from `first`: `($2, $3), ($4, $5)`.
+fn tuples(first: usize, rows: usize, cols: usize) -> String {
+    (0..rows)
+        .map(|r| format!("({})", placeholders(first + r * cols, cols)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One history row, for [`insert_history`].
+#[derive(Debug)]
+struct HistoryRow {
+    rep: Option<String>,
+    system: String,
+    external_id: String,
+    delivery_key: Option<String>,
+    at: Millis,
+    rule: String,
+    outcome: String,
+    availability: Option<&'static str>,
+    version: Option<i64>,
+    /// The targets written, as JSON.
+    writes: Option<String>,
+    detail: String,
+}
+
+/// Insert `rows` into the history, one statement per [`ROWS_PER_STATEMENT`].
+async fn insert_history(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    rows: &[HistoryRow],
+) -> Result<()> {
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO history (rep_id, system, external_id, delivery_key, at, rule, outcome,
+                                  availability, canonical_version, writes, detail)
+             VALUES {}",
+            tuples(1, chunk.len(), 11)
+        );
+        let mut q = sqlx::query(&sql);
+        for h in chunk {
+            q = q
+                .bind(h.rep.as_deref())
+                .bind(h.system.as_str())
+                .bind(h.external_id.as_str())
+                .bind(h.delivery_key.as_deref())
+                .bind(h.at)
+                .bind(h.rule.as_str())
+                .bind(h.outcome.as_str())
+                .bind(h.availability)
+                .bind(h.version)
+                .bind(h.writes.as_deref())
+                .bind(h.detail.as_str());
+        }
+        q.execute(&mut **tx).await?;
+    }
+    Ok(())
+}

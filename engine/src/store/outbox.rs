@@ -19,8 +19,10 @@
 use sqlx::any::{Any, AnyRow};
 use sqlx::{Row, Transaction};
 
-use super::{from_json, to_json, Result, Store};
-use crate::model::{Desired, ExternalId, Millis, RepId, SystemId, WrittenState};
+use std::collections::HashMap;
+
+use super::{from_json, insert_history, to_json, tuples, HistoryRow, Result, Store};
+use crate::model::{Availability, Desired, ExternalId, Millis, RepId, SystemId, WrittenState};
 
 /// A claimed outbox row.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,13 +137,9 @@ impl Store {
         let rows = self
             .claim_in(&mut tx, target, instance, now, claim_until, limit)
             .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            let expectation = expect(&mut tx, &row, now, echo_ttl).await?;
-            out.push((row, expectation));
-        }
+        let expectations = expect_all(&mut tx, &rows, now, echo_ttl).await?;
         tx.commit().await?;
-        Ok(out)
+        Ok(rows.into_iter().zip(expectations).collect())
     }
 
     /// The earliest time a row of `target` becomes due, if any row waits.
@@ -188,7 +186,8 @@ impl Store {
         Ok(Some((row, expectation)))
     }
 
-    /// Record how a write begun with [`Store::begin_write`] ended.
+    /// Record how a write begun with [`Store::begin_write`] ended: [`Store::finish_writes`] of
+    /// one, for a target with source timestamps.
     pub async fn finish_write(
         &self,
         row: &OutboxRow,
@@ -197,19 +196,14 @@ impl Store {
         now: Millis,
         result: &WriteResult,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        // Lock the representative like the resolver does, so a decision and a write outcome
-        // of one representative never interleave.
-        if self.dialect == super::Dialect::Postgres {
-            sqlx::query("SELECT version FROM canonical WHERE rep_id = $1 FOR UPDATE")
-                .bind(row.rep_id.as_str())
-                .execute(&mut *tx)
-                .await?;
-        }
-        self.finish_in(&mut tx, row, instance, expectation, now, result)
-            .await?;
-        tx.commit().await?;
-        Ok(())
+        let write = FinishedWrite {
+            row: row.clone(),
+            expectation,
+            at: now,
+            result: result.clone(),
+        };
+        self.finish_writes(std::slice::from_ref(&write), instance, |_| false)
+            .await
     }
 
     /// Record how several writes ended, in one transaction (one commit, one fsync on SQLite).
@@ -244,18 +238,28 @@ impl Store {
             }
             q.execute(&mut *tx).await?;
         }
-        for w in order {
+        // Confirmed writes are recorded a statement per table for all of them. A (rep, target)
+        // twice in one batch would have a statement touch one row twice: such a batch, and
+        // every failed write, is recorded write by write.
+        let mut keys = std::collections::HashSet::new();
+        let distinct = order
+            .iter()
+            .all(|w| keys.insert((&w.row.rep_id, &w.row.target)));
+        let (done, one_by_one): (Vec<&FinishedWrite>, Vec<&FinishedWrite>) = if distinct {
+            order
+                .into_iter()
+                .partition(|w| w.result == WriteResult::Done)
+        } else {
+            (Vec::new(), order)
+        };
+        for chunk in done.chunks(super::ROWS_PER_STATEMENT) {
+            record_done(&mut tx, chunk, instance, &untimed).await?;
+        }
+        for w in one_by_one {
             self.finish_in(&mut tx, &w.row, instance, w.expectation, w.at, &w.result)
                 .await?;
             if w.result == WriteResult::Done {
-                let newest = match (w.expectation, &w.row.desired) {
-                    // Once presync's contribution is withdrawn, what the system shows is not
-                    // presync's: no earlier write can echo any more.
-                    (_, Desired::Withdraw) => Some(i64::MAX),
-                    (Some(id), _) if untimed(&w.row.target) => Some(id),
-                    _ => None,
-                };
-                if let Some(newest) = newest {
+                if let Some(newest) = newest_expectation(w, &untimed) {
                     supersede(&mut tx, &w.row.rep_id, &w.row.target, newest).await?;
                 }
             }
@@ -315,15 +319,7 @@ impl Store {
                     .await?;
                 }
                 done_with(tx, row, instance).await?;
-                history(
-                    tx,
-                    row,
-                    now,
-                    "write",
-                    "ok",
-                    &format!("wrote {} to {}", describe(&row.desired), target),
-                )
-                .await?;
+                history(tx, row, now, "ok", wrote(row)).await?;
             }
             WriteResult::Failed {
                 permanent,
@@ -356,9 +352,8 @@ impl Store {
                         tx,
                         row,
                         now,
-                        "write",
                         class,
-                        &format!("{target} refused {}: {message}", describe(&row.desired)),
+                        format!("{target} refused {}: {message}", describe(&row.desired)),
                     )
                     .await?;
                 } else {
@@ -422,23 +417,214 @@ async fn expect(
     now: Millis,
     echo_ttl: i64,
 ) -> Result<Option<i64>> {
-    Ok(match &row.desired {
-        Desired::Set(p) => Some(
-            sqlx::query_scalar(
-                "INSERT INTO expectations (rep_id, system, availability, version, opened_at, expires_at)
-                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-            )
-            .bind(row.rep_id.as_str())
-            .bind(row.target.as_str())
-            .bind(p.availability.as_str())
-            .bind(p.version)
+    let ids = expect_all(tx, std::slice::from_ref(row), now, echo_ttl).await?;
+    Ok(ids.into_iter().next().flatten())
+}
+
+/// [`expect`] for each of `rows`, whose (representative, target) pairs are distinct (a claim's
+/// are: they are the outbox's key), one statement per [`super::ROWS_PER_STATEMENT`]. Returns
+/// the expectations' ids in `rows`' order.
+async fn expect_all(
+    tx: &mut Transaction<'_, Any>,
+    rows: &[OutboxRow],
+    now: Millis,
+    echo_ttl: i64,
+) -> Result<Vec<Option<i64>>> {
+    let sets: Vec<(&OutboxRow, &crate::model::Presence)> = rows
+        .iter()
+        .filter_map(|row| match &row.desired {
+            Desired::Set(p) => Some((row, p)),
+            Desired::Withdraw => None,
+        })
+        .collect();
+    let mut ids: HashMap<(String, String), i64> = HashMap::with_capacity(sets.len());
+    for chunk in sets.chunks(super::ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO expectations (rep_id, system, availability, version, opened_at, expires_at)
+             VALUES {}
+             RETURNING id, rep_id, system",
+            (0..chunk.len())
+                .map(|r| {
+                    let b = 3 + r * 4;
+                    format!("(${b}, ${}, ${}, ${}, $1, $2)", b + 1, b + 2, b + 3)
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let mut q = sqlx::query(&sql)
             .bind(now)
-            .bind(now.saturating_add(echo_ttl))
-            .fetch_one(&mut **tx)
-            .await?,
-        ),
-        Desired::Withdraw => None,
-    })
+            .bind(now.saturating_add(echo_ttl));
+        for (row, p) in chunk {
+            q = q
+                .bind(row.rep_id.as_str())
+                .bind(row.target.as_str())
+                .bind(p.availability.as_str())
+                .bind(p.version);
+        }
+        for r in q.fetch_all(&mut **tx).await? {
+            ids.insert(
+                (r.try_get("rep_id")?, r.try_get("system")?),
+                r.try_get("id")?,
+            );
+        }
+    }
+    Ok(rows
+        .iter()
+        .map(|row| match row.desired {
+            Desired::Set(_) => ids
+                .get(&(row.rep_id.to_string(), row.target.to_string()))
+                .copied(),
+            Desired::Withdraw => None,
+        })
+        .collect())
+}
+
+/// The newest expectation of a confirmed write's target that older ones are superseded by, if
+/// any: the write's own when the target has no source timestamps (`untimed`), all of them
+/// after a withdrawal.
+fn newest_expectation(w: &FinishedWrite, untimed: impl Fn(&SystemId) -> bool) -> Option<i64> {
+    match (w.expectation, &w.row.desired) {
+        // Once presync's contribution is withdrawn, what the system shows is not presync's: no
+        // earlier write can echo any more.
+        (_, Desired::Withdraw) => Some(i64::MAX),
+        (Some(id), _) if untimed(&w.row.target) => Some(id),
+        _ => None,
+    }
+}
+
+fn wrote(row: &OutboxRow) -> String {
+    format!("wrote {} to {}", describe(&row.desired), row.target)
+}
+
+/// Record confirmed writes, whose (representative, target) pairs are distinct, a statement per
+/// table: what [`Store::finish_writes`] records for one confirmed write, for all of them.
+async fn record_done(
+    tx: &mut Transaction<'_, Any>,
+    done: &[&FinishedWrite],
+    instance: &str,
+    untimed: impl Fn(&SystemId) -> bool,
+) -> Result<()> {
+    if done.is_empty() {
+        return Ok(());
+    }
+    // The expectations are complete: their echo carries a time before now.
+    let completed: Vec<(i64, Millis)> = done
+        .iter()
+        .filter_map(|w| w.expectation.map(|id| (id, w.at)))
+        .collect();
+    if !completed.is_empty() {
+        let sql = format!(
+            "UPDATE expectations SET completed_at = v.column2
+             FROM (VALUES {}) AS v WHERE expectations.id = v.column1",
+            tuples(1, completed.len(), 2)
+        );
+        let mut q = sqlx::query(&sql);
+        for (id, at) in &completed {
+            q = q.bind(*id).bind(*at);
+        }
+        q.execute(&mut **tx).await?;
+    }
+    // A write that outlived its lease may finish after a newer one: the record of what was
+    // written never goes backwards.
+    let sql = format!(
+        "SELECT rep_id, system, written FROM system_state WHERE rep_id IN ({})",
+        super::placeholders(1, done.len())
+    );
+    let mut q = sqlx::query(&sql);
+    for w in done {
+        q = q.bind(w.row.rep_id.as_str());
+    }
+    let mut recorded: HashMap<(String, String), WrittenState> = HashMap::new();
+    for r in q.fetch_all(&mut **tx).await? {
+        if let Some(w) = r.try_get::<Option<String>, _>("written")? {
+            recorded.insert(
+                (r.try_get("rep_id")?, r.try_get("system")?),
+                from_json(&w, "system_state.written")?,
+            );
+        }
+    }
+    let forward: Vec<&&FinishedWrite> = done
+        .iter()
+        .filter(|w| {
+            let key = (w.row.rep_id.to_string(), w.row.target.to_string());
+            !recorded
+                .get(&key)
+                .is_some_and(|prev| prev.version > w.row.version && w.row.version > 0)
+        })
+        .collect();
+    if !forward.is_empty() {
+        let sql = format!(
+            "INSERT INTO system_state (rep_id, system, written) VALUES {}
+             ON CONFLICT (rep_id, system) DO UPDATE SET written = excluded.written",
+            tuples(1, forward.len(), 3)
+        );
+        let mut q = sqlx::query(&sql);
+        for w in &forward {
+            let written = WrittenState {
+                availability: w.row.desired.availability(),
+                version: w.row.version,
+                written_at: w.at,
+            };
+            q = q
+                .bind(w.row.rep_id.as_str())
+                .bind(w.row.target.as_str())
+                .bind(to_json(&written));
+        }
+        q.execute(&mut **tx).await?;
+    }
+    // The rows are done with; one whose desired state was replaced while its write was on the
+    // wire is given back instead, to be written again.
+    let sql = format!(
+        "DELETE FROM outbox WHERE claimed_by = $1 AND (rep_id, target, seq) IN (VALUES {})
+         RETURNING rep_id, target",
+        tuples(2, done.len(), 3)
+    );
+    let mut q = sqlx::query(&sql).bind(instance);
+    for w in done {
+        q = q
+            .bind(w.row.rep_id.as_str())
+            .bind(w.row.target.as_str())
+            .bind(w.row.seq);
+    }
+    let mut removed = std::collections::HashSet::new();
+    for r in q.fetch_all(&mut **tx).await? {
+        removed.insert((
+            r.try_get::<String, _>("rep_id")?,
+            r.try_get::<String, _>("target")?,
+        ));
+    }
+    for w in done {
+        if !removed.contains(&(w.row.rep_id.to_string(), w.row.target.to_string())) {
+            release(tx, &w.row, instance, None).await?;
+        }
+    }
+    let rows: Vec<HistoryRow> = done
+        .iter()
+        .map(|w| history_row(&w.row, w.at, "ok", wrote(&w.row)))
+        .collect();
+    insert_history(tx, &rows).await?;
+    let newest: Vec<(&FinishedWrite, i64)> = done
+        .iter()
+        .filter_map(|w| newest_expectation(w, &untimed).map(|n| (*w, n)))
+        .collect();
+    if !newest.is_empty() {
+        let sql = format!(
+            "UPDATE expectations SET superseded = 1
+             FROM (VALUES {}) AS v
+             WHERE expectations.rep_id = v.column1 AND expectations.system = v.column2
+               AND expectations.id < v.column3 AND expectations.superseded = 0",
+            tuples(1, newest.len(), 3)
+        );
+        let mut q = sqlx::query(&sql);
+        for (w, n) in &newest {
+            q = q
+                .bind(w.row.rep_id.as_str())
+                .bind(w.row.target.as_str())
+                .bind(*n);
+        }
+        q.execute(&mut **tx).await?;
+    }
+    Ok(())
 }
 
 /// The row's write is over: remove it, unless a newer desired state replaced it meanwhile, in
@@ -492,29 +678,28 @@ fn describe(d: &Desired) -> String {
     }
 }
 
+fn history_row(row: &OutboxRow, now: Millis, outcome: &str, detail: String) -> HistoryRow {
+    HistoryRow {
+        rep: Some(row.rep_id.to_string()),
+        system: row.target.to_string(),
+        external_id: row.external_id.to_string(),
+        delivery_key: None,
+        at: now,
+        rule: "write".to_owned(),
+        outcome: outcome.to_owned(),
+        availability: row.desired.availability().map(Availability::as_str),
+        version: Some(row.version),
+        writes: None,
+        detail,
+    }
+}
+
 async fn history(
     tx: &mut Transaction<'_, Any>,
     row: &OutboxRow,
     now: Millis,
-    rule: &str,
     outcome: &str,
-    detail: &str,
+    detail: String,
 ) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO history (rep_id, system, external_id, delivery_key, at, rule, outcome,
-                              availability, canonical_version, writes, detail)
-         VALUES ($1, $2, $3, NULL, $4, $5, $6, $7, $8, NULL, $9)",
-    )
-    .bind(row.rep_id.as_str())
-    .bind(row.target.as_str())
-    .bind(row.external_id.as_str())
-    .bind(now)
-    .bind(rule)
-    .bind(outcome)
-    .bind(row.desired.availability().map(|a| a.as_str()))
-    .bind(row.version)
-    .bind(detail)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+    insert_history(tx, &[history_row(row, now, outcome, detail)]).await
 }
