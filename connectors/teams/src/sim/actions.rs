@@ -285,7 +285,7 @@ fn set_presence(
     }
     let pair = Pair::new(availability, activity);
     with_user(shared, key, |st, now| {
-        if let Some(u) = st.users.get_mut(key) {
+        if let Some(u) = st.user_mut(key) {
             u.apps.insert(
                 caller.app_id.clone(),
                 AppSession {
@@ -307,11 +307,7 @@ fn clear_presence(
 ) -> Result<(), GraphError> {
     check_session_id(caller, body)?;
     with_user(shared, key, |st, _| {
-        match st
-            .users
-            .get_mut(key)
-            .and_then(|u| u.apps.remove(&caller.app_id))
-        {
+        match st.user_mut(key).and_then(|u| u.apps.remove(&caller.app_id)) {
             Some(_) => Ok(()),
             None => Err(GraphError::not_found(
                 "NotFound",
@@ -351,7 +347,7 @@ fn set_preferred(
     }
     let pair = Pair::new(availability, activity);
     with_user(shared, key, |st, now| {
-        if let Some(u) = st.users.get_mut(key) {
+        if let Some(u) = st.user_mut(key) {
             u.preferred = Some(Preferred {
                 state: pair,
                 expires_at: now.saturating_add(ttl),
@@ -369,7 +365,7 @@ fn clear_preferred(
 ) -> Result<(), GraphError> {
     check_preferred_caller(shared, caller)?;
     with_user(shared, key, |st, _| {
-        if let Some(u) = st.users.get_mut(key) {
+        if let Some(u) = st.user_mut(key) {
             u.preferred = None;
         }
         Ok(())

@@ -140,6 +140,10 @@ pub(crate) struct UserPresence {
     pub preferred: Option<Preferred>,
     /// The aggregate as last settled: a change of it is what notifications report.
     pub shown: Pair,
+    /// Until when the aggregate cannot change unless a source is edited (the next fade or
+    /// expiry); [`State::settle`](super::state::State::settle) skips the user before then. An
+    /// edit goes through [`UserPresence::touch`].
+    pub quiet_until: Millis,
 }
 
 impl UserPresence {
@@ -150,7 +154,32 @@ impl UserPresence {
             apps: BTreeMap::new(),
             preferred: None,
             shown: Pair::offline(),
+            quiet_until: Millis::MIN,
         }
+    }
+
+    /// A source is about to be edited: settle the user at the next settle.
+    pub(crate) fn touch(&mut self) -> &mut UserPresence {
+        self.quiet_until = Millis::MIN;
+        self
+    }
+
+    /// The earliest time after `now` at which a fade or an expiry can change the aggregate
+    /// (`Millis::MAX` when none can), for sources as they are after [`UserPresence::expire`].
+    fn next_change(&self, now: Millis) -> Millis {
+        let apps = self.apps.values().flat_map(|s| {
+            let fades = (s.posted.availability == "Available")
+                .then_some([s.posted_at + FADE_INACTIVE, s.posted_at + FADE_AWAY]);
+            fades
+                .into_iter()
+                .flatten()
+                .chain(std::iter::once(s.expires_at))
+        });
+        let preferred = self.preferred.iter().map(|p| p.expires_at);
+        apps.chain(preferred)
+            .filter(|t| *t > now)
+            .min()
+            .unwrap_or(Millis::MAX)
     }
 
     /// Drop what has expired by `now`.
@@ -178,6 +207,7 @@ impl UserPresence {
     /// Expire, aggregate, and return the new aggregate when it differs from the last one.
     pub(crate) fn settle(&mut self, now: Millis) -> Option<Pair> {
         self.expire(now);
+        self.quiet_until = self.next_change(now);
         let now_shown = self.aggregate(now);
         if now_shown == self.shown {
             None
