@@ -45,12 +45,26 @@ pub struct Database {
     /// `sqlite:PATH` (one instance) or `postgres://USER@HOST/DB` (several instances).
     #[serde(default = "default_database")]
     pub url: String,
+    /// SQLite only: `full` (the default) makes every commit, and so every acknowledged
+    /// webhook, survive a power loss; `normal` only a crash of the process, for faster commits.
+    #[serde(default)]
+    pub sqlite_synchronous: presync_engine::store::SqliteSynchronous,
 }
 
 impl Default for Database {
     fn default() -> Self {
         Database {
             url: default_database(),
+            sqlite_synchronous: Default::default(),
+        }
+    }
+}
+
+impl Database {
+    /// The store's options.
+    pub fn options(&self) -> presync_engine::store::StoreOptions {
+        presync_engine::store::StoreOptions {
+            sqlite_synchronous: self.sqlite_synchronous,
         }
     }
 }
@@ -492,6 +506,9 @@ pub const EXAMPLE: &str = r#"# presync configuration. Every key can be overridde
 [database]
 # sqlite:PATH for one instance; postgres://USER@HOST/DB when several instances share the work.
 url = "sqlite:presync.db"
+# SQLite only. "full": every acknowledged webhook survives a power loss (each commit waits for
+# the disk). "normal": faster commits that survive a crash of presync, not of the machine.
+sqlite_synchronous = "full"
 
 [http]
 listen = "127.0.0.1:8080"
@@ -610,6 +627,31 @@ mod tests {
         let dv = c.dataverse.unwrap().connector_config().unwrap();
         assert_eq!(dv.reconcile_source, ReconcileSource::GetPresence);
         assert_eq!(dv.get_presence_form, GetPresenceForm::Bare);
+    }
+
+    #[test]
+    fn sqlite_synchronous_is_full_unless_normal_is_asked_for() {
+        use presync_engine::store::SqliteSynchronous;
+        let f = write("[database]\nurl = \"sqlite:x.db\"\n");
+        let c = load(Some(f.path())).unwrap();
+        assert_eq!(
+            c.database.options().sqlite_synchronous,
+            SqliteSynchronous::Full
+        );
+        let f = write("[database]\nurl = \"sqlite:x.db\"\nsqlite_synchronous = \"normal\"\n");
+        let c = load(Some(f.path())).unwrap();
+        assert_eq!(
+            c.database.options().sqlite_synchronous,
+            SqliteSynchronous::Normal
+        );
+        let f = write("[database]\nurl = \"sqlite:x.db\"\nsqlite_synchronous = \"off\"\n");
+        let errors = load(Some(f.path())).unwrap_err();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("sqlite_synchronous") && e.contains("normal")),
+            "{errors:?}"
+        );
     }
 
     #[test]

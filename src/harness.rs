@@ -61,6 +61,8 @@ pub struct Options {
     pub dataverse_limit: (u32, Duration),
     /// More TOML, appended to the generated configuration (sections the generated one lacks).
     pub extra_toml: String,
+    /// More keys for the generated `[database]` section.
+    pub database_toml: String,
     /// More keys for the generated `[teams.graph]` section.
     pub teams_graph_toml: String,
     /// More keys for the generated `[dataverse]` section.
@@ -81,6 +83,7 @@ impl Options {
             graph_limit: (1_500, Duration::from_secs(30)),
             dataverse_limit: (6_000, Duration::from_secs(300)),
             extra_toml: String::new(),
+            database_toml: String::new(),
             teams_graph_toml: String::new(),
             dataverse_toml: String::new(),
             log_level: "warn".to_owned(),
@@ -257,6 +260,7 @@ impl Harness {
         let toml = format!(
             r#"[database]
 url = "{database}"
+{database_extra}
 [http]
 listen = "127.0.0.1:0"
 admin_token = {{ file = "{admin}" }}
@@ -292,6 +296,7 @@ graph_url = "{graph_base}/v1.0"
             hook = hook_file.display(),
             dvs = dv_file.display(),
             gs = graph_file.display(),
+            database_extra = opts.database_toml,
             dataverse_extra = opts.dataverse_toml,
             teams_extra = opts.teams_graph_toml,
             extra = opts.extra_toml,

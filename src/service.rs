@@ -100,7 +100,7 @@ fn engine_config(config: &Config) -> presync_engine::config::EngineConfig {
 }
 
 pub async fn build(config: &Config) -> anyhow::Result<Service> {
-    let store = Store::open(&config.database.url).await?;
+    let store = Store::open_with(&config.database.url, &config.database.options()).await?;
     let mut connectors: BTreeMap<SystemId, Arc<dyn Connector>> = BTreeMap::new();
     let mut health: Vec<(&'static str, Arc<dyn Credentials>)> = Vec::new();
     let mut dataverse = None;

@@ -117,6 +117,7 @@ impl Store {
         claim_until: Millis,
         limit: i64,
     ) -> Result<Vec<std::result::Result<InboxRow, UnreadableRow>>> {
+        let _turn = self.pipeline_turn().await;
         let sql = format!(
             "UPDATE inbox SET claimed_by = $1, claim_until = $2, attempts = attempts + 1
              WHERE id IN (SELECT id FROM inbox
@@ -199,6 +200,7 @@ impl Store {
     where
         F: FnMut(&InboxRow, &RepId, &RepView) -> Decision + Send,
     {
+        let _turn = self.pipeline_turn().await;
         let lock = self.dialect.lock_row();
         let mut tx = self.pool.begin().await?;
         let held = self.still_held(&mut tx, rows, instance).await?;

@@ -18,6 +18,7 @@ mod outbox;
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
@@ -123,11 +124,47 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// How a SQLite store makes a commit durable (`PRAGMA synchronous`, in WAL mode).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SqliteSynchronous {
+    /// Every commit waits for the disk (an fsync of the write-ahead log): a commit, and so
+    /// every acknowledged webhook, survives a crash of the process, of the operating system
+    /// and a power loss. The default.
+    #[default]
+    Full,
+    /// Commits do not wait for the disk; the log is synced at checkpoints. A commit survives a
+    /// crash of the process (SIGKILL included: the soak kills presync this way), but the last
+    /// commits before an operating-system crash or a power loss may be lost, webhooks that were
+    /// acknowledged among them. Faster: see BENCHMARKS.md. Choose it only where that loss is
+    /// acceptable (a reconcile repairs presence that the lost events carried, but not their
+    /// history).
+    Normal,
+}
+
+impl SqliteSynchronous {
+    fn pragma(self) -> &'static str {
+        match self {
+            SqliteSynchronous::Full => "PRAGMA synchronous = FULL",
+            SqliteSynchronous::Normal => "PRAGMA synchronous = NORMAL",
+        }
+    }
+}
+
+/// Options of [`Store::open_with`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// SQLite only: how commits are made durable.
+    pub sqlite_synchronous: SqliteSynchronous,
+}
+
 /// The durable store. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
     dialect: Dialect,
+    /// On SQLite, the pipeline's turn at the one connection (see [`Store::pipeline_turn`]).
+    pipeline: Arc<tokio::sync::Mutex<()>>,
 }
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../schema/sqlite");
@@ -136,13 +173,24 @@ static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../schema/
 impl Store {
     /// Connect to `url` (`sqlite:PATH` or `postgres://...`) and apply pending migrations.
     pub async fn open(url: &str) -> Result<Store> {
-        let store = Store::connect(url).await?;
+        Store::open_with(url, &StoreOptions::default()).await
+    }
+
+    /// [`Store::open`] with `options`.
+    pub async fn open_with(url: &str, options: &StoreOptions) -> Result<Store> {
+        let store = Store::connect_with(url, options).await?;
         store.migrate().await?;
         Ok(store)
     }
 
     /// Connect without migrating.
     pub async fn connect(url: &str) -> Result<Store> {
+        Store::connect_with(url, &StoreOptions::default()).await
+    }
+
+    /// [`Store::connect`] with `options`.
+    pub async fn connect_with(url: &str, options: &StoreOptions) -> Result<Store> {
+        let synchronous = options.sqlite_synchronous.pragma();
         sqlx::any::install_default_drivers();
         let dialect = Dialect::of_url(url)?;
         let pool = match dialect {
@@ -158,13 +206,13 @@ impl Store {
                     // One connection, one writer: SQLite serialises writers anyway, and a
                     // single connection never meets SQLITE_BUSY from itself.
                     .max_connections(1)
-                    .after_connect(|conn, _meta| {
+                    .after_connect(move |conn, _meta| {
                         Box::pin(async move {
                             for pragma in [
                                 "PRAGMA journal_mode = WAL",
-                                // Durable on power loss, not only on process crash: an
-                                // acknowledged webhook must survive both.
-                                "PRAGMA synchronous = FULL",
+                                // FULL (the default): durable on power loss, not only on
+                                // process crash. See `SqliteSynchronous`.
+                                synchronous,
                                 "PRAGMA foreign_keys = ON",
                                 "PRAGMA busy_timeout = 10000",
                             ] {
@@ -183,7 +231,11 @@ impl Store {
                     .await?
             }
         };
-        Ok(Store { pool, dialect })
+        Ok(Store {
+            pool,
+            dialect,
+            pipeline: Arc::default(),
+        })
     }
 
     /// Apply pending migrations of this backend.
@@ -193,6 +245,20 @@ impl Store {
             Dialect::Postgres => POSTGRES_MIGRATIONS.run(&self.pool).await?,
         }
         Ok(())
+    }
+
+    /// Wait for the pipeline's turn at the database, and hold it for as long as the guard
+    /// lives. On SQLite the resolver's and the dispatcher's transactions take turns here before
+    /// they queue for the one connection, so that at most one of them is ahead of a webhook's
+    /// inbox commit, which does not take a turn: a webhook waits for one pipeline transaction
+    /// at most, not for each stage's in turn. The pipeline still gets every other transaction
+    /// at least (the connection's queue is first come, first served), so it is never starved.
+    /// PostgreSQL has a connection each and needs no turns: `None`.
+    async fn pipeline_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match self.dialect {
+            Dialect::Sqlite => Some(self.pipeline.lock().await),
+            Dialect::Postgres => None,
+        }
     }
 
     /// The backend.

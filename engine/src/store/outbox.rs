@@ -133,6 +133,7 @@ impl Store {
         limit: i64,
         echo_ttl: i64,
     ) -> Result<Vec<(OutboxRow, Option<i64>)>> {
+        let _turn = self.pipeline_turn().await;
         let mut tx = self.pool.begin().await?;
         let rows = self
             .claim_in(&mut tx, target, instance, now, claim_until, limit)
@@ -223,6 +224,7 @@ impl Store {
         instance: &str,
         untimed: impl Fn(&SystemId) -> bool,
     ) -> Result<()> {
+        let _turn = self.pipeline_turn().await;
         let mut order: Vec<&FinishedWrite> = writes.iter().collect();
         order.sort_by(|a, b| a.row.rep_id.cmp(&b.row.rep_id));
         let mut tx = self.pool.begin().await?;
