@@ -16,9 +16,6 @@ use crate::harness::{Ingress, Options};
 const IN_FLIGHT: usize = 32;
 const GOAL: f64 = 0.5;
 
-/// `sqlite_synchronous = "normal"`, the opt-in that trades power-loss durability for speed.
-const NORMAL: &str = "sqlite_synchronous = \"normal\"";
-
 fn options(reps: usize, database: Option<String>, database_toml: &str) -> Options {
     let mut opts = Options::new(reps);
     opts.database_toml = database_toml.to_owned();
@@ -104,7 +101,7 @@ pub async fn run(scale: Scale, postgres: Option<&str>) -> anyhow::Result<Outcome
     let measure = Duration::from_secs(scale.pick(6, 2));
     let before = baseline(reps, warmup, measure).await?;
     let sqlite = presync(reps, None, "", warmup, measure).await?;
-    let normal = presync(reps, None, NORMAL, warmup, measure).await?;
+    let normal = presync(reps, None, super::SQLITE_NORMAL, warmup, measure).await?;
     let pg = match postgres {
         Some(admin) => {
             let (url, name) = create_database(admin).await?;

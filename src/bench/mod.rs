@@ -203,6 +203,10 @@ async fn quiet(base: &str, within: Duration) -> anyhow::Result<()> {
 
 /// Options for figures that are not about limits: throttles out of the way (simulators and
 /// presync's own), Teams polled rarely, keep-alive never due.
+/// `[database]` key of the opt-in that trades power-loss durability for speed: commits that do
+/// not wait for the disk.
+const SQLITE_NORMAL: &str = "sqlite_synchronous = \"normal\"";
+
 fn unthrottled(reps: usize) -> Options {
     let mut o = Options::new(reps);
     // Passes only when a figure asks for one.

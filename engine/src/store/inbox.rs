@@ -118,6 +118,20 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<std::result::Result<InboxRow, UnreadableRow>>> {
         let _turn = self.pipeline_turn().await;
+        let mut conn = self.pool.acquire().await?;
+        self.claim_inbox_in(&mut conn, instance, now, claim_until, limit)
+            .await
+    }
+
+    /// The claim of [`Store::claim_inbox`], on `conn` (a transaction's, or the pool's).
+    async fn claim_inbox_in(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        instance: &str,
+        now: Millis,
+        claim_until: Millis,
+        limit: i64,
+    ) -> Result<Vec<std::result::Result<InboxRow, UnreadableRow>>> {
         let sql = format!(
             "UPDATE inbox SET claimed_by = $1, claim_until = $2, attempts = attempts + 1
              WHERE id IN (SELECT id FROM inbox
@@ -132,7 +146,7 @@ impl Store {
             .bind(claim_until)
             .bind(now)
             .bind(limit)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *conn)
             .await?;
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
@@ -157,6 +171,50 @@ impl Store {
             Err(bad) => bad.id,
         });
         Ok(out)
+    }
+
+    /// Claim up to `limit` due inbox rows and resolve them, in one transaction: what
+    /// [`Store::claim_inbox`] and then [`Store::resolve_batch`] do, with one commit instead of
+    /// two. `Ok(None)`, with nothing claimed, when a claimed row cannot be read or the resolve
+    /// fails: the caller then claims and resolves in two steps, where such a row is dealt with
+    /// on its own (and its attempts are counted). An empty batch means nothing is due.
+    pub async fn claim_and_resolve<F>(
+        &self,
+        instance: &str,
+        now: Millis,
+        claim_until: Millis,
+        limit: i64,
+        decide: F,
+    ) -> Result<Option<Vec<(InboxRow, Resolved)>>>
+    where
+        F: FnMut(&InboxRow, &RepId, &RepView) -> Decision + Send,
+    {
+        let _turn = self.pipeline_turn().await;
+        let mut tx = self.pool.begin().await?;
+        let claimed = self
+            .claim_inbox_in(&mut tx, instance, now, claim_until, limit)
+            .await?;
+        // Rolled back explicitly, not on drop: on PostgreSQL a dropped transaction's locks last
+        // until its connection is next used, and the two-step claim that follows would skip
+        // the rows this one locked.
+        let Ok(rows) = claimed
+            .into_iter()
+            .collect::<std::result::Result<Vec<_>, _>>()
+        else {
+            tx.rollback().await?;
+            return Ok(None);
+        };
+        if rows.is_empty() {
+            tx.rollback().await?;
+            return Ok(Some(Vec::new()));
+        }
+        // Claimed in this transaction: no need to check that they are still held.
+        let Ok(resolved) = self.resolve_in(&mut tx, &rows, None, now, decide).await else {
+            tx.rollback().await?;
+            return Ok(None);
+        };
+        tx.commit().await?;
+        Ok(Some(rows.into_iter().zip(resolved).collect()))
     }
 
     /// Resolve one claimed inbox row in one transaction: look the representative up, lock it,
@@ -195,20 +253,44 @@ impl Store {
         rows: &[InboxRow],
         instance: &str,
         now: Millis,
-        mut decide: F,
+        decide: F,
     ) -> Result<Vec<Resolved>>
     where
         F: FnMut(&InboxRow, &RepId, &RepView) -> Decision + Send,
     {
         let _turn = self.pipeline_turn().await;
-        let lock = self.dialect.lock_row();
         let mut tx = self.pool.begin().await?;
-        let held = self.still_held(&mut tx, rows, instance).await?;
-        let reps = lookup_reps(&mut tx, rows).await?;
+        let out = self
+            .resolve_in(&mut tx, rows, Some(instance), now, decide)
+            .await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// The resolve of [`Store::resolve_batch`], in `tx`, without committing. With
+    /// `Some(instance)`, rows that instance no longer holds are left alone
+    /// ([`Resolved::LostClaim`]); with `None` every row is resolved (claimed in `tx`).
+    async fn resolve_in<F>(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        rows: &[InboxRow],
+        holder: Option<&str>,
+        now: Millis,
+        mut decide: F,
+    ) -> Result<Vec<Resolved>>
+    where
+        F: FnMut(&InboxRow, &RepId, &RepView) -> Decision + Send,
+    {
+        let lock = self.dialect.lock_row();
+        let held = match holder {
+            Some(instance) => Some(self.still_held(tx, rows, instance).await?),
+            None => None,
+        };
+        let reps = lookup_reps(tx, rows).await?;
         let mut order: Vec<(Option<&RepId>, usize)> = rows
             .iter()
             .enumerate()
-            .filter(|(_, row)| held.contains(&row.id))
+            .filter(|(_, row)| held.as_ref().is_none_or(|h| h.contains(&row.id)))
             .map(|(i, row)| {
                 (
                     reps.get(&(&row.observation.system, &row.observation.external_id)),
@@ -220,7 +302,7 @@ impl Store {
         order.sort();
         let mut distinct: Vec<RepId> = order.iter().filter_map(|(r, _)| r.cloned()).collect();
         distinct.dedup();
-        let mut views = load_views(&mut tx, lock, self.dialect.bytewise(), &distinct).await?;
+        let mut views = load_views(tx, lock, self.dialect.bytewise(), &distinct).await?;
         let mut out: Vec<Resolved> = rows.iter().map(|_| Resolved::LostClaim).collect();
         let mut done = Vec::with_capacity(rows.len());
         let mut writes = Writes::default();
@@ -238,14 +320,14 @@ impl Store {
             let view = match views.remove(rep) {
                 Some(view) => view,
                 None => {
-                    writes.flush(&mut tx).await?;
-                    load_view(&mut tx, lock, rep).await?
+                    writes.flush(tx).await?;
+                    load_view(tx, lock, rep).await?
                 }
             };
             let decision = decide(row, rep, &view);
-            persist(&mut tx, lock, rep, obs, &view, &decision, now, &mut writes).await?;
+            persist(tx, lock, rep, obs, &view, &decision, now, &mut writes).await?;
             match decision.defer_until {
-                Some(until) => defer(&mut tx, row.id, until).await?,
+                Some(until) => defer(tx, row.id, until).await?,
                 None => done.push(row.id),
             }
             out[i] = Resolved::Decided {
@@ -253,7 +335,7 @@ impl Store {
                 decision: Box::new(decision),
             };
         }
-        writes.flush(&mut tx).await?;
+        writes.flush(tx).await?;
         if !done.is_empty() {
             let sql = format!(
                 "UPDATE inbox SET done_at = $1, claimed_by = NULL, claim_until = NULL WHERE id IN ({})",
@@ -263,9 +345,8 @@ impl Store {
             for id in &done {
                 q = q.bind(*id);
             }
-            q.execute(&mut *tx).await?;
+            q.execute(&mut **tx).await?;
         }
-        tx.commit().await?;
         Ok(out)
     }
 
