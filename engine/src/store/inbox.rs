@@ -7,8 +7,8 @@ use sqlx::any::Any;
 use sqlx::{Row, Transaction};
 
 use super::{
-    from_json, insert_history, parse_availability, to_json, tuples, HistoryRow, Result, Store,
-    StoreError, ROWS_PER_STATEMENT,
+    from_json, insert_history, parse_availability, shaped_tuples, to_json, tuples, HistoryRow,
+    Result, Store, StoreError, ROWS_PER_STATEMENT,
 };
 use crate::model::{
     Availability, Desired, Expectation, ExternalId, Millis, Observation, RepId, SystemId,
@@ -75,13 +75,10 @@ impl Store {
                  VALUES {}
                  ON CONFLICT (delivery_key) DO NOTHING
                  RETURNING delivery_key",
-                (0..chunk.len())
-                    .map(|r| {
-                        let b = 2 + r * 4;
-                        format!("(${b}, ${}, ${}, ${}, $1, $1)", b + 1, b + 2, b + 3)
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                shaped_tuples(2, chunk.len(), 4, |p| format!(
+                    "({}, {}, {}, {}, $1, $1)",
+                    p[0], p[1], p[2], p[3]
+                ))
             );
             let mut q = sqlx::query_scalar::<_, String>(&sql).bind(now);
             for obs in chunk {
@@ -885,24 +882,10 @@ async fn upsert_outbox(tx: &mut Transaction<'_, Any>, upserts: &[OutboxUpsert]) 
              seq = outbox.seq + 1, reason = excluded.reason,
              origin_observed_at = excluded.origin_observed_at, enqueued_at = excluded.enqueued_at,
              not_before = excluded.not_before, attempts = 0",
-        (0..upserts.len())
-            .map(|r| {
-                let b = 1 + r * 9;
-                format!(
-                    "(${b}, ${}, ${}, ${}, ${}, ${}, 1, ${}, ${}, ${}, ${}, 0)",
-                    b + 1,
-                    b + 2,
-                    b + 3,
-                    b + 4,
-                    b + 5,
-                    b + 6,
-                    b + 7,
-                    b + 8,
-                    b + 8
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
+        shaped_tuples(1, upserts.len(), 9, |p| format!(
+            "({}, {}, {}, {}, {}, {}, 1, {}, {}, {}, {}, 0)",
+            p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[8]
+        ))
     );
     let mut q = sqlx::query(&sql);
     for u in upserts {

@@ -505,51 +505,31 @@ pub(crate) fn parse_availability(text: Option<String>, what: &str) -> Result<Opt
         .transpose()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dialect_is_chosen_by_url_scheme() {
-        assert_eq!(
-            Dialect::of_url("sqlite:presync.db").ok(),
-            Some(Dialect::Sqlite)
-        );
-        assert_eq!(
-            Dialect::of_url("postgres://u@h/db").ok(),
-            Some(Dialect::Postgres)
-        );
-        assert_eq!(
-            Dialect::of_url("postgresql://u@h/db").ok(),
-            Some(Dialect::Postgres)
-        );
-        let err = Dialect::of_url("mysql://root:hunter2@h/db").unwrap_err();
-        assert!(err.to_string().contains("expected sqlite: or postgres://"));
-        assert!(!err.to_string().contains("hunter2"), "{err}");
-    }
-
-    #[test]
-    fn redacted_url_hides_the_password_only() {
-        assert_eq!(
-            redact_url("postgres://app:s3cret@db:5432/presync"),
-            "postgres://app:***@db:5432/presync"
-        );
-        assert_eq!(
-            redact_url("postgres://app@db/presync"),
-            "postgres://app@db/presync"
-        );
-        assert_eq!(redact_url("sqlite:presync.db"), "sqlite:presync.db");
-    }
-}
-
 /// Rows per multi-row statement: well under both backends' limits on bound parameters
 /// (32,766 on SQLite, 65,535 on PostgreSQL) at 11 columns.
 const ROWS_PER_STATEMENT: usize = 256;
 
 /// `rows` tuples of `cols` placeholders numbered from `first`: `($2, $3), ($4, $5)`.
 fn tuples(first: usize, rows: usize, cols: usize) -> String {
+    shaped_tuples(first, rows, cols, |p| format!("({})", p.join(", ")))
+}
+
+/// `rows` tuples for a multi-row `VALUES`, each written by `shape` from its row's `cols`
+/// placeholders (numbered from `first`), for tuples that also hold shared parameters or
+/// constants: `shaped_tuples(2, 2, 1, |p| format!("({}, $1)", p[0]))` is `($2, $1), ($3, $1)`.
+fn shaped_tuples(
+    first: usize,
+    rows: usize,
+    cols: usize,
+    shape: impl Fn(&[String]) -> String,
+) -> String {
     (0..rows)
-        .map(|r| format!("({})", placeholders(first + r * cols, cols)))
+        .map(|r| {
+            let own: Vec<String> = (0..cols)
+                .map(|c| format!("${}", first + r * cols + c))
+                .collect();
+            shape(&own)
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -601,4 +581,51 @@ async fn insert_history(
         q.execute(&mut **tx).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dialect_is_chosen_by_url_scheme() {
+        assert_eq!(
+            Dialect::of_url("sqlite:presync.db").ok(),
+            Some(Dialect::Sqlite)
+        );
+        assert_eq!(
+            Dialect::of_url("postgres://u@h/db").ok(),
+            Some(Dialect::Postgres)
+        );
+        assert_eq!(
+            Dialect::of_url("postgresql://u@h/db").ok(),
+            Some(Dialect::Postgres)
+        );
+        let err = Dialect::of_url("mysql://root:hunter2@h/db").unwrap_err();
+        assert!(err.to_string().contains("expected sqlite: or postgres://"));
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn redacted_url_hides_the_password_only() {
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db:5432/presync"),
+            "postgres://app:***@db:5432/presync"
+        );
+        assert_eq!(
+            redact_url("postgres://app@db/presync"),
+            "postgres://app@db/presync"
+        );
+        assert_eq!(redact_url("sqlite:presync.db"), "sqlite:presync.db");
+    }
+
+    #[test]
+    fn tuples_number_each_rows_placeholders_in_turn() {
+        assert_eq!(tuples(1, 2, 2), "($1, $2), ($3, $4)");
+        assert_eq!(tuples(3, 1, 3), "($3, $4, $5)");
+        assert_eq!(
+            shaped_tuples(2, 2, 2, |p| format!("({}, $1, {}, 0)", p[0], p[1])),
+            "($2, $1, $3, 0), ($4, $1, $5, 0)"
+        );
+    }
 }

@@ -445,13 +445,10 @@ async fn expect_all(
             "INSERT INTO expectations (rep_id, system, availability, version, opened_at, expires_at)
              VALUES {}
              RETURNING id, rep_id, system",
-            (0..chunk.len())
-                .map(|r| {
-                    let b = 3 + r * 4;
-                    format!("(${b}, ${}, ${}, ${}, $1, $2)", b + 1, b + 2, b + 3)
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
+            super::shaped_tuples(3, chunk.len(), 4, |p| format!(
+                "({}, {}, {}, {}, $1, $2)",
+                p[0], p[1], p[2], p[3]
+            ))
         );
         let mut q = sqlx::query(&sql)
             .bind(now)
