@@ -418,36 +418,19 @@ impl Engine {
                 Ok(Some(resolved)) if resolved.is_empty() => break,
                 Ok(Some(resolved)) => {
                     total += resolved.len();
-                    let mut queued = false;
-                    for (row, resolved) in resolved {
-                        queued |= self.resolved(&row.observation, resolved);
-                    }
-                    queued
+                    self.report(resolved)
                 }
-                Ok(None) | Err(_) => {
-                    if let Err(e) = together {
+                failed => {
+                    if let Err(e) = failed {
                         warn!(error = %e, "Claim-and-resolve failed; claiming and resolving in two steps");
                     }
-                    let claimed = self
-                        .inner
-                        .store
-                        .claim_inbox(&self.inner.instance, now, now + cfg.lease_ms, cfg.batch)
-                        .await?;
-                    if claimed.is_empty() {
-                        break;
-                    }
-                    total += claimed.len();
-                    let mut rows = Vec::with_capacity(claimed.len());
-                    for row in claimed {
-                        match row {
-                            Ok(row) => rows.push(row),
-                            Err(bad) => {
-                                self.give_back(bad.id, bad.attempts, &bad.error.to_string())
-                                    .await?
-                            }
+                    match self.resolve_in_two_steps(now).await? {
+                        None => break,
+                        Some((n, queued)) => {
+                            total += n;
+                            queued
                         }
                     }
-                    self.resolve_rows(&rows).await?
                 }
             };
             // Wake the dispatcher per batch: under steady load the inbox is never empty, and
@@ -457,6 +440,45 @@ impl Engine {
             }
         }
         Ok(total)
+    }
+
+    /// Claim a batch, then resolve it ([`Engine::resolve_rows`]); a row that cannot be read is
+    /// given back. `None` when nothing is due; else how many rows were claimed and whether
+    /// writes were queued.
+    async fn resolve_in_two_steps(&self, now: i64) -> Result<Option<(usize, bool)>> {
+        let cfg = &self.inner.config.pipeline;
+        let claimed = self
+            .inner
+            .store
+            .claim_inbox(&self.inner.instance, now, now + cfg.lease_ms, cfg.batch)
+            .await?;
+        if claimed.is_empty() {
+            return Ok(None);
+        }
+        let n = claimed.len();
+        let mut rows = Vec::with_capacity(n);
+        for row in claimed {
+            match row {
+                Ok(row) => rows.push(row),
+                Err(bad) => {
+                    self.give_back(bad.id, bad.attempts, &bad.error.to_string())
+                        .await?
+                }
+            }
+        }
+        Ok(Some((n, self.resolve_rows(&rows).await?)))
+    }
+
+    /// Log and count what was resolved. True when writes were queued.
+    fn report<R: std::borrow::Borrow<InboxRow>>(
+        &self,
+        resolved: impl IntoIterator<Item = (R, Resolved)>,
+    ) -> bool {
+        let mut queued = false;
+        for (row, r) in resolved {
+            queued |= self.resolved(&row.borrow().observation, r);
+        }
+        queued
     }
 
     /// Resolve claimed rows, as one batch when possible. True when writes were queued.
@@ -486,11 +508,7 @@ impl Engine {
                 return Ok(queued);
             }
         };
-        let mut queued = false;
-        for (row, resolved) in rows.iter().zip(results) {
-            queued |= self.resolved(&row.observation, resolved);
-        }
-        Ok(queued)
+        Ok(self.report(rows.iter().zip(results)))
     }
 
     async fn give_back(&self, id: i64, attempts: i64, failure: &str) -> Result<()> {

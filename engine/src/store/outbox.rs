@@ -213,8 +213,9 @@ impl Store {
     /// claim runs out.
     ///
     /// For a confirmed write to a system `untimed` says has no source timestamps, or of a
-    /// withdrawal, the older expectations there are superseded in the same transaction (see
-    /// [`Store::supersede_older_expectations`]).
+    /// withdrawal, the older expectations there are superseded in the same transaction: the
+    /// system now shows the newer write, and without timestamps a later observation equal to
+    /// an older write is the person's, not its echo.
     ///
     /// Representatives are locked first, in one global order (their ids' bytes), so that
     /// batches of two instances never deadlock on PostgreSQL.
@@ -240,145 +241,48 @@ impl Store {
             }
             q.execute(&mut *tx).await?;
         }
-        // Confirmed writes are recorded a statement per table for all of them. A (rep, target)
-        // twice in one batch would have a statement touch one row twice: such a batch, and
-        // every failed write, is recorded write by write.
+        // Confirmed writes are recorded a statement per table, in runs whose (rep, target)
+        // pairs are distinct (a statement must not touch one row twice; a claim's writes always
+        // are). Failed writes are recorded one by one.
+        let (done, failed): (Vec<&FinishedWrite>, Vec<&FinishedWrite>) = order
+            .into_iter()
+            .partition(|w| w.result == WriteResult::Done);
+        let mut run: Vec<&FinishedWrite> = Vec::new();
         let mut keys = std::collections::HashSet::new();
-        let distinct = order
-            .iter()
-            .all(|w| keys.insert((&w.row.rep_id, &w.row.target)));
-        let (done, one_by_one): (Vec<&FinishedWrite>, Vec<&FinishedWrite>) = if distinct {
-            order
-                .into_iter()
-                .partition(|w| w.result == WriteResult::Done)
-        } else {
-            (Vec::new(), order)
-        };
-        for chunk in done.chunks(super::ROWS_PER_STATEMENT) {
-            record_done(&mut tx, chunk, instance, &untimed).await?;
-        }
-        for w in one_by_one {
-            self.finish_in(&mut tx, &w.row, instance, w.expectation, w.at, &w.result)
-                .await?;
-            if w.result == WriteResult::Done {
-                if let Some(newest) = newest_expectation(w, &untimed) {
-                    supersede(&mut tx, &w.row.rep_id, &w.row.target, newest).await?;
-                }
+        for w in done {
+            if run.len() == super::ROWS_PER_STATEMENT
+                || !keys.insert((&w.row.rep_id, &w.row.target))
+            {
+                record_done(&mut tx, &run, instance, &untimed).await?;
+                run.clear();
+                keys.clear();
+                keys.insert((&w.row.rep_id, &w.row.target));
             }
+            run.push(w);
         }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn finish_in(
-        &self,
-        tx: &mut Transaction<'_, Any>,
-        row: &OutboxRow,
-        instance: &str,
-        expectation: Option<i64>,
-        now: Millis,
-        result: &WriteResult,
-    ) -> Result<()> {
-        let rep = row.rep_id.as_str();
-        let target = row.target.as_str();
-        match result {
-            WriteResult::Done => {
-                if let Some(id) = expectation {
-                    sqlx::query("UPDATE expectations SET completed_at = $2 WHERE id = $1")
-                        .bind(id)
-                        .bind(now)
-                        .execute(&mut **tx)
-                        .await?;
-                }
-                let written = WrittenState {
-                    availability: row.desired.availability(),
-                    version: row.version,
-                    written_at: now,
-                };
-                // A write that outlived its lease may finish after a newer one: the record of
-                // what was written never goes backwards.
-                let previous: Option<Option<String>> = sqlx::query_scalar(
-                    "SELECT written FROM system_state WHERE rep_id = $1 AND system = $2",
-                )
-                .bind(rep)
-                .bind(target)
-                .fetch_optional(&mut **tx)
-                .await?;
-                let newer_recorded = previous
-                    .flatten()
-                    .map(|w| from_json::<WrittenState>(&w, "system_state.written"))
-                    .transpose()?
-                    .is_some_and(|w| w.version > row.version && row.version > 0);
-                if !newer_recorded {
-                    sqlx::query(
-                        "INSERT INTO system_state (rep_id, system, written) VALUES ($1, $2, $3)
-                         ON CONFLICT (rep_id, system) DO UPDATE SET written = excluded.written",
-                    )
-                    .bind(rep)
-                    .bind(target)
-                    .bind(to_json(&written))
-                    .execute(&mut **tx)
-                    .await?;
-                }
-                done_with(tx, row, instance).await?;
-                history(tx, row, now, "ok", wrote(row)).await?;
-            }
-            WriteResult::Failed {
+        record_done(&mut tx, &run, instance, &untimed).await?;
+        for w in failed {
+            if let WriteResult::Failed {
                 permanent,
                 outcome_unknown,
                 retry_at,
                 class,
                 message,
-            } => {
-                match (expectation, *outcome_unknown) {
-                    // It never took effect: nothing to expect back.
-                    (Some(id), false) => {
-                        sqlx::query("DELETE FROM expectations WHERE id = $1")
-                            .bind(id)
-                            .execute(&mut **tx)
-                            .await?;
-                    }
-                    // It took effect, if at all, by now: its echo carries an earlier time.
-                    (Some(id), true) => {
-                        sqlx::query("UPDATE expectations SET completed_at = $2 WHERE id = $1")
-                            .bind(id)
-                            .bind(now)
-                            .execute(&mut **tx)
-                            .await?;
-                    }
-                    (None, _) => {}
-                }
-                if *permanent {
-                    done_with(tx, row, instance).await?;
-                    history(
-                        tx,
-                        row,
-                        now,
-                        class,
-                        format!("{target} refused {}: {message}", describe(&row.desired)),
-                    )
-                    .await?;
-                } else {
-                    release(tx, row, instance, Some(*retry_at)).await?;
-                }
+            } = &w.result
+            {
+                record_failed(
+                    &mut tx,
+                    w,
+                    instance,
+                    *permanent,
+                    *outcome_unknown,
+                    *retry_at,
+                    class,
+                    message,
+                )
+                .await?;
             }
         }
-        Ok(())
-    }
-}
-
-impl Store {
-    /// After a confirmed write to a system without source timestamps, the expectations of
-    /// older writes there are superseded: the system now shows the newer write, and without
-    /// timestamps a later observation equal to an older write is the person's, not its echo.
-    pub async fn supersede_older_expectations(
-        &self,
-        rep: &RepId,
-        target: &SystemId,
-        newest: i64,
-    ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        supersede(&mut tx, rep, target, newest).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -392,24 +296,6 @@ pub struct FinishedWrite {
     /// When it ended.
     pub at: Millis,
     pub result: WriteResult,
-}
-
-async fn supersede(
-    tx: &mut Transaction<'_, Any>,
-    rep: &RepId,
-    target: &SystemId,
-    newest: i64,
-) -> Result<()> {
-    sqlx::query(
-        "UPDATE expectations SET superseded = 1
-         WHERE rep_id = $1 AND system = $2 AND id < $3 AND superseded = 0",
-    )
-    .bind(rep.as_str())
-    .bind(target.as_str())
-    .bind(newest)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
 }
 
 /// Record the echo expectation of a write about to be made (none for a withdrawal).
@@ -626,6 +512,52 @@ async fn record_done(
     Ok(())
 }
 
+/// Record a failed write: its expectation is dropped (it never took effect) or completed (it
+/// may have), and the row is given back to be retried, or, refused for good, removed with a
+/// history row saying why.
+#[allow(clippy::too_many_arguments)]
+async fn record_failed(
+    tx: &mut Transaction<'_, Any>,
+    w: &FinishedWrite,
+    instance: &str,
+    permanent: bool,
+    outcome_unknown: bool,
+    retry_at: Millis,
+    class: &str,
+    message: &str,
+) -> Result<()> {
+    let row = &w.row;
+    match (w.expectation, outcome_unknown) {
+        // It never took effect: nothing to expect back.
+        (Some(id), false) => {
+            sqlx::query("DELETE FROM expectations WHERE id = $1")
+                .bind(id)
+                .execute(&mut **tx)
+                .await?;
+        }
+        // It took effect, if at all, by now: its echo carries an earlier time.
+        (Some(id), true) => {
+            sqlx::query("UPDATE expectations SET completed_at = $2 WHERE id = $1")
+                .bind(id)
+                .bind(w.at)
+                .execute(&mut **tx)
+                .await?;
+        }
+        (None, _) => {}
+    }
+    if permanent {
+        done_with(tx, row, instance).await?;
+        let detail = format!(
+            "{} refused {}: {message}",
+            row.target,
+            describe(&row.desired)
+        );
+        insert_history(tx, &[history_row(row, w.at, class, detail)]).await
+    } else {
+        release(tx, row, instance, Some(retry_at)).await
+    }
+}
+
 /// The row's write is over: remove it, unless a newer desired state replaced it meanwhile, in
 /// which case give it back to be written.
 async fn done_with(tx: &mut Transaction<'_, Any>, row: &OutboxRow, instance: &str) -> Result<()> {
@@ -691,14 +623,4 @@ fn history_row(row: &OutboxRow, now: Millis, outcome: &str, detail: String) -> H
         writes: None,
         detail,
     }
-}
-
-async fn history(
-    tx: &mut Transaction<'_, Any>,
-    row: &OutboxRow,
-    now: Millis,
-    outcome: &str,
-    detail: String,
-) -> Result<()> {
-    insert_history(tx, &[history_row(row, now, outcome, detail)]).await
 }
