@@ -1,9 +1,9 @@
 //! `presync`: keeps a contact-center representative's presence consistent across Dynamics 365
 //! Contact Center and Microsoft Teams.
 //!
-//! This binary is the one place that names concrete connectors and database backends. Today it
-//! offers the commands the engine alone supports; the service, connectors and simulators arrive
-//! with their issues.
+//! This binary is the one place that names concrete connectors and database backends: the
+//! service (`run`), the demo, the simulators, the benchmarks, the soak, and the operator's
+//! commands.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,6 +22,12 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use presync_dataverse::mapping::Catalog;
 use presync_engine::store::{redact_url, Store};
+
+/// mimalloc instead of glibc's allocator: a webhook allocates and frees many small objects, on
+/// which glibc spent about a third of the service's CPU while it ingested, and glibc keeps
+/// memory freed after a reconcile pass in per-thread arenas (BENCHMARKS.md, "Allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Debug, Parser)]
 #[command(name = "presync", version, about, long_about = None)]

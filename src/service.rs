@@ -328,6 +328,12 @@ async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
     );
     counter(
         &mut out,
+        "presync_resolve_batches_total",
+        "Batches of inbox rows claimed by the resolver (events resolved per batch grow with load).",
+        st.resolve_batches.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
         "presync_writes_ok_total",
         "Writes the targets confirmed.",
         st.writes_ok.load(Ordering::Relaxed),

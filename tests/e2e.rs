@@ -299,6 +299,14 @@ async fn presence_flows_both_ways_through_the_real_binary() {
         "{metrics}"
     );
     assert!(metrics.contains("outcome=\"unauthorized\"} 1"), "{metrics}");
+    // Every stored event was resolved in a batch, and a batch holds one or more.
+    let batches = metric(&presync_url, "presync_resolve_batches_total ")
+        .await
+        .expect("resolve batches are exported");
+    let accepted = metric(&presync_url, "presync_events_accepted_total ")
+        .await
+        .expect("accepted events are exported");
+    assert!(batches >= 1.0 && batches <= accepted, "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

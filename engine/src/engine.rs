@@ -54,6 +54,9 @@ pub struct Stats {
     pub duplicates: AtomicU64,
     /// Transactions that stored ingested observations (group commit: one per batch).
     pub ingest_commits: AtomicU64,
+    /// Batches of inbox rows the resolver claimed (rows resolved divided by this is the mean
+    /// batch).
+    pub resolve_batches: AtomicU64,
     pub writes_ok: AtomicU64,
     pub writes_failed: AtomicU64,
     pub retries: AtomicU64,
@@ -417,6 +420,10 @@ impl Engine {
             let queued = match together {
                 Ok(Some(resolved)) if resolved.is_empty() => break,
                 Ok(Some(resolved)) => {
+                    self.inner
+                        .stats
+                        .resolve_batches
+                        .fetch_add(1, Ordering::Relaxed);
                     total += resolved.len();
                     self.report(resolved)
                 }
@@ -427,6 +434,10 @@ impl Engine {
                     match self.resolve_in_two_steps(now).await? {
                         None => break,
                         Some((n, queued)) => {
+                            self.inner
+                                .stats
+                                .resolve_batches
+                                .fetch_add(1, Ordering::Relaxed);
                             total += n;
                             queued
                         }

@@ -27,27 +27,65 @@ fn options(reps: usize, database: Option<String>, database_toml: &str) -> Option
     opts
 }
 
-/// The service on `database`, loaded for `measure`.
+/// How the service grouped the load: counters read from its metrics before and after.
+#[derive(Debug, Clone, Copy, Default)]
+struct Grouping {
+    accepted: f64,
+    commits: f64,
+    decisions: f64,
+    batches: f64,
+}
+
+impl Grouping {
+    async fn read(base: &str) -> Grouping {
+        let m = |name: &'static str| async move {
+            crate::harness::metric_sum(base, name).await.unwrap_or(0.0)
+        };
+        Grouping {
+            accepted: m("presync_events_accepted_total").await,
+            commits: m("presync_ingest_commits_total").await,
+            decisions: m("presync_decisions_total").await,
+            batches: m("presync_resolve_batches_total").await,
+        }
+    }
+
+    /// Webhooks per inbox commit and events per resolve batch between `self` and `later`.
+    fn per_transaction(self, later: Grouping) -> (f64, f64) {
+        let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+        (
+            ratio(later.accepted - self.accepted, later.commits - self.commits),
+            ratio(
+                later.decisions - self.decisions,
+                later.batches - self.batches,
+            ),
+        )
+    }
+}
+
+/// The service on `database`, loaded for `measure`: what it acknowledged, and how many
+/// webhooks shared an inbox commit and events a resolve batch, on average.
 async fn presync(
     reps: usize,
     database: Option<String>,
     database_toml: &str,
     warmup: Duration,
     measure: Duration,
-) -> anyhow::Result<Throughput> {
+) -> anyhow::Result<(Throughput, (f64, f64))> {
     let source = Source::prepare(&options(reps, database, database_toml)).await?;
     let h = &source.harness;
     let instance = super::serve(h).await?;
     let t = source.target(&instance.url);
     let body = source.flipping(0);
+    let before = Grouping::read(&instance.url).await;
     let (result, _) = load::throughput(&t, body, IN_FLIGHT, warmup, measure, 0).await?;
+    let grouping = before.per_transaction(Grouping::read(&instance.url).await);
     anyhow::ensure!(
         result.ok > 0,
         "presync acknowledged no webhook\n{}",
         h.log_tails(20)
     );
     instance.kill();
-    Ok(result)
+    Ok((result, grouping))
 }
 
 /// The baseline process, loaded for `measure` with the same bodies.
@@ -114,16 +152,16 @@ pub async fn run(scale: Scale, postgres: Option<&str>) -> anyhow::Result<Outcome
     let after = baseline(reps, warmup, measure).await?;
     let base = (before.per_sec() + after.per_sec()) / 2.0;
     let mut rows = vec![
-        row("Ingest, SQLite", sqlite, base, Some(GOAL)),
+        row("Ingest, SQLite", sqlite.0, base, Some(GOAL)),
         row(
             "Ingest, SQLite, sqlite_synchronous = normal (opt-in)",
-            normal,
+            normal.0,
             base,
             None,
         ),
     ];
     if let Some(pg) = pg {
-        rows.push(row("Ingest, PostgreSQL", pg, base, None));
+        rows.push(row("Ingest, PostgreSQL", pg.0, base, None));
     }
     let mut details = format!(
         "Authenticated Dataverse webhooks (real `RemoteExecutionContext` bodies captured from the \
@@ -140,27 +178,38 @@ pub async fn run(scale: Scale, postgres: Option<&str>) -> anyhow::Result<Outcome
          log, so an acknowledged webhook survives a power loss. The `normal` row is the opt-in \
          whose commits survive a crash of presync but not of the machine: the difference \
          between the two is what waiting for the disk costs.\n\n\
-         | Run | 2xx/s | 2xx | not 2xx |\n|---|---|---|---|\n",
+         Webhooks per commit and events per resolve batch are means over the load, warm-up \
+         included, from the service's `presync_ingest_commits_total` and \
+         `presync_resolve_batches_total`.\n\n\
+         | Run | 2xx/s | 2xx | not 2xx | webhooks per inbox commit | events per resolve batch |\n\
+         |---|---|---|---|---|---|\n",
         m = measure.as_secs(),
         w = warmup.as_secs(),
         b1 = before.per_sec(),
         b2 = after.per_sec(),
     );
-    let mut line = |name: &str, t: Throughput| {
+    let mut line = |name: &str, t: Throughput, grouping: Option<(f64, f64)>| {
+        let (commit, batch) = grouping.map_or(("-".into(), "-".into()), |(c, b)| {
+            (format!("{c:.1}"), format!("{b:.1}"))
+        });
         details.push_str(&format!(
-            "| {name} | {:.0} | {} | {} |\n",
+            "| {name} | {:.0} | {} | {} | {commit} | {batch} |\n",
             t.per_sec(),
             t.ok,
             t.failed
         ));
     };
-    line("baseline (before)", before);
-    line("presync, SQLite", sqlite);
-    line("presync, SQLite, synchronous = normal", normal);
+    line("baseline (before)", before, None);
+    line("presync, SQLite", sqlite.0, Some(sqlite.1));
+    line(
+        "presync, SQLite, synchronous = normal",
+        normal.0,
+        Some(normal.1),
+    );
     if let Some(pg) = pg {
-        line("presync, PostgreSQL", pg);
+        line("presync, PostgreSQL", pg.0, Some(pg.1));
     }
-    line("baseline (after)", after);
+    line("baseline (after)", after, None);
     if postgres.is_none() {
         details.push_str(
             "\nPostgreSQL skipped: give `--postgres URL` or set `PRESYNC_TEST_POSTGRES_URL`.\n",
