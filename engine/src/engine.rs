@@ -417,33 +417,24 @@ impl Engine {
                     |row, _, view| self.decide(&row.observation, view, now)
                 })
                 .await;
-            let queued = match together {
+            let (n, queued) = match together {
                 Ok(Some(resolved)) if resolved.is_empty() => break,
-                Ok(Some(resolved)) => {
-                    self.inner
-                        .stats
-                        .resolve_batches
-                        .fetch_add(1, Ordering::Relaxed);
-                    total += resolved.len();
-                    self.report(resolved)
-                }
+                Ok(Some(resolved)) => (resolved.len(), self.report(resolved)),
                 failed => {
                     if let Err(e) = failed {
                         warn!(error = %e, "Claim-and-resolve failed; claiming and resolving in two steps");
                     }
                     match self.resolve_in_two_steps(now).await? {
                         None => break,
-                        Some((n, queued)) => {
-                            self.inner
-                                .stats
-                                .resolve_batches
-                                .fetch_add(1, Ordering::Relaxed);
-                            total += n;
-                            queued
-                        }
+                        Some(batch) => batch,
                     }
                 }
             };
+            total += n;
+            self.inner
+                .stats
+                .resolve_batches
+                .fetch_add(1, Ordering::Relaxed);
             // Wake the dispatcher per batch: under steady load the inbox is never empty, and
             // writes decided now must not wait for it to be.
             if queued {

@@ -12,7 +12,7 @@ use presync_engine::clock::ManualClock;
 use presync_engine::config::EngineConfig;
 use presync_engine::memory::MemorySystem;
 use presync_engine::store::{Enqueued, FinishedWrite, Store, StoreError, WriteResult};
-use presync_engine::{Availability, Desired, RepId, Representative};
+use presync_engine::{Availability, Desired, Observation, RepId, Representative};
 
 fn person(id: &str, ids: &[(&str, &str)]) -> Representative {
     Representative {
@@ -97,12 +97,7 @@ async fn the_directory_looks_up_both_ways_and_refuses_a_taken_id(url: String) {
 }
 
 async fn the_inbox_deduplicates_by_delivery_key(url: String) {
-    let w = world(&url).await;
-    w.clock.advance(5);
-    let o = w
-        .system("d365")
-        .person_sets(&user("d365", 0), Availability::Busy)
-        .unwrap();
+    let (w, o) = world_after_a_change(&url).await;
     let store = w.engine.store();
     let mut other = o.clone();
     other.delivery_key.push_str("-other");
@@ -122,12 +117,7 @@ async fn the_inbox_deduplicates_by_delivery_key(url: String) {
 /// `enqueue` stores a large batch a chunk of rows per statement: every row is stored, and each
 /// outcome lines up with its observation across the chunks.
 async fn a_batch_larger_than_one_statement_is_stored_whole(url: String) {
-    let w = world(&url).await;
-    w.clock.advance(5);
-    let o = w
-        .system("d365")
-        .person_sets(&user("d365", 0), Availability::Busy)
-        .unwrap();
+    let (w, o) = world_after_a_change(&url).await;
     let store = w.engine.store();
     store.enqueue(std::slice::from_ref(&o), T0).await.unwrap();
     // 2,500 new deliveries with the stored one at 1,700 (in the second chunk).
@@ -153,12 +143,7 @@ async fn a_batch_larger_than_one_statement_is_stored_whole(url: String) {
 }
 
 async fn an_inbox_claim_is_exclusive_until_its_lease_ends(url: String) {
-    let w = world(&url).await;
-    w.clock.advance(5);
-    let o = w
-        .system("d365")
-        .person_sets(&user("d365", 0), Availability::Busy)
-        .unwrap();
+    let (w, o) = world_after_a_change(&url).await;
     let store = w.engine.store();
     store.enqueue(&[o], T0).await.unwrap();
     let first = store
@@ -495,12 +480,7 @@ async fn purge_removes_only_what_is_past_retention(url: String) {
 }
 
 async fn an_unreadable_inbox_row_is_set_aside_without_holding_up_the_others(url: String) {
-    let w = world(&url).await;
-    w.clock.advance(5);
-    let bad = w
-        .system("d365")
-        .person_sets(&user("d365", 0), Availability::Busy)
-        .unwrap();
+    let (w, bad) = world_after_a_change(&url).await;
     w.engine.ingest(bad.clone()).await.unwrap();
     w.clock.advance(5);
     w.system("teams").take_deliveries();
@@ -680,6 +660,18 @@ async fn a_write_whose_outcome_cannot_be_recorded_is_made_again_alone(url: Strin
 
 async fn world(url: &str) -> World {
     world_of(url, 1).await
+}
+
+/// A one-representative world whose D365 side has just gone Busy, with that change's
+/// observation (not yet ingested).
+async fn world_after_a_change(url: &str) -> (World, Observation) {
+    let w = world(url).await;
+    w.clock.advance(5);
+    let o = w
+        .system("d365")
+        .person_sets(&user("d365", 0), Availability::Busy)
+        .unwrap();
+    (w, o)
 }
 
 async fn world_of(url: &str, reps: usize) -> World {

@@ -27,8 +27,9 @@ fn options(reps: usize, database: Option<String>, database_toml: &str) -> Option
     opts
 }
 
-/// How the service grouped the load: counters read from its metrics before and after.
-#[derive(Debug, Clone, Copy, Default)]
+/// The service's counters of how it grouped its work, from its metrics; subtract two readings
+/// with [`Grouping::since`] for a run's.
+#[derive(Debug, Clone, Copy)]
 struct Grouping {
     accepted: f64,
     commits: f64,
@@ -49,28 +50,41 @@ impl Grouping {
         }
     }
 
-    /// Webhooks per inbox commit and events per resolve batch between `self` and `later`.
-    fn per_transaction(self, later: Grouping) -> (f64, f64) {
-        let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
-        (
-            ratio(later.accepted - self.accepted, later.commits - self.commits),
-            ratio(
-                later.decisions - self.decisions,
-                later.batches - self.batches,
-            ),
+    fn since(self, earlier: Grouping) -> Grouping {
+        Grouping {
+            accepted: self.accepted - earlier.accepted,
+            commits: self.commits - earlier.commits,
+            decisions: self.decisions - earlier.decisions,
+            batches: self.batches - earlier.batches,
+        }
+    }
+
+    /// `webhooks per inbox commit | events per resolve batch`, as table cells.
+    fn cells(&self) -> String {
+        let mean = |n: f64, per: f64| if per > 0.0 { n / per } else { 0.0 };
+        format!(
+            "{:.1} | {:.1}",
+            mean(self.accepted, self.commits),
+            mean(self.decisions, self.batches)
         )
     }
 }
 
-/// The service on `database`, loaded for `measure`: what it acknowledged, and how many
-/// webhooks shared an inbox commit and events a resolve batch, on average.
+/// What a run of the service acknowledged, and how it grouped the work meanwhile.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    got: Throughput,
+    grouping: Grouping,
+}
+
+/// The service on `database`, loaded for `measure`.
 async fn presync(
     reps: usize,
     database: Option<String>,
     database_toml: &str,
     warmup: Duration,
     measure: Duration,
-) -> anyhow::Result<(Throughput, (f64, f64))> {
+) -> anyhow::Result<Run> {
     let source = Source::prepare(&options(reps, database, database_toml)).await?;
     let h = &source.harness;
     let instance = super::serve(h).await?;
@@ -78,14 +92,17 @@ async fn presync(
     let body = source.flipping(0);
     let before = Grouping::read(&instance.url).await;
     let (result, _) = load::throughput(&t, body, IN_FLIGHT, warmup, measure, 0).await?;
-    let grouping = before.per_transaction(Grouping::read(&instance.url).await);
+    let grouping = Grouping::read(&instance.url).await.since(before);
     anyhow::ensure!(
         result.ok > 0,
         "presync acknowledged no webhook\n{}",
         h.log_tails(20)
     );
     instance.kill();
-    Ok((result, grouping))
+    Ok(Run {
+        got: result,
+        grouping,
+    })
 }
 
 /// The baseline process, loaded for `measure` with the same bodies.
@@ -152,16 +169,16 @@ pub async fn run(scale: Scale, postgres: Option<&str>) -> anyhow::Result<Outcome
     let after = baseline(reps, warmup, measure).await?;
     let base = (before.per_sec() + after.per_sec()) / 2.0;
     let mut rows = vec![
-        row("Ingest, SQLite", sqlite.0, base, Some(GOAL)),
+        row("Ingest, SQLite", sqlite.got, base, Some(GOAL)),
         row(
             "Ingest, SQLite, sqlite_synchronous = normal (opt-in)",
-            normal.0,
+            normal.got,
             base,
             None,
         ),
     ];
     if let Some(pg) = pg {
-        rows.push(row("Ingest, PostgreSQL", pg.0, base, None));
+        rows.push(row("Ingest, PostgreSQL", pg.got, base, None));
     }
     let mut details = format!(
         "Authenticated Dataverse webhooks (real `RemoteExecutionContext` bodies captured from the \
@@ -188,26 +205,24 @@ pub async fn run(scale: Scale, postgres: Option<&str>) -> anyhow::Result<Outcome
         b1 = before.per_sec(),
         b2 = after.per_sec(),
     );
-    let mut line = |name: &str, t: Throughput, grouping: Option<(f64, f64)>| {
-        let (commit, batch) = grouping.map_or(("-".into(), "-".into()), |(c, b)| {
-            (format!("{c:.1}"), format!("{b:.1}"))
-        });
+    let mut line = |name: &str, t: Throughput, grouping: Option<Grouping>| {
+        let cells = grouping.map_or("- | -".into(), |g| g.cells());
         details.push_str(&format!(
-            "| {name} | {:.0} | {} | {} | {commit} | {batch} |\n",
+            "| {name} | {:.0} | {} | {} | {cells} |\n",
             t.per_sec(),
             t.ok,
             t.failed
         ));
     };
     line("baseline (before)", before, None);
-    line("presync, SQLite", sqlite.0, Some(sqlite.1));
+    line("presync, SQLite", sqlite.got, Some(sqlite.grouping));
     line(
         "presync, SQLite, synchronous = normal",
-        normal.0,
-        Some(normal.1),
+        normal.got,
+        Some(normal.grouping),
     );
     if let Some(pg) = pg {
-        line("presync, PostgreSQL", pg.0, Some(pg.1));
+        line("presync, PostgreSQL", pg.got, Some(pg.grouping));
     }
     line("baseline (after)", after, None);
     if postgres.is_none() {
