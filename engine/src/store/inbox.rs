@@ -7,8 +7,8 @@ use sqlx::any::Any;
 use sqlx::{Row, Transaction};
 
 use super::{
-    from_json, insert_history, parse_availability, shaped_tuples, to_json, tuples, HistoryRow,
-    Result, Store, StoreError, ROWS_PER_STATEMENT,
+    from_json, insert_history, parse_availability, shaped_tuples, to_json, tuples, Dialect,
+    HistoryRow, Result, Script, Statement, Store, StoreError, ROWS_PER_STATEMENT,
 };
 use crate::model::{
     Availability, Desired, Expectation, ExternalId, Millis, Observation, RepId, SystemId,
@@ -64,10 +64,15 @@ impl Store {
         observations: &[Observation],
         now: Millis,
     ) -> Result<Vec<Enqueued>> {
-        let mut tx = self.pool.begin().await?;
         // One statement per chunk: on SQLite every statement is a round trip to the
         // connection's thread. The keys it returns are the rows it stored; a key twice in one
-        // batch is stored once, for its first delivery.
+        // batch is stored once, for its first delivery. One statement is a transaction of its
+        // own: only several need a BEGIN and a COMMIT, two more round trips.
+        let mut tx = if observations.len() > ENQUEUE_ROWS_PER_STATEMENT {
+            Some(self.pool.begin().await?)
+        } else {
+            None
+        };
         let mut stored = std::collections::HashSet::new();
         for chunk in observations.chunks(ENQUEUE_ROWS_PER_STATEMENT) {
             let sql = format!(
@@ -88,7 +93,13 @@ impl Store {
                     .bind(obs.external_id.as_str())
                     .bind(to_json(obs));
             }
-            stored.extend(q.fetch_all(&mut *tx).await?);
+            stored.extend(match &mut tx {
+                Some(tx) => q.fetch_all(&mut **tx).await?,
+                None => q.fetch_all(&self.pool).await?,
+            });
+        }
+        if let Some(tx) = tx {
+            tx.commit().await?;
         }
         let out = observations
             .iter()
@@ -100,7 +111,6 @@ impl Store {
                 }
             })
             .collect();
-        tx.commit().await?;
         Ok(out)
     }
 
@@ -299,10 +309,11 @@ impl Store {
         order.sort();
         let mut distinct: Vec<RepId> = order.iter().filter_map(|(r, _)| r.cloned()).collect();
         distinct.dedup();
-        let mut views = load_views(tx, lock, self.dialect.bytewise(), &distinct).await?;
+        let mut views =
+            load_views(tx, self.dialect, lock, self.dialect.bytewise(), &distinct).await?;
         let mut out: Vec<Resolved> = rows.iter().map(|_| Resolved::LostClaim).collect();
         let mut done = Vec::with_capacity(rows.len());
-        let mut writes = Writes::default();
+        let mut writes = Writes::new(self.dialect);
         for (rep, i) in order {
             let row = &rows[i];
             let obs = &row.observation;
@@ -318,7 +329,7 @@ impl Store {
                 Some(view) => view,
                 None => {
                     writes.flush(tx).await?;
-                    load_view(tx, lock, rep).await?
+                    load_view(tx, self.dialect, lock, rep).await?
                 }
             };
             let decision = decide(row, rep, &view);
@@ -332,18 +343,20 @@ impl Store {
                 decision: Box::new(decision),
             };
         }
-        writes.flush(tx).await?;
+        // The batch's last writes and its rows marked done, in one go.
+        let mut last = writes.script();
         if !done.is_empty() {
             let sql = format!(
                 "UPDATE inbox SET done_at = $1, claimed_by = NULL, claim_until = NULL WHERE id IN ({})",
                 super::placeholders(2, done.len())
             );
-            let mut q = sqlx::query(&sql).bind(now);
+            let mut q = Statement::new(sql).bind(now);
             for id in &done {
                 q = q.bind(*id);
             }
-            q.execute(&mut **tx).await?;
+            last.push(q);
         }
+        last.run(tx).await?;
         Ok(out)
     }
 
@@ -421,7 +434,7 @@ impl Store {
     /// What the rules would read about a representative now (for people: admin API, explain).
     pub async fn rep_view(&self, rep: &RepId) -> Result<RepView> {
         let mut tx = self.pool.begin().await?;
-        let view = load_view(&mut tx, "", rep).await?;
+        let view = load_view(&mut tx, self.dialect, "", rep).await?;
         tx.commit().await?;
         Ok(view)
     }
@@ -492,18 +505,21 @@ async fn defer(tx: &mut Transaction<'_, Any>, id: i64, until: Millis) -> Result<
 /// Load a representative's state, locking its canonical row with `lock` (`FOR UPDATE` or "").
 pub(super) async fn load_view(
     tx: &mut Transaction<'_, Any>,
+    dialect: Dialect,
     lock: &str,
     rep: &RepId,
 ) -> Result<RepView> {
-    let mut views = load_views(tx, lock, "", std::slice::from_ref(rep)).await?;
+    let mut views = load_views(tx, dialect, lock, "", std::slice::from_ref(rep)).await?;
     Ok(views.remove(rep).unwrap_or_default())
 }
 
 /// Load the states of `reps`, locking their canonical rows with `lock` (`FOR UPDATE` or "")
 /// in their byte order (`bytewise` is the dialect's collation for it): five queries, however
-/// many representatives.
+/// many representatives, sent together (a [`Script`]). Each query's rows carry its name in
+/// their first column, `part`.
 pub(super) async fn load_views(
     tx: &mut Transaction<'_, Any>,
+    dialect: Dialect,
     lock: &str,
     bytewise: &str,
     reps: &[RepId],
@@ -516,118 +532,98 @@ pub(super) async fn load_views(
         return Ok(views);
     }
     let list = super::placeholders(1, reps.len());
-    for r in rows_of(
-        tx,
-        &format!(
-        "SELECT rep_id, presence FROM canonical WHERE rep_id IN ({list}) ORDER BY rep_id{bytewise}{lock}"
-    ),
-        reps,
-    )
-    .await?
-    {
-        let presence: Option<String> = r.try_get("presence")?;
-        let rep = RepId(r.try_get("rep_id")?);
-        views.entry(rep).or_default().canonical = presence
-            .map(|p| from_json(&p, "canonical.presence"))
-            .transpose()?;
-    }
-    for r in rows_of(
-        tx,
-        &format!(
-            "SELECT rep_id, system, observed, written FROM system_state WHERE rep_id IN ({list})"
+    let mut script = Script::new(dialect);
+    for sql in [
+        format!(
+            "SELECT 'canonical' AS part, rep_id, presence FROM canonical
+             WHERE rep_id IN ({list}) ORDER BY rep_id{bytewise}{lock}"
         ),
-        reps,
-    )
-    .await?
-    {
-        let observed: Option<String> = r.try_get("observed")?;
-        let written: Option<String> = r.try_get("written")?;
-        let rep = RepId(r.try_get("rep_id")?);
-        views.entry(rep).or_default().systems.insert(
-            SystemId(r.try_get("system")?),
-            SystemState {
-                observed: observed
-                    .map(|o| from_json(&o, "system_state.observed"))
-                    .transpose()?,
-                written: written
-                    .map(|w| from_json(&w, "system_state.written"))
-                    .transpose()?,
-            },
-        );
-    }
-    for r in rows_of(
-        tx,
-        &format!(
-        "SELECT rep_id, id, system, availability, version, opened_at, completed_at, expires_at, superseded
-         FROM expectations WHERE rep_id IN ({list}) ORDER BY id"
-    ),
-        reps,
-    )
-    .await?
-    {
-        let availability: String = r.try_get("availability")?;
-        let rep = RepId(r.try_get("rep_id")?);
-        views.entry(rep).or_default().expectations.push(Expectation {
-            id: r.try_get("id")?,
-            system: SystemId(r.try_get("system")?),
-            availability: Availability::from_str(&availability)
-                .map_err(|e| super::corrupt("expectations.availability", e))?,
-            version: r.try_get("version")?,
-            opened_at: r.try_get("opened_at")?,
-            completed_at: r.try_get("completed_at")?,
-            expires_at: r.try_get("expires_at")?,
-            superseded: r.try_get::<i64, _>("superseded")? != 0,
-        });
-    }
-    for r in rows_of(
-        tx,
-        &format!(
-            "SELECT rep_id, target, availability, claimed_by FROM outbox WHERE rep_id IN ({list})"
+        format!(
+            "SELECT 'system_state' AS part, rep_id, system, observed, written FROM system_state
+             WHERE rep_id IN ({list})"
         ),
-        reps,
-    )
-    .await?
-    {
-        let claimed: Option<String> = r.try_get("claimed_by")?;
-        let rep = RepId(r.try_get("rep_id")?);
-        views.entry(rep).or_default().outbox.insert(
-            SystemId(r.try_get("target")?),
-            PendingWrite {
-                availability: parse_availability(
-                    r.try_get("availability")?,
-                    "outbox.availability",
-                )?,
-                in_flight: claimed.is_some(),
-            },
-        );
+        format!(
+            "SELECT 'expectations' AS part, rep_id, id, system, availability, version, opened_at,
+                    completed_at, expires_at, superseded
+             FROM expectations WHERE rep_id IN ({list}) ORDER BY id"
+        ),
+        format!(
+            "SELECT 'outbox' AS part, rep_id, target, availability, claimed_by FROM outbox
+             WHERE rep_id IN ({list})"
+        ),
+        format!(
+            "SELECT 'external_ids' AS part, rep_id, system, external_id FROM external_ids
+             WHERE rep_id IN ({list})"
+        ),
+    ] {
+        let mut q = Statement::new(sql);
+        for r in reps {
+            q = q.bind(r.as_str());
+        }
+        script.push(q);
     }
-    for r in rows_of(
-        tx,
-        &format!("SELECT rep_id, system, external_id FROM external_ids WHERE rep_id IN ({list})"),
-        reps,
-    )
-    .await?
-    {
-        let rep = RepId(r.try_get("rep_id")?);
-        views.entry(rep).or_default().external_ids.insert(
-            SystemId(r.try_get("system")?),
-            ExternalId(r.try_get("external_id")?),
-        );
+    for r in script.run(tx).await? {
+        let part: String = r.try_get("part")?;
+        let view = views.entry(RepId(r.try_get("rep_id")?)).or_default();
+        match part.as_str() {
+            "canonical" => {
+                let presence: Option<String> = r.try_get("presence")?;
+                view.canonical = presence
+                    .map(|p| from_json(&p, "canonical.presence"))
+                    .transpose()?;
+            }
+            "system_state" => {
+                let observed: Option<String> = r.try_get("observed")?;
+                let written: Option<String> = r.try_get("written")?;
+                view.systems.insert(
+                    SystemId(r.try_get("system")?),
+                    SystemState {
+                        observed: observed
+                            .map(|o| from_json(&o, "system_state.observed"))
+                            .transpose()?,
+                        written: written
+                            .map(|w| from_json(&w, "system_state.written"))
+                            .transpose()?,
+                    },
+                );
+            }
+            "expectations" => {
+                let availability: String = r.try_get("availability")?;
+                view.expectations.push(Expectation {
+                    id: r.try_get("id")?,
+                    system: SystemId(r.try_get("system")?),
+                    availability: Availability::from_str(&availability)
+                        .map_err(|e| super::corrupt("expectations.availability", e))?,
+                    version: r.try_get("version")?,
+                    opened_at: r.try_get("opened_at")?,
+                    completed_at: r.try_get("completed_at")?,
+                    expires_at: r.try_get("expires_at")?,
+                    superseded: r.try_get::<i64, _>("superseded")? != 0,
+                });
+            }
+            "outbox" => {
+                let claimed: Option<String> = r.try_get("claimed_by")?;
+                view.outbox.insert(
+                    SystemId(r.try_get("target")?),
+                    PendingWrite {
+                        availability: parse_availability(
+                            r.try_get("availability")?,
+                            "outbox.availability",
+                        )?,
+                        in_flight: claimed.is_some(),
+                    },
+                );
+            }
+            // The last query's, external_ids.
+            _ => {
+                view.external_ids.insert(
+                    SystemId(r.try_get("system")?),
+                    ExternalId(r.try_get("external_id")?),
+                );
+            }
+        }
     }
     Ok(views)
-}
-
-/// The rows `sql` selects for `reps`, bound as `$1..$n`.
-async fn rows_of(
-    tx: &mut Transaction<'_, Any>,
-    sql: &str,
-    reps: &[RepId],
-) -> Result<Vec<sqlx::any::AnyRow>> {
-    let mut q = sqlx::query(sql);
-    for r in reps {
-        q = q.bind(r.as_str());
-    }
-    Ok(q.fetch_all(&mut **tx).await?)
 }
 
 /// Persist a decision: observed state, canonical state, expectations, outbox, history. The
@@ -727,13 +723,14 @@ async fn persist(
 }
 
 /// The writes of a resolved batch, held back and made with one statement per table for the
-/// whole batch instead of a few per row: on SQLite every statement is a round trip to the
-/// connection's thread, and those round trips were most of a resolve.
+/// whole batch instead of a few per row, and those statements sent together (a [`Script`]): on
+/// SQLite every round trip to the connection's thread counts, and they were most of a resolve.
 ///
 /// Within one flush a representative appears once (the resolver flushes before it reads a
 /// representative a second time), so no statement touches a row twice.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Writes {
+    dialect: Dialect,
     /// `system_state.observed` by (representative, system).
     observed: Vec<(RepId, SystemId, String)>,
     /// `canonical` (availability, version, presence) by representative.
@@ -747,6 +744,18 @@ struct Writes {
 }
 
 impl Writes {
+    fn new(dialect: Dialect) -> Writes {
+        Writes {
+            dialect,
+            observed: Vec::new(),
+            canonical: Vec::new(),
+            supersede: Vec::new(),
+            close: Vec::new(),
+            outbox: Vec::new(),
+            history: Vec::new(),
+        }
+    }
+
     /// Queue an outbox upsert; one already queued for the same (representative, target) is
     /// made first, so that each statement touches a row once.
     async fn upsert_outbox(
@@ -767,19 +776,44 @@ impl Writes {
 
     /// Make every queued write, in the order one decision's writes are made.
     async fn flush(&mut self, tx: &mut Transaction<'_, Any>) -> Result<()> {
+        self.script().run(tx).await?;
+        // Every queue, named: a new one would not compile until it is cleared here too.
+        let Writes {
+            dialect: _,
+            observed,
+            canonical,
+            supersede,
+            close,
+            outbox,
+            history,
+        } = self;
+        observed.clear();
+        canonical.clear();
+        supersede.clear();
+        close.clear();
+        outbox.clear();
+        history.clear();
+        Ok(())
+    }
+
+    /// The queued writes as statements, in the order one decision's writes are made.
+    fn script(&self) -> Script<'_> {
+        let mut script = Script::new(self.dialect);
         for chunk in self.observed.chunks(ROWS_PER_STATEMENT) {
             let sql = format!(
                 "INSERT INTO system_state (rep_id, system, observed) VALUES {}
                  ON CONFLICT (rep_id, system) DO UPDATE SET observed = excluded.observed",
                 tuples(1, chunk.len(), 3)
             );
-            let mut q = sqlx::query(&sql);
+            let mut q = Statement::new(sql);
             for (rep, system, observed) in chunk {
-                q = q.bind(rep.as_str()).bind(system.as_str()).bind(observed);
+                q = q
+                    .bind(rep.as_str())
+                    .bind(system.as_str())
+                    .bind(observed.as_str());
             }
-            q.execute(&mut **tx).await?;
+            script.push(q);
         }
-        self.observed.clear();
         for chunk in self.canonical.chunks(ROWS_PER_STATEMENT) {
             let sql = format!(
                 "UPDATE canonical SET availability = v.column2, version = v.column3,
@@ -787,41 +821,35 @@ impl Writes {
                  FROM (VALUES {}) AS v WHERE canonical.rep_id = v.column1",
                 tuples(1, chunk.len(), 4)
             );
-            let mut q = sqlx::query(&sql);
+            let mut q = Statement::new(sql);
             for (rep, availability, version, presence) in chunk {
                 q = q
                     .bind(rep.as_str())
                     .bind(*availability)
                     .bind(*version)
-                    .bind(presence);
+                    .bind(presence.as_str());
             }
-            q.execute(&mut **tx).await?;
+            script.push(q);
         }
-        self.canonical.clear();
         for (ids, sql) in [
             (
-                &mut self.supersede,
+                &self.supersede,
                 "UPDATE expectations SET superseded = 1 WHERE id IN",
             ),
-            (&mut self.close, "DELETE FROM expectations WHERE id IN"),
+            (&self.close, "DELETE FROM expectations WHERE id IN"),
         ] {
             for chunk in ids.chunks(ROWS_PER_STATEMENT) {
                 let sql = format!("{sql} ({})", super::placeholders(1, chunk.len()));
-                let mut q = sqlx::query(&sql);
+                let mut q = Statement::new(sql);
                 for id in chunk {
                     q = q.bind(*id);
                 }
-                q.execute(&mut **tx).await?;
+                script.push(q);
             }
-            ids.clear();
         }
-        for chunk in self.outbox.chunks(ROWS_PER_STATEMENT) {
-            upsert_outbox(tx, chunk).await?;
-        }
-        self.outbox.clear();
-        insert_history(tx, &self.history).await?;
-        self.history.clear();
-        Ok(())
+        script.extend(self.outbox.chunks(ROWS_PER_STATEMENT).map(upsert_outbox));
+        script.extend(insert_history(&self.history));
+        script
     }
 }
 
@@ -866,12 +894,9 @@ impl OutboxUpsert {
     }
 }
 
-/// Make each upsert's desired state the latest of its (rep, target), replacing any pending
-/// one, in one statement. No two upserts may share a (rep, target).
-async fn upsert_outbox(tx: &mut Transaction<'_, Any>, upserts: &[OutboxUpsert]) -> Result<()> {
-    if upserts.is_empty() {
-        return Ok(());
-    }
+/// The statement making each upsert's desired state the latest of its (rep, target), replacing
+/// any pending one. No two upserts may share a (rep, target); there is at least one.
+fn upsert_outbox(upserts: &[OutboxUpsert]) -> Statement<'_> {
     let sql = format!(
         "INSERT INTO outbox (rep_id, target, external_id, desired, availability, version, seq, reason,
                              origin_observed_at, enqueued_at, not_before, attempts)
@@ -887,7 +912,7 @@ async fn upsert_outbox(tx: &mut Transaction<'_, Any>, upserts: &[OutboxUpsert]) 
             p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[8]
         ))
     );
-    let mut q = sqlx::query(&sql);
+    let mut q = Statement::new(sql);
     for u in upserts {
         q = q
             .bind(u.rep.as_str())
@@ -900,8 +925,7 @@ async fn upsert_outbox(tx: &mut Transaction<'_, Any>, upserts: &[OutboxUpsert]) 
             .bind(u.origin_observed_at)
             .bind(u.now);
     }
-    q.execute(&mut **tx).await?;
-    Ok(())
+    q
 }
 
 impl HistoryRow {

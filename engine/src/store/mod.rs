@@ -4,7 +4,9 @@
 //! One [`Store`] type serves both through sqlx's `Any` driver. The SQL is written once with `$n`
 //! placeholders, which both backends accept; the few dialect differences (row locks,
 //! `SKIP LOCKED`) are in [`Dialect`]. Each backend owns its migrations, in `schema/sqlite` and
-//! `schema/postgres`, embedded in the binary.
+//! `schema/postgres`, embedded in the binary. The statements of a transaction that do not
+//! depend on each other's results are sent together (module `script`): on SQLite in one round
+//! trip to the connection's thread, on PostgreSQL one by one.
 //!
 //! Concurrency: on PostgreSQL, inbox and outbox rows are claimed with `FOR UPDATE SKIP LOCKED`
 //! and a lease, so each row is processed by one instance at a time and a stopped instance's
@@ -15,6 +17,7 @@
 mod directory;
 mod inbox;
 mod outbox;
+mod script;
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -28,6 +31,7 @@ pub use inbox::{Enqueued, InboxRow, Resolved, UnreadableRow};
 pub use outbox::{FinishedWrite, OutboxRow, WriteResult};
 
 use crate::model::{Availability, Millis, RepId};
+use script::{Script, Statement};
 
 /// Store errors.
 #[derive(Debug, thiserror::Error)]
@@ -551,36 +555,34 @@ struct HistoryRow {
     detail: String,
 }
 
-/// Insert `rows` into the history, one statement per [`ROWS_PER_STATEMENT`].
-async fn insert_history(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    rows: &[HistoryRow],
-) -> Result<()> {
-    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        let sql = format!(
-            "INSERT INTO history (rep_id, system, external_id, delivery_key, at, rule, outcome,
-                                  availability, canonical_version, writes, detail)
-             VALUES {}",
-            tuples(1, chunk.len(), 11)
-        );
-        let mut q = sqlx::query(&sql);
-        for h in chunk {
-            q = q
-                .bind(h.rep.as_deref())
-                .bind(h.system.as_str())
-                .bind(h.external_id.as_str())
-                .bind(h.delivery_key.as_deref())
-                .bind(h.at)
-                .bind(h.rule.as_str())
-                .bind(h.outcome.as_str())
-                .bind(h.availability)
-                .bind(h.version)
-                .bind(h.writes.as_deref())
-                .bind(h.detail.as_str());
-        }
-        q.execute(&mut **tx).await?;
-    }
-    Ok(())
+/// The statements inserting `rows` into the history, one per [`ROWS_PER_STATEMENT`].
+fn insert_history(rows: &[HistoryRow]) -> Vec<Statement<'_>> {
+    rows.chunks(ROWS_PER_STATEMENT)
+        .map(|chunk| {
+            let sql = format!(
+                "INSERT INTO history (rep_id, system, external_id, delivery_key, at, rule, outcome,
+                                      availability, canonical_version, writes, detail)
+                 VALUES {}",
+                tuples(1, chunk.len(), 11)
+            );
+            let mut q = Statement::new(sql);
+            for h in chunk {
+                q = q
+                    .bind(h.rep.as_deref())
+                    .bind(h.system.as_str())
+                    .bind(h.external_id.as_str())
+                    .bind(h.delivery_key.as_deref())
+                    .bind(h.at)
+                    .bind(h.rule.as_str())
+                    .bind(h.outcome.as_str())
+                    .bind(h.availability)
+                    .bind(h.version)
+                    .bind(h.writes.as_deref())
+                    .bind(h.detail.as_str());
+            }
+            q
+        })
+        .collect()
 }
 
 #[cfg(test)]

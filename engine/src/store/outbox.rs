@@ -21,7 +21,10 @@ use sqlx::{Row, Transaction};
 
 use std::collections::HashMap;
 
-use super::{from_json, insert_history, to_json, tuples, HistoryRow, Result, Store};
+use super::{
+    from_json, insert_history, to_json, tuples, Dialect, HistoryRow, Result, Script, Statement,
+    Store,
+};
 use crate::model::{Availability, Desired, ExternalId, Millis, RepId, SystemId, WrittenState};
 
 /// A claimed outbox row.
@@ -253,14 +256,14 @@ impl Store {
             if run.len() == super::ROWS_PER_STATEMENT
                 || !keys.insert((&w.row.rep_id, &w.row.target))
             {
-                record_done(&mut tx, &run, instance, &untimed).await?;
+                record_done(&mut tx, self.dialect, &run, instance, &untimed).await?;
                 run.clear();
                 keys.clear();
                 keys.insert((&w.row.rep_id, &w.row.target));
             }
             run.push(w);
         }
-        record_done(&mut tx, &run, instance, &untimed).await?;
+        record_done(&mut tx, self.dialect, &run, instance, &untimed).await?;
         for w in failed {
             if let WriteResult::Failed {
                 permanent,
@@ -382,9 +385,11 @@ fn wrote(row: &OutboxRow) -> String {
 }
 
 /// Record confirmed writes, whose (representative, target) pairs are distinct, a statement per
-/// table: what [`Store::finish_writes`] records for one confirmed write, for all of them.
+/// table: what [`Store::finish_writes`] records for one confirmed write, for all of them. The
+/// statements go in two [`Script`]s: the second's depend on what the first read.
 async fn record_done(
     tx: &mut Transaction<'_, Any>,
+    dialect: Dialect,
     done: &[&FinishedWrite],
     instance: &str,
     untimed: impl Fn(&SystemId) -> bool,
@@ -392,6 +397,7 @@ async fn record_done(
     if done.is_empty() {
         return Ok(());
     }
+    let mut script = Script::new(dialect);
     // The expectations are complete: their echo carries a time before now.
     let completed: Vec<(i64, Millis)> = done
         .iter()
@@ -403,11 +409,11 @@ async fn record_done(
              FROM (VALUES {}) AS v WHERE expectations.id = v.column1",
             tuples(1, completed.len(), 2)
         );
-        let mut q = sqlx::query(&sql);
+        let mut q = Statement::new(sql);
         for (id, at) in &completed {
             q = q.bind(*id).bind(*at);
         }
-        q.execute(&mut **tx).await?;
+        script.push(q);
     }
     // A write that outlived its lease may finish after a newer one: the record of what was
     // written never goes backwards.
@@ -415,12 +421,13 @@ async fn record_done(
         "SELECT rep_id, system, written FROM system_state WHERE rep_id IN ({})",
         super::placeholders(1, done.len())
     );
-    let mut q = sqlx::query(&sql);
+    let mut q = Statement::new(sql);
     for w in done {
         q = q.bind(w.row.rep_id.as_str());
     }
+    script.push(q);
     let mut recorded: HashMap<(String, String), WrittenState> = HashMap::new();
-    for r in q.fetch_all(&mut **tx).await? {
+    for r in script.run(tx).await? {
         if let Some(w) = r.try_get::<Option<String>, _>("written")? {
             recorded.insert(
                 (r.try_get("rep_id")?, r.try_get("system")?),
@@ -428,6 +435,7 @@ async fn record_done(
             );
         }
     }
+    let mut script = Script::new(dialect);
     let forward: Vec<&&FinishedWrite> = done
         .iter()
         .filter(|w| {
@@ -443,7 +451,7 @@ async fn record_done(
              ON CONFLICT (rep_id, system) DO UPDATE SET written = excluded.written",
             tuples(1, forward.len(), 3)
         );
-        let mut q = sqlx::query(&sql);
+        let mut q = Statement::new(sql);
         for w in &forward {
             let written = WrittenState {
                 availability: w.row.desired.availability(),
@@ -455,39 +463,29 @@ async fn record_done(
                 .bind(w.row.target.as_str())
                 .bind(to_json(&written));
         }
-        q.execute(&mut **tx).await?;
+        script.push(q);
     }
     // The rows are done with; one whose desired state was replaced while its write was on the
-    // wire is given back instead, to be written again.
+    // wire is given back instead, to be written again (below: the only rows this script
+    // returns are the ones it removed).
     let sql = format!(
         "DELETE FROM outbox WHERE claimed_by = $1 AND (rep_id, target, seq) IN (VALUES {})
          RETURNING rep_id, target",
         tuples(2, done.len(), 3)
     );
-    let mut q = sqlx::query(&sql).bind(instance);
+    let mut q = Statement::new(sql).bind(instance);
     for w in done {
         q = q
             .bind(w.row.rep_id.as_str())
             .bind(w.row.target.as_str())
             .bind(w.row.seq);
     }
-    let mut removed = std::collections::HashSet::new();
-    for r in q.fetch_all(&mut **tx).await? {
-        removed.insert((
-            r.try_get::<String, _>("rep_id")?,
-            r.try_get::<String, _>("target")?,
-        ));
-    }
-    for w in done {
-        if !removed.contains(&(w.row.rep_id.to_string(), w.row.target.to_string())) {
-            release(tx, &w.row, instance, None).await?;
-        }
-    }
+    script.push(q);
     let rows: Vec<HistoryRow> = done
         .iter()
         .map(|w| history_row(&w.row, w.at, "ok", wrote(&w.row)))
         .collect();
-    insert_history(tx, &rows).await?;
+    script.extend(insert_history(&rows));
     let newest: Vec<(&FinishedWrite, i64)> = done
         .iter()
         .filter_map(|w| newest_expectation(w, &untimed).map(|n| (*w, n)))
@@ -500,14 +498,26 @@ async fn record_done(
                AND expectations.id < v.column3 AND expectations.superseded = 0",
             tuples(1, newest.len(), 3)
         );
-        let mut q = sqlx::query(&sql);
+        let mut q = Statement::new(sql);
         for (w, n) in &newest {
             q = q
                 .bind(w.row.rep_id.as_str())
                 .bind(w.row.target.as_str())
                 .bind(*n);
         }
-        q.execute(&mut **tx).await?;
+        script.push(q);
+    }
+    let mut removed = std::collections::HashSet::new();
+    for r in script.run(tx).await? {
+        removed.insert((
+            r.try_get::<String, _>("rep_id")?,
+            r.try_get::<String, _>("target")?,
+        ));
+    }
+    for w in done {
+        if !removed.contains(&(w.row.rep_id.to_string(), w.row.target.to_string())) {
+            release(tx, &w.row, instance, None).await?;
+        }
     }
     Ok(())
 }
@@ -552,7 +562,10 @@ async fn record_failed(
             row.target,
             describe(&row.desired)
         );
-        insert_history(tx, &[history_row(row, w.at, class, detail)]).await
+        for q in insert_history(&[history_row(row, w.at, class, detail)]) {
+            q.run(tx).await?;
+        }
+        Ok(())
     } else {
         release(tx, row, instance, Some(retry_at)).await
     }
