@@ -40,7 +40,26 @@ pub struct RulesConfig {
     /// A source timestamp more than this far ahead of presync's clock is clamped to presync's
     /// clock plus this bound, so a system with a fast clock cannot win every future conflict.
     pub max_clock_skew_ms: i64,
+    /// How a change that a reconcile pass finds in a system without timestamps of its own
+    /// (Teams) is ordered against a dated change made since presync last saw that system.
+    pub undated_changes: UndatedChanges,
     pub policies: Policies,
+}
+
+/// See [`RulesConfig::undated_changes`]. Teams gives no time for a presence change; a missed
+/// change that a reconcile read finds happened at some time after presync's last sight of the
+/// representative there, and the read's time is only an upper bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UndatedChanges {
+    /// When the canonical state comes from a dated change (Dataverse's
+    /// `msdyn_presencemodifiedon`) made after that last sight, the dated change holds and the
+    /// undated system is repaired to it: a person's recorded choice is never overwritten by a
+    /// state whose time is unknown.
+    #[default]
+    DatedWins,
+    /// The read's time decides: the missed change wins over every change made since that sight.
+    ReadTime,
 }
 
 impl Default for RulesConfig {
@@ -49,6 +68,7 @@ impl Default for RulesConfig {
             echo_ttl_ms: 10 * 60 * 1000,
             system_priority: Vec::new(),
             max_clock_skew_ms: 5_000,
+            undated_changes: UndatedChanges::default(),
             policies: Policies::default(),
         }
     }

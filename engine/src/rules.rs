@@ -30,13 +30,18 @@
 //!    to every target an edge from its system reaches, never back to it; a pending write to its
 //!    own system is cancelled, and for a system with contribution semantics presync's own
 //!    contribution there is withdrawn, so that it cannot hold the aggregate (the sticky echo).
+//!    A reconcile read of a system without timestamps (Teams) is dated by the read; a change it
+//!    shows happened at an unknown time after presync last saw that system. When the canonical
+//!    state comes from a dated change made after that sight, the order is unknown and, by
+//!    default (`undated_changes = "dated_wins"`), the dated change holds and the system is
+//!    repaired; `"read_time"` lets the read's time decide.
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::RulesConfig;
+use crate::config::{RulesConfig, UndatedChanges};
 use crate::connector::WriteSemantics;
 use crate::model::{
     Availability, Desired, Expectation, ExternalId, Millis, Observation, ObservationKind,
@@ -550,6 +555,27 @@ pub fn decide(
         Ordering::Equal => &current.source == sys || rank(cfg, sys) < rank(cfg, &current.source),
     };
     if newer {
+        if let Some(since) = unplaced_since(obs, a, &state, current, timed, ctx) {
+            let mut d = Decision::new(
+                Rule::Superseded,
+                Outcome::Recorded,
+                a,
+                format!(
+                    "{a} from {sys}, read by a reconcile pass, changed at an unknown time after \
+                     {since}; the canonical {} from {} at {} is dated and holds",
+                    current.availability, current.source, current.source_time
+                ),
+            );
+            d.observed = Some(record(state.observed.as_ref(), observed_now));
+            d.close_expectations = close;
+            d.supersede_expectations = supersede;
+            let why = d.detail.clone();
+            drift_repair(&mut d, view, sys, ctx, false);
+            if d.rule == Rule::Drift {
+                d.detail = format!("{why}: repairing {sys}");
+            }
+            return d;
+        }
         return apply(
             obs,
             a,
@@ -576,6 +602,45 @@ pub fn decide(
     // something stale and nothing is on its way there. (A reconcile read repairs in any case.)
     drift_repair(&mut d, view, sys, ctx, obs.kind == ObservationKind::Event);
     d
+}
+
+/// When a reconcile read of a system without timestamps of its own shows a change presync
+/// missed, and the canonical state comes from a dated change made after presync last saw that
+/// system, the two cannot be ordered: the missed change happened at some time after that last
+/// sight, before or after the dated one. The read's own time would put it after every change
+/// made meanwhile. With [`UndatedChanges::DatedWins`] (the default) the dated change holds:
+/// `Some` of the last sight's time. `None` where the order is known or the policy is
+/// [`UndatedChanges::ReadTime`].
+fn unplaced_since(
+    obs: &Observation,
+    a: Availability,
+    state: &SystemState,
+    current: &Presence,
+    timed: bool,
+    ctx: Context<'_>,
+) -> Option<Millis> {
+    if timed
+        || obs.kind != ObservationKind::Reconcile
+        || ctx.config.undated_changes != UndatedChanges::DatedWins
+        || current.source == obs.system
+    {
+        return None;
+    }
+    let dated = ctx
+        .topology
+        .capabilities(&current.source)
+        .is_some_and(|c| c.source_timestamps);
+    // The last sight: the last observation there, or a write of presync's that landed there
+    // later and that the read contradicts (the system showed something else after it: a change
+    // since, or the person's own state holding against presync's contribution).
+    let observed = state.observed.as_ref()?.source_time;
+    let contradicted = state
+        .written
+        .as_ref()
+        .filter(|w| w.availability.is_some_and(|wa| wa != a))
+        .map_or(observed, |w| w.written_at);
+    let since = observed.max(contradicted);
+    (dated && current.source_time > since).then_some(since)
 }
 
 /// The observation becomes canonical: queue writes to every target of its system.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::clock::ManualClock;
-use crate::config::{DebounceOffline, ManualWins, Remap};
+use crate::config::{DebounceOffline, ManualWins, Remap, UndatedChanges};
 use crate::connector::Connector;
 use crate::memory::MemorySystem;
 use crate::model::{NativeState, WrittenState};
@@ -53,15 +53,18 @@ fn untimed_topology() -> Topology {
 }
 
 fn decide_untimed(o: &Observation, v: &RepView) -> Decision {
+    decide_untimed_with(o, v, &RulesConfig::default())
+}
+
+fn decide_untimed_with(o: &Observation, v: &RepView, cfg: &RulesConfig) -> Decision {
     let topo = untimed_topology();
-    let cfg = RulesConfig::default();
-    let a = remap(&cfg, o, o.native.code.parse().unwrap_or(Offline));
+    let a = remap(cfg, o, o.native.code.parse().unwrap_or(Offline));
     decide(
         o,
         a,
         v,
         Context {
-            config: &cfg,
+            config: cfg,
             topology: &topo,
             now: o.observed_at,
         },
@@ -515,6 +518,58 @@ fn a_reconcile_read_of_a_missed_change_is_applied() {
     let d = decide_default(&o, &v);
     assert_eq!(d.rule, Rule::LastWriterWins);
     assert_eq!(upserts(&d), vec![(TEAMS.into(), Some(Busy))]);
+}
+
+/// Found by the soak: the person cleared DND in Teams (the notification was lost), then set DND
+/// in D365, which agreed with the canonical state. The reconcile's read of Teams, dated by the
+/// read, put the older Teams change after the D365 one and overwrote the person's D365 DND.
+#[test]
+fn a_missed_undated_change_does_not_overwrite_a_dated_change_made_after_the_last_sight() {
+    let mut v = view();
+    // Teams was last seen DoNotDisturb at T0; D365 set DoNotDisturb at T0 + 50.
+    v.canonical = Some(presence(D365, DoNotDisturb, T0 + 50, 3));
+    v.systems.entry(TEAMS.into()).or_default().observed = Some(observed(DoNotDisturb, T0));
+    v.systems.entry(D365.into()).or_default().observed = Some(observed(DoNotDisturb, T0 + 50));
+    // Teams changed at some time after T0: the read at T0 + 1000 cannot tell when.
+    let o = reconcile_read(TEAMS, Available, T0 + 1_000, T0 + 1_000);
+    let d = decide_untimed(&o, &v);
+    assert_eq!(d.rule, Rule::Drift, "{}", d.detail);
+    assert!(d.detail.contains("unknown time"), "{}", d.detail);
+    assert!(d.canonical.is_none(), "{}", d.detail);
+    assert_eq!(upserts(&d), vec![(TEAMS.into(), Some(DoNotDisturb))]);
+    assert_eq!(
+        d.observed.as_ref().map(|o| o.availability),
+        Some(Available),
+        "what Teams shows is recorded"
+    );
+
+    // With the read's time deciding, the Teams change wins (the behaviour before the policy).
+    let mut cfg = RulesConfig::default();
+    cfg.undated_changes = UndatedChanges::ReadTime;
+    let d = decide_untimed_with(&o, &v, &cfg);
+    assert_eq!(d.rule, Rule::LastWriterWins, "{}", d.detail);
+    assert_eq!(upserts(&d), vec![(D365.into(), Some(Available))]);
+
+    // A notification is not a bulk read: it arrives as the change is made, so its time stands.
+    let mut event = o.clone();
+    event.kind = ObservationKind::Event;
+    assert_eq!(decide_untimed(&event, &v).rule, Rule::LastWriterWins);
+}
+
+#[test]
+fn a_missed_undated_change_after_the_last_sight_wins_over_an_older_dated_change() {
+    // D365 changed at T0 + 50; Teams was seen after that (T0 + 60) and changed later unseen:
+    // the order is known and the Teams change wins.
+    let mut v = view();
+    v.canonical = Some(presence(D365, Busy, T0 + 50, 3));
+    v.systems.entry(TEAMS.into()).or_default().observed = Some(observed(Busy, T0 + 60));
+    v.systems.entry(D365.into()).or_default().observed = Some(observed(Busy, T0 + 50));
+    let d = decide_untimed(
+        &reconcile_read(TEAMS, Available, T0 + 1_000, T0 + 1_000),
+        &v,
+    );
+    assert_eq!(d.rule, Rule::LastWriterWins, "{}", d.detail);
+    assert_eq!(upserts(&d), vec![(D365.into(), Some(Available))]);
 }
 
 #[test]
