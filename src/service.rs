@@ -60,7 +60,7 @@ struct Shared {
 /// read and lifecycle events.
 struct TeamsNotifications {
     manager: Arc<SubscriptionManager>,
-    reread: tokio::sync::mpsc::UnboundedReceiver<String>,
+    reread: tokio::sync::mpsc::UnboundedReceiver<(String, presync_engine::Millis)>,
     lifecycle: tokio::sync::mpsc::UnboundedReceiver<LifecycleItem>,
     connector: Arc<TeamsConnector>,
 }

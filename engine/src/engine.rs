@@ -905,6 +905,7 @@ impl Engine {
                     kind: ObservationKind::Reconcile,
                     delivery_key: format!("{prefix}{system}:{}", s.external_id),
                     observed_at: now,
+                    changed_by: None,
                 };
                 let a = self.map(&obs);
                 // Unchanged since last observed: the same state, and where the system dates its

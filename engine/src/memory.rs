@@ -237,6 +237,7 @@ impl Inner {
             kind: ObservationKind::Event,
             delivery_key: format!("{}:{}:{}", self.name, user, sequence),
             observed_at: now,
+            changed_by: None,
         };
         self.deliveries.push(obs.clone());
         Some(obs)
@@ -650,6 +651,7 @@ mod tests {
             system: "mem".into(), external_id: u, native: NativeState::new("Busy").with_label("Busy"),
             source_time: 5_000, sequence: Some(2), origin: Origin::Unknown,
             kind: ObservationKind::Event, delivery_key: "mem:u1:2".into(), observed_at: 5_000,
+            changed_by: None,
         }];
         assert_eq!(deliveries, expected);
         assert_eq!(sys.writes().len(), 2, "both writes were accepted");

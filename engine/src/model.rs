@@ -223,6 +223,12 @@ pub struct Observation {
     pub delivery_key: String,
     /// When presync received it (presync's clock).
     pub observed_at: Millis,
+    /// For a system without timestamps of its own: the latest moment by which the state is
+    /// known to have been set, when that is earlier than `source_time` (presync's clock). A
+    /// state read after a notification was set before the notification arrived, however late
+    /// the read; the rules order it against other systems' changes by this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed_by: Option<Millis>,
 }
 
 /// The canonical presence of one representative.
@@ -366,6 +372,7 @@ mod tests {
             kind: ObservationKind::Reconcile,
             delivery_key: "k".into(),
             observed_at: 1_700_000_000_200,
+            changed_by: None,
         };
         let json = serde_json::to_string(&o).unwrap();
         assert_eq!(serde_json::from_str::<Observation>(&json).unwrap(), o);

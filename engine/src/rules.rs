@@ -515,10 +515,11 @@ pub fn decide(
         // The newer evidence becomes the source (same version: nothing is written), so that a
         // later, older report from the previous source is seen as drift there. Even when
         // presync's write has overwritten it since, it is the person's change at its time.
-        if source_time > current.source_time {
+        let changed = change_time(obs, source_time, ctx);
+        if changed > current.source_time {
             d.canonical = Some(Presence {
                 source: sys.clone(),
-                source_time,
+                source_time: changed,
                 native: obs.native.clone(),
                 origin: obs.origin,
                 observed_at: obs.observed_at,
@@ -549,7 +550,7 @@ pub fn decide(
         }
         return d;
     }
-    let newer = match source_time.cmp(&current.source_time) {
+    let newer = match change_time(obs, source_time, ctx).cmp(&current.source_time) {
         Ordering::Greater => true,
         Ordering::Less => false,
         Ordering::Equal => &current.source == sys || rank(cfg, sys) < rank(cfg, &current.source),
@@ -643,6 +644,20 @@ fn unplaced_since(
     (dated && current.source_time > since).then_some(since)
 }
 
+/// When the observation's state was set, for ordering it against other systems' changes: its
+/// (clamped) source time, or for a system without timestamps the earlier moment by which it is
+/// known to have been set ([`Observation::changed_by`]).
+fn change_time(obs: &Observation, source_time: Millis, ctx: Context<'_>) -> Millis {
+    let timed = ctx
+        .topology
+        .capabilities(&obs.system)
+        .is_some_and(|c| c.source_timestamps);
+    match obs.changed_by {
+        Some(by) if !timed => by.min(source_time),
+        _ => source_time,
+    }
+}
+
 /// The observation becomes canonical: queue writes to every target of its system.
 fn apply(
     obs: &Observation,
@@ -658,7 +673,7 @@ fn apply(
         availability: a,
         native: obs.native.clone(),
         source: sys.clone(),
-        source_time: observed_now.source_time,
+        source_time: change_time(obs, observed_now.source_time, ctx),
         origin: obs.origin,
         observed_at: obs.observed_at,
         version: previous.map_or(1, |p| p.version + 1),
@@ -830,11 +845,13 @@ fn drift_repair(
     if d.availability == c.availability {
         return;
     }
+    // A withdrawal of presync's contribution at that version (the state came from `sys`
+    // itself then) did not send it the canonical state.
     let written = view
         .systems
         .get(sys)
         .and_then(|s| s.written.as_ref())
-        .is_some_and(|w| w.version >= c.version);
+        .is_some_and(|w| w.version >= c.version && w.availability.is_some());
     if only_if_unwritten && written {
         return;
     }

@@ -97,6 +97,7 @@ fn obs(system: &str, a: Availability, source_time: Millis) -> Observation {
         kind: ObservationKind::Event,
         delivery_key: format!("{system}-{source_time}"),
         observed_at: source_time,
+        changed_by: None,
     }
 }
 
@@ -554,6 +555,37 @@ fn a_missed_undated_change_does_not_overwrite_a_dated_change_made_after_the_last
     let mut event = o.clone();
     event.kind = ObservationKind::Event;
     assert_eq!(decide_untimed(&event, &v).rule, Rule::LastWriterWins);
+}
+
+/// Found by the soak: the person cleared DND in Teams, then set DND in D365; the read after
+/// Teams' notification failed and was made again after the D365 change. Dated by itself, the
+/// read put the Teams change last and overwrote D365's DND; it was set by the time the
+/// notification arrived.
+#[test]
+fn a_late_read_after_a_notification_is_ordered_by_the_notification() {
+    let mut v = view();
+    v.canonical = Some(presence(D365, DoNotDisturb, T0 + 50, 6));
+    let teams = v.systems.entry(TEAMS.into()).or_default();
+    teams.observed = Some(observed(DoNotDisturb, T0));
+    // presync withdrew its session when the DND came from Teams itself.
+    teams.written = Some(written(None, 6, T0 + 5));
+    v.systems.entry(D365.into()).or_default().observed = Some(observed(DoNotDisturb, T0 + 50));
+    let mut o = obs(TEAMS, Available, T0 + 100);
+    o.changed_by = Some(T0 + 20);
+    let d = decide_untimed(&o, &v);
+    assert_eq!(d.rule, Rule::Drift, "{}", d.detail);
+    assert!(d.canonical.is_none());
+    // The withdrawal was not the canonical state: Teams is sent it.
+    assert_eq!(upserts(&d), vec![(TEAMS.into(), Some(DoNotDisturb))]);
+
+    // Without the notification's time the read's own decides, as before.
+    o.changed_by = None;
+    let d = decide_untimed(&o, &v);
+    assert_eq!(d.rule, Rule::LastWriterWins, "{}", d.detail);
+    assert_eq!(upserts(&d), vec![(D365.into(), Some(Available))]);
+    // A notification after the D365 change: the Teams change is newer.
+    o.changed_by = Some(T0 + 60);
+    assert_eq!(decide_untimed(&o, &v).rule, Rule::LastWriterWins);
 }
 
 #[test]

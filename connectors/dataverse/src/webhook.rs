@@ -279,6 +279,7 @@ fn observation(ingress: &Ingress, change: &AgentStatusChange) -> Option<Observat
         kind: ObservationKind::Event,
         delivery_key: change.delivery_key.clone(),
         observed_at: now,
+        changed_by: None,
     })
 }
 

@@ -82,6 +82,7 @@ impl Poller {
                 origin: Origin::Unknown,
                 kind,
                 observed_at: now,
+                changed_by: None,
             });
             n += 1;
             // Stored in chunks: the first pass reports every user, and 100,000 observations

@@ -18,7 +18,7 @@
 //! keys (presync cannot reach them from here, and the simulator's tokens are not Microsoft's):
 //! items are authenticated by `clientState`, and rich ones also by the HMAC of their content.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,7 +30,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use presync_engine::engine::Engine;
-use presync_engine::{ExternalId, NativeState, Observation, ObservationKind, Origin, SystemId};
+use presync_engine::{
+    ExternalId, Millis, NativeState, Observation, ObservationKind, Origin, SystemId,
+};
 use serde_json::json;
 use tokio::sync::mpsc;
 use tracing::{debug, error, warn};
@@ -67,8 +69,9 @@ pub struct TeamsIngress {
     pub client_state: String,
     /// Keys for rich notifications, when configured.
     pub keys: Option<DecryptionKeys>,
-    /// Users whose presence must be read (basic notifications).
-    pub reread: mpsc::UnboundedSender<String>,
+    /// Users whose presence must be read (basic notifications), with when the notification
+    /// arrived.
+    pub reread: mpsc::UnboundedSender<(String, Millis)>,
     /// Lifecycle events for the subscription manager.
     pub lifecycle: mpsc::UnboundedSender<LifecycleItem>,
     pub stats: TeamsIngressStats,
@@ -199,54 +202,63 @@ fn change(ingress: &TeamsIngress, mut c: ChangeItem) -> Option<Observation> {
                     uuid::Uuid::new_v4().simple()
                 ),
                 observed_at: now,
+                changed_by: None,
             })
         }
         (None, _) => {
             ingress.stats.rereads_queued.fetch_add(1, Ordering::Relaxed);
-            let _ = ingress.reread.send(user);
+            let _ = ingress.reread.send((user, ingress.engine.now()));
             None
         }
     }
 }
 
 /// Read the users queued by basic notifications, coalescing those that arrive within `window`
-/// into one `getPresencesByUserId` call per 650, and store what is read.
+/// into one `getPresencesByUserId` call per 650, and store what is read. Each state read is
+/// known to have been set by the time its user's last notification arrived
+/// ([`Observation::changed_by`]), however late the read (after a throttled or failed one).
 pub fn spawn_reader(
     engine: Engine,
     system: SystemId,
     connector: Arc<TeamsConnector>,
-    mut queue: mpsc::UnboundedReceiver<String>,
+    mut queue: mpsc::UnboundedReceiver<(String, Millis)>,
     window: Duration,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         // Users read while a write of presync's to them was landing, or whose read failed:
-        // read again next round.
-        let mut again = BTreeSet::new();
+        // read again next round. Each with when its last notification arrived.
+        let mut again: BTreeMap<String, Millis> = BTreeMap::new();
         // Failed reads in a row, for the backoff.
         let mut failures: u32 = 0;
+        let notified = |users: &mut BTreeMap<String, Millis>, (user, at): (String, Millis)| {
+            let last = users.entry(user).or_insert(at);
+            *last = (*last).max(at);
+        };
         loop {
             let mut users = std::mem::take(&mut again);
             if users.is_empty() {
                 match queue.recv().await {
-                    Some(first) => {
-                        users.insert(first);
-                    }
+                    Some(first) => notified(&mut users, first),
                     None => return,
                 }
             }
             let deadline = tokio::time::Instant::now() + window;
             while let Ok(Some(u)) = tokio::time::timeout_at(deadline, queue.recv()).await {
-                users.insert(u);
+                notified(&mut users, u);
             }
-            let ids: Vec<ExternalId> = users.into_iter().map(ExternalId).collect();
+            let ids: Vec<ExternalId> = users.keys().cloned().map(ExternalId).collect();
             match connector.read_dated(&ids).await {
                 Ok(read) => {
-                    again.extend(read.racing.into_iter().map(|u| u.as_str().to_owned()));
+                    for u in read.racing {
+                        let at = notified_at(&users, u.as_str()).unwrap_or_else(|| engine.now());
+                        again.insert(u.0, at);
+                    }
                     let now = engine.now();
                     let observations = read
                         .states
                         .into_iter()
                         .map(|s| Observation {
+                            changed_by: notified_at(&users, s.external_id.as_str()),
                             system: system.clone(),
                             delivery_key: format!(
                                 "teams:read:{}:{}",
@@ -279,7 +291,7 @@ pub fn spawn_reader(
                         .unwrap_or_else(|| reread_backoff(failures))
                         .min(MAX_REREAD_WAIT);
                     warn!(error = %e, users = ids.len(), retry_in_ms = wait.as_millis() as u64, "Read after notifications failed; reading again");
-                    again.extend(ids.into_iter().map(|id| id.as_str().to_owned()));
+                    again.extend(users);
                     tokio::time::sleep(wait).await;
                     continue;
                 }
@@ -289,6 +301,16 @@ pub fn spawn_reader(
             }
             failures = 0;
         }
+    })
+}
+
+/// When the last notification about `user` arrived (Graph ids compare without case).
+fn notified_at(users: &BTreeMap<String, Millis>, user: &str) -> Option<Millis> {
+    users.get(user).copied().or_else(|| {
+        users
+            .iter()
+            .find(|(u, _)| u.eq_ignore_ascii_case(user))
+            .map(|(_, at)| *at)
     })
 }
 

@@ -218,7 +218,7 @@ async fn basic_notifications_become_one_coalesced_read() {
     );
     w.sim.person_joins_meeting(AAD);
     for _ in 0..3 {
-        tx.send(AAD.to_owned()).unwrap();
+        tx.send((AAD.to_owned(), w.engine.now())).unwrap();
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -258,7 +258,9 @@ async fn a_read_after_notifications_that_fails_is_read_again() {
     w.sim.inject(Fault::ServerError(503));
     w.sim.inject(Fault::RateLimited { retry_after: 0.2 });
     w.sim.person_joins_meeting(AAD);
-    tx.send(AAD.to_owned()).unwrap();
+    // The notification arrived 3 s before the read that succeeds.
+    let notified = w.engine.now() - 3_000;
+    tx.send((AAD.to_owned(), notified)).unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while w.engine.store().queue_depths().await.unwrap().inbox == 0 {
         assert!(
@@ -276,6 +278,15 @@ async fn a_read_after_notifications_that_fails_is_read_again() {
         .collect();
     assert_eq!(statuses, [503, 429, 200]);
     reader.abort();
+    // Found by `presync soak`: the late read dated the meeting by itself, after a D365 change
+    // made meanwhile. The meeting was set by the time the notification arrived.
+    w.engine.resolve_pending().await.unwrap();
+    let view = w.engine.store().rep_view(&"rep".into()).await.unwrap();
+    let canonical = view.canonical.unwrap();
+    assert_eq!(
+        (canonical.availability, canonical.source_time),
+        (Availability::Busy, notified)
+    );
 }
 
 /// A second connector on the same simulator, for tests that need the concrete type.
