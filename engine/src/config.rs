@@ -216,6 +216,17 @@ mod tests {
     }
 
     #[test]
+    fn undated_changes_is_named_in_snake_case_and_defaults_to_dated_wins() {
+        let c: RulesConfig = serde_json::from_str(r#"{"undated_changes":"read_time"}"#).unwrap();
+        assert_eq!(c.undated_changes, UndatedChanges::ReadTime);
+        assert_eq!(
+            RulesConfig::default().undated_changes,
+            UndatedChanges::DatedWins
+        );
+        assert!(serde_json::from_str::<RulesConfig>(r#"{"undated_changes":"newest"}"#).is_err());
+    }
+
+    #[test]
     fn empty_config_takes_every_default() {
         let c: EngineConfig = serde_json::from_str("{}").unwrap();
         assert_eq!(c, EngineConfig::default());
