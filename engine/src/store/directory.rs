@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use futures::TryStreamExt;
 use sqlx::Row;
 
 use super::{from_json, parse_availability, Result, Store, StoreError};
@@ -162,7 +163,7 @@ impl Store {
         &self,
         system: &SystemId,
     ) -> Result<HashMap<ExternalId, Known>> {
-        let rows = sqlx::query(
+        let mut rows = sqlx::query(
             "SELECT e.external_id, e.rep_id, c.availability AS canonical, s.observed
              FROM external_ids e
              LEFT JOIN canonical c ON c.rep_id = e.rep_id
@@ -170,10 +171,10 @@ impl Store {
              WHERE e.system = $1",
         )
         .bind(system.as_str())
-        .fetch_all(&self.pool)
-        .await?;
-        let mut out = HashMap::with_capacity(rows.len());
-        for r in rows {
+        // Row by row: every row at once is several times the map built from them.
+        .fetch(&self.pool);
+        let mut out = HashMap::new();
+        while let Some(r) = rows.try_next().await? {
             let observed: Option<String> = r.try_get("observed")?;
             let observed = observed
                 .map(|o| from_json::<ObservedState>(&o, "system_state.observed"))
