@@ -254,6 +254,8 @@ pub fn decide(
         .topology
         .capabilities(sys)
         .is_some_and(|c| c.source_timestamps);
+    // When the state was set, for ordering it against other systems' changes.
+    let changed = change_time(obs, source_time, timed);
     let skew = cfg.max_clock_skew_ms;
     let could_echo = |e: &Expectation| {
         e.availability == a
@@ -515,7 +517,6 @@ pub fn decide(
         // The newer evidence becomes the source (same version: nothing is written), so that a
         // later, older report from the previous source is seen as drift there. Even when
         // presync's write has overwritten it since, it is the person's change at its time.
-        let changed = change_time(obs, source_time, ctx);
         if changed > current.source_time {
             d.canonical = Some(Presence {
                 source: sys.clone(),
@@ -550,7 +551,7 @@ pub fn decide(
         }
         return d;
     }
-    let newer = match change_time(obs, source_time, ctx).cmp(&current.source_time) {
+    let newer = match changed.cmp(&current.source_time) {
         Ordering::Greater => true,
         Ordering::Less => false,
         Ordering::Equal => &current.source == sys || rank(cfg, sys) < rank(cfg, &current.source),
@@ -647,11 +648,7 @@ fn unplaced_since(
 /// When the observation's state was set, for ordering it against other systems' changes: its
 /// (clamped) source time, or for a system without timestamps the earlier moment by which it is
 /// known to have been set ([`Observation::changed_by`]).
-fn change_time(obs: &Observation, source_time: Millis, ctx: Context<'_>) -> Millis {
-    let timed = ctx
-        .topology
-        .capabilities(&obs.system)
-        .is_some_and(|c| c.source_timestamps);
+fn change_time(obs: &Observation, source_time: Millis, timed: bool) -> Millis {
     match obs.changed_by {
         Some(by) if !timed => by.min(source_time),
         _ => source_time,
@@ -669,11 +666,13 @@ fn apply(
     previous: Option<&Presence>,
 ) -> Decision {
     let sys = &obs.system;
+    let caps = ctx.topology.capabilities(sys);
+    let timed = caps.is_some_and(|c| c.source_timestamps);
     let presence = Presence {
         availability: a,
         native: obs.native.clone(),
         source: sys.clone(),
-        source_time: change_time(obs, observed_now.source_time, ctx),
+        source_time: change_time(obs, observed_now.source_time, timed),
         origin: obs.origin,
         observed_at: obs.observed_at,
         version: previous.map_or(1, |p| p.version + 1),
@@ -710,7 +709,7 @@ fn apply(
     // The system that reported the new state must not receive an older pending write, and a
     // contribution of presync's there must not hold its aggregate.
     let own = view.systems.get(sys);
-    let semantics = ctx.topology.capabilities(sys).map(|c| c.write_semantics);
+    let semantics = caps.map(|c| c.write_semantics);
     let contributes = semantics == Some(WriteSemantics::Contribution)
         && own
             .and_then(|s| s.written.as_ref())

@@ -230,9 +230,12 @@ pub fn spawn_reader(
         let mut again: BTreeMap<String, Millis> = BTreeMap::new();
         // Failed reads in a row, for the backoff.
         let mut failures: u32 = 0;
+        // Ids come lowercased from the notifications and from the read alike.
         let notified = |users: &mut BTreeMap<String, Millis>, (user, at): (String, Millis)| {
-            let last = users.entry(user).or_insert(at);
-            *last = (*last).max(at);
+            users
+                .entry(user)
+                .and_modify(|last| *last = (*last).max(at))
+                .or_insert(at);
         };
         loop {
             let mut users = std::mem::take(&mut again);
@@ -250,15 +253,16 @@ pub fn spawn_reader(
             match connector.read_dated(&ids).await {
                 Ok(read) => {
                     for u in read.racing {
-                        let at = notified_at(&users, u.as_str()).unwrap_or_else(|| engine.now());
-                        again.insert(u.0, at);
+                        if let Some((user, at)) = users.remove_entry(u.as_str()) {
+                            again.insert(user, at);
+                        }
                     }
                     let now = engine.now();
                     let observations = read
                         .states
                         .into_iter()
                         .map(|s| Observation {
-                            changed_by: notified_at(&users, s.external_id.as_str()),
+                            changed_by: users.get(s.external_id.as_str()).copied(),
                             system: system.clone(),
                             delivery_key: format!(
                                 "teams:read:{}:{}",
@@ -301,16 +305,6 @@ pub fn spawn_reader(
             }
             failures = 0;
         }
-    })
-}
-
-/// When the last notification about `user` arrived (Graph ids compare without case).
-fn notified_at(users: &BTreeMap<String, Millis>, user: &str) -> Option<Millis> {
-    users.get(user).copied().or_else(|| {
-        users
-            .iter()
-            .find(|(u, _)| u.eq_ignore_ascii_case(user))
-            .map(|(_, at)| *at)
     })
 }
 
