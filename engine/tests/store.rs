@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use common::{rep, user, World, T0};
+use common::{rep, user, TestDb, World, T0};
 use presync_engine::clock::ManualClock;
 use presync_engine::config::EngineConfig;
 use presync_engine::memory::MemorySystem;
@@ -490,14 +490,22 @@ async fn an_unreadable_inbox_row_is_set_aside_without_holding_up_the_others(url:
         .person_sets(&user("teams", 0), Availability::Away)
         .unwrap();
     w.engine.ingest(good.clone()).await.unwrap();
-    // Corrupt the first row behind the store's back (a bad upgrade, a disk fault).
+    // Corrupt the first row behind the store's back (a bad upgrade, a disk fault): on SQLite
+    // it waits in the intake file, on PostgreSQL in the inbox.
     sqlx::any::install_default_drivers();
-    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
-    sqlx::query("UPDATE inbox SET observation = 'not json' WHERE delivery_key = $1")
-        .bind(bad.delivery_key.as_str())
-        .execute(&pool)
-        .await
-        .unwrap();
+    let (file, table) = match presync_engine::store::intake_path(&url) {
+        Some(intake) => (format!("sqlite:{intake}"), "intake"),
+        None => (url.clone(), "inbox"),
+    };
+    let pool = sqlx::AnyPool::connect(&file).await.unwrap();
+    let corrupted = sqlx::query(&format!(
+        "UPDATE {table} SET observation = 'not json' WHERE delivery_key = $1"
+    ))
+    .bind(bad.delivery_key.as_str())
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert_eq!(corrupted.rows_affected(), 1);
     pool.close().await;
     w.engine.resolve_pending().await.unwrap();
     let h = w
@@ -698,3 +706,105 @@ on_both_backends!(
     a_row_that_fails_in_a_resolved_batch_is_retried_alone,
     a_write_whose_outcome_cannot_be_recorded_is_made_again_alone,
 );
+
+/// Rows in `table` of the SQLite file `file`, read behind the store's back.
+async fn rows_in(file: &str, table: &str) -> i64 {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&format!("sqlite:{file}"))
+        .await
+        .unwrap();
+    let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    n
+}
+
+/// On SQLite an acknowledged observation waits in the intake file, is moved into the inbox by
+/// the pipeline and resolved once; a crash between the move's commit and the intake's delete
+/// (the row in both files) neither resolves it again nor lets it in again as new.
+#[tokio::test]
+async fn on_sqlite_an_observation_moves_from_the_intake_to_the_inbox_once() {
+    let db = TestDb::sqlite();
+    let url = db.url();
+    let file = url.strip_prefix("sqlite:").unwrap().to_owned();
+    let intake = presync_engine::store::intake_path(&url).unwrap();
+    let (w, o) = world_after_a_change(&url).await;
+    assert_eq!(
+        w.engine.ingest(o.clone()).await.unwrap(),
+        Enqueued::Accepted
+    );
+    assert_eq!(rows_in(&intake, "intake").await, 1);
+    assert_eq!(rows_in(&file, "inbox").await, 0);
+    let store = w.engine.store().clone();
+    assert_eq!(store.queue_depths().await.unwrap().inbox, 1);
+    assert_eq!(
+        store.enqueue(std::slice::from_ref(&o), T0).await.unwrap(),
+        vec![Enqueued::Duplicate]
+    );
+
+    w.engine.resolve_pending().await.unwrap();
+    assert_eq!(
+        store
+            .history_for_delivery(&o.delivery_key)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(store.queue_depths().await.unwrap().inbox, 0);
+    // Moved and resolved: a redelivery is a duplicate, found in the inbox.
+    assert_eq!(
+        store.enqueue(std::slice::from_ref(&o), T0).await.unwrap(),
+        vec![Enqueued::Duplicate]
+    );
+    store.close().await;
+    assert_eq!(
+        rows_in(&intake, "intake").await,
+        0,
+        "closing deletes moved rows"
+    );
+
+    // The crash: the row is back in the intake, and a restarted store knows nothing moved.
+    let pool = sqlx::AnyPool::connect(&format!("sqlite:{intake}"))
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO intake (delivery_key, system, external_id, observation, received_at)
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(o.delivery_key.as_str())
+    .bind(o.system.as_str())
+    .bind(o.external_id.as_str())
+    .bind(serde_json::to_string(&o).unwrap())
+    .bind(T0)
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    let store = Store::open(&url).await.unwrap();
+    assert_eq!(
+        store.queue_depths().await.unwrap().inbox,
+        1,
+        "not moved yet"
+    );
+    let claimed = store
+        .claim_and_resolve("restarted", T0 + 100, T0 + 1_000, 10, |_, _, _| {
+            unreachable!("a moved row is not resolved again")
+        })
+        .await
+        .unwrap();
+    assert_eq!(claimed.map(|c| c.len()), Some(0));
+    assert_eq!(store.queue_depths().await.unwrap().inbox, 0);
+    assert_eq!(
+        store
+            .history_for_delivery(&o.delivery_key)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    store.close().await;
+    assert_eq!(rows_in(&intake, "intake").await, 0);
+}

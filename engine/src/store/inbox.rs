@@ -57,34 +57,56 @@ pub enum Resolved {
 }
 
 impl Store {
-    /// Store observations in the inbox, in one transaction. Returns, per observation, whether it
-    /// was new. When this returns `Ok`, every accepted observation is durable.
+    /// Store observations in the inbox (on SQLite, in the intake, from where the pipeline moves
+    /// them into the inbox), in one transaction. Returns, per observation, whether it was new:
+    /// a delivery whose key the inbox or the intake holds is a duplicate. When this returns
+    /// `Ok`, every accepted observation is durable.
     pub async fn enqueue(
         &self,
         observations: &[Observation],
         now: Millis,
     ) -> Result<Vec<Enqueued>> {
+        let pool = self.intake.as_ref().map_or(&self.pool, |i| &i.pool);
         // One statement per chunk: on SQLite every statement is a round trip to the
         // connection's thread. The keys it returns are the rows it stored; a key twice in one
         // batch is stored once, for its first delivery. One statement is a transaction of its
         // own: only several need a BEGIN and a COMMIT, two more round trips.
         let mut tx = if observations.len() > ENQUEUE_ROWS_PER_STATEMENT {
-            Some(self.pool.begin().await?)
+            Some(pool.begin().await?)
         } else {
             None
         };
         let mut stored = std::collections::HashSet::new();
         for chunk in observations.chunks(ENQUEUE_ROWS_PER_STATEMENT) {
-            let sql = format!(
-                "INSERT INTO inbox (delivery_key, system, external_id, observation, received_at, not_before)
-                 VALUES {}
-                 ON CONFLICT (delivery_key) DO NOTHING
-                 RETURNING delivery_key",
-                shaped_tuples(2, chunk.len(), 4, |p| format!(
-                    "({}, {}, {}, {}, $1, $1)",
-                    p[0], p[1], p[2], p[3]
-                ))
-            );
+            let sql = match &self.intake {
+                None => format!(
+                    "INSERT INTO inbox (delivery_key, system, external_id, observation, received_at, not_before)
+                     VALUES {}
+                     ON CONFLICT (delivery_key) DO NOTHING
+                     RETURNING delivery_key",
+                    shaped_tuples(2, chunk.len(), 4, |p| format!(
+                        "({}, {}, {}, {}, $1, $1)",
+                        p[0], p[1], p[2], p[3]
+                    ))
+                ),
+                // In the batch's order (the fifth column); the inbox's check reads the store's
+                // file, attached as `store`, without waiting for its writer.
+                Some(_) => {
+                    let mut position = 0;
+                    format!(
+                        "INSERT INTO intake (delivery_key, system, external_id, observation, received_at)
+                         SELECT v.column1, v.column2, v.column3, v.column4, $1 FROM (VALUES {}) AS v
+                         WHERE NOT EXISTS (SELECT 1 FROM store.inbox AS i WHERE i.delivery_key = v.column1)
+                         ORDER BY v.column5
+                         ON CONFLICT (delivery_key) DO NOTHING
+                         RETURNING delivery_key",
+                        shaped_tuples(2, chunk.len(), 4, |p| {
+                            position += 1;
+                            format!("({}, {}, {}, {}, {position})", p[0], p[1], p[2], p[3])
+                        })
+                    )
+                }
+            };
             let mut q = sqlx::query_scalar::<_, String>(&sql).bind(now);
             for obs in chunk {
                 q = q
@@ -95,7 +117,7 @@ impl Store {
             }
             stored.extend(match &mut tx {
                 Some(tx) => q.fetch_all(&mut **tx).await?,
-                None => q.fetch_all(&self.pool).await?,
+                None => q.fetch_all(pool).await?,
             });
         }
         if let Some(tx) = tx {
@@ -126,11 +148,29 @@ impl Store {
     ) -> Result<Vec<std::result::Result<InboxRow, UnreadableRow>>> {
         let _turn = self.pipeline_turn().await;
         let mut conn = self.pool.acquire().await?;
-        self.claim_inbox_in(&mut conn, instance, now, claim_until, limit)
-            .await
+        let (claimed, moved) = self
+            .claim_inbox_in(&mut conn, instance, now, claim_until, limit)
+            .await?;
+        // Each statement committed on its own.
+        self.moved_through(moved).await;
+        Ok(claimed)
     }
 
-    /// The claim of [`Store::claim_inbox`], on `conn` (a transaction's, or the pool's).
+    /// After the transaction that moved intake rows up to `moved` has committed. A failure to
+    /// delete moved rows from the intake is logged, not returned: the transaction did commit,
+    /// and the delete is tried again later.
+    async fn moved_through(&self, moved: Option<i64>) {
+        if let (Some(intake), Some(last)) = (&self.intake, moved) {
+            if let Err(e) = intake.moved_through(last).await {
+                tracing::warn!(error = %e, "Could not delete moved rows from the intake; will retry");
+            }
+        }
+    }
+
+    /// The claim of [`Store::claim_inbox`], on `conn` (a transaction's, or the pool's). With an
+    /// intake, its rows are moved into the inbox first, in the same round trip; the second
+    /// value is then the last intake id moved, once the caller has committed
+    /// ([`Store::moved_through`]).
     async fn claim_inbox_in(
         &self,
         conn: &mut sqlx::AnyConnection,
@@ -138,9 +178,26 @@ impl Store {
         now: Millis,
         claim_until: Millis,
         limit: i64,
-    ) -> Result<Vec<std::result::Result<InboxRow, UnreadableRow>>> {
+    ) -> Result<(
+        Vec<std::result::Result<InboxRow, UnreadableRow>>,
+        Option<i64>,
+    )> {
+        // The last id to move is read before the move, and the move reads a snapshot no older
+        // (the same one, in a transaction): it moves every row up to that id, and maybe more,
+        // never less. A key the inbox holds already (moved before a crash let the intake
+        // delete it) is skipped.
+        let moving = if self.intake.is_some() {
+            "SELECT MAX(id) AS moved_through
+             FROM (SELECT id FROM intake.intake WHERE id > $5 ORDER BY id LIMIT $6);
+             INSERT INTO inbox (delivery_key, system, external_id, observation, received_at, not_before)
+             SELECT delivery_key, system, external_id, observation, received_at, received_at
+             FROM intake.intake WHERE id > $5 ORDER BY id LIMIT $6
+             ON CONFLICT (delivery_key) DO NOTHING;\n"
+        } else {
+            ""
+        };
         let sql = format!(
-            "UPDATE inbox SET claimed_by = $1, claim_until = $2, attempts = attempts + 1
+            "{moving}UPDATE inbox SET claimed_by = $1, claim_until = $2, attempts = attempts + 1
              WHERE id IN (SELECT id FROM inbox
                           WHERE done_at IS NULL AND not_before <= $3
                             AND (claim_until IS NULL OR claim_until < $3)
@@ -148,13 +205,19 @@ impl Store {
              RETURNING id, observation, attempts",
             self.dialect.skip_locked()
         );
-        let rows = sqlx::query(&sql)
+        let mut q = sqlx::query(&sql)
             .bind(instance)
             .bind(claim_until)
             .bind(now)
-            .bind(limit)
-            .fetch_all(&mut *conn)
-            .await?;
+            .bind(limit);
+        if let Some(intake) = &self.intake {
+            q = q.bind(intake.moved()).bind(super::intake::MOVE_ROWS);
+        }
+        let mut rows = q.fetch_all(&mut *conn).await?;
+        let moved = match self.intake {
+            Some(_) if !rows.is_empty() => rows.remove(0).try_get("moved_through")?,
+            _ => None,
+        };
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
             let id: i64 = r.try_get("id")?;
@@ -177,7 +240,7 @@ impl Store {
             Ok(row) => row.id,
             Err(bad) => bad.id,
         });
-        Ok(out)
+        Ok((out, moved))
     }
 
     /// Claim up to `limit` due inbox rows and resolve them, in one transaction: what
@@ -198,7 +261,7 @@ impl Store {
     {
         let _turn = self.pipeline_turn().await;
         let mut tx = self.pool.begin().await?;
-        let claimed = self
+        let (claimed, moved) = self
             .claim_inbox_in(&mut tx, instance, now, claim_until, limit)
             .await?;
         // Rolled back explicitly, not on drop: on PostgreSQL a dropped transaction's locks last
@@ -212,7 +275,14 @@ impl Store {
             return Ok(None);
         };
         if rows.is_empty() {
-            tx.rollback().await?;
+            // Intake rows that were all in the inbox already: committed, so that they are
+            // deleted from the intake rather than moved again at every claim.
+            if moved.is_some() {
+                tx.commit().await?;
+                self.moved_through(moved).await;
+            } else {
+                tx.rollback().await?;
+            }
             return Ok(Some(Vec::new()));
         }
         // Claimed in this transaction: no need to check that they are still held.
@@ -221,6 +291,7 @@ impl Store {
             return Ok(None);
         };
         tx.commit().await?;
+        self.moved_through(moved).await;
         Ok(Some(rows.into_iter().zip(resolved).collect()))
     }
 

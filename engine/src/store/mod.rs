@@ -12,10 +12,13 @@
 //! and a lease, so each row is processed by one instance at a time and a stopped instance's
 //! claims pass to another when the lease runs out; the resolver locks the representative's
 //! `canonical` row, so one representative is resolved by one instance at a time. On SQLite
-//! there is one connection, and one writer.
+//! there is one connection to the store's file, and one writer; ingested observations are made
+//! durable in a second file, the intake, with a connection and a writer of its own (module
+//! `intake`), and the pipeline moves them into the inbox.
 
 mod directory;
 mod inbox;
+mod intake;
 mod outbox;
 mod script;
 
@@ -28,9 +31,11 @@ use sqlx::{AnyPool, Row};
 
 pub use directory::Known;
 pub use inbox::{Enqueued, InboxRow, Resolved, UnreadableRow};
+pub use intake::intake_path;
 pub use outbox::{FinishedWrite, OutboxRow, WriteResult};
 
 use crate::model::{Availability, Millis, RepId};
+use intake::Intake;
 use script::{Script, Statement};
 
 /// Store errors.
@@ -169,6 +174,8 @@ pub struct Store {
     dialect: Dialect,
     /// On SQLite, the pipeline's turn at the one connection (see [`Store::pipeline_turn`]).
     pipeline: Arc<tokio::sync::Mutex<()>>,
+    /// On SQLite with a database file, where ingested observations land (module `intake`).
+    intake: Option<Arc<Intake>>,
 }
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../schema/sqlite");
@@ -194,11 +201,11 @@ impl Store {
 
     /// [`Store::connect`] with `options`.
     pub async fn connect_with(url: &str, options: &StoreOptions) -> Result<Store> {
-        let synchronous = options.sqlite_synchronous.pragma();
         sqlx::any::install_default_drivers();
         let dialect = Dialect::of_url(url)?;
-        let pool = match dialect {
+        let (pool, intake) = match dialect {
             Dialect::Sqlite => {
+                let synchronous = options.sqlite_synchronous.pragma();
                 let url = if url.contains("mode=") {
                     url.to_owned()
                 } else if url.contains('?') {
@@ -206,39 +213,38 @@ impl Store {
                 } else {
                     format!("{url}?mode=rwc")
                 };
-                AnyPoolOptions::new()
-                    // One connection, one writer: SQLite serialises writers anyway, and a
-                    // single connection never meets SQLITE_BUSY from itself.
-                    .max_connections(1)
-                    .after_connect(move |conn, _meta| {
-                        Box::pin(async move {
-                            for pragma in [
-                                "PRAGMA journal_mode = WAL",
-                                // FULL (the default): durable on power loss, not only on
-                                // process crash. See `SqliteSynchronous`.
-                                synchronous,
-                                "PRAGMA foreign_keys = ON",
-                                "PRAGMA busy_timeout = 10000",
-                            ] {
-                                sqlx::query(pragma).execute(&mut *conn).await?;
-                            }
-                            Ok(())
-                        })
-                    })
-                    .connect(&url)
-                    .await?
+                let intake_file = intake_path(&url);
+                // The store's connection attaches the intake file (creating it if need be) to
+                // move its rows into the inbox.
+                let attach = intake_file.clone().map(|f| (f, "intake"));
+                let pool =
+                    sqlite_pool(&url, synchronous, attach, &["PRAGMA foreign_keys = ON"]).await?;
+                let intake = match (&intake_file, intake::store_path(&url)) {
+                    (Some(file), Some(store_file)) => {
+                        let intake_url = format!("sqlite:{file}?mode=rwc");
+                        let attach = Some((store_file.to_owned(), "store"));
+                        let intake_pool =
+                            sqlite_pool(&intake_url, synchronous, attach, &[]).await?;
+                        sqlx::query(intake::SCHEMA).execute(&intake_pool).await?;
+                        Some(Arc::new(Intake::new(intake_pool)))
+                    }
+                    _ => None,
+                };
+                (pool, intake)
             }
             Dialect::Postgres => {
-                AnyPoolOptions::new()
+                let pool = AnyPoolOptions::new()
                     .max_connections(8)
                     .connect(url)
-                    .await?
+                    .await?;
+                (pool, None)
             }
         };
         Ok(Store {
             pool,
             dialect,
             pipeline: Arc::default(),
+            intake,
         })
     }
 
@@ -276,19 +282,34 @@ impl Store {
         Ok(())
     }
 
-    /// Close the pool, waiting for connections to be returned.
+    /// Close the pools, waiting for connections to be returned. Moved intake rows are deleted
+    /// first, where they can be.
     pub async fn close(&self) {
+        if let Some(intake) = &self.intake {
+            let _ = intake.delete_moved().await;
+            intake.pool.close().await;
+        }
         self.pool.close().await;
     }
 
-    /// Rows waiting in the inbox and the outbox.
+    /// Rows waiting in the inbox (the intake's included) and the outbox.
     pub async fn queue_depths(&self) -> Result<QueueDepths> {
-        let row = sqlx::query(
-            "SELECT (SELECT COUNT(*) FROM inbox WHERE done_at IS NULL) AS inbox,
-                    (SELECT COUNT(*) FROM outbox) AS outbox",
-        )
-        .fetch_one(&self.pool)
-        .await?;
+        let (landed, moved) = match &self.intake {
+            Some(intake) => (
+                " + (SELECT COUNT(*) FROM intake.intake WHERE id > $1)",
+                intake.moved(),
+            ),
+            None => ("", 0),
+        };
+        let sql = format!(
+            "SELECT (SELECT COUNT(*) FROM inbox WHERE done_at IS NULL){landed} AS inbox,
+                    (SELECT COUNT(*) FROM outbox) AS outbox"
+        );
+        let mut q = sqlx::query(&sql);
+        if self.intake.is_some() {
+            q = q.bind(moved);
+        }
+        let row = q.fetch_one(&self.pool).await?;
         Ok(QueueDepths {
             inbox: row.try_get("inbox")?,
             outbox: row.try_get("outbox")?,
@@ -359,6 +380,44 @@ impl Store {
         .await?;
         Ok(done.rows_affected() == 1)
     }
+}
+
+/// A pool of one connection to a SQLite file, in WAL mode with `synchronous` and `pragmas`,
+/// that attaches `attach`'s file under its name (each time it connects).
+async fn sqlite_pool(
+    url: &str,
+    synchronous: &'static str,
+    attach: Option<(String, &'static str)>,
+    pragmas: &'static [&'static str],
+) -> Result<AnyPool> {
+    let pool = AnyPoolOptions::new()
+        // One connection, one writer: SQLite serialises writers anyway, and a single
+        // connection never meets SQLITE_BUSY from itself.
+        .max_connections(1)
+        .after_connect(move |conn, _meta| {
+            let attach = attach.clone();
+            Box::pin(async move {
+                // FULL (the default): durable on power loss, not only on process crash. See
+                // `SqliteSynchronous`.
+                for pragma in ["PRAGMA journal_mode = WAL", synchronous]
+                    .into_iter()
+                    .chain(pragmas.iter().copied())
+                    .chain(["PRAGMA busy_timeout = 10000"])
+                {
+                    sqlx::query(pragma).execute(&mut *conn).await?;
+                }
+                if let Some((file, name)) = attach {
+                    sqlx::query(&format!("ATTACH DATABASE $1 AS {name}"))
+                        .bind(file)
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                Ok(())
+            })
+        })
+        .connect(url)
+        .await?;
+    Ok(pool)
 }
 
 /// How much work is waiting.
@@ -525,7 +584,7 @@ fn shaped_tuples(
     first: usize,
     rows: usize,
     cols: usize,
-    shape: impl Fn(&[String]) -> String,
+    mut shape: impl FnMut(&[String]) -> String,
 ) -> String {
     (0..rows)
         .map(|r| {
