@@ -19,7 +19,9 @@
 //!
 //! 1. A connector's ingress turns a push into an [`Observation`] and calls
 //!    [`Engine::ingest`](engine::Engine::ingest). When that returns, the observation is durable
-//!    in the inbox (deduplicated by its delivery key) and the push may be acknowledged.
+//!    in the inbox (deduplicated by its delivery key) and the push may be acknowledged. (On
+//!    SQLite it is durable in the intake, a file of its own, from where the resolver moves it
+//!    into the inbox: see [`store`].)
 //! 2. The resolver maps the observation to canonical ([`Connector::to_canonical`]) and applies
 //!    the conflict rules ([`rules::decide`]) in one transaction: canonical state, per-system
 //!    state, echo expectations, outbox rows and a history row with the reason.
@@ -116,7 +118,7 @@
 //! ## Guarantees
 //!
 //! - Nothing acknowledged is lost: [`Engine::ingest`](engine::Engine::ingest) returns after the
-//!   inbox row is committed (SQLite runs with `synchronous = FULL`).
+//!   inbox row (on SQLite, the intake row) is committed (SQLite runs with `synchronous = FULL`).
 //! - Each inbox and outbox row is processed by one instance at a time (claims with a lease; on
 //!   PostgreSQL `FOR UPDATE SKIP LOCKED`), and a stopped instance's claims pass to another when
 //!   the lease ends.

@@ -191,10 +191,11 @@ pub async fn run(scale: Scale, postgres: Option<&str>) -> anyhow::Result<Outcome
          its own process) whose handler reads and parses the JSON body and answers 202, loaded \
          with the same bodies by the same generator before ({b1:.0}/s) and after ({b2:.0}/s) \
          the service runs; the reference is their mean. SQLite runs with its default, \
-         `sqlite_synchronous = \"full\"`: every commit waits for an fsync of the write-ahead \
-         log, so an acknowledged webhook survives a power loss. The `normal` row is the opt-in \
-         whose commits survive a crash of presync but not of the machine: the difference \
-         between the two is what waiting for the disk costs.\n\n\
+         `sqlite_synchronous = \"full\"`: every commit of the intake, where webhooks are \
+         acknowledged, waits for an fsync of its write-ahead log, so an acknowledged webhook \
+         survives a power loss. The `normal` row is the opt-in whose commits survive a crash \
+         of presync but not of the machine: the difference between the two is what waiting \
+         for the disk costs.\n\n\
          Webhooks per commit and events per resolve batch are means over the load, warm-up \
          included, from the service's `presync_ingest_commits_total` and \
          `presync_resolve_batches_total`.\n\n\

@@ -146,11 +146,12 @@ impl Store {
         claim_until: Millis,
         limit: i64,
     ) -> Result<Vec<std::result::Result<InboxRow, UnreadableRow>>> {
-        let _turn = self.pipeline_turn().await;
+        let turn = self.pipeline_turn().await;
         let mut conn = self.pool.acquire().await?;
         let (claimed, moved) = self
             .claim_inbox_in(&mut conn, instance, now, claim_until, limit)
             .await?;
+        drop((conn, turn));
         // Each statement committed on its own.
         self.moved_through(moved).await;
         Ok(claimed)
@@ -184,8 +185,8 @@ impl Store {
     )> {
         // The last id to move is read before the move, and the move reads a snapshot no older
         // (the same one, in a transaction): it moves every row up to that id, and maybe more,
-        // never less. A key the inbox holds already (moved before a crash let the intake
-        // delete it) is skipped.
+        // never less. A key the inbox holds already (moved before a crash, which kept the
+        // intake from deleting it) is skipped.
         let moving = if self.intake.is_some() {
             "SELECT MAX(id) AS moved_through
              FROM (SELECT id FROM intake.intake WHERE id > $5 ORDER BY id LIMIT $6);
@@ -259,7 +260,7 @@ impl Store {
     where
         F: FnMut(&InboxRow, &RepId, &RepView) -> Decision + Send,
     {
-        let _turn = self.pipeline_turn().await;
+        let turn = self.pipeline_turn().await;
         let mut tx = self.pool.begin().await?;
         let (claimed, moved) = self
             .claim_inbox_in(&mut tx, instance, now, claim_until, limit)
@@ -279,6 +280,7 @@ impl Store {
             // deleted from the intake rather than moved again at every claim.
             if moved.is_some() {
                 tx.commit().await?;
+                drop(turn);
                 self.moved_through(moved).await;
             } else {
                 tx.rollback().await?;
@@ -291,6 +293,7 @@ impl Store {
             return Ok(None);
         };
         tx.commit().await?;
+        drop(turn);
         self.moved_through(moved).await;
         Ok(Some(rows.into_iter().zip(resolved).collect()))
     }

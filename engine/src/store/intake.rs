@@ -123,6 +123,8 @@ impl Intake {
         Ok(())
     }
 
+    /// Delete rows up to `moved`, whose moves have all committed (the caller read `moved` after
+    /// they returned).
     async fn delete_through(&self, moved: i64) -> Result<()> {
         sqlx::query("DELETE FROM intake WHERE id <= $1")
             .bind(moved)

@@ -137,9 +137,15 @@ pub fn redact_url(url: &str) -> String {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SqliteSynchronous {
-    /// Every commit waits for the disk (an fsync of the write-ahead log): a commit, and so
-    /// every acknowledged webhook, survives a crash of the process, of the operating system
-    /// and a power loss. The default.
+    /// Every acknowledged webhook, and everything presync acted on, survives a crash of the
+    /// process, of the operating system and a power loss. The default. The intake's commits
+    /// (where webhooks are acknowledged) wait for the disk (an fsync of its write-ahead log).
+    /// Beside an intake, the store's own commits do not; the store is synced before presync
+    /// acts on them: before a write to a system, before a directory change is answered, and
+    /// before events moved into the inbox leave the intake. A power loss can then undo the
+    /// store's last decisions that nothing has acted on yet, and the events behind them, still
+    /// in the intake, are resolved again. Without an intake (an in-memory database) every
+    /// commit waits for the disk.
     #[default]
     Full,
     /// Commits do not wait for the disk; the log is synced at checkpoints. A commit survives a
@@ -214,17 +220,20 @@ impl Store {
                     format!("{url}?mode=rwc")
                 };
                 let intake_file = intake_path(&url);
+                let store_file = intake::store_path(&url);
                 // The store's connection attaches the intake file (creating it if need be) to
                 // move its rows into the inbox.
-                let attach = intake_file.clone().map(|f| (f, "intake"));
+                let attach = intake_file.clone().map(|f| (f, "intake", INTAKE_CACHE_KIB));
                 let pool =
                     sqlite_pool(&url, synchronous, attach, &["PRAGMA foreign_keys = ON"]).await?;
-                let intake = match (&intake_file, intake::store_path(&url)) {
+                let intake = match (&intake_file, store_file) {
                     (Some(file), Some(store_file)) => {
                         let intake_url = format!("sqlite:{file}?mode=rwc");
-                        let attach = Some((store_file.to_owned(), "store"));
+                        let attach =
+                            Some((store_file.to_owned(), "store", STORE_IN_INTAKE_CACHE_KIB));
                         let intake_pool =
-                            sqlite_pool(&intake_url, synchronous, attach, &[]).await?;
+                            sqlite_pool(&intake_url, synchronous, attach, &[INTAKE_CACHE_PRAGMA])
+                                .await?;
                         sqlx::query(intake::SCHEMA).execute(&intake_pool).await?;
                         Some(Arc::new(Intake::new(intake_pool)))
                     }
@@ -382,12 +391,25 @@ impl Store {
     }
 }
 
+/// A file a SQLite connection attaches: its path, the schema name it is attached as, and the
+/// page cache the connection keeps for it, in KiB.
+type Attach = (String, &'static str, u32);
+
+/// Page cache, in KiB, of the intake file in either connection: its rows are deleted as soon
+/// as they are moved, so it stays small. SQLite's default is 2,000 KiB per file per connection.
+const INTAKE_CACHE_KIB: u32 = 512;
+/// [`INTAKE_CACHE_KIB`] as the intake connection's own pragma.
+const INTAKE_CACHE_PRAGMA: &str = "PRAGMA cache_size = -512";
+/// Page cache, in KiB, of the store file in the intake's connection, which only looks delivery
+/// keys up in the inbox.
+const STORE_IN_INTAKE_CACHE_KIB: u32 = 1_024;
+
 /// A pool of one connection to a SQLite file, in WAL mode with `synchronous` and `pragmas`,
-/// that attaches `attach`'s file under its name (each time it connects).
+/// that attaches `attach`'s file (each time it connects).
 async fn sqlite_pool(
     url: &str,
     synchronous: &'static str,
-    attach: Option<(String, &'static str)>,
+    attach: Option<Attach>,
     pragmas: &'static [&'static str],
 ) -> Result<AnyPool> {
     let pool = AnyPoolOptions::new()
@@ -406,9 +428,12 @@ async fn sqlite_pool(
                 {
                     sqlx::query(pragma).execute(&mut *conn).await?;
                 }
-                if let Some((file, name)) = attach {
+                if let Some((file, name, cache_kib)) = attach {
                     sqlx::query(&format!("ATTACH DATABASE $1 AS {name}"))
                         .bind(file)
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query(&format!("PRAGMA {name}.cache_size = -{cache_kib}"))
                         .execute(&mut *conn)
                         .await?;
                 }
@@ -678,6 +703,44 @@ mod tests {
             "postgres://app@db/presync"
         );
         assert_eq!(redact_url("sqlite:presync.db"), "sqlite:presync.db");
+    }
+
+    async fn pragma(pool: &AnyPool, name: &str) -> i64 {
+        sqlx::query_scalar(&format!("PRAGMA {name}"))
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    }
+
+    /// Both files wait for the disk at every commit unless `normal` is asked for (FULL = 2,
+    /// NORMAL = 1), and the intake's files keep small page caches in either connection.
+    #[tokio::test]
+    async fn on_sqlite_both_files_commit_as_configured_with_small_intake_caches() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("p.db").display());
+        let store = Store::open(&url).await.unwrap();
+        let intake = &store.intake.as_ref().unwrap().pool;
+        assert_eq!(pragma(intake, "synchronous").await, 2);
+        assert_eq!(pragma(&store.pool, "synchronous").await, 2);
+        let kib = -i64::from(INTAKE_CACHE_KIB);
+        assert_eq!(pragma(intake, "cache_size").await, kib);
+        assert_eq!(pragma(&store.pool, "intake.cache_size").await, kib);
+        assert_eq!(
+            pragma(intake, "store.cache_size").await,
+            -i64::from(STORE_IN_INTAKE_CACHE_KIB)
+        );
+        store.close().await;
+
+        let normal = StoreOptions {
+            sqlite_synchronous: SqliteSynchronous::Normal,
+        };
+        let store = Store::open_with(&url, &normal).await.unwrap();
+        assert_eq!(
+            pragma(&store.intake.as_ref().unwrap().pool, "synchronous").await,
+            1
+        );
+        assert_eq!(pragma(&store.pool, "synchronous").await, 1);
+        store.close().await;
     }
 
     #[test]
