@@ -326,7 +326,9 @@ impl Store {
     }
 
     /// Drop processed inbox rows older than `dedup_before`, history older than
-    /// `history_before` and expired expectations. Returns the number of rows removed.
+    /// `history_before` and expired expectations. Returns the number of rows removed. An inbox
+    /// row whose key the intake still holds (a crash came between its move and the intake's
+    /// delete) stays, so that moving it again remains a no-op however long presync was down.
     pub async fn purge(
         &self,
         now: Millis,
@@ -334,11 +336,18 @@ impl Store {
         history_before: Millis,
     ) -> Result<u64> {
         let mut n = 0;
-        n += sqlx::query("DELETE FROM inbox WHERE done_at IS NOT NULL AND done_at < $1")
-            .bind(dedup_before)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
+        let in_intake = if self.intake.is_some() {
+            " AND delivery_key NOT IN (SELECT delivery_key FROM intake.intake)"
+        } else {
+            ""
+        };
+        n += sqlx::query(&format!(
+            "DELETE FROM inbox WHERE done_at IS NOT NULL AND done_at < $1{in_intake}"
+        ))
+        .bind(dedup_before)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
         n += sqlx::query("DELETE FROM history WHERE at < $1")
             .bind(history_before)
             .execute(&self.pool)
