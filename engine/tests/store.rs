@@ -707,6 +707,11 @@ on_both_backends!(
     a_write_whose_outcome_cannot_be_recorded_is_made_again_alone,
 );
 
+/// How many history rows one delivery has.
+async fn decisions_of(store: &Store, key: &str) -> usize {
+    store.history_for_delivery(key).await.unwrap().len()
+}
+
 /// Rows in `table` of the SQLite file `file`, read behind the store's back.
 async fn rows_in(file: &str, table: &str) -> i64 {
     sqlx::any::install_default_drivers();
@@ -745,14 +750,7 @@ async fn on_sqlite_an_observation_moves_from_the_intake_to_the_inbox_once() {
     );
 
     w.engine.resolve_pending().await.unwrap();
-    assert_eq!(
-        store
-            .history_for_delivery(&o.delivery_key)
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(decisions_of(&store, &o.delivery_key).await, 1);
     assert_eq!(store.queue_depths().await.unwrap().inbox, 0);
     // Moved and resolved: a redelivery is a duplicate, found in the inbox.
     assert_eq!(
@@ -799,14 +797,7 @@ async fn on_sqlite_an_observation_moves_from_the_intake_to_the_inbox_once() {
         .unwrap();
     assert_eq!(claimed.map(|c| c.len()), Some(0));
     assert_eq!(store.queue_depths().await.unwrap().inbox, 0);
-    assert_eq!(
-        store
-            .history_for_delivery(&o.delivery_key)
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(decisions_of(&store, &o.delivery_key).await, 1);
     store.close().await;
     assert_eq!(rows_in(&intake, "intake").await, 0);
 }
