@@ -19,6 +19,9 @@ use crate::rules::{Decision, OutboxOp, Outcome, PendingWrite, RepView, Rule};
 /// Observations per `INSERT` of [`Store::enqueue`] (4 bound parameters each, and one shared).
 const ENQUEUE_ROWS_PER_STATEMENT: usize = 1_000;
 
+/// [`Store::enqueue`]'s statements for up to this many rows stay prepared between calls.
+const KEEP_PREPARED_ROWS: usize = 64;
+
 /// Whether an observation was new to the inbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Enqueued {
@@ -107,7 +110,12 @@ impl Store {
                     )
                 }
             };
-            let mut q = sqlx::query_scalar::<_, String>(&sql).bind(now);
+            // A statement's text depends on how many rows it stores. Those of webhook-sized
+            // batches are kept prepared; a large batch's (a reconcile's) would keep a large
+            // compiled statement in the connection's cache for each size met.
+            let mut q = sqlx::query_scalar::<_, String>(&sql)
+                .persistent(chunk.len() <= KEEP_PREPARED_ROWS)
+                .bind(now);
             for obs in chunk {
                 q = q
                     .bind(obs.delivery_key.as_str())
