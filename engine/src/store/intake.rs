@@ -3,7 +3,7 @@
 //!
 //! SQLite has one writer per file. With the inbox in the store's file, a webhook's commit
 //! queued behind the resolver's and the dispatcher's transactions, which hold that writer for
-//! milliseconds each (BENCHMARKS.md, "What blocks SQLite ingest"). The intake file has its own
+//! milliseconds each (BENCHMARKS.md, "The misses at 800e4de"). The intake file has its own
 //! connection and its own writer, so acknowledging a webhook waits only for other webhooks.
 //!
 //! The pipeline moves intake rows into the inbox at the start of each claim, in the claim's own
