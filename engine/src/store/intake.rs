@@ -97,45 +97,33 @@ impl Intake {
     /// rows are not moved again meanwhile, and after a restart moving them again is a no-op).
     pub(super) async fn moved_through(&self, last: i64) -> Result<()> {
         let moved = self.moved.fetch_max(last, Ordering::AcqRel).max(last);
-        let deleted = self.deleted.load(Ordering::Acquire);
-        if moved <= deleted {
-            return Ok(());
-        }
-        let due = {
-            let last_delete = self
-                .last_delete
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            moved - deleted >= DELETE_ROWS || last_delete.elapsed() >= DELETE_EVERY
-        };
-        if due {
-            self.delete_through(moved).await?;
+        let waiting = moved - self.deleted.load(Ordering::Acquire);
+        if waiting >= DELETE_ROWS || (waiting > 0 && self.last_delete().elapsed() >= DELETE_EVERY) {
+            self.delete_moved().await?;
         }
         Ok(())
     }
 
-    /// Delete every moved row now.
+    /// Delete every moved row now. Their moves have all committed: `moved` is raised only
+    /// after a move's commit returns.
     pub(super) async fn delete_moved(&self) -> Result<()> {
         let moved = self.moved();
-        if moved > self.deleted.load(Ordering::Acquire) {
-            self.delete_through(moved).await?;
+        if moved <= self.deleted.load(Ordering::Acquire) {
+            return Ok(());
         }
-        Ok(())
-    }
-
-    /// Delete rows up to `moved`, whose moves have all committed (the caller read `moved` after
-    /// they returned).
-    async fn delete_through(&self, moved: i64) -> Result<()> {
         sqlx::query("DELETE FROM intake WHERE id <= $1")
             .bind(moved)
             .execute(&self.pool)
             .await?;
         self.deleted.fetch_max(moved, Ordering::AcqRel);
-        *self
-            .last_delete
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Instant::now();
+        *self.last_delete() = Instant::now();
         Ok(())
+    }
+
+    fn last_delete(&self) -> std::sync::MutexGuard<'_, Instant> {
+        self.last_delete
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

@@ -137,15 +137,9 @@ pub fn redact_url(url: &str) -> String {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SqliteSynchronous {
-    /// Every acknowledged webhook, and everything presync acted on, survives a crash of the
-    /// process, of the operating system and a power loss. The default. The intake's commits
-    /// (where webhooks are acknowledged) wait for the disk (an fsync of its write-ahead log).
-    /// Beside an intake, the store's own commits do not; the store is synced before presync
-    /// acts on them: before a write to a system, before a directory change is answered, and
-    /// before events moved into the inbox leave the intake. A power loss can then undo the
-    /// store's last decisions that nothing has acted on yet, and the events behind them, still
-    /// in the intake, are resolved again. Without an intake (an in-memory database) every
-    /// commit waits for the disk.
+    /// Every commit, of the store and of the intake, waits for the disk (an fsync of the
+    /// file's write-ahead log): a commit, and so every acknowledged webhook, survives a crash
+    /// of the process, of the operating system and a power loss. The default.
     #[default]
     Full,
     /// Commits do not wait for the disk; the log is synced at checkpoints. A commit survives a
@@ -224,16 +218,16 @@ impl Store {
                 // The store's connection attaches the intake file (creating it if need be) to
                 // move its rows into the inbox.
                 let attach = intake_file.clone().map(|f| (f, "intake", INTAKE_CACHE_KIB));
-                let pool =
-                    sqlite_pool(&url, synchronous, attach, &["PRAGMA foreign_keys = ON"]).await?;
+                let pragmas = vec!["PRAGMA foreign_keys = ON".to_owned()];
+                let pool = sqlite_pool(&url, synchronous, attach, pragmas).await?;
                 let intake = match (&intake_file, store_file) {
                     (Some(file), Some(store_file)) => {
                         let intake_url = format!("sqlite:{file}?mode=rwc");
                         let attach =
                             Some((store_file.to_owned(), "store", STORE_IN_INTAKE_CACHE_KIB));
+                        let pragmas = vec![format!("PRAGMA cache_size = -{INTAKE_CACHE_KIB}")];
                         let intake_pool =
-                            sqlite_pool(&intake_url, synchronous, attach, &[INTAKE_CACHE_PRAGMA])
-                                .await?;
+                            sqlite_pool(&intake_url, synchronous, attach, pragmas).await?;
                         sqlx::query(intake::SCHEMA).execute(&intake_pool).await?;
                         Some(Arc::new(Intake::new(intake_pool)))
                     }
@@ -407,8 +401,6 @@ type Attach = (String, &'static str, u32);
 /// Page cache, in KiB, of the intake file in either connection: its rows are deleted as soon
 /// as they are moved, so it stays small. SQLite's default is 2,000 KiB per file per connection.
 const INTAKE_CACHE_KIB: u32 = 512;
-/// [`INTAKE_CACHE_KIB`] as the intake connection's own pragma.
-const INTAKE_CACHE_PRAGMA: &str = "PRAGMA cache_size = -512";
 /// Page cache, in KiB, of the store file in the intake's connection, which only looks delivery
 /// keys up in the inbox.
 const STORE_IN_INTAKE_CACHE_KIB: u32 = 1_024;
@@ -419,7 +411,7 @@ async fn sqlite_pool(
     url: &str,
     synchronous: &'static str,
     attach: Option<Attach>,
-    pragmas: &'static [&'static str],
+    pragmas: Vec<String>,
 ) -> Result<AnyPool> {
     let pool = AnyPoolOptions::new()
         // One connection, one writer: SQLite serialises writers anyway, and a single
@@ -427,12 +419,13 @@ async fn sqlite_pool(
         .max_connections(1)
         .after_connect(move |conn, _meta| {
             let attach = attach.clone();
+            let pragmas = pragmas.clone();
             Box::pin(async move {
                 // FULL (the default): durable on power loss, not only on process crash. See
                 // `SqliteSynchronous`.
                 for pragma in ["PRAGMA journal_mode = WAL", synchronous]
                     .into_iter()
-                    .chain(pragmas.iter().copied())
+                    .chain(pragmas.iter().map(String::as_str))
                     .chain(["PRAGMA busy_timeout = 10000"])
                 {
                     sqlx::query(pragma).execute(&mut *conn).await?;
