@@ -70,11 +70,29 @@ impl Grouping {
     }
 }
 
-/// What a run of the service acknowledged, and how it grouped the work meanwhile.
+/// What a run of the service acknowledged, how it grouped the work meanwhile, and the CPU
+/// time it used per webhook.
 #[derive(Debug, Clone, Copy)]
 struct Run {
     got: Throughput,
     grouping: Grouping,
+    cpu_per_webhook: Option<f64>,
+}
+
+/// CPU seconds, user and system, all threads, that process `pid` has used (`/proc/PID/stat`,
+/// in clock ticks of 1/100 s on Linux); `None` where there is no such file.
+fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name, which may hold spaces: state is the first field, utime the 12th.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let utime: f64 = fields.next()?.parse().ok()?;
+    let stime: f64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// CPU microseconds per request of `pid` between two [`cpu_secs`] readings.
+fn per_request(before: Option<f64>, after: Option<f64>, requests: f64) -> Option<f64> {
+    Some((after? - before?) / requests * 1e6).filter(|_| requests > 0.0)
 }
 
 /// The service on `database`, loaded for `measure`.
@@ -91,7 +109,9 @@ async fn presync(
     let t = source.target(&instance.url);
     let body = source.flipping(0);
     let before = Grouping::read(&instance.url).await;
+    let cpu_before = cpu_secs(instance.pid());
     let (result, _) = load::throughput(&t, body, IN_FLIGHT, warmup, measure, 0).await?;
+    let cpu_after = cpu_secs(instance.pid());
     let grouping = Grouping::read(&instance.url).await.since(before);
     anyhow::ensure!(
         result.ok > 0,
@@ -102,18 +122,26 @@ async fn presync(
     Ok(Run {
         got: result,
         grouping,
+        cpu_per_webhook: per_request(cpu_before, cpu_after, grouping.accepted),
     })
 }
 
-/// The baseline process, loaded for `measure` with the same bodies.
-async fn baseline(reps: usize, warmup: Duration, measure: Duration) -> anyhow::Result<Throughput> {
+/// The baseline process, loaded for `measure` with the same bodies: what it answered, and its
+/// CPU time per request.
+async fn baseline(
+    reps: usize,
+    warmup: Duration,
+    measure: Duration,
+) -> anyhow::Result<(Throughput, Option<f64>)> {
     let source = Source::prepare(&options(reps, None, "")).await?;
     let b = load::Baseline::spawn().await?;
     let mut t = source.target("");
     t.url = b.url.clone();
-    let (result, _) =
+    let cpu_before = cpu_secs(b.pid());
+    let (result, sent) =
         load::throughput(&t, source.flipping(0), IN_FLIGHT, warmup, measure, 0).await?;
-    Ok(result)
+    let cpu = per_request(cpu_before, cpu_secs(b.pid()), sent as f64);
+    Ok((result, cpu))
 }
 
 /// A fresh database on the PostgreSQL server of `admin`, dropped by [`drop_database`].
@@ -154,7 +182,7 @@ pub async fn run(scale: Scale, postgres: Option<&str>) -> anyhow::Result<Outcome
     let reps = scale.pick(10_000, 1_000);
     let warmup = Duration::from_secs(1);
     let measure = Duration::from_secs(scale.pick(6, 2));
-    let before = baseline(reps, warmup, measure).await?;
+    let (before, before_cpu) = baseline(reps, warmup, measure).await?;
     let sqlite = presync(reps, None, "", warmup, measure).await?;
     let normal = presync(reps, None, super::SQLITE_NORMAL, warmup, measure).await?;
     let pg = match postgres {
@@ -166,7 +194,7 @@ pub async fn run(scale: Scale, postgres: Option<&str>) -> anyhow::Result<Outcome
         }
         None => None,
     };
-    let after = baseline(reps, warmup, measure).await?;
+    let (after, after_cpu) = baseline(reps, warmup, measure).await?;
     let base = (before.per_sec() + after.per_sec()) / 2.0;
     let mut rows = vec![
         row("Ingest, SQLite", sqlite.got, base, Some(GOAL)),
@@ -198,34 +226,36 @@ pub async fn run(scale: Scale, postgres: Option<&str>) -> anyhow::Result<Outcome
          for the disk costs.\n\n\
          Webhooks per commit and events per resolve batch are means over the load, warm-up \
          included, from the service's `presync_ingest_commits_total` and \
-         `presync_resolve_batches_total`.\n\n\
-         | Run | 2xx/s | 2xx | not 2xx | webhooks per inbox commit | events per resolve batch |\n\
-         |---|---|---|---|---|---|\n",
+         `presync_resolve_batches_total`. CPU per webhook is the process's user and system \
+         time (all its threads, from `/proc/PID/stat`) over the load, warm-up included, divided \
+         by the webhooks it acknowledged (the baseline: answered) meanwhile; for presync it \
+         includes the pipeline's work on them. It is less at the mercy of the machine's other \
+         load than the rate is, though not immune: two processes on one core slow each other.\n\n\
+         | Run | 2xx/s | 2xx | not 2xx | webhooks per inbox commit | events per resolve batch | CPU per webhook |\n\
+         |---|---|---|---|---|---|---|\n",
         m = measure.as_secs(),
         w = warmup.as_secs(),
         b1 = before.per_sec(),
         b2 = after.per_sec(),
     );
-    let mut line = |name: &str, t: Throughput, grouping: Option<Grouping>| {
+    let mut line = |name: &str, t: Throughput, grouping: Option<Grouping>, cpu: Option<f64>| {
         let cells = grouping.map_or("- | -".into(), |g| g.cells());
+        let cpu = cpu.map_or("-".into(), |us| format!("{us:.0} µs"));
         details.push_str(&format!(
-            "| {name} | {:.0} | {} | {} | {cells} |\n",
+            "| {name} | {:.0} | {} | {} | {cells} | {cpu} |\n",
             t.per_sec(),
             t.ok,
             t.failed
         ));
     };
-    line("baseline (before)", before, None);
-    line("presync, SQLite", sqlite.got, Some(sqlite.grouping));
-    line(
-        "presync, SQLite, synchronous = normal",
-        normal.got,
-        Some(normal.grouping),
-    );
+    line("baseline (before)", before, None, before_cpu);
+    let mut service = |name: &str, r: Run| line(name, r.got, Some(r.grouping), r.cpu_per_webhook);
+    service("presync, SQLite", sqlite);
+    service("presync, SQLite, synchronous = normal", normal);
     if let Some(pg) = pg {
-        line("presync, PostgreSQL", pg.got, Some(pg.grouping));
+        service("presync, PostgreSQL", pg);
     }
-    line("baseline (after)", after, None);
+    line("baseline (after)", after, None, after_cpu);
     if postgres.is_none() {
         details.push_str(
             "\nPostgreSQL skipped: give `--postgres URL` or set `PRESYNC_TEST_POSTGRES_URL`.\n",

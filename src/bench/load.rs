@@ -196,6 +196,12 @@ impl Baseline {
     }
 }
 
+impl Baseline {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for Baseline {
     fn drop(&mut self) {
         let _ = self.child.kill();

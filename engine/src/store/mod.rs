@@ -417,6 +417,10 @@ async fn sqlite_pool(
         // One connection, one writer: SQLite serialises writers anyway, and a single
         // connection never meets SQLITE_BUSY from itself.
         .max_connections(1)
+        // No ping before each use: it is a round trip to the connection's thread, and a
+        // connection to a local file has no peer that can hang up. (sqlx still pings on each
+        // release, which also finishes a rollback left by a cancelled transaction.)
+        .test_before_acquire(false)
         .after_connect(move |conn, _meta| {
             let attach = attach.clone();
             let pragmas = pragmas.clone();

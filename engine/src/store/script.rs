@@ -3,14 +3,18 @@
 //! On SQLite every statement sqlx runs is a round trip to the connection's own thread: a
 //! message there and a wake-up back, which under load cost far more than SQLite's own work
 //! (BENCHMARKS.md, "The misses at c8aa060, measured"). sqlx runs a query text that holds
-//! several statements in one such round trip, statement after statement, binding `$n` in each
-//! to the query's n-th argument. A [`Script`] joins statements that way on SQLite, numbering
-//! each one's parameters after the previous ones'; on PostgreSQL, whose extended protocol takes
-//! one statement per query, it runs them one by one. Either way they run in order, in the
-//! caller's transaction, and the rows any of them return come back in that order.
+//! several statements in one such round trip, statement after statement, each anonymous `?`
+//! taking the next argument. A [`Script`] joins statements that way on SQLite, each `$n` made a
+//! `?` and its argument put in its place; on PostgreSQL, whose extended protocol takes one
+//! statement per query, it runs them one by one. Either way they run in order, in the caller's
+//! transaction, and the rows any of them return come back in that order.
+//!
+//! Why `?` and not `$n` on SQLite: sqlx asks SQLite the name of every parameter it binds, and
+//! SQLite finds a name by walking the statement's list of names, so binding a statement of n
+//! named parameters costs n² steps: 5% of the service's CPU under the ingest benchmark, in the
+//! resolver's batch statements (BENCHMARKS.md). An anonymous `?` has no name to look up.
 
 use std::borrow::Cow;
-use std::fmt::Write as _;
 
 use sqlx::any::{Any, AnyRow};
 use sqlx::Transaction;
@@ -101,8 +105,7 @@ async fn run_one(
 
 /// Most arguments one SQLite round trip carries, so that a large batch is sent as a few
 /// messages rather than one huge one. (SQLite's own limit on parameters applies to each
-/// statement, which is prepared on its own: a `$n` is a name, not a position, whatever `n` the
-/// renumbering gives it.)
+/// statement, which is prepared on its own.)
 const PARAMS_PER_ROUND_TRIP: usize = 30_000;
 
 /// Statements run in order, together where the backend allows (see the module's doc).
@@ -150,15 +153,17 @@ impl<'q> Script<'q> {
             Dialect::Sqlite => {
                 let mut out: Vec<(String, Vec<Param<'q>>)> = Vec::new();
                 for s in self.statements {
+                    let mut sql = String::with_capacity(s.sql.len() + 2);
+                    let params = positional(&s.sql, s.params, &mut sql);
                     match out.last_mut() {
-                        Some((sql, params))
-                            if params.len() + s.params.len() <= PARAMS_PER_ROUND_TRIP =>
+                        Some((joined, args))
+                            if args.len() + params.len() <= PARAMS_PER_ROUND_TRIP =>
                         {
-                            sql.push_str(";\n");
-                            renumber(&s.sql, params.len(), sql);
-                            params.extend(s.params);
+                            joined.push_str(";\n");
+                            joined.push_str(&sql);
+                            args.extend(params);
                         }
-                        _ => out.push((s.sql, s.params)),
+                        _ => out.push((sql, params)),
                     }
                 }
                 out
@@ -167,22 +172,29 @@ impl<'q> Script<'q> {
     }
 }
 
-/// Append `sql` to `out` with every `$n` made `$(n + offset)`.
-fn renumber(sql: &str, offset: usize, out: &mut String) {
+/// Append `sql` to `out` with every `$n` made an anonymous `?`; returns the arguments in the
+/// order of the `?`s: `params[n - 1]` for each `$n`, repeated where `$n` is, and NULL where
+/// there is no n-th argument (what SQLite binds to a parameter left unbound).
+fn positional<'q>(sql: &str, params: Vec<Param<'q>>, out: &mut String) -> Vec<Param<'q>> {
+    let mut ordered = Vec::with_capacity(params.len());
     let mut pieces = sql.split('$');
     out.push_str(pieces.next().unwrap_or_default());
     for piece in pieces {
         let digits = piece.bytes().take_while(u8::is_ascii_digit).count();
-        match piece[..digits].parse::<usize>() {
-            Ok(n) => {
-                let _ = write!(out, "${}{}", n + offset, &piece[digits..]);
-            }
-            Err(_) => {
-                out.push('$');
-                out.push_str(piece);
-            }
+        if digits == 0 {
+            out.push('$');
+            out.push_str(piece);
+            continue;
         }
+        let arg = piece[..digits]
+            .parse::<usize>()
+            .ok()
+            .and_then(|n| params.get(n.checked_sub(1)?));
+        ordered.push(arg.cloned().unwrap_or(Param::Int(None)));
+        out.push('?');
+        out.push_str(&piece[digits..]);
     }
+    ordered
 }
 
 #[cfg(test)]
@@ -190,14 +202,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renumbering_shifts_every_placeholder_and_nothing_else() {
+    fn placeholders_become_positional_with_their_arguments_in_their_order() {
         let mut out = String::new();
-        renumber(
-            "UPDATE t SET a = $2 WHERE b IN ($1, $10) AND c = 'x'",
-            5,
+        let args = positional(
+            "UPDATE t SET a = $2 WHERE b IN ($1, $10) AND c = '$x' AND d = $1 AND e = $3",
+            vec![
+                Param::from(1),
+                Param::from("two"),
+                Param::from(None::<&str>),
+            ],
             &mut out,
         );
-        assert_eq!(out, "UPDATE t SET a = $7 WHERE b IN ($6, $15) AND c = 'x'");
+        assert_eq!(
+            out,
+            "UPDATE t SET a = ? WHERE b IN (?, ?) AND c = '$x' AND d = ? AND e = ?"
+        );
+        // $10 has no argument: NULL, as SQLite binds an unbound parameter.
+        assert_eq!(
+            args,
+            vec![
+                Param::from("two"),
+                Param::from(1),
+                Param::Int(None),
+                Param::from(1),
+                Param::from(None::<&str>),
+            ]
+        );
     }
 
     #[test]
@@ -216,11 +246,11 @@ mod tests {
         assert_eq!(sqlite.len(), 1);
         assert_eq!(
             sqlite[0].0,
-            "DELETE FROM a WHERE id = $1;\nUPDATE b SET x = $3 WHERE id = $2"
+            "DELETE FROM a WHERE id = ?;\nUPDATE b SET x = ? WHERE id = ?"
         );
         assert_eq!(
             sqlite[0].1,
-            vec![Param::from(1), Param::from(2), Param::from("two")]
+            vec![Param::from(1), Param::from("two"), Param::from(2)]
         );
         let postgres = script(Dialect::Postgres).round_trips();
         assert_eq!(postgres.len(), 2);
@@ -297,9 +327,11 @@ mod tests {
     #[test]
     fn a_round_trip_carries_at_most_its_share_of_parameters() {
         let mut s = Script::new(Dialect::Sqlite);
+        let n = PARAMS_PER_ROUND_TRIP / 2;
+        let values: Vec<String> = (1..=n).map(|i| format!("(${i})")).collect();
         for _ in 0..3 {
-            let mut st = Statement::new("INSERT INTO t VALUES ($1)");
-            for i in 0..PARAMS_PER_ROUND_TRIP / 2 {
+            let mut st = Statement::new(format!("INSERT INTO t VALUES {}", values.join(",")));
+            for i in 0..n {
                 st = st.bind(i as i64);
             }
             s.push(st);
