@@ -229,8 +229,8 @@ pub async fn run(scale: Scale, postgres: Option<&str>) -> anyhow::Result<Outcome
          `presync_resolve_batches_total`. CPU per webhook is the process's user and system \
          time (all its threads, from `/proc/PID/stat`) over the load, warm-up included, divided \
          by the webhooks it acknowledged (the baseline: answered) meanwhile; for presync it \
-         includes the pipeline's work on them. It is less at the mercy of the machine's other \
-         load than the rate is, though not immune: two processes on one core slow each other.\n\n\
+         includes the pipeline's work on them, and on PostgreSQL it leaves out the server's \
+         own processes. It varies from run to run about as much as the rate does.\n\n\
          | Run | 2xx/s | 2xx | not 2xx | webhooks per inbox commit | events per resolve batch | CPU per webhook |\n\
          |---|---|---|---|---|---|---|\n",
         m = measure.as_secs(),
@@ -266,4 +266,30 @@ pub async fn run(scale: Scale, postgres: Option<&str>) -> anyhow::Result<Outcome
         rows,
         details,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fields read are the CPU times: this process's reading grows while it computes.
+    #[test]
+    fn a_process_cpu_time_grows_while_it_computes() {
+        let pid = std::process::id();
+        let start = cpu_secs(pid).expect("this process has a /proc entry");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut x = 0u64;
+        while cpu_secs(pid).unwrap() < start + 0.05 {
+            for i in 0..100_000u64 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "CPU time did not grow"
+            );
+        }
+        assert_eq!(per_request(Some(1.0), Some(1.5), 1_000.0), Some(500.0));
+        assert_eq!(per_request(Some(1.0), None, 1_000.0), None);
+        assert_eq!(per_request(Some(1.0), Some(1.5), 0.0), None);
+    }
 }
