@@ -9,6 +9,21 @@ use presync_engine::store::Store;
 use presync_engine::{ExternalId, RepId, Representative, SystemId};
 use serde::Deserialize;
 
+/// The systems `presync run` names its connectors: an import's system columns (CSV) and
+/// `external_ids` keys (JSON) must be among them, so that a misspelt column is refused rather
+/// than imported as ids of a system nothing reads.
+pub const SYSTEMS: [&str; 2] = ["dataverse", "teams"];
+
+/// Why `name` cannot be a system column or key; `None` when it can.
+fn unknown_system(name: &str) -> Option<String> {
+    (!SYSTEMS.contains(&name)).then(|| {
+        format!(
+            "unknown system `{name}`; the systems are {}",
+            SYSTEMS.join(", ")
+        )
+    })
+}
+
 /// One representative in a JSON import file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -29,24 +44,37 @@ pub fn parse(path: &Path, text: &str) -> anyhow::Result<Vec<Representative>> {
     if json {
         let reps: Vec<JsonRep> = serde_json::from_str(text)
             .with_context(|| format!("{}: not a JSON array of representatives", path.display()))?;
-        return reps
-            .into_iter()
-            .enumerate()
-            .map(|(i, r)| {
-                if r.id.trim().is_empty() {
-                    bail!("{}[{i}]: id is empty", path.display());
+        let mut seen = BTreeMap::new();
+        let mut problems = Vec::new();
+        let mut out = Vec::new();
+        for (i, r) in reps.into_iter().enumerate() {
+            let at = format!("{}[{i}]", path.display());
+            if r.id.trim().is_empty() {
+                problems.push(format!("{at}: id is empty"));
+                continue;
+            }
+            if let Some(first) = seen.insert(r.id.clone(), i) {
+                problems.push(format!("{at}: id `{}` is also at [{first}]", r.id));
+            }
+            for system in r.external_ids.keys() {
+                if let Some(why) = unknown_system(system) {
+                    problems.push(format!("{at}: external_ids: {why}"));
                 }
-                Ok(Representative {
-                    id: RepId(r.id),
-                    display_name: r.display_name,
-                    external_ids: r
-                        .external_ids
-                        .into_iter()
-                        .map(|(s, e)| (SystemId(s), ExternalId(e.to_ascii_lowercase())))
-                        .collect(),
-                })
-            })
-            .collect();
+            }
+            out.push(Representative {
+                id: RepId(r.id),
+                display_name: r.display_name,
+                external_ids: r
+                    .external_ids
+                    .into_iter()
+                    .map(|(s, e)| (SystemId(s), ExternalId(e.to_ascii_lowercase())))
+                    .collect(),
+            });
+        }
+        if !problems.is_empty() {
+            bail!("{}", problems.join("\n"));
+        }
+        return Ok(out);
     }
     let mut lines = text
         .lines()
@@ -62,8 +90,23 @@ pub fn parse(path: &Path, text: &str) -> anyhow::Result<Vec<Representative>> {
             path.display()
         );
     }
-    let mut out = Vec::new();
     let mut problems = Vec::new();
+    for (i, column) in columns.iter().enumerate().skip(2) {
+        if let Some(why) = unknown_system(column) {
+            problems.push(format!("{}:1: column {}: {why}", path.display(), i + 1));
+        } else if columns[2..i].contains(column) {
+            problems.push(format!(
+                "{}:1: column {}: `{column}` is a column already",
+                path.display(),
+                i + 1
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        bail!("{}", problems.join("\n"));
+    }
+    let mut out = Vec::new();
+    let mut seen = BTreeMap::new();
     for (n, line) in lines {
         let cells: Vec<&str> = line.split(',').map(str::trim).collect();
         if cells.len() != columns.len() {
@@ -79,6 +122,14 @@ pub fn parse(path: &Path, text: &str) -> anyhow::Result<Vec<Representative>> {
         if cells[0].is_empty() {
             problems.push(format!("{}:{}: id is empty", path.display(), n + 1));
             continue;
+        }
+        if let Some(first) = seen.insert(cells[0], n + 1) {
+            problems.push(format!(
+                "{}:{}: id `{}` is also on line {first}",
+                path.display(),
+                n + 1,
+                cells[0]
+            ));
         }
         let external_ids = columns[2..]
             .iter()
@@ -212,6 +263,47 @@ mod tests {
         assert!(msg.contains("r.csv:2") && msg.contains("r.csv:3"), "{msg}");
         let err = parse(Path::new("r.csv"), "name,teams\n").unwrap_err();
         assert!(err.to_string().contains("header"));
+    }
+
+    /// A misspelt or repeated system column, or an id twice, would import what nothing reads
+    /// or overwrite a line with a later one: refused, every problem named, nothing imported.
+    #[test]
+    fn unknown_or_repeated_columns_and_repeated_ids_are_refused() {
+        let err = parse(
+            Path::new("r.csv"),
+            "id,display_name,dataverse,team,dataverse\nann,Ann,a,b,c\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains(
+                "r.csv:1: column 4: unknown system `team`; the systems are dataverse, teams"
+            ),
+            "{err}"
+        );
+        assert!(
+            err.contains("r.csv:1: column 5: `dataverse` is a column already"),
+            "{err}"
+        );
+        let err = parse(
+            Path::new("r.csv"),
+            "id,display_name,teams\nann,Ann,a\nbob,Bob,b\nann,Ann Lee,c\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(err, "r.csv:4: id `ann` is also on line 2");
+        let err = parse(
+            Path::new("r.json"),
+            r#"[{"id":"ann","display_name":"Ann","external_ids":{"temas":"x"}},
+                {"id":"ann","display_name":"Ann","external_ids":{}}]"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("r.json[0]: external_ids: unknown system `temas`"),
+            "{err}"
+        );
+        assert!(err.contains("r.json[1]: id `ann` is also at [0]"), "{err}");
     }
 
     #[test]
