@@ -305,8 +305,8 @@ graph_url = "{graph_base}/v1.0"
             id: RepId(id.clone()),
             display_name: id.clone(),
             external_ids: [
-                ("dataverse".into(), ExternalId(agent.clone())),
-                ("teams".into(), ExternalId(aad.clone())),
+                (crate::service::DATAVERSE.into(), ExternalId(agent.clone())),
+                (crate::service::TEAMS.into(), ExternalId(aad.clone())),
             ]
             .into_iter()
             .collect(),

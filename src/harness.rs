@@ -351,8 +351,11 @@ graph_url = "{graph_base}/v1.0"
                 id: RepId(r.id.clone()),
                 display_name: r.id.clone(),
                 external_ids: [
-                    ("dataverse".into(), ExternalId(r.agent.clone())),
-                    ("teams".into(), ExternalId(r.aad.clone())),
+                    (
+                        crate::service::DATAVERSE.into(),
+                        ExternalId(r.agent.clone()),
+                    ),
+                    (crate::service::TEAMS.into(), ExternalId(r.aad.clone())),
                 ]
                 .into_iter()
                 .collect(),

@@ -9,10 +9,7 @@ use presync_engine::store::Store;
 use presync_engine::{ExternalId, RepId, Representative, SystemId};
 use serde::Deserialize;
 
-/// The systems `presync run` names its connectors: an import's system columns (CSV) and
-/// `external_ids` keys (JSON) must be among them, so that a misspelt column is refused rather
-/// than imported as ids of a system nothing reads.
-pub const SYSTEMS: [&str; 2] = ["dataverse", "teams"];
+use crate::service::SYSTEMS;
 
 /// Why `name` cannot be a system column or key; `None` when it can.
 fn unknown_system(name: &str) -> Option<String> {

@@ -37,6 +37,13 @@ use tracing::{debug, info, warn};
 
 use crate::config::{Config, Entra};
 
+/// The names `presync run` gives its connectors: the systems of its directory, its history and
+/// its metrics.
+pub const DATAVERSE: &str = "dataverse";
+pub const TEAMS: &str = "teams";
+/// Every system `presync run` has: a directory import names no other (`presync reps import`).
+pub const SYSTEMS: [&str; 2] = [DATAVERSE, TEAMS];
+
 /// Everything `presync run` starts.
 pub struct Service {
     pub engine: Engine,
@@ -88,7 +95,7 @@ fn entra(e: &Entra, scope: String) -> anyhow::Result<TokenClient> {
 fn engine_config(config: &Config) -> presync_engine::config::EngineConfig {
     let mut engine = config.engine.clone();
     if let Some(t) = &config.teams {
-        engine.dispatch.entry("teams".into()).or_insert_with(|| {
+        engine.dispatch.entry(TEAMS.into()).or_insert_with(|| {
             presync_engine::config::DispatchConfig {
                 rate_limit: t.graph.rate_limit,
                 rate_window_ms: t.graph.rate_window_secs.saturating_mul(1_000),
@@ -109,9 +116,9 @@ pub async fn build(config: &Config) -> anyhow::Result<Service> {
         let dv_config = d.connector_config().map_err(anyhow::Error::msg)?;
         let scope = format!("{}/.default", d.org_url.trim_end_matches('/'));
         let creds = Arc::new(EntraCredentials::new(entra(&d.entra, scope)?));
-        health.push(("dataverse", creds.clone() as Arc<dyn Credentials>));
+        health.push((DATAVERSE, creds.clone() as Arc<dyn Credentials>));
         let connector = Arc::new(DataverseConnector::new(dv_config.clone(), creds)?);
-        connectors.insert("dataverse".into(), connector.clone() as Arc<dyn Connector>);
+        connectors.insert(DATAVERSE.into(), connector.clone() as Arc<dyn Connector>);
         dataverse = Some(connector);
         dataverse_ingress = Some(dv_config);
     }
@@ -122,7 +129,7 @@ pub async fn build(config: &Config) -> anyhow::Result<Service> {
     if let Some(t) = &config.teams {
         let scope = "https://graph.microsoft.com/.default".to_owned();
         let app = Arc::new(AppCredentials::new(entra(&t.entra, scope)?));
-        health.push(("teams", app.clone() as Arc<dyn Credentials>));
+        health.push((TEAMS, app.clone() as Arc<dyn Credentials>));
         let subscribing = t.ingress == "subscriptions";
         let delegated: Option<Arc<dyn presync_engine::remote::Credentials>> =
             match (subscribing, &t.refresh_token_file) {
@@ -151,7 +158,7 @@ pub async fn build(config: &Config) -> anyhow::Result<Service> {
             client.clone(),
             Arc::new(SystemClock),
         )?);
-        connectors.insert("teams".into(), connector.clone() as Arc<dyn Connector>);
+        connectors.insert(TEAMS.into(), connector.clone() as Arc<dyn Connector>);
         if subscribing {
             let public = t
                 .public_url
@@ -190,7 +197,7 @@ pub async fn build(config: &Config) -> anyhow::Result<Service> {
     let ingress = match (&dataverse, dataverse_ingress) {
         (Some(connector), Some(c)) => Some(Arc::new(Ingress {
             engine: engine.clone(),
-            system: "dataverse".into(),
+            system: DATAVERSE.into(),
             connector: connector.clone(),
             config: c.webhook.clone(),
             discovery: c.discovery.clone(),
@@ -205,7 +212,7 @@ pub async fn build(config: &Config) -> anyhow::Result<Service> {
         let (lifecycle, lifecycle_rx) = tokio::sync::mpsc::unbounded_channel();
         let ingress = Arc::new(TeamsIngress {
             engine: engine.clone(),
-            system: "teams".into(),
+            system: TEAMS.into(),
             client_state,
             keys: None,
             reread,
@@ -628,13 +635,13 @@ pub async fn serve(
         })
         .await?;
         if let Some(interval) = service.teams_polling {
-            background.push(Poller::new(engine.clone(), "teams".into(), t).spawn(interval));
+            background.push(Poller::new(engine.clone(), TEAMS.into(), t).spawn(interval));
         }
     }
     if let Some(n) = service.teams_notifications {
         background.push(spawn_reader(
             engine.clone(),
-            "teams".into(),
+            TEAMS.into(),
             n.connector.clone(),
             n.reread,
             Duration::from_millis(200),
@@ -714,7 +721,7 @@ where
 /// instance, and one written before a restart or by an instance that died must not fade.
 async fn keep_alive_pass(engine: Engine, teams: Arc<TeamsConnector>) {
     exclusive(&engine, "teams-keep-alive", async {
-        let written = match engine.store().written_states(&"teams".into()).await {
+        let written = match engine.store().written_states(&TEAMS.into()).await {
             Ok(w) => w,
             Err(e) => {
                 warn!(error = %e, "Keep-alive could not read presync's records");
@@ -738,7 +745,7 @@ async fn keep_alive_pass(engine: Engine, teams: Arc<TeamsConnector>) {
 /// they are not yet, and renew what is due.
 async fn subscriptions_pass(engine: Engine, manager: Arc<SubscriptionManager>) {
     exclusive(&engine, "teams-subscriptions", async {
-        match engine.store().external_ids(&"teams".into()).await {
+        match engine.store().external_ids(&TEAMS.into()).await {
             Ok(ids) => {
                 let users: Vec<String> = ids
                     .into_iter()

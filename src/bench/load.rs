@@ -194,9 +194,7 @@ impl Baseline {
         }
         Ok(baseline)
     }
-}
 
-impl Baseline {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

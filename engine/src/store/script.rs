@@ -153,17 +153,18 @@ impl<'q> Script<'q> {
             Dialect::Sqlite => {
                 let mut out: Vec<(String, Vec<Param<'q>>)> = Vec::new();
                 for s in self.statements {
-                    let mut sql = String::with_capacity(s.sql.len() + 2);
-                    let params = positional(&s.sql, s.params, &mut sql);
                     match out.last_mut() {
                         Some((joined, args))
-                            if args.len() + params.len() <= PARAMS_PER_ROUND_TRIP =>
+                            if args.len() + s.params.len() <= PARAMS_PER_ROUND_TRIP =>
                         {
                             joined.push_str(";\n");
-                            joined.push_str(&sql);
-                            args.extend(params);
+                            args.extend(positional(&s.sql, s.params, joined));
                         }
-                        _ => out.push((sql, params)),
+                        _ => {
+                            let mut sql = String::with_capacity(s.sql.len());
+                            let args = positional(&s.sql, s.params, &mut sql);
+                            out.push((sql, args));
+                        }
                     }
                 }
                 out
@@ -176,7 +177,10 @@ impl<'q> Script<'q> {
 /// order of the `?`s: `params[n - 1]` for each `$n`, repeated where `$n` is, and NULL where
 /// there is no n-th argument (what SQLite binds to a parameter left unbound).
 fn positional<'q>(sql: &str, params: Vec<Param<'q>>, out: &mut String) -> Vec<Param<'q>> {
-    let mut ordered = Vec::with_capacity(params.len());
+    // Each argument is moved to its first `?` and copied only for a repeat.
+    let mut params: Vec<Option<Param<'q>>> = params.into_iter().map(Some).collect();
+    let mut first_at = vec![usize::MAX; params.len()];
+    let mut ordered: Vec<Param<'q>> = Vec::with_capacity(params.len());
     let mut pieces = sql.split('$');
     out.push_str(pieces.next().unwrap_or_default());
     for piece in pieces {
@@ -186,11 +190,22 @@ fn positional<'q>(sql: &str, params: Vec<Param<'q>>, out: &mut String) -> Vec<Pa
             out.push_str(piece);
             continue;
         }
-        let arg = piece[..digits]
+        let i = piece[..digits]
             .parse::<usize>()
             .ok()
-            .and_then(|n| params.get(n.checked_sub(1)?));
-        ordered.push(arg.cloned().unwrap_or(Param::Int(None)));
+            .and_then(|n| n.checked_sub(1))
+            .filter(|&i| i < params.len());
+        let arg = match i {
+            Some(i) => match params[i].take() {
+                Some(arg) => {
+                    first_at[i] = ordered.len();
+                    arg
+                }
+                None => ordered[first_at[i]].clone(),
+            },
+            None => Param::Int(None),
+        };
+        ordered.push(arg);
         out.push('?');
         out.push_str(&piece[digits..]);
     }
