@@ -15,6 +15,8 @@ use crate::harness::{Ingress, Options};
 
 const IN_FLIGHT: usize = 32;
 const GOAL: f64 = 0.5;
+/// Webhooks per second of the cost run: a load the service keeps up with on this machine.
+const COST_RATE: u32 = 2_000;
 
 fn options(reps: usize, database: Option<String>, database_toml: &str) -> Options {
     let mut opts = Options::new(reps);
@@ -82,12 +84,66 @@ struct Run {
 /// CPU seconds, user and system, all threads, that process `pid` has used (`/proc/PID/stat`,
 /// in clock ticks of 1/100 s on Linux); `None` where there is no such file.
 fn cpu_secs(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_secs(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// CPU seconds of each kind of thread of process `pid`: tokio's workers, SQLite's connection
+/// threads (sqlx runs each connection on a thread of its own), and the rest.
+fn cpu_by_thread(pid: u32) -> ThreadCpu {
+    let mut cpu = ThreadCpu::default();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return cpu;
+    };
+    for task in tasks.flatten() {
+        let path = task.path();
+        let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        let Some(secs) = std::fs::read_to_string(path.join("stat"))
+            .ok()
+            .and_then(|stat| stat_secs(&stat))
+        else {
+            continue;
+        };
+        let kind = if name.starts_with("tokio-rt-worker") {
+            &mut cpu.tokio
+        } else if name.starts_with("sqlx-sqlite") {
+            &mut cpu.sqlite
+        } else {
+            &mut cpu.other
+        };
+        *kind += secs;
+    }
+    cpu
+}
+
+/// User and system time of a `/proc/.../stat` line, in seconds (clock ticks of 1/100 s).
+fn stat_secs(stat: &str) -> Option<f64> {
     // After the command name, which may hold spaces: state is the first field, utime the 12th.
     let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
     let utime: f64 = fields.next()?.parse().ok()?;
     let stime: f64 = fields.next()?.parse().ok()?;
     Some((utime + stime) / 100.0)
+}
+
+/// CPU seconds by kind of thread ([`cpu_by_thread`]).
+#[derive(Debug, Clone, Copy, Default)]
+struct ThreadCpu {
+    tokio: f64,
+    sqlite: f64,
+    other: f64,
+}
+
+impl ThreadCpu {
+    fn since(self, earlier: ThreadCpu) -> ThreadCpu {
+        ThreadCpu {
+            tokio: self.tokio - earlier.tokio,
+            sqlite: self.sqlite - earlier.sqlite,
+            other: self.other - earlier.other,
+        }
+    }
+
+    fn total(&self) -> f64 {
+        self.tokio + self.sqlite + self.other
+    }
 }
 
 /// CPU microseconds per request of `pid` between two [`cpu_secs`] readings.
@@ -123,6 +179,60 @@ async fn presync(
         got: result,
         grouping,
         cpu_per_webhook: per_request(cpu_before, cpu_after, grouping.accepted),
+    })
+}
+
+/// What a steady load of webhooks costs the service: CPU time per webhook, by kind of thread,
+/// from the first webhook until the last is resolved.
+#[derive(Debug, Clone, Copy)]
+struct Cost {
+    rate: u32,
+    webhooks: u64,
+    per_webhook: ThreadCpu,
+    /// Seconds from the last webhook sent until the inbox was empty.
+    drain_secs: f64,
+}
+
+/// Send `rate` webhooks a second for `secs` (open loop, a rate the service keeps up with), wait
+/// until every one is resolved, and divide the CPU time the service used meanwhile.
+async fn steady_cost(reps: usize, rate: u32, secs: u64) -> anyhow::Result<Cost> {
+    let source = Source::prepare(&options(reps, None, "")).await?;
+    let instance = super::serve(&source.harness).await?;
+    let t = source.target(&instance.url);
+    let before = Grouping::read(&instance.url).await;
+    let cpu_before = cpu_by_thread(instance.pid());
+    let sent = load::paced(&t, source.flipping(0), rate, u64::from(rate) * secs).await?;
+    let sent_at = std::time::Instant::now();
+    let inbox = "presync_queue_depth{queue=\"inbox\"}";
+    let deadline = sent_at + Duration::from_secs(120);
+    while crate::harness::metric_sum(&instance.url, inbox).await != Some(0.0) {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the inbox was not empty 120 s after the load\n{}",
+            source.harness.log_tails(20)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let drain_secs = sent_at.elapsed().as_secs_f64();
+    let cpu = cpu_by_thread(instance.pid()).since(cpu_before);
+    let grouping = Grouping::read(&instance.url).await.since(before);
+    instance.kill();
+    let webhooks = sent.iter().filter(|s| s.ok).count() as u64;
+    anyhow::ensure!(
+        webhooks > 0 && grouping.decisions >= webhooks as f64,
+        "{webhooks} webhooks acknowledged, {} resolved",
+        grouping.decisions
+    );
+    let per = |s: f64| s / webhooks as f64 * 1e6;
+    Ok(Cost {
+        rate,
+        webhooks,
+        per_webhook: ThreadCpu {
+            tokio: per(cpu.tokio),
+            sqlite: per(cpu.sqlite),
+            other: per(cpu.other),
+        },
+        drain_secs,
     })
 }
 
@@ -195,6 +305,7 @@ pub async fn run(scale: Scale, postgres: Option<&str>) -> anyhow::Result<Outcome
         None => None,
     };
     let (after, after_cpu) = baseline(reps, warmup, measure).await?;
+    let cost = steady_cost(reps, COST_RATE, measure.as_secs()).await?;
     let base = (before.per_sec() + after.per_sec()) / 2.0;
     let mut rows = vec![
         row("Ingest, SQLite", sqlite.got, base, Some(GOAL)),
@@ -256,6 +367,24 @@ pub async fn run(scale: Scale, postgres: Option<&str>) -> anyhow::Result<Outcome
         service("presync, PostgreSQL", pg);
     }
     line("baseline (after)", after, None, after_cpu);
+    details.push_str(&format!(
+        "\nWhat a webhook costs the service, SQLite, at a steady {rate}/s (open loop, {n} \
+         webhooks of the same kind, a load it keeps up with): its CPU time from the first \
+         webhook until the last was resolved ({drain:.2} s after it was sent), per webhook, by \
+         the threads that spent it. Tokio's workers run HTTP, parsing, the handler and the \
+         pipeline's own code; each SQLite connection runs on a thread of its own (the intake's \
+         and the store's).\n\n\
+         | Threads | CPU per webhook |\n|---|---|\n\
+         | tokio workers | {t:.1} µs |\n| SQLite connections | {q:.1} µs |\n| other | {o:.1} µs |\n\
+         | all | {a:.1} µs |\n",
+        rate = cost.rate,
+        n = cost.webhooks,
+        drain = cost.drain_secs,
+        t = cost.per_webhook.tokio,
+        q = cost.per_webhook.sqlite,
+        o = cost.per_webhook.other,
+        a = cost.per_webhook.total(),
+    ));
     if postgres.is_none() {
         details.push_str(
             "\nPostgreSQL skipped: give `--postgres URL` or set `PRESYNC_TEST_POSTGRES_URL`.\n",

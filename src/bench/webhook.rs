@@ -36,8 +36,61 @@ pub struct Template {
     modified_ms: i64,
     row_version: i64,
     operation_id: String,
+    /// `text` cut where the values that vary by event sit, so that a body is built in one pass.
+    pieces: Vec<Piece>,
     /// The last presence timestamp handed out: every body is strictly newer than the one before.
     last_ms: AtomicI64,
+}
+
+/// A value of the captured webhook that differs from event to event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    RowVersion,
+    /// `Date(ms)` of the presence change, in milliseconds.
+    ModifiedMs,
+    /// `Date(ms)` of the presence change, rounded down to the second.
+    ModifiedSecs,
+    StatusId,
+    AgentId,
+    PresenceId,
+    OperationId,
+}
+
+/// A piece of the captured text: kept as it is, or a [`Slot`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Piece {
+    Text(std::ops::Range<usize>),
+    Slot(Slot),
+}
+
+/// `text` cut at every occurrence of the needles, each needle's occurrences found left to
+/// right without overlap as `str::replace` finds them; where two needles match at one place,
+/// the one listed first wins, and a match inside an earlier one is not a match.
+fn cut(text: &str, needles: &[(String, Slot)]) -> Vec<Piece> {
+    let mut found: Vec<(usize, usize, usize)> = Vec::new();
+    for (rank, (needle, _)) in needles.iter().enumerate() {
+        found.extend(
+            text.match_indices(needle.as_str())
+                .map(|(at, m)| (at, rank, at + m.len())),
+        );
+    }
+    found.sort_unstable();
+    let mut pieces = Vec::new();
+    let mut done = 0;
+    for (at, rank, end) in found {
+        if at < done {
+            continue;
+        }
+        if at > done {
+            pieces.push(Piece::Text(done..at));
+        }
+        pieces.push(Piece::Slot(needles[rank].1));
+        done = end;
+    }
+    if done < text.len() {
+        pieces.push(Piece::Text(done..text.len()));
+    }
+    pieces
 }
 
 impl Template {
@@ -78,7 +131,12 @@ impl Template {
             modified_ms: row.modified_on_ms,
             row_version: row.row_version,
             operation_id,
+            pieces: Vec::new(),
             last_ms: AtomicI64::new(0),
+        };
+        let template = Template {
+            pieces: cut(&template.text, &template.needles()),
+            ..template
         };
         anyhow::ensure!(
             template
@@ -109,32 +167,59 @@ impl Template {
         format!("\"RowVersion\":\"{v}\"")
     }
 
+    /// The captured values that vary by event, in the order they are replaced.
+    fn needles(&self) -> [(String, Slot); 7] {
+        [
+            (self.row_version_field(self.row_version), Slot::RowVersion),
+            (format!("Date({})", self.modified_ms), Slot::ModifiedMs),
+            (
+                format!("Date({})", self.modified_ms / 1000 * 1000),
+                Slot::ModifiedSecs,
+            ),
+            (self.agent.status_id.clone(), Slot::StatusId),
+            (self.agent.agent_id.clone(), Slot::AgentId),
+            (self.presence_id.clone(), Slot::PresenceId),
+            (self.operation_id.clone(), Slot::OperationId),
+        ]
+    }
+
     /// A body: `agent` changed to `presence_id` now, as row version `version` (which must grow
     /// per agent; a global event counter does).
     pub fn body(&self, agent: &Agent, presence_id: &str, version: i64) -> String {
         let now = presync_engine::clock::Clock::now(&presync_engine::clock::SystemClock);
-        let ms = self.next_ms(now);
-        let old_secs = self.modified_ms / 1000 * 1000;
-        self.text
-            .replace(
-                &self.row_version_field(self.row_version),
-                &self.row_version_field(version),
-            )
-            .replace(
-                &format!("Date({})", self.modified_ms),
-                &format!("Date({ms})"),
-            )
-            .replace(
-                &format!("Date({old_secs})"),
-                &format!("Date({})", ms / 1000 * 1000),
-            )
-            .replace(&self.agent.status_id, &agent.status_id)
-            .replace(&self.agent.agent_id, &agent.agent_id)
-            .replace(&self.presence_id, presence_id)
-            .replace(
-                &self.operation_id,
-                &uuid::Uuid::new_v4().hyphenated().to_string(),
-            )
+        let operation = uuid::Uuid::new_v4();
+        self.fill(agent, presence_id, version, self.next_ms(now), &operation)
+    }
+
+    /// The body of [`Template::body`] with its time and operation id given, built in one pass
+    /// over the pieces: the load generator shares the machine with the service it measures.
+    fn fill(
+        &self,
+        agent: &Agent,
+        presence_id: &str,
+        version: i64,
+        ms: i64,
+        operation: &uuid::Uuid,
+    ) -> String {
+        use std::fmt::Write;
+        let mut out = String::with_capacity(self.text.len() + 64);
+        for piece in &self.pieces {
+            // Writing to a String cannot fail.
+            let _ = match piece {
+                Piece::Text(range) => {
+                    out.push_str(&self.text[range.clone()]);
+                    Ok(())
+                }
+                Piece::Slot(Slot::RowVersion) => write!(out, "\"RowVersion\":\"{version}\""),
+                Piece::Slot(Slot::ModifiedMs) => write!(out, "Date({ms})"),
+                Piece::Slot(Slot::ModifiedSecs) => write!(out, "Date({})", ms / 1000 * 1000),
+                Piece::Slot(Slot::StatusId) => write!(out, "{}", agent.status_id),
+                Piece::Slot(Slot::AgentId) => write!(out, "{}", agent.agent_id),
+                Piece::Slot(Slot::PresenceId) => write!(out, "{presence_id}"),
+                Piece::Slot(Slot::OperationId) => write!(out, "{}", operation.hyphenated()),
+            };
+        }
+        out
     }
 
     /// `now`, or one millisecond after the last timestamp handed out if that is not older.
@@ -209,5 +294,109 @@ impl Source {
             let i = (first + seq as usize) % agents.len();
             template.body(&agents[i], builtin::BUSY, 2_000_000 + seq as i64)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent(n: u8) -> Agent {
+        Agent {
+            agent_id: format!("5e000000-0000-4000-8000-0000000000{n:02x}"),
+            status_id: format!("cd6a61ee-b40e-4831-b2b7-d5a3c00cfe{n:02x}"),
+            aad: String::new(),
+        }
+    }
+
+    /// A template over `text` captured for agent 1, presence `p-old`, at `modified_ms`.
+    fn template(text: &str, modified_ms: i64) -> Template {
+        let t = Template {
+            text: text.to_owned(),
+            headers: Vec::new(),
+            agent: agent(1),
+            presence_id: "p-old".into(),
+            modified_ms,
+            row_version: 1004427,
+            operation_id: "277568de-8501-4855-a07e-5c607fa6d70d".into(),
+            pieces: Vec::new(),
+            last_ms: AtomicI64::new(0),
+        };
+        Template {
+            pieces: cut(&t.text, &t.needles()),
+            ..t
+        }
+    }
+
+    /// What the body was before it was cut into pieces: each value replaced in turn.
+    fn by_replacing(
+        t: &Template,
+        agent: &Agent,
+        presence: &str,
+        version: i64,
+        ms: i64,
+        op: &str,
+    ) -> String {
+        let mut text = t.text.clone();
+        for (needle, slot) in t.needles() {
+            let value = match slot {
+                Slot::RowVersion => t.row_version_field(version),
+                Slot::ModifiedMs => format!("Date({ms})"),
+                Slot::ModifiedSecs => format!("Date({})", ms / 1000 * 1000),
+                Slot::StatusId => agent.status_id.clone(),
+                Slot::AgentId => agent.agent_id.clone(),
+                Slot::PresenceId => presence.to_owned(),
+                Slot::OperationId => op.to_owned(),
+            };
+            text = text.replace(&needle, &value);
+        }
+        text
+    }
+
+    #[test]
+    fn a_body_is_the_capture_with_every_varying_value_replaced() {
+        let text = r#"{"OperationId":"277568de-8501-4855-a07e-5c607fa6d70d","PrimaryEntityId":"cd6a61ee-b40e-4831-b2b7-d5a3c00cfe01","Target":{"msdyn_agentid":"5e000000-0000-4000-8000-000000000001","presence":"p-old","on":"/Date(1796283765628)/","secs":"/Date(1796283765000)/","again":"/Date(1796283765628)/","RowVersion":"1004427"},"Parent":{"Id":"cd6a61ee-b40e-4831-b2b7-d5a3c00cfe01","RowVersion":"1004427","presence":"p-old"}}"#;
+        // One capture whose time is not on a second and one whose time is: then the two date
+        // needles are the same text, and the first listed wins, as it did when replacing.
+        for modified in [1796283765628, 1796283765000] {
+            let t = template(
+                &text.replace("1796283765628", &modified.to_string()),
+                modified,
+            );
+            let op = uuid::Uuid::new_v4();
+            let want = by_replacing(
+                &t,
+                &agent(7),
+                "p-new",
+                2_000_001,
+                1796283799123,
+                &op.hyphenated().to_string(),
+            );
+            assert_eq!(
+                t.fill(&agent(7), "p-new", 2_000_001, 1796283799123, &op),
+                want
+            );
+            assert!(want.contains("5e000000-0000-4000-8000-000000000007"));
+            assert!(!want.contains("p-old") && !want.contains("1004427"));
+        }
+    }
+
+    #[test]
+    fn matches_inside_an_earlier_match_and_text_around_them_are_kept() {
+        let needles = [
+            ("abcd".to_owned(), Slot::AgentId),
+            ("bc".to_owned(), Slot::PresenceId),
+        ];
+        assert_eq!(
+            cut("xabcdybcz", &needles),
+            vec![
+                Piece::Text(0..1),
+                Piece::Slot(Slot::AgentId),
+                Piece::Text(5..6),
+                Piece::Slot(Slot::PresenceId),
+                Piece::Text(8..9),
+            ]
+        );
+        assert_eq!(cut("", &needles), vec![]);
     }
 }

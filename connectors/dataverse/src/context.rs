@@ -9,7 +9,8 @@
 //! JSON path of the first problem.
 
 use presync_engine::Millis;
-use serde_json::{Map, Value as Json};
+
+use crate::jsontree::{Json, Object, NULL};
 
 /// The logical name of the one table that carries presence.
 pub const AGENT_STATUS_ENTITY: &str = "msdyn_agentstatus";
@@ -145,7 +146,7 @@ pub enum Value {
     EntityCollection(Vec<Entity>),
     Array(Vec<Value>),
     /// An object whose `__type` this parser does not model, kept as it came.
-    Unknown(Json),
+    Unknown(serde_json::Value),
 }
 
 macro_rules! accessors {
@@ -182,7 +183,7 @@ pub fn parse(body: &[u8]) -> Result<ExecutionContext, ParseError> {
     let text = std::str::from_utf8(unmarked).map_err(|e| ParseError::InvalidUtf8 {
         offset: bom + e.valid_up_to(), // in the body as received, BOM included
     })?;
-    let json: Json = serde_json::from_str(text).map_err(|e| {
+    let json: Json<'_> = serde_json::from_str(text).map_err(|e| {
         let (line, column, full) = (e.line(), e.column(), e.to_string());
         let position = format!(" at line {line} column {column}");
         let reason = full
@@ -225,7 +226,6 @@ impl Path<'_> {
 }
 
 type Res<T> = Result<T, ParseError>;
-type Object = Map<String, Json>;
 
 fn structure(path: &Path<'_>, expected: &'static str, found: &'static str) -> ParseError {
     let path = path.render();
@@ -236,7 +236,7 @@ fn structure(path: &Path<'_>, expected: &'static str, found: &'static str) -> Pa
     }
 }
 
-fn unexpected(path: &Path<'_>, expected: &'static str, found: &Json) -> ParseError {
+fn unexpected(path: &Path<'_>, expected: &'static str, found: &Json<'_>) -> ParseError {
     let found = match found {
         Json::Null => "null",
         Json::Bool(_) => "a boolean",
@@ -249,12 +249,12 @@ fn unexpected(path: &Path<'_>, expected: &'static str, found: &Json) -> ParseErr
 }
 
 /// Member `name` converted by `conv`: `None` when absent or null, an error when `conv` fails.
-fn member<'j, T>(
-    obj: &'j Object,
+fn member<'j, 'a, T>(
+    obj: &'j Object<'a>,
     name: &'static str,
     path: &Path<'_>,
     expected: &'static str,
-    conv: impl FnOnce(&'j Json) -> Option<T>,
+    conv: impl FnOnce(&'j Json<'a>) -> Option<T>,
 ) -> Res<Option<T>> {
     match obj.get(name).filter(|v| !v.is_null()) {
         None => Ok(None),
@@ -264,13 +264,13 @@ fn member<'j, T>(
     }
 }
 
-fn string(obj: &Object, name: &'static str, path: &Path<'_>) -> Res<Option<String>> {
+fn string(obj: &Object<'_>, name: &'static str, path: &Path<'_>) -> Res<Option<String>> {
     member(obj, name, path, "a string", |v| {
         v.as_str().map(str::to_owned)
     })
 }
 
-fn parse_context(obj: &Object, path: &Path<'_>) -> Res<ExecutionContext> {
+fn parse_context(obj: &Object<'_>, path: &Path<'_>) -> Res<ExecutionContext> {
     let s = |name| string(obj, name, path);
     let int = |name| member(obj, name, path, "an integer", Json::as_i64);
     let (owning, parent) = (path.field("OwningExtension"), path.field("ParentContext"));
@@ -282,7 +282,7 @@ fn parse_context(obj: &Object, path: &Path<'_>) -> Res<ExecutionContext> {
         "an object or null",
         Json::as_object,
     )?;
-    let date = |v: &Json| v.as_str().and_then(parse_date);
+    let date = |v: &Json<'_>| v.as_str().and_then(parse_date);
     Ok(ExecutionContext {
         message_name: s("MessageName")?,
         primary_entity_name: s("PrimaryEntityName")?,
@@ -317,10 +317,10 @@ fn parse_context(obj: &Object, path: &Path<'_>) -> Res<ExecutionContext> {
 
 /// A `[{"key": ..., "value": ...}]` array; absent or null is empty. A missing `value` is null.
 fn key_values<T>(
-    obj: &Object,
+    obj: &Object<'_>,
     name: &'static str,
     path: &Path<'_>,
-    item: fn(&Json, &Path<'_>) -> Res<T>,
+    item: fn(&Json<'_>, &Path<'_>) -> Res<T>,
 ) -> Res<Vec<(String, T)>> {
     let here = path.field(name);
     let items = member(
@@ -339,31 +339,31 @@ fn key_values<T>(
         let Some(key) = member(pair, "key", &at, "a string", Json::as_str)? else {
             return Err(structure(&at.field("key"), "a string", "nothing"));
         };
-        let value = item(pair.get("value").unwrap_or(&Json::Null), &at.field("value"))?;
+        let value = item(pair.get("value").unwrap_or(&NULL), &at.field("value"))?;
         out.push((key.to_owned(), value));
     }
     Ok(out)
 }
 
-fn parse_entity_value(v: &Json, path: &Path<'_>) -> Res<Entity> {
+fn parse_entity_value(v: &Json<'_>, path: &Path<'_>) -> Res<Entity> {
     let obj = v
         .as_object()
         .ok_or_else(|| unexpected(path, "an Entity object", v))?;
     parse_entity(obj, path)
 }
 
-fn parse_formatted(v: &Json, path: &Path<'_>) -> Res<String> {
+fn parse_formatted(v: &Json<'_>, path: &Path<'_>) -> Res<String> {
     match v {
-        Json::String(s) => Ok(s.clone()),
+        Json::String(s) => Ok(s.to_string()),
         Json::Null => Ok(String::new()),
         other => Err(unexpected(path, "a string", other)),
     }
 }
 
 /// An entity object; its `__type`, if any, is not checked (images often have none).
-fn parse_entity(obj: &Object, path: &Path<'_>) -> Res<Entity> {
-    let row_version = |v: &Json| match v {
-        Json::String(s) => Some(s.clone()),
+fn parse_entity(obj: &Object<'_>, path: &Path<'_>) -> Res<Entity> {
+    let row_version = |v: &Json<'_>| match v {
+        Json::String(s) => Some(s.to_string()),
         Json::Number(n) => Some(n.to_string()),
         _ => None,
     };
@@ -377,7 +377,7 @@ fn parse_entity(obj: &Object, path: &Path<'_>) -> Res<Entity> {
     })
 }
 
-fn parse_reference(obj: &Object, path: &Path<'_>) -> Res<EntityReference> {
+fn parse_reference(obj: &Object<'_>, path: &Path<'_>) -> Res<EntityReference> {
     Ok(EntityReference {
         logical_name: string(obj, "LogicalName", path)?,
         id: string(obj, "Id", path)?,
@@ -386,7 +386,7 @@ fn parse_reference(obj: &Object, path: &Path<'_>) -> Res<EntityReference> {
 }
 
 /// Any value of a key/value array.
-fn parse_value(v: &Json, path: &Path<'_>) -> Res<Value> {
+fn parse_value(v: &Json<'_>, path: &Path<'_>) -> Res<Value> {
     Ok(match v {
         Json::Null => Value::Null,
         Json::Bool(b) => Value::Bool(*b),
@@ -394,7 +394,7 @@ fn parse_value(v: &Json, path: &Path<'_>) -> Res<Value> {
             Some(i) => Value::Int(i),
             None => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
         },
-        Json::String(s) => parse_date(s).map_or_else(|| Value::String(s.clone()), Value::Date),
+        Json::String(s) => parse_date(s).map_or_else(|| Value::String(s.to_string()), Value::Date),
         Json::Array(items) => {
             let mut values = Vec::with_capacity(items.len());
             for (i, item) in items.iter().enumerate() {
@@ -432,7 +432,7 @@ fn classify_array(values: Vec<Value>) -> Value {
 }
 
 /// An object: dispatched on the part of `__type` before the first `:`.
-fn parse_typed(obj: &Object, whole: &Json, path: &Path<'_>) -> Res<Value> {
+fn parse_typed(obj: &Object<'_>, whole: &Json<'_>, path: &Path<'_>) -> Res<Value> {
     let Some(full_type) = member(obj, "__type", path, "a string", Json::as_str)? else {
         let (expected, found) = ("an object with __type", "an object without __type");
         return Err(structure(path, expected, found));
@@ -458,18 +458,18 @@ fn parse_typed(obj: &Object, whole: &Json, path: &Path<'_>) -> Res<Value> {
             Value::EntityCollection(entities.collect::<Res<_>>()?)
         }
         _ if namespace == "#System" => parse_wrapped(name, obj, path)?,
-        _ => Value::Unknown(whole.clone()),
+        _ => Value::Unknown(whole.to_value()),
     })
 }
 
 /// A wrapped primitive such as `{"__type": "Guid:#System", "__value": "..."}`.
-fn parse_wrapped(name: &str, obj: &Object, path: &Path<'_>) -> Res<Value> {
+fn parse_wrapped(name: &str, obj: &Object<'_>, path: &Path<'_>) -> Res<Value> {
     let here = path.field("__value");
     let Some(inner) = obj.get("__value") else {
         return Err(structure(&here, "the wrapped value", "nothing"));
     };
     match (name, inner) {
-        ("Guid", Json::String(s)) => Ok(Value::Guid(s.clone())),
+        ("Guid", Json::String(s)) => Ok(Value::Guid(s.to_string())),
         ("Guid", other) => Err(unexpected(&here, "a GUID string", other)),
         ("DateTime", v) => {
             let date = v.as_str().and_then(parse_date);

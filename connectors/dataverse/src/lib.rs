@@ -29,6 +29,7 @@ pub mod config;
 pub mod connector;
 pub mod context;
 pub mod inspect;
+mod jsontree;
 pub mod mapping;
 pub mod sim;
 pub mod time;
