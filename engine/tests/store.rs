@@ -491,20 +491,26 @@ async fn an_unreadable_inbox_row_is_set_aside_without_holding_up_the_others(url:
         .unwrap();
     w.engine.ingest(good.clone()).await.unwrap();
     // Corrupt the first row behind the store's back (a bad upgrade, a disk fault): on SQLite
-    // it waits in the intake file, on PostgreSQL in the inbox.
+    // it waits in the intake file (its batch keeps the key, the rest is not an observation),
+    // on PostgreSQL in the inbox.
     sqlx::any::install_default_drivers();
-    let (file, table) = match presync_engine::store::intake_path(&url) {
-        Some(intake) => (format!("sqlite:{intake}"), "intake"),
-        None => (url.clone(), "inbox"),
+    let (file, sql) = match presync_engine::store::intake_path(&url) {
+        Some(intake) => (
+            format!("sqlite:{intake}"),
+            "UPDATE intake_batches SET observations = json_array(json_object('delivery_key', $1))
+             WHERE instr(observations, $1) > 0",
+        ),
+        None => (
+            url.clone(),
+            "UPDATE inbox SET observation = 'not json' WHERE delivery_key = $1",
+        ),
     };
     let pool = sqlx::AnyPool::connect(&file).await.unwrap();
-    let corrupted = sqlx::query(&format!(
-        "UPDATE {table} SET observation = 'not json' WHERE delivery_key = $1"
-    ))
-    .bind(bad.delivery_key.as_str())
-    .execute(&pool)
-    .await
-    .unwrap();
+    let corrupted = sqlx::query(sql)
+        .bind(bad.delivery_key.as_str())
+        .execute(&pool)
+        .await
+        .unwrap();
     assert_eq!(corrupted.rows_affected(), 1);
     pool.close().await;
     w.engine.resolve_pending().await.unwrap();
@@ -740,7 +746,7 @@ async fn on_sqlite_an_observation_moves_from_the_intake_to_the_inbox_once() {
         w.engine.ingest(o.clone()).await.unwrap(),
         Enqueued::Accepted
     );
-    assert_eq!(rows_in(&intake, "intake").await, 1);
+    assert_eq!(rows_in(&intake, "intake_batches").await, 1);
     assert_eq!(rows_in(&file, "inbox").await, 0);
     let store = w.engine.store().clone();
     assert_eq!(store.queue_depths().await.unwrap().inbox, 1);
@@ -759,27 +765,21 @@ async fn on_sqlite_an_observation_moves_from_the_intake_to_the_inbox_once() {
     );
     store.close().await;
     assert_eq!(
-        rows_in(&intake, "intake").await,
+        rows_in(&intake, "intake_batches").await,
         0,
-        "closing deletes moved rows"
+        "closing deletes moved batches"
     );
 
     // The crash: the row is back in the intake, and a restarted store knows nothing moved.
     let pool = sqlx::AnyPool::connect(&format!("sqlite:{intake}"))
         .await
         .unwrap();
-    sqlx::query(
-        "INSERT INTO intake (delivery_key, system, external_id, observation, received_at)
-         VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(o.delivery_key.as_str())
-    .bind(o.system.as_str())
-    .bind(o.external_id.as_str())
-    .bind(serde_json::to_string(&o).unwrap())
-    .bind(T0)
-    .execute(&pool)
-    .await
-    .unwrap();
+    sqlx::query("INSERT INTO intake_batches (received_at, observations) VALUES ($1, $2)")
+        .bind(T0)
+        .bind(format!("[{}]", serde_json::to_string(&o).unwrap()))
+        .execute(&pool)
+        .await
+        .unwrap();
     pool.close().await;
     let store = Store::open(&url).await.unwrap();
     assert_eq!(
@@ -799,5 +799,191 @@ async fn on_sqlite_an_observation_moves_from_the_intake_to_the_inbox_once() {
     assert_eq!(store.queue_depths().await.unwrap().inbox, 0);
     assert_eq!(decisions_of(&store, &o.delivery_key).await, 1);
     store.close().await;
-    assert_eq!(rows_in(&intake, "intake").await, 0);
+    assert_eq!(rows_in(&intake, "intake_batches").await, 0);
+}
+
+/// The intake's keys live in memory: those of batches that were never moved are read back
+/// from the file when it is opened again, and a batch moves into the inbox as the very
+/// observations it was given.
+#[tokio::test]
+async fn on_sqlite_an_unmoved_batch_is_read_back_when_the_store_is_opened_again() {
+    let db = TestDb::sqlite();
+    let url = db.url();
+    let (w, o) = world_after_a_change(&url).await;
+    let store = w.engine.store().clone();
+    let one = std::slice::from_ref(&o);
+    assert_eq!(
+        store.enqueue(one, T0).await.unwrap(),
+        vec![Enqueued::Accepted]
+    );
+    store.close().await;
+
+    let store = Store::open(&url).await.unwrap();
+    assert_eq!(
+        store.enqueue(one, T0).await.unwrap(),
+        vec![Enqueued::Duplicate]
+    );
+    assert_eq!(store.queue_depths().await.unwrap().inbox, 1);
+    let claimed = store
+        .claim_inbox("restarted", T0, T0 + 1_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].as_ref().unwrap().observation, o);
+    store.close().await;
+}
+
+/// An intake file written by a version that stored a row per observation: its rows become
+/// batches when it is opened, and are moved and deduplicated as any other.
+#[tokio::test]
+async fn on_sqlite_an_intake_file_of_rows_is_converted_when_opened() {
+    let db = TestDb::sqlite();
+    let url = db.url();
+    let intake = presync_engine::store::intake_path(&url).unwrap();
+    let (w, o) = world_after_a_change(&url).await;
+    w.engine.store().close().await;
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&format!("sqlite:{intake}"))
+        .await
+        .unwrap();
+    for sql in [
+        "DROP TABLE intake_batches",
+        "CREATE TABLE intake (
+            id            INTEGER PRIMARY KEY AUTOINCREMENT,
+            delivery_key  TEXT NOT NULL UNIQUE,
+            system        TEXT NOT NULL,
+            external_id   TEXT NOT NULL,
+            observation   TEXT NOT NULL,
+            received_at   BIGINT NOT NULL
+        )",
+    ] {
+        sqlx::query(sql).execute(&pool).await.unwrap();
+    }
+    sqlx::query(
+        "INSERT INTO intake (delivery_key, system, external_id, observation, received_at)
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(o.delivery_key.as_str())
+    .bind(o.system.as_str())
+    .bind(o.external_id.as_str())
+    .bind(serde_json::to_string(&o).unwrap())
+    .bind(T0)
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+
+    let store = Store::open(&url).await.unwrap();
+    let one = std::slice::from_ref(&o);
+    assert_eq!(
+        store.enqueue(one, T0).await.unwrap(),
+        vec![Enqueued::Duplicate]
+    );
+    let claimed = store
+        .claim_inbox("upgraded", T0, T0 + 1_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].as_ref().unwrap().observation, o);
+    store.close().await;
+    let tables: i64 = {
+        let pool = sqlx::AnyPool::connect(&format!("sqlite:{intake}"))
+            .await
+            .unwrap();
+        sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_master WHERE name = 'intake'")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    assert_eq!(tables, 0, "the old table is gone");
+}
+
+/// A batch damaged behind presync's back (not JSON at all) is moved as one unreadable row, set
+/// aside when claimed; the batches before and after it are not held up.
+#[tokio::test]
+async fn on_sqlite_a_damaged_batch_does_not_hold_up_the_others() {
+    let db = TestDb::sqlite();
+    let url = db.url();
+    let intake = presync_engine::store::intake_path(&url).unwrap();
+    let (w, first) = world_after_a_change(&url).await;
+    let store = w.engine.store().clone();
+    store
+        .enqueue(std::slice::from_ref(&first), T0)
+        .await
+        .unwrap();
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&format!("sqlite:{intake}"))
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO intake_batches (received_at, observations) VALUES ($1, 'not json')")
+        .bind(T0)
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    w.clock.advance(5);
+    let last = w
+        .system("teams")
+        .person_sets(&user("teams", 0), Availability::Away)
+        .unwrap();
+    store
+        .enqueue(std::slice::from_ref(&last), T0)
+        .await
+        .unwrap();
+
+    let claimed = store.claim_inbox("i", T0, T0 + 1_000, 10).await.unwrap();
+    assert_eq!(claimed.len(), 3);
+    assert_eq!(claimed[0].as_ref().unwrap().observation, first);
+    assert!(claimed[1].is_err(), "the damaged batch is unreadable");
+    assert_eq!(claimed[2].as_ref().unwrap().observation, last);
+}
+
+/// After a crash between moves and the intake's delete, the intake starts with batches the
+/// inbox holds already, more than one claim moves: a claim moves on past them to the batches
+/// after, instead of finding nothing to do while work waits (the SIGKILL test found it).
+#[tokio::test]
+async fn on_sqlite_a_claim_moves_past_batches_the_inbox_holds_already() {
+    let db = TestDb::sqlite();
+    let url = db.url();
+    let intake = presync_engine::store::intake_path(&url).unwrap();
+    let (w, first) = world_after_a_change(&url).await;
+    let store = w.engine.store().clone();
+    let redelivered: Vec<Observation> = (0..40)
+        .map(|i| Observation {
+            delivery_key: format!("{}-{i}", first.delivery_key),
+            ..first.clone()
+        })
+        .collect();
+    for o in &redelivered {
+        store.enqueue(std::slice::from_ref(o), T0).await.unwrap();
+    }
+    w.engine.resolve_pending().await.unwrap();
+    store.close().await;
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&format!("sqlite:{intake}"))
+        .await
+        .unwrap();
+    for o in &redelivered {
+        sqlx::query("INSERT INTO intake_batches (received_at, observations) VALUES ($1, $2)")
+            .bind(T0)
+            .bind(format!("[{}]", serde_json::to_string(o).unwrap()))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    pool.close().await;
+
+    let store = Store::open(&url).await.unwrap();
+    let new = Observation {
+        delivery_key: format!("{}-new", first.delivery_key),
+        ..first.clone()
+    };
+    store.enqueue(std::slice::from_ref(&new), T0).await.unwrap();
+    let claimed = store
+        .claim_inbox("restarted", T0, T0 + 1_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].as_ref().unwrap().observation, new);
+    store.close().await;
 }

@@ -79,6 +79,10 @@ struct Run {
     got: Throughput,
     grouping: Grouping,
     cpu_per_webhook: Option<f64>,
+    /// Seconds from the end of the load until every webhook acknowledged was resolved.
+    drain_secs: f64,
+    /// CPU per webhook from the start of the load until every one was resolved.
+    cpu_per_resolved: Option<f64>,
 }
 
 /// CPU seconds, user and system, all threads, that process `pid` has used (`/proc/PID/stat`,
@@ -174,12 +178,32 @@ async fn presync(
         "presync acknowledged no webhook\n{}",
         h.log_tails(20)
     );
+    // What the load left to resolve, resolved with nothing else arriving.
+    let drain_secs = drain(&instance.url, Duration::from_millis(250)).await?;
+    let cpu_drained = cpu_secs(instance.pid());
     instance.kill();
     Ok(Run {
         got: result,
         grouping,
         cpu_per_webhook: per_request(cpu_before, cpu_after, grouping.accepted),
+        drain_secs,
+        cpu_per_resolved: per_request(cpu_before, cpu_drained, grouping.accepted),
     })
+}
+
+/// Wait until the inbox of the instance at `base` is empty, looking every `every` (each look
+/// counts the inbox, which costs the service more the longer the queue); the seconds waited.
+async fn drain(base: &str, every: Duration) -> anyhow::Result<f64> {
+    let started = std::time::Instant::now();
+    let inbox = "presync_queue_depth{queue=\"inbox\"}";
+    while crate::harness::metric_sum(base, inbox).await != Some(0.0) {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(600),
+            "{base}: the inbox was not empty 600 s after the load"
+        );
+        tokio::time::sleep(every).await;
+    }
+    Ok(started.elapsed().as_secs_f64())
 }
 
 /// What a steady load of webhooks costs the service: CPU time per webhook, by kind of thread,
@@ -202,18 +226,7 @@ async fn steady_cost(reps: usize, rate: u32, secs: u64) -> anyhow::Result<Cost> 
     let before = Grouping::read(&instance.url).await;
     let cpu_before = cpu_by_thread(instance.pid());
     let sent = load::paced(&t, source.flipping(0), rate, u64::from(rate) * secs).await?;
-    let sent_at = std::time::Instant::now();
-    let inbox = "presync_queue_depth{queue=\"inbox\"}";
-    let deadline = sent_at + Duration::from_secs(120);
-    while crate::harness::metric_sum(&instance.url, inbox).await != Some(0.0) {
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "the inbox was not empty 120 s after the load\n{}",
-            source.harness.log_tails(20)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let drain_secs = sent_at.elapsed().as_secs_f64();
+    let drain_secs = drain(&instance.url, Duration::from_millis(20)).await?;
     let cpu = cpu_by_thread(instance.pid()).since(cpu_before);
     let grouping = Grouping::read(&instance.url).await.since(before);
     instance.kill();
@@ -342,31 +355,46 @@ pub async fn run(scale: Scale, postgres: Option<&str>) -> anyhow::Result<Outcome
          by the webhooks it acknowledged (the baseline: answered) meanwhile; for presync it \
          includes the pipeline's work on them, and on PostgreSQL it leaves out the server's \
          own processes. It varies from run to run about as much as the rate does.\n\n\
-         | Run | 2xx/s | 2xx | not 2xx | webhooks per inbox commit | events per resolve batch | CPU per webhook |\n\
-         |---|---|---|---|---|---|---|\n",
+         Acknowledged is not resolved: the resolver works off the inbox beside the load, and \
+         what it has not resolved when the load stops it resolves after, with nothing else \
+         arriving. Resolved during the load is the share of the acknowledged webhooks resolved \
+         by then; drained is how long the rest took; CPU per webhook until resolved is the \
+         process's CPU time from the start of the load until the inbox was empty, per webhook: \
+         what a webhook costs, acknowledged and resolved.\n\n\
+         | Run | 2xx/s | 2xx | not 2xx | webhooks per inbox commit | events per resolve batch | CPU per webhook | resolved during the load | drained after | CPU per webhook until resolved |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
         m = measure.as_secs(),
         w = warmup.as_secs(),
         b1 = before.per_sec(),
         b2 = after.per_sec(),
     );
-    let mut line = |name: &str, t: Throughput, grouping: Option<Grouping>, cpu: Option<f64>| {
-        let cells = grouping.map_or("- | -".into(), |g| g.cells());
-        let cpu = cpu.map_or("-".into(), |us| format!("{us:.0} µs"));
+    let us = |cpu: Option<f64>| cpu.map_or("-".into(), |us| format!("{us:.0} µs"));
+    let mut line = |name: &str, t: Throughput, cpu: Option<f64>, service: Option<&Run>| {
+        let cells = service.map_or("- | -".into(), |r| r.grouping.cells());
+        let resolved = service.map_or("- | - | -".into(), |r| {
+            format!(
+                "{:.0}% | {:.1} s | {}",
+                100.0 * r.grouping.decisions / r.grouping.accepted.max(1.0),
+                r.drain_secs,
+                us(r.cpu_per_resolved)
+            )
+        });
         details.push_str(&format!(
-            "| {name} | {:.0} | {} | {} | {cells} | {cpu} |\n",
+            "| {name} | {:.0} | {} | {} | {cells} | {} | {resolved} |\n",
             t.per_sec(),
             t.ok,
-            t.failed
+            t.failed,
+            us(cpu),
         ));
     };
-    line("baseline (before)", before, None, before_cpu);
-    let mut service = |name: &str, r: Run| line(name, r.got, Some(r.grouping), r.cpu_per_webhook);
+    line("baseline (before)", before, before_cpu, None);
+    let mut service = |name: &str, r: Run| line(name, r.got, r.cpu_per_webhook, Some(&r));
     service("presync, SQLite", sqlite);
     service("presync, SQLite, synchronous = normal", normal);
     if let Some(pg) = pg {
         service("presync, PostgreSQL", pg);
     }
-    line("baseline (after)", after, None, after_cpu);
+    line("baseline (after)", after, after_cpu, None);
     details.push_str(&format!(
         "\nWhat a webhook costs the service, SQLite, at a steady {rate}/s (open loop, {n} \
          webhooks of the same kind, a load it keeps up with): its CPU time from the first \

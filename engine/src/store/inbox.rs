@@ -69,47 +69,29 @@ impl Store {
         observations: &[Observation],
         now: Millis,
     ) -> Result<Vec<Enqueued>> {
-        let pool = self.intake.as_ref().map_or(&self.pool, |i| &i.pool);
-        // One statement per chunk: on SQLite every statement is a round trip to the
-        // connection's thread. The keys it returns are the rows it stored; a key twice in one
-        // batch is stored once, for its first delivery. One statement is a transaction of its
-        // own: only several need a BEGIN and a COMMIT, two more round trips.
+        if let Some(intake) = &self.intake {
+            return intake.enqueue(observations, now).await;
+        }
+        // One statement per chunk. The keys it returns are the rows it stored; a key twice in
+        // one batch is stored once, for its first delivery. One statement is a transaction of
+        // its own: only several need a BEGIN and a COMMIT, two more round trips.
         let mut tx = if observations.len() > ENQUEUE_ROWS_PER_STATEMENT {
-            Some(pool.begin().await?)
+            Some(self.pool.begin().await?)
         } else {
             None
         };
         let mut stored = std::collections::HashSet::new();
         for chunk in observations.chunks(ENQUEUE_ROWS_PER_STATEMENT) {
-            let sql = match &self.intake {
-                None => format!(
-                    "INSERT INTO inbox (delivery_key, system, external_id, observation, received_at, not_before)
-                     VALUES {}
-                     ON CONFLICT (delivery_key) DO NOTHING
-                     RETURNING delivery_key",
-                    shaped_tuples(2, chunk.len(), 4, |p| format!(
-                        "({}, {}, {}, {}, $1, $1)",
-                        p[0], p[1], p[2], p[3]
-                    ))
-                ),
-                // In the batch's order (the fifth column); the inbox's check reads the store's
-                // file, attached as `store`, without waiting for its writer.
-                Some(_) => {
-                    let mut position = 0;
-                    format!(
-                        "INSERT INTO intake (delivery_key, system, external_id, observation, received_at)
-                         SELECT v.column1, v.column2, v.column3, v.column4, $1 FROM (VALUES {}) AS v
-                         WHERE NOT EXISTS (SELECT 1 FROM store.inbox AS i WHERE i.delivery_key = v.column1)
-                         ORDER BY v.column5
-                         ON CONFLICT (delivery_key) DO NOTHING
-                         RETURNING delivery_key",
-                        shaped_tuples(2, chunk.len(), 4, |p| {
-                            position += 1;
-                            format!("({}, {}, {}, {}, {position})", p[0], p[1], p[2], p[3])
-                        })
-                    )
-                }
-            };
+            let sql = format!(
+                "INSERT INTO inbox (delivery_key, system, external_id, observation, received_at, not_before)
+                 VALUES {}
+                 ON CONFLICT (delivery_key) DO NOTHING
+                 RETURNING delivery_key",
+                shaped_tuples(2, chunk.len(), 4, |p| format!(
+                    "({}, {}, {}, {}, $1, $1)",
+                    p[0], p[1], p[2], p[3]
+                ))
+            );
             // A statement's text depends on how many rows it stores. Those of webhook-sized
             // batches are kept prepared; a large batch's (a reconcile's) would keep a large
             // compiled statement in the connection's cache for each size met.
@@ -125,7 +107,7 @@ impl Store {
             }
             stored.extend(match &mut tx {
                 Some(tx) => q.fetch_all(&mut **tx).await?,
-                None => q.fetch_all(pool).await?,
+                None => q.fetch_all(&self.pool).await?,
             });
         }
         if let Some(tx) = tx {
@@ -154,15 +136,21 @@ impl Store {
         claim_until: Millis,
         limit: i64,
     ) -> Result<Vec<std::result::Result<InboxRow, UnreadableRow>>> {
-        let turn = self.pipeline_turn().await;
-        let mut conn = self.pool.acquire().await?;
-        let (claimed, moved) = self
-            .claim_inbox_in(&mut conn, instance, now, claim_until, limit)
-            .await?;
-        drop((conn, turn));
-        // Each statement committed on its own.
-        self.moved_through(moved).await;
-        Ok(claimed)
+        loop {
+            let turn = self.pipeline_turn().await;
+            let mut conn = self.pool.acquire().await?;
+            let (claimed, moved) = self
+                .claim_inbox_in(&mut conn, instance, now, claim_until, limit)
+                .await?;
+            drop((conn, turn));
+            // Each statement committed on its own.
+            self.moved_through(moved).await;
+            // Nothing due among what was moved (all of it in the inbox already, after a crash
+            // between a move and the intake's delete): move on to the batches after it.
+            if !claimed.is_empty() || moved.is_none() {
+                return Ok(claimed);
+            }
+        }
     }
 
     /// After the transaction that moved intake rows up to `moved` has committed. A failure to
@@ -195,12 +183,26 @@ impl Store {
         // (the same one, in a transaction): it moves every row up to that id, and maybe more,
         // never less. A key the inbox holds already (moved before a crash, which kept the
         // intake from deleting it) is skipped.
+        // An observation that cannot be read (the file damaged behind presync's back) is moved
+        // all the same, under a key of its place if it has none, and set aside when claimed; a
+        // batch that is not a JSON array at all is moved as one such observation. Either way
+        // the batches after it are not held up.
         let moving = if self.intake.is_some() {
             "SELECT MAX(id) AS moved_through
-             FROM (SELECT id FROM intake.intake WHERE id > $5 ORDER BY id LIMIT $6);
+             FROM (SELECT id FROM intake.intake_batches WHERE id > $5 ORDER BY id LIMIT $6);
              INSERT INTO inbox (delivery_key, system, external_id, observation, received_at, not_before)
-             SELECT delivery_key, system, external_id, observation, received_at, received_at
-             FROM intake.intake WHERE id > $5 ORDER BY id LIMIT $6
+             SELECT COALESCE(CASE o.type WHEN 'object' THEN o.value ->> '$.delivery_key' END,
+                             'intake:' || b.id || ':' || o.key),
+                    COALESCE(CASE o.type WHEN 'object' THEN o.value ->> '$.system' END, ''),
+                    COALESCE(CASE o.type WHEN 'object' THEN o.value ->> '$.external_id' END, ''),
+                    COALESCE(o.value, 'null'), b.received_at, b.received_at
+             FROM (SELECT id, received_at,
+                          CASE WHEN NOT json_valid(observations) THEN json_array(observations)
+                               WHEN json_type(observations) = 'array' THEN observations
+                               ELSE json_array(observations) END AS observations
+                   FROM intake.intake_batches WHERE id > $5 ORDER BY id LIMIT $6) AS b,
+                  json_each(b.observations) AS o
+             ORDER BY b.id, o.key
              ON CONFLICT (delivery_key) DO NOTHING;\n"
         } else {
             ""
@@ -220,7 +222,7 @@ impl Store {
             .bind(now)
             .bind(limit);
         if let Some(intake) = &self.intake {
-            q = q.bind(intake.moved()).bind(super::intake::MOVE_ROWS);
+            q = q.bind(intake.moved()).bind(super::intake::MOVE_BATCHES);
         }
         let mut rows = q.fetch_all(&mut *conn).await?;
         let moved = match self.intake {
@@ -268,33 +270,36 @@ impl Store {
     where
         F: FnMut(&InboxRow, &RepId, &RepView) -> Decision + Send,
     {
-        let turn = self.pipeline_turn().await;
-        let mut tx = self.pool.begin().await?;
-        let (claimed, moved) = self
-            .claim_inbox_in(&mut tx, instance, now, claim_until, limit)
-            .await?;
-        // Rolled back explicitly, not on drop: on PostgreSQL a dropped transaction's locks last
-        // until its connection is next used, and the two-step claim that follows would skip
-        // the rows this one locked.
-        let Ok(rows) = claimed
-            .into_iter()
-            .collect::<std::result::Result<Vec<_>, _>>()
-        else {
-            tx.rollback().await?;
-            return Ok(None);
-        };
-        if rows.is_empty() {
-            // Intake rows that were all in the inbox already: committed, so that they are
-            // deleted from the intake rather than moved again at every claim.
-            if moved.is_some() {
-                tx.commit().await?;
-                drop(turn);
-                self.moved_through(moved).await;
-            } else {
+        let (turn, mut tx, rows, moved) = loop {
+            let turn = self.pipeline_turn().await;
+            let mut tx = self.pool.begin().await?;
+            let (claimed, moved) = self
+                .claim_inbox_in(&mut tx, instance, now, claim_until, limit)
+                .await?;
+            // Rolled back explicitly, not on drop: on PostgreSQL a dropped transaction's locks
+            // last until its connection is next used, and the two-step claim that follows
+            // would skip the rows this one locked.
+            let Ok(rows) = claimed
+                .into_iter()
+                .collect::<std::result::Result<Vec<_>, _>>()
+            else {
                 tx.rollback().await?;
+                return Ok(None);
+            };
+            if !rows.is_empty() {
+                break (turn, tx, rows, moved);
             }
-            return Ok(Some(Vec::new()));
-        }
+            if moved.is_none() {
+                tx.rollback().await?;
+                return Ok(Some(Vec::new()));
+            }
+            // Batches whose observations were all in the inbox already (a crash came between
+            // a move and the intake's delete): committed, so that they are deleted from the
+            // intake rather than moved again, and on to the batches after them.
+            tx.commit().await?;
+            drop(turn);
+            self.moved_through(moved).await;
+        };
         // Claimed in this transaction: no need to check that they are still held.
         let Ok(resolved) = self.resolve_in(&mut tx, &rows, None, now, decide).await else {
             tx.rollback().await?;

@@ -6,35 +6,54 @@
 //! milliseconds each (BENCHMARKS.md, "The misses at 800e4de"). The intake file has its own
 //! connection and its own writer, so acknowledging a webhook waits only for other webhooks.
 //!
-//! The pipeline moves intake rows into the inbox at the start of each claim, in the claim's own
-//! transaction (the store's connection attaches the intake file as `intake`), and deletes them
-//! from the intake only after that transaction has committed: a row is always in one file or
-//! the other, or, after a crash between the two steps, in both, and then moving it again is a
-//! no-op because the inbox refuses a delivery key it holds. The intake's connection attaches
-//! the store's file as `store` to check that refusal before it acknowledges: a delivery is a
-//! duplicate if the intake or the inbox holds its key. Both connections only read the other's
-//! file, so neither ever waits for the other's writer.
+//! Each commit is one row: a batch, the JSON array of the observations one group commit made
+//! durable. A row per observation, with a unique index on its delivery key, made every commit
+//! write a page of that index per webhook (the keys are random) and every delete write them
+//! again; a batch is one row appended at the end of the table (BENCHMARKS.md has the figures).
+//! Which delivery keys the intake holds is kept in memory instead ([`Held`]), read back from the
+//! file when it is opened, and changed only by the intake's one writer after each commit.
 //!
-//! The intake's rows carry increasing ids (`AUTOINCREMENT`: never reused, even after a
-//! delete), and one writer commits them in id order: the rows a reader sees are a prefix of the
-//! ids, with any later ones beyond it. That is what lets the pipeline remember what it moved as
-//! one id.
+//! The pipeline moves batches into the inbox at the start of each claim, in the claim's own
+//! transaction (the store's connection attaches the intake file as `intake` and reads each
+//! batch's observations with `json_each`), and deletes them from the intake only after that
+//! transaction has committed: an observation is always in one file or the other, or, after a
+//! crash between the two steps, in both, and then moving it again is a no-op because the inbox
+//! refuses a delivery key it holds. The intake's connection attaches the store's file as
+//! `store` to check that refusal before it acknowledges: a delivery is a duplicate if the
+//! intake or the inbox holds its key. Both connections only read the other's file, so neither
+//! ever waits for the other's writer.
+//!
+//! Batches carry increasing ids (`AUTOINCREMENT`: never reused, even after a delete), and one
+//! writer commits them in id order: the batches a reader sees are a prefix of the ids, with
+//! any later ones beyond it. That is what lets the pipeline remember what it moved as one id.
 
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use sqlx::AnyPool;
+use sqlx::{AnyPool, Row};
 
-use super::Result;
+use super::{to_json, Enqueued, Result};
+use crate::model::{Millis, Observation};
 
-/// Intake rows moved per claim, at most: a claim's transaction stays short under a backlog.
-pub(super) const MOVE_ROWS: i64 = 4_096;
+/// Batches moved per claim, at most: a claim's transaction stays short under a backlog (a
+/// group commit holds up to a few dozen observations; a reconcile's, up to 500).
+pub(super) const MOVE_BATCHES: i64 = 16;
 
-/// Moved rows are deleted from the intake once this many are waiting, or [`DELETE_EVERY`] after
-/// the last delete: each delete is a commit on the intake's connection, between webhooks'.
-const DELETE_ROWS: i64 = 1_024;
+/// Moved batches are deleted from the intake once this many are waiting, or [`DELETE_EVERY`]
+/// after the last delete: each delete is a commit on the intake's connection, between
+/// webhooks'.
+const DELETE_BATCHES: i64 = 64;
 const DELETE_EVERY: Duration = Duration::from_secs(1);
+
+/// Delivery keys per statement when the inbox is asked which keys it holds.
+const KEYS_PER_LOOKUP: usize = 1_000;
+
+/// A lookup of up to this many keys keeps its statement prepared between calls (a webhook-sized
+/// batch's); a larger one (a reconcile's) would keep a large compiled statement in the
+/// connection's cache for each size met.
+const KEEP_PREPARED_KEYS: usize = 64;
 
 /// The intake's file name: the store's with `-intake` appended, beside SQLite's own `-wal` and
 /// `-shm` files. `None` where the store has no file (an in-memory database): then the inbox
@@ -56,13 +75,10 @@ pub(super) fn store_path(url: &str) -> Option<&str> {
 }
 
 /// The schema of the intake file; applied at every open (it only creates what is missing).
-pub(super) const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS intake (
+pub(super) const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS intake_batches (
     id            INTEGER PRIMARY KEY AUTOINCREMENT,
-    delivery_key  TEXT NOT NULL UNIQUE,
-    system        TEXT NOT NULL,
-    external_id   TEXT NOT NULL,
-    observation   TEXT NOT NULL,
-    received_at   BIGINT NOT NULL
+    received_at   BIGINT NOT NULL,
+    observations  TEXT NOT NULL
 )";
 
 /// The intake of a SQLite store.
@@ -70,54 +86,203 @@ pub(super) const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS intake (
 pub(super) struct Intake {
     /// One connection to the intake file, with the store's file attached as `store`.
     pub(super) pool: AnyPool,
-    /// Rows up to this id are in the inbox, committed there: they are not moved again.
+    /// Batches up to this id are in the inbox, committed there: they are not moved again.
     moved: AtomicI64,
-    /// Rows up to this id have been deleted from the intake.
+    /// Batches up to this id have been deleted from the intake.
     deleted: AtomicI64,
     last_delete: Mutex<Instant>,
+    /// The delivery keys of the batches in the file.
+    held: Mutex<Held>,
+    /// The one writer of the file and of `held`: a key is in `held` if and only if a batch
+    /// that holds it is committed in the file, between two writes.
+    writer: tokio::sync::Mutex<()>,
+}
+
+/// The delivery keys of the batches in the intake file, by batch.
+#[derive(Debug, Default)]
+struct Held {
+    keys: HashSet<String>,
+    batches: BTreeMap<i64, Vec<String>>,
+}
+
+impl Held {
+    fn add(&mut self, batch: i64, keys: Vec<String>) {
+        self.keys.extend(keys.iter().cloned());
+        self.batches.insert(batch, keys);
+    }
+
+    /// Forget the batches up to `last`, deleted from the file.
+    fn drop_through(&mut self, last: i64) {
+        let kept = self.batches.split_off(&(last + 1));
+        for key in std::mem::replace(&mut self.batches, kept)
+            .into_values()
+            .flatten()
+        {
+            self.keys.remove(&key);
+        }
+    }
+}
+
+/// The delivery keys of a batch's observations, all that is read of them when the file is
+/// opened. A batch that cannot be read holds no key here; the pipeline sets it aside.
+fn delivery_keys(batch: &str) -> Vec<String> {
+    let Ok(items) = serde_json::from_str::<Vec<serde_json::Value>>(batch) else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(|o| o.get("delivery_key")?.as_str().map(str::to_owned))
+        .collect()
 }
 
 impl Intake {
-    pub(super) fn new(pool: AnyPool) -> Intake {
-        Intake {
+    /// The intake on `pool`: its schema made, batches of an older version's file converted,
+    /// and the keys of the batches the file holds read back.
+    pub(super) async fn open(pool: AnyPool) -> Result<Intake> {
+        sqlx::query(SCHEMA).execute(&pool).await?;
+        upgrade(&pool).await?;
+        let mut held = Held::default();
+        let rows = sqlx::query("SELECT id, observations FROM intake_batches ORDER BY id")
+            .fetch_all(&pool)
+            .await?;
+        for row in rows {
+            let text: String = row.try_get("observations")?;
+            held.add(row.try_get("id")?, delivery_keys(&text));
+        }
+        Ok(Intake {
             pool,
             moved: AtomicI64::new(0),
             deleted: AtomicI64::new(0),
             last_delete: Mutex::new(Instant::now()),
-        }
+            held: Mutex::new(held),
+            writer: tokio::sync::Mutex::new(()),
+        })
     }
 
-    /// Rows with ids above this are still to be moved.
+    /// Make `observations` durable in one batch; [`super::Store::enqueue`] on SQLite. A
+    /// delivery whose key the intake or the inbox holds, or that an earlier observation of the
+    /// same call carries, is a duplicate and is not stored.
+    pub(super) async fn enqueue(
+        &self,
+        observations: &[Observation],
+        now: Millis,
+    ) -> Result<Vec<Enqueued>> {
+        let _writer = self.writer.lock().await;
+        let mut out = vec![Enqueued::Duplicate; observations.len()];
+        let mut fresh: Vec<usize> = Vec::with_capacity(observations.len());
+        {
+            let held = self.held();
+            let mut seen = HashSet::with_capacity(observations.len());
+            for (i, obs) in observations.iter().enumerate() {
+                let key = obs.delivery_key.as_str();
+                if !held.keys.contains(key) && seen.insert(key) {
+                    fresh.push(i);
+                }
+            }
+        }
+        if fresh.is_empty() {
+            return Ok(out);
+        }
+        // One round trip, with SQLite's anonymous `?` (module `script` says why): the keys the inbox holds already (the store's file is read, not
+        // written: this never waits for the pipeline), then the batch. The batch keeps those
+        // too, harmlessly: moving them is a no-op, and they are answered as duplicates.
+        let mut sql = String::new();
+        for chunk in fresh.chunks(KEYS_PER_LOOKUP) {
+            sql.push_str(&format!(
+                "SELECT 'held' AS part, delivery_key AS value FROM store.inbox
+                 WHERE delivery_key IN ({});\n",
+                vec!["?"; chunk.len()].join(", ")
+            ));
+        }
+        sql.push_str(
+            "INSERT INTO intake_batches (received_at, observations) VALUES (?, ?)
+             RETURNING 'batch' AS part, CAST(id AS TEXT) AS value",
+        );
+        let mut text = String::with_capacity(fresh.len() * 512);
+        text.push('[');
+        for (n, &i) in fresh.iter().enumerate() {
+            if n > 0 {
+                text.push(',');
+            }
+            text.push_str(&to_json(&observations[i]));
+        }
+        text.push(']');
+        let mut q = sqlx::query(&sql).persistent(fresh.len() <= KEEP_PREPARED_KEYS);
+        for &i in &fresh {
+            q = q.bind(observations[i].delivery_key.as_str());
+        }
+        // One statement writes: it is a transaction of its own, durable when it returns.
+        let rows = q.bind(now).bind(text).fetch_all(&self.pool).await?;
+        let mut in_inbox = HashSet::new();
+        let mut batch = None;
+        for row in rows {
+            let part: String = row.try_get("part")?;
+            let value: String = row.try_get("value")?;
+            if part == "batch" {
+                batch = value.parse::<i64>().ok();
+            } else {
+                in_inbox.insert(value);
+            }
+        }
+        let batch = batch.ok_or_else(|| {
+            let e = std::io::Error::other("the insert returned no id");
+            super::corrupt("intake_batches.id", e)
+        })?;
+        let keys = fresh
+            .iter()
+            .map(|&i| observations[i].delivery_key.clone())
+            .collect();
+        self.held().add(batch, keys);
+        for i in fresh {
+            if !in_inbox.contains(&observations[i].delivery_key) {
+                out[i] = Enqueued::Accepted;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Batches with ids above this are still to be moved.
     pub(super) fn moved(&self) -> i64 {
         self.moved.load(Ordering::Acquire)
     }
 
-    /// Rows up to `last` are committed in the inbox. Deletes them from the intake when enough
-    /// are waiting or enough time has passed; a failed delete is tried again next time (the
-    /// rows are not moved again meanwhile, and after a restart moving them again is a no-op).
+    /// Batches up to `last` are committed in the inbox. Deletes them from the intake when
+    /// enough are waiting or enough time has passed; a failed delete is tried again next time
+    /// (the batches are not moved again meanwhile, and after a restart moving them again is a
+    /// no-op).
     pub(super) async fn moved_through(&self, last: i64) -> Result<()> {
         let moved = self.moved.fetch_max(last, Ordering::AcqRel).max(last);
         let waiting = moved - self.deleted.load(Ordering::Acquire);
-        if waiting >= DELETE_ROWS || (waiting > 0 && self.last_delete().elapsed() >= DELETE_EVERY) {
+        if waiting >= DELETE_BATCHES
+            || (waiting > 0 && self.last_delete().elapsed() >= DELETE_EVERY)
+        {
             self.delete_moved().await?;
         }
         Ok(())
     }
 
-    /// Delete every moved row now. Their moves have all committed: `moved` is raised only
+    /// Delete every moved batch now. Their moves have all committed: `moved` is raised only
     /// after a move's commit returns.
     pub(super) async fn delete_moved(&self) -> Result<()> {
+        let _writer = self.writer.lock().await;
         let moved = self.moved();
         if moved <= self.deleted.load(Ordering::Acquire) {
             return Ok(());
         }
-        sqlx::query("DELETE FROM intake WHERE id <= $1")
+        sqlx::query("DELETE FROM intake_batches WHERE id <= $1")
             .bind(moved)
             .execute(&self.pool)
             .await?;
+        self.held().drop_through(moved);
         self.deleted.fetch_max(moved, Ordering::AcqRel);
         *self.last_delete() = Instant::now();
         Ok(())
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn last_delete(&self) -> std::sync::MutexGuard<'_, Instant> {
@@ -125,6 +290,29 @@ impl Intake {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// An intake file of a version that stored a row per observation (table `intake`): its rows
+/// become batches of one, in their order, and the table is dropped, in one transaction.
+async fn upgrade(pool: &AnyPool) -> Result<()> {
+    let old: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'intake'",
+    )
+    .fetch_one(pool)
+    .await?;
+    if old == 0 {
+        return Ok(());
+    }
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO intake_batches (received_at, observations)
+         SELECT received_at, '[' || observation || ']' FROM intake ORDER BY id",
+    )
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("DROP TABLE intake").execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -228,8 +228,7 @@ impl Store {
                         let pragmas = vec![format!("PRAGMA cache_size = -{INTAKE_CACHE_KIB}")];
                         let intake_pool =
                             sqlite_pool(&intake_url, synchronous, attach, pragmas).await?;
-                        sqlx::query(intake::SCHEMA).execute(&intake_pool).await?;
-                        Some(Arc::new(Intake::new(intake_pool)))
+                        Some(Arc::new(Intake::open(intake_pool).await?))
                     }
                     _ => None,
                 };
@@ -299,7 +298,8 @@ impl Store {
     pub async fn queue_depths(&self) -> Result<QueueDepths> {
         let (landed, moved) = match &self.intake {
             Some(intake) => (
-                " + (SELECT COUNT(*) FROM intake.intake WHERE id > $1)",
+                " + (SELECT COALESCE(SUM(json_array_length(observations)), 0)
+                     FROM intake.intake_batches WHERE id > $1)",
                 intake.moved(),
             ),
             None => ("", 0),
@@ -331,7 +331,8 @@ impl Store {
     ) -> Result<u64> {
         let mut n = 0;
         let in_intake = if self.intake.is_some() {
-            " AND delivery_key NOT IN (SELECT delivery_key FROM intake.intake)"
+            " AND delivery_key NOT IN (SELECT o.value ->> '$.delivery_key'
+                                       FROM intake.intake_batches AS b, json_each(b.observations) AS o)"
         } else {
             ""
         };
