@@ -341,6 +341,12 @@ async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
     );
     counter(
         &mut out,
+        "presync_resolver_yields_total",
+        "Times the resolver waited before a batch because webhooks were queueing for the disk.",
+        st.resolver_yields.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
         "presync_writes_ok_total",
         "Writes the targets confirmed.",
         st.writes_ok.load(Ordering::Relaxed),

@@ -149,6 +149,13 @@ pub struct PipelineConfig {
     /// Reads of one system a reconcile pass makes, after throttled or transient failures,
     /// before it gives that system up until the next pass.
     pub reconcile_read_attempts: u32,
+    /// Acknowledging webhooks comes first: while they queue for the disk (a commit of ingested
+    /// observations ends with the next ones already waiting, so they arrive faster than they
+    /// can be committed one commit at a time), the resolver waits before its next batch until
+    /// they stop queueing, but never longer than this. An unacknowledged webhook can be lost
+    /// (Dataverse retries once, and only after 502, 503 or 504); a decision made later is only
+    /// late. 0: the resolver never waits.
+    pub yield_to_ingest_ms: u64,
 }
 
 impl Default for PipelineConfig {
@@ -162,6 +169,7 @@ impl Default for PipelineConfig {
             drain_deadline_ms: 10_000,
             max_attempts: 10,
             reconcile_read_attempts: 4,
+            yield_to_ingest_ms: 50,
         }
     }
 }

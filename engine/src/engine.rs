@@ -57,6 +57,9 @@ pub struct Stats {
     /// Batches of inbox rows the resolver claimed (rows resolved divided by this is the mean
     /// batch).
     pub resolve_batches: AtomicU64,
+    /// Times the resolver waited before a batch because webhooks were queueing for the disk
+    /// (`pipeline.yield_to_ingest_ms`).
+    pub resolver_yields: AtomicU64,
     pub writes_ok: AtomicU64,
     pub writes_failed: AtomicU64,
     pub retries: AtomicU64,
@@ -197,6 +200,11 @@ type PendingIngest = Vec<(
 struct GroupCommit {
     pending: Mutex<PendingIngest>,
     committer: tokio::sync::Mutex<()>,
+    /// The last commit ended with observations already waiting for the next: they arrive
+    /// faster than they are committed. The resolver gives way while it is set.
+    queued: AtomicBool,
+    /// Told when a commit ends with nothing waiting.
+    calm: Notify,
 }
 
 /// The presync engine. See the crate documentation.
@@ -377,7 +385,39 @@ impl Engine {
                 }
             }
         }
+        let group = &self.inner.ingest;
+        let queued = !group
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_empty();
+        group.queued.store(queued, Ordering::Relaxed);
+        if !queued {
+            group.calm.notify_waiters();
+        }
         self.inner.inbox_ready.notify_one();
+    }
+
+    /// While webhooks queue for the disk, wait until they stop queueing, at most
+    /// `pipeline.yield_to_ingest_ms` (see there why).
+    async fn yield_to_ingest(&self) {
+        let max = self.inner.config.pipeline.yield_to_ingest_ms;
+        let group = &self.inner.ingest;
+        if max == 0 || !group.queued.load(Ordering::Relaxed) {
+            return;
+        }
+        let calm = group.calm.notified();
+        tokio::pin!(calm);
+        // Registered before the second look: a commit that ends between the two wakes it.
+        calm.as_mut().enable();
+        if !group.queued.load(Ordering::Relaxed) {
+            return;
+        }
+        self.inner
+            .stats
+            .resolver_yields
+            .fetch_add(1, Ordering::Relaxed);
+        let _ = tokio::time::timeout(Duration::from_millis(max), calm).await;
     }
 
     /// Take over claims left by a crashed predecessor. Only on SQLite, whose store one instance
@@ -406,6 +446,7 @@ impl Engine {
         let cfg = &self.inner.config.pipeline;
         let mut total = 0;
         while !self.stopping() {
+            self.yield_to_ingest().await;
             let now = self.now();
             // Claim and resolve in one transaction (one commit); when that cannot be done (a
             // row cannot be read, or the batch's resolve fails), in two steps, where each bad
@@ -1141,5 +1182,91 @@ mod tests {
         );
         drop(held);
         assert_eq!(engine.store().queue_depths().await.unwrap().inbox, 1);
+    }
+
+    /// An engine on a fresh SQLite file with one system of one user, and that user's change.
+    async fn engine_with(config: EngineConfig) -> (tempfile::TempDir, Engine, Observation) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("presync.db").display());
+        let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+        let system = MemorySystem::new("a", clock.clone());
+        system.add_user("u1", Availability::Offline);
+        let connectors: BTreeMap<SystemId, Arc<dyn Connector>> =
+            [(system.name(), system.connector() as Arc<dyn Connector>)].into();
+        let topology = TopologyConfig::full_mesh(&connectors);
+        let store = Store::open(&url).await.unwrap();
+        let engine = Engine::with_clock(store, connectors, &topology, config, clock).unwrap();
+        let obs = system
+            .person_sets(&ExternalId("u1".into()), Availability::Busy)
+            .unwrap();
+        (dir, engine, obs)
+    }
+
+    /// A commit that ends with webhooks already waiting marks the ingress as queueing; one
+    /// that ends with none waiting clears it and wakes a resolver that gave way.
+    #[tokio::test]
+    async fn a_commit_tells_whether_webhooks_queue_behind_it() {
+        let (_dir, engine, obs) = engine_with(EngineConfig::default()).await;
+        let group = &engine.inner.ingest;
+        let (done, _answer) = tokio::sync::oneshot::channel();
+        let (later, _) = tokio::sync::oneshot::channel();
+        let mut next = obs.clone();
+        next.delivery_key.push_str("-next");
+        // Another webhook arrives while this one is committed.
+        group.pending.lock().unwrap().push((vec![next], later));
+        engine.commit_ingest(vec![(vec![obs], done)]).await;
+        assert!(group.queued.load(Ordering::Relaxed));
+        let batch = std::mem::take(&mut *group.pending.lock().unwrap());
+        engine.commit_ingest(batch).await;
+        assert!(!group.queued.load(Ordering::Relaxed));
+    }
+
+    /// While webhooks queue, the resolver waits before a batch until they stop queueing, and
+    /// never longer than `yield_to_ingest_ms`; it does not wait when they do not queue, or when
+    /// the setting is 0. (Time is paused: the waits are exact.)
+    #[tokio::test]
+    async fn the_resolver_gives_way_to_queueing_webhooks_for_a_bounded_time() {
+        let (_dir, engine, _) = engine_with(EngineConfig::default()).await;
+        let mut config = EngineConfig::default();
+        config.pipeline.yield_to_ingest_ms = 0;
+        let (_dir, never, _) = engine_with(config).await;
+        // After the stores are open: sqlx's own timeouts would fire at once in paused time.
+        tokio::time::pause();
+        let group = &engine.inner.ingest;
+        let waits = |e: &Engine| e.inner.stats.resolver_yields.load(Ordering::Relaxed);
+        let max = Duration::from_millis(engine.inner.config.pipeline.yield_to_ingest_ms);
+        assert!(max > Duration::ZERO);
+
+        let started = tokio::time::Instant::now();
+        engine.yield_to_ingest().await;
+        assert_eq!((started.elapsed(), waits(&engine)), (Duration::ZERO, 0));
+
+        // Tokio's timers tick in milliseconds, rounded up.
+        let about = |d: Duration, want: Duration| d >= want && d <= want + Duration::from_millis(1);
+        group.queued.store(true, Ordering::Relaxed);
+        let started = tokio::time::Instant::now();
+        engine.yield_to_ingest().await;
+        assert!(about(started.elapsed(), max), "{:?}", started.elapsed());
+        assert_eq!(waits(&engine), 1);
+
+        // The queue clears a third of the way in: the resolver goes on then.
+        let resolver = tokio::spawn({
+            let engine = engine.clone();
+            async move {
+                let started = tokio::time::Instant::now();
+                engine.yield_to_ingest().await;
+                started.elapsed()
+            }
+        });
+        tokio::time::sleep(max / 3).await;
+        group.queued.store(false, Ordering::Relaxed);
+        group.calm.notify_waiters();
+        let waited = resolver.await.unwrap();
+        assert!(about(waited, max / 3), "{waited:?}");
+
+        never.inner.ingest.queued.store(true, Ordering::Relaxed);
+        let started = tokio::time::Instant::now();
+        never.yield_to_ingest().await;
+        assert_eq!((started.elapsed(), waits(&never)), (Duration::ZERO, 0));
     }
 }

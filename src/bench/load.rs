@@ -47,11 +47,33 @@ fn client(conns: usize) -> anyhow::Result<reqwest::Client> {
         .context("building the load generator's HTTP client")
 }
 
-async fn post(http: &reqwest::Client, target: &Target, body: String) -> bool {
-    let mut req = http.post(&target.url).body(body);
-    for (k, v) in &target.headers {
-        req = req.header(k, v);
+/// A [`Target`] parsed once: the generator shares the machine with what it measures, so it
+/// does not parse the same URL and headers again for every request.
+#[derive(Debug, Clone)]
+struct Prepared {
+    url: reqwest::Url,
+    headers: reqwest::header::HeaderMap,
+}
+
+impl Prepared {
+    fn new(target: &Target) -> anyhow::Result<Prepared> {
+        let url = reqwest::Url::parse(&target.url).context("the target's URL")?;
+        let mut headers = reqwest::header::HeaderMap::new();
+        for (k, v) in &target.headers {
+            headers.append(
+                reqwest::header::HeaderName::from_bytes(k.as_bytes())?,
+                reqwest::header::HeaderValue::from_str(v)?,
+            );
+        }
+        Ok(Prepared { url, headers })
     }
+}
+
+async fn post(http: &reqwest::Client, target: &Prepared, body: String) -> bool {
+    let req = http
+        .request(reqwest::Method::POST, target.url.clone())
+        .headers(target.headers.clone())
+        .body(body);
     match req.send().await {
         Ok(r) => r.status().is_success(),
         Err(_) => false,
@@ -69,6 +91,7 @@ pub async fn throughput(
     first_seq: u64,
 ) -> anyhow::Result<(Throughput, u64)> {
     let http = client(in_flight)?;
+    let target = Prepared::new(target)?;
     let seq = Arc::new(AtomicU64::new(first_seq));
     let counting = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
@@ -125,6 +148,7 @@ pub async fn paced(
     count: u64,
 ) -> anyhow::Result<Vec<Sent>> {
     let http = client(64)?;
+    let target = Prepared::new(target)?;
     let period = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);

@@ -183,6 +183,17 @@ pub fn parse(body: &[u8]) -> Result<ExecutionContext, ParseError> {
     let text = std::str::from_utf8(unmarked).map_err(|e| ParseError::InvalidUtf8 {
         offset: bom + e.valid_up_to(), // in the body as received, BOM included
     })?;
+    // Straight into the context, the way every well-formed body Dataverse writes goes; where
+    // that gives up, the tree below decides, and says what is wrong if anything is.
+    if let Ok(ctx) = crate::direct::parse(text) {
+        return Ok(ctx);
+    }
+    parse_tree(text)
+}
+
+/// [`parse`] through a JSON tree: slower, and the judge of every body the direct parse leaves
+/// to it; its errors name the JSON path of the first problem.
+pub(crate) fn parse_tree(text: &str) -> Result<ExecutionContext, ParseError> {
     let json: Json<'_> = serde_json::from_str(text).map_err(|e| {
         let (line, column, full) = (e.line(), e.column(), e.to_string());
         let position = format!(" at line {line} column {column}");
@@ -407,7 +418,7 @@ fn parse_value(v: &Json<'_>, path: &Path<'_>) -> Res<Value> {
 }
 
 /// A non-empty array of option sets is a multi-select; one of entities, a collection.
-fn classify_array(values: Vec<Value>) -> Value {
+pub(crate) fn classify_array(values: Vec<Value>) -> Value {
     let options: Option<Vec<i64>> = values
         .iter()
         .map(|v| {

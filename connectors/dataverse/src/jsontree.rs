@@ -173,7 +173,7 @@ impl<'de> Visitor<'de> for TreeVisitor {
 }
 
 /// An object member's name, borrowed where the text allows (serde's `Cow<str>` never borrows).
-struct Key<'a>(Cow<'a, str>);
+pub(crate) struct Key<'a>(pub(crate) Cow<'a, str>);
 
 impl<'de> Deserialize<'de> for Key<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

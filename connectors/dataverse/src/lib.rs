@@ -28,6 +28,7 @@ pub mod client;
 pub mod config;
 pub mod connector;
 pub mod context;
+mod direct;
 pub mod inspect;
 mod jsontree;
 pub mod mapping;

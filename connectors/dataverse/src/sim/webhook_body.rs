@@ -462,6 +462,22 @@ mod tests {
         );
     }
 
+    /// What the simulator sends (and so the benchmarks) takes the direct parse, to the same
+    /// context the tree gives.
+    #[test]
+    fn bodies_parse_directly_as_through_the_tree() {
+        let ids = OrgIds::generate();
+        let (create, update) = events();
+        for body in [
+            create.render(&ids, false),
+            update.render(&ids, false),
+            update.render(&ids, true),
+        ] {
+            let direct = crate::direct::parse(&body).expect("parsed directly");
+            assert_eq!(Ok(direct), crate::context::parse_tree(&body));
+        }
+    }
+
     #[test]
     fn a_stripped_body_lacks_the_four_members() {
         let ids = OrgIds::generate();
