@@ -347,6 +347,18 @@ async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
     );
     counter(
         &mut out,
+        "presync_resolver_deferrals_total",
+        "Times the resolver began to defer to acknowledgements under overload (pipeline.defer_for_ms).",
+        st.resolver_deferrals.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "presync_resolver_pauses_total",
+        "Pauses the resolver made while it deferred to acknowledgements.",
+        st.resolver_pauses.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
         "presync_writes_ok_total",
         "Writes the targets confirmed.",
         st.writes_ok.load(Ordering::Relaxed),

@@ -156,6 +156,19 @@ pub struct PipelineConfig {
     /// (Dataverse retries once, and only after 502, 503 or 504); a decision made later is only
     /// late. 0: the resolver never waits.
     pub yield_to_ingest_ms: u64,
+    /// Under overload, acknowledging webhooks comes first for at most this long: when webhooks
+    /// queue for the disk and at least `defer_backlog` acknowledged events wait to be resolved,
+    /// the resolver defers, resolving one batch every `defer_pause_ms`, until the webhooks stop
+    /// (no commit during a pause) or this time has passed; then it resolves at full speed until
+    /// it has caught up, and only then may it defer again. This bounds how late overload makes
+    /// a decision. 0: the resolver never defers.
+    pub defer_for_ms: u64,
+    /// Acknowledged events waiting to be resolved (since the resolver last found the inbox
+    /// empty) before the resolver may defer: below it, a queue of webhooks is a moment's, and
+    /// deferring would only make decisions late.
+    pub defer_backlog: u64,
+    /// While the resolver defers, its pause before each batch.
+    pub defer_pause_ms: u64,
 }
 
 impl Default for PipelineConfig {
@@ -170,6 +183,9 @@ impl Default for PipelineConfig {
             max_attempts: 10,
             reconcile_read_attempts: 4,
             yield_to_ingest_ms: 50,
+            defer_for_ms: 10_000,
+            defer_backlog: 1_000,
+            defer_pause_ms: 250,
         }
     }
 }

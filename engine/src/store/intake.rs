@@ -32,7 +32,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use sqlx::{AnyPool, Row};
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyConnection, AnyPool, Row};
 
 use super::{to_json, Enqueued, Result};
 use crate::model::{Millis, Observation};
@@ -94,8 +95,10 @@ pub(super) struct Intake {
     /// The delivery keys of the batches in the file.
     held: Mutex<Held>,
     /// The one writer of the file and of `held`: a key is in `held` if and only if a batch
-    /// that holds it is committed in the file, between two writes.
-    writer: tokio::sync::Mutex<()>,
+    /// that holds it is committed in the file, between two writes. It keeps the pool's
+    /// connection between writes: returning it to the pool costs a task and a round trip to
+    /// the connection's thread (sqlx pings a connection as it is returned), at every commit.
+    writer: tokio::sync::Mutex<Option<PoolConnection<Any>>>,
 }
 
 /// The delivery keys of the batches in the intake file, by batch.
@@ -155,7 +158,7 @@ impl Intake {
             deleted: AtomicI64::new(0),
             last_delete: Mutex::new(Instant::now()),
             held: Mutex::new(held),
-            writer: tokio::sync::Mutex::new(()),
+            writer: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -167,7 +170,7 @@ impl Intake {
         observations: &[Observation],
         now: Millis,
     ) -> Result<Vec<Enqueued>> {
-        let _writer = self.writer.lock().await;
+        let mut writer = self.writer.lock().await;
         let mut out = vec![Enqueued::Duplicate; observations.len()];
         let mut fresh: Vec<usize> = Vec::with_capacity(observations.len());
         {
@@ -212,7 +215,8 @@ impl Intake {
             q = q.bind(observations[i].delivery_key.as_str());
         }
         // One statement writes: it is a transaction of its own, durable when it returns.
-        let rows = q.bind(now).bind(text).fetch_all(&self.pool).await?;
+        let q = q.bind(now).bind(text);
+        let rows = written(&mut writer, &self.pool, async |conn| q.fetch_all(conn).await).await?;
         let mut in_inbox = HashSet::new();
         let mut batch = None;
         for row in rows {
@@ -264,19 +268,22 @@ impl Intake {
     /// Delete every moved batch now. Their moves have all committed: `moved` is raised only
     /// after a move's commit returns.
     pub(super) async fn delete_moved(&self) -> Result<()> {
-        let _writer = self.writer.lock().await;
+        let mut writer = self.writer.lock().await;
         let moved = self.moved();
         if moved <= self.deleted.load(Ordering::Acquire) {
             return Ok(());
         }
-        sqlx::query("DELETE FROM intake_batches WHERE id <= $1")
-            .bind(moved)
-            .execute(&self.pool)
-            .await?;
+        let delete = sqlx::query("DELETE FROM intake_batches WHERE id <= $1").bind(moved);
+        written(&mut writer, &self.pool, async |conn| delete.execute(conn).await).await?;
         self.held().drop_through(moved);
         self.deleted.fetch_max(moved, Ordering::AcqRel);
         *self.last_delete() = Instant::now();
         Ok(())
+    }
+
+    /// Give the writer's connection back to the pool (before the pool is closed).
+    pub(super) async fn release(&self) {
+        self.writer.lock().await.take();
     }
 
     fn held(&self) -> std::sync::MutexGuard<'_, Held> {
@@ -290,6 +297,25 @@ impl Intake {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// Run `write` on the writer's connection, taken from `pool` if the writer does not hold it.
+/// After an error the connection goes back to the pool, which tests it and replaces it if it
+/// is broken.
+async fn written<T>(
+    writer: &mut Option<PoolConnection<Any>>,
+    pool: &AnyPool,
+    write: impl AsyncFnOnce(&mut AnyConnection) -> std::result::Result<T, sqlx::Error>,
+) -> Result<T> {
+    let mut conn = match writer.take() {
+        Some(conn) => conn,
+        None => pool.acquire().await?,
+    };
+    let result = write(&mut conn).await;
+    if result.is_ok() {
+        *writer = Some(conn);
+    }
+    Ok(result?)
 }
 
 /// An intake file of a version that stored a row per observation (table `intake`): its rows

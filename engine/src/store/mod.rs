@@ -289,6 +289,7 @@ impl Store {
     pub async fn close(&self) {
         if let Some(intake) = &self.intake {
             let _ = intake.delete_moved().await;
+            intake.release().await;
             intake.pool.close().await;
         }
         self.pool.close().await;
