@@ -489,7 +489,8 @@ impl Engine {
             }
         };
         let commits = stats.ingest_commits.load(Ordering::Relaxed);
-        let pause = Duration::from_millis(cfg.defer_pause_ms).min(budget.saturating_sub(since.elapsed()));
+        let pause =
+            Duration::from_millis(cfg.defer_pause_ms).min(budget.saturating_sub(since.elapsed()));
         tokio::time::sleep(pause).await;
         stats.resolver_pauses.fetch_add(1, Ordering::Relaxed);
         if stats.ingest_commits.load(Ordering::Relaxed) == commits {
@@ -1404,7 +1405,10 @@ mod tests {
         // It does not defer again before it has caught up.
         assert!(!engine.defer_to_ingest().await);
         engine.caught_up();
-        assert_eq!((state(), group.backlog.load(Ordering::Relaxed)), (Deferral::Off, 0));
+        assert_eq!(
+            (state(), group.backlog.load(Ordering::Relaxed)),
+            (Deferral::Off, 0)
+        );
 
         // When a pause passes without a commit, the webhooks have stopped: it catches up.
         group.backlog.store(100, Ordering::Relaxed);

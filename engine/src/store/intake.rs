@@ -216,7 +216,10 @@ impl Intake {
         }
         // One statement writes: it is a transaction of its own, durable when it returns.
         let q = q.bind(now).bind(text);
-        let rows = written(&mut writer, &self.pool, async |conn| q.fetch_all(conn).await).await?;
+        let rows = written(&mut writer, &self.pool, async |conn| {
+            q.fetch_all(conn).await
+        })
+        .await?;
         let mut in_inbox = HashSet::new();
         let mut batch = None;
         for row in rows {
@@ -274,7 +277,10 @@ impl Intake {
             return Ok(());
         }
         let delete = sqlx::query("DELETE FROM intake_batches WHERE id <= $1").bind(moved);
-        written(&mut writer, &self.pool, async |conn| delete.execute(conn).await).await?;
+        written(&mut writer, &self.pool, async |conn| {
+            delete.execute(conn).await
+        })
+        .await?;
         self.held().drop_through(moved);
         self.deleted.fetch_max(moved, Ordering::AcqRel);
         *self.last_delete() = Instant::now();
