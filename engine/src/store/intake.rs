@@ -29,7 +29,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sqlx::pool::PoolConnection;
@@ -101,15 +101,16 @@ pub(super) struct Intake {
     writer: tokio::sync::Mutex<Option<PoolConnection<Any>>>,
 }
 
-/// The delivery keys of the batches in the intake file, by batch.
+/// The delivery keys of the batches in the intake file, by batch. Each key is allocated once
+/// and shared by the two (a reconcile of 100,000 representatives puts as many keys here).
 #[derive(Debug, Default)]
 struct Held {
-    keys: HashSet<String>,
-    batches: BTreeMap<i64, Vec<String>>,
+    keys: HashSet<Arc<str>>,
+    batches: BTreeMap<i64, Vec<Arc<str>>>,
 }
 
 impl Held {
-    fn add(&mut self, batch: i64, keys: Vec<String>) {
+    fn add(&mut self, batch: i64, keys: Vec<Arc<str>>) {
         self.keys.extend(keys.iter().cloned());
         self.batches.insert(batch, keys);
     }
@@ -128,13 +129,13 @@ impl Held {
 
 /// The delivery keys of a batch's observations, all that is read of them when the file is
 /// opened. A batch that cannot be read holds no key here; the pipeline sets it aside.
-fn delivery_keys(batch: &str) -> Vec<String> {
+fn delivery_keys(batch: &str) -> Vec<Arc<str>> {
     let Ok(items) = serde_json::from_str::<Vec<serde_json::Value>>(batch) else {
         return Vec::new();
     };
     items
         .iter()
-        .filter_map(|o| o.get("delivery_key")?.as_str().map(str::to_owned))
+        .filter_map(|o| o.get("delivery_key")?.as_str().map(Arc::from))
         .collect()
 }
 
@@ -237,7 +238,7 @@ impl Intake {
         })?;
         let keys = fresh
             .iter()
-            .map(|&i| observations[i].delivery_key.clone())
+            .map(|&i| Arc::from(observations[i].delivery_key.as_str()))
             .collect();
         self.held().add(batch, keys);
         for i in fresh {
