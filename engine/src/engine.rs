@@ -217,8 +217,9 @@ struct GroupCommit {
     queued: AtomicBool,
     /// Told when a commit ends with nothing waiting.
     calm: Notify,
-    /// Observations accepted since the resolver last found the inbox empty.
-    backlog: AtomicU64,
+    /// `Stats::accepted` when the resolver last found the inbox empty: the backlog is what was
+    /// accepted since ([`Engine::backlog`]).
+    caught_up_at: AtomicU64,
     /// Whether the resolver defers to acknowledgements (`pipeline.defer_for_ms`).
     deferral: Mutex<Deferral>,
 }
@@ -245,7 +246,7 @@ impl Default for GroupCommit {
             started: std::sync::Once::new(),
             queued: AtomicBool::new(false),
             calm: Notify::new(),
-            backlog: AtomicU64::new(0),
+            caught_up_at: AtomicU64::new(0),
             deferral: Mutex::new(Deferral::Off),
         }
     }
@@ -416,11 +417,6 @@ impl Engine {
                 .ingest_commits
                 .fetch_add(1, Ordering::Relaxed);
             self.inner.stats.ingested(obs, out);
-            let accepted = out.iter().filter(|o| **o == Enqueued::Accepted).count();
-            self.inner
-                .ingest
-                .backlog
-                .fetch_add(accepted as u64, Ordering::Relaxed);
         };
         match self.inner.store.enqueue(&all, now).await {
             Ok(out) => {
@@ -472,7 +468,7 @@ impl Engine {
             match *deferral {
                 Deferral::Off
                     if group.queued.load(Ordering::Relaxed)
-                        && group.backlog.load(Ordering::Relaxed) >= cfg.defer_backlog =>
+                        && self.backlog() >= cfg.defer_backlog =>
                 {
                     let now = tokio::time::Instant::now();
                     *deferral = Deferral::Since(now);
@@ -503,11 +499,18 @@ impl Engine {
         true
     }
 
+    /// Observations accepted since the resolver last found the inbox empty.
+    fn backlog(&self) -> u64 {
+        let accepted = self.inner.stats.accepted.load(Ordering::Relaxed);
+        accepted.saturating_sub(self.inner.ingest.caught_up_at.load(Ordering::Relaxed))
+    }
+
     /// The resolver found less than a batch waiting: the backlog is resolved, and the
     /// resolver may defer again.
     fn caught_up(&self) {
         let group = &self.inner.ingest;
-        group.backlog.store(0, Ordering::Relaxed);
+        let accepted = self.inner.stats.accepted.load(Ordering::Relaxed);
+        group.caught_up_at.store(accepted, Ordering::Relaxed);
         *group
             .deferral
             .lock()
@@ -1381,10 +1384,10 @@ mod tests {
 
         // Queueing without a backlog, or a backlog without queueing: no deferral.
         group.queued.store(true, Ordering::Relaxed);
-        group.backlog.store(99, Ordering::Relaxed);
+        stats.accepted.store(99, Ordering::Relaxed);
         assert!(!engine.defer_to_ingest().await);
         group.queued.store(false, Ordering::Relaxed);
-        group.backlog.store(100, Ordering::Relaxed);
+        stats.accepted.store(100, Ordering::Relaxed);
         assert!(!engine.defer_to_ingest().await);
         assert_eq!(state(), Deferral::Off);
 
@@ -1405,13 +1408,11 @@ mod tests {
         // It does not defer again before it has caught up.
         assert!(!engine.defer_to_ingest().await);
         engine.caught_up();
-        assert_eq!(
-            (state(), group.backlog.load(Ordering::Relaxed)),
-            (Deferral::Off, 0)
-        );
+        assert_eq!((state(), engine.backlog()), (Deferral::Off, 0));
 
         // When a pause passes without a commit, the webhooks have stopped: it catches up.
-        group.backlog.store(100, Ordering::Relaxed);
+        // (A backlog of 100 again: 100 more accepted since it caught up.)
+        stats.accepted.store(200, Ordering::Relaxed);
         assert!(engine.defer_to_ingest().await);
         committing.abort();
         let started = tokio::time::Instant::now();
@@ -1435,10 +1436,10 @@ mod tests {
         let (_dir, engine, obs) = engine_with(EngineConfig::default()).await;
         let group = &engine.inner.ingest;
         assert_eq!(engine.ingest(obs).await.unwrap(), Enqueued::Accepted);
-        assert_eq!(group.backlog.load(Ordering::Relaxed), 1);
+        assert_eq!(engine.backlog(), 1);
         *group.deferral.lock().unwrap() = Deferral::CatchingUp;
         assert_eq!(engine.resolve_pending().await.unwrap(), 1);
-        assert_eq!(group.backlog.load(Ordering::Relaxed), 0);
+        assert_eq!(engine.backlog(), 0);
         assert_eq!(*group.deferral.lock().unwrap(), Deferral::Off);
     }
 
