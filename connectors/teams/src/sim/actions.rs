@@ -100,7 +100,7 @@ fn presence_json(id: &str, pair: &Pair) -> Value {
 fn read_one(shared: &Shared, key: &str) -> Result<Response, GraphError> {
     let mut st = lock(&shared.state);
     shared.settle(&mut st);
-    let user = st.users.get(key).ok_or_else(|| unknown_user(key))?;
+    let user = st.users().get(key).ok_or_else(|| unknown_user(key))?;
     let mut body = presence_json(&user.id, &user.shown);
     body["@odata.context"] = json!(format!(
         "https://graph.microsoft.com/v1.0/$metadata#users('{}')/presence/$entity",
@@ -163,7 +163,7 @@ pub(crate) fn get_presences_by_user_id(
     shared.settle(&mut st);
     let value: Vec<Value> = keys
         .iter()
-        .map(|(key, given)| match st.users.get(key) {
+        .map(|(key, given)| match st.users().get(key) {
             Some(u) => presence_json(&u.id, &u.shown),
             None => presence_json(given, &Pair::new("PresenceUnknown", "PresenceUnknown")),
         })
@@ -253,7 +253,7 @@ fn with_user(
     let now = shared.clock.now();
     let mut st = lock(&shared.state);
     shared.settle(&mut st);
-    if !st.users.contains_key(key) {
+    if !st.users().contains_key(key) {
         return Err(unknown_user(key));
     }
     let result = f(&mut st, now);

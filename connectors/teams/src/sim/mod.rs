@@ -78,7 +78,7 @@ use presync_engine::Millis;
 use faults::{ApiFault, ApiFaults, RateLimiter};
 use notify::Outbox;
 use presence::{ClientSession, Pair, Preferred, UserPresence, PREFERRED_LONG, PREFERRED_SHORT};
-use state::{user_key, State};
+use state::State;
 use tokens::TokenStore;
 
 pub use faults::Fault;
@@ -353,10 +353,7 @@ impl GraphSim {
     /// Add a user, signed out (`Offline/Offline`). Use the user's object id (a GUID): Graph takes
     /// no other id. Adding a user twice keeps the first.
     pub fn add_user(&self, user_id: &str) {
-        let mut st = lock(&self.shared.state);
-        st.users
-            .entry(user_key(user_id))
-            .or_insert_with(|| UserPresence::new(user_id));
+        lock(&self.shared.state).add_user(user_id);
     }
 
     /// Apply fade and expiry at the clock's now, drop expired subscriptions, and queue

@@ -197,7 +197,7 @@ impl Outbox {
 /// Queue a change notification per subscription covering each changed user.
 pub(crate) fn queue_changes(shared: &Shared, st: &State, changes: &[(String, Pair)]) {
     for (key, pair) in changes {
-        let Some(user) = st.users.get(key) else {
+        let Some(user) = st.users().get(key) else {
             continue;
         };
         for sub in st.subs.iter().filter(|s| s.covers(key)) {
