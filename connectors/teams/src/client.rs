@@ -163,13 +163,15 @@ impl GraphClient {
     pub async fn presences(&self, users: &[String]) -> Result<Vec<GraphPresence>, ConnectorError> {
         let mut out = Vec::with_capacity(users.len());
         for chunk in users.chunks(MAX_IDS) {
-            let v = self
+            let mut v = self
                 .app_post(
                     "/communications/getPresencesByUserId",
                     &json!({ "ids": chunk }),
                 )
                 .await?;
-            let items = v.get("value").cloned().unwrap_or(Value::Array(Vec::new()));
+            let items = v
+                .get_mut("value")
+                .map_or(Value::Array(Vec::new()), Value::take);
             let batch: Vec<GraphPresence> =
                 serde_json::from_value(items).map_err(|e| ConnectorError::Rejected {
                     message: format!("getPresencesByUserId answered an unexpected body: {e}"),
