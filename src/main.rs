@@ -18,8 +18,6 @@ mod service;
 mod sim;
 mod soak;
 
-use std::os::unix::process::CommandExt;
-
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use presync_dataverse::mapping::Catalog;
@@ -38,13 +36,17 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// (a reconcile's reads, a poll of every user, a second of webhooks) was still resident while
 /// the next burst allocated its own. Holding 100,000 representatives, the peak went from
 /// 148-153 MiB to 132.6 MiB at 10 ms (BENCHMARKS.md, "Memory").
+#[cfg(unix)]
 const PURGE_DELAY: (&str, &str) = ("MIMALLOC_PURGE_DELAY", "10");
 
 /// mimalloc reads its options from the environment as the process starts, before `main`, and
 /// setting one afterwards takes `unsafe` code, which this workspace forbids. So the service,
 /// started without the option, starts itself again (the same process, `exec`) with it set.
-/// If that fails it goes on with mimalloc's default.
+/// If that fails it goes on with mimalloc's default; so does it where there is no `exec`.
+#[cfg(unix)]
 fn with_allocator_options() {
+    use std::os::unix::process::CommandExt;
+
     let (name, value) = PURGE_DELAY;
     if std::env::var_os(name).is_some() {
         return;
@@ -61,6 +63,9 @@ fn with_allocator_options() {
     let error = command.args(args).env(name, value).exec();
     eprintln!("presync: starting again with {name}={value} failed ({error}); going on without");
 }
+
+#[cfg(not(unix))]
+fn with_allocator_options() {}
 
 #[derive(Debug, Parser)]
 #[command(name = "presync", version, about, long_about = None)]

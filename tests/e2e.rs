@@ -798,6 +798,7 @@ async fn readyz_reports_refused_credentials_without_the_secret() {
 /// (peak holding 100,000 representatives 148-153 MiB, 132.6 at 10 ms). `presync run` starts
 /// itself again with `MIMALLOC_PURGE_DELAY=10` unless its environment sets the option, whose
 /// value it then keeps.
+#[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_service_returns_freed_memory_promptly_unless_told_otherwise() {
     const NAME: &str = "MIMALLOC_PURGE_DELAY";
