@@ -580,28 +580,22 @@ impl Engine {
                 })
                 .await;
             let (n, queued) = match together {
-                Ok(Some(resolved)) if resolved.is_empty() => {
-                    self.caught_up();
-                    break;
-                }
                 Ok(Some(resolved)) => (resolved.len(), self.report(resolved)),
                 failed => {
                     if let Err(e) = failed {
                         warn!(error = %e, "Claim-and-resolve failed; claiming and resolving in two steps");
                     }
-                    match self.resolve_in_two_steps(now).await? {
-                        None => {
-                            self.caught_up();
-                            break;
-                        }
-                        Some(batch) => batch,
-                    }
+                    self.resolve_in_two_steps(now).await?.unwrap_or((0, false))
                 }
             };
-            total += n;
+            // Less than a batch was waiting: the resolver has caught up.
             if (n as i64) < cfg.batch {
                 self.caught_up();
             }
+            if n == 0 {
+                break;
+            }
+            total += n;
             self.inner
                 .stats
                 .resolve_batches

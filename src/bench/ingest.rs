@@ -314,7 +314,7 @@ pub async fn run(scale: Scale, postgres: Option<&str>) -> anyhow::Result<Outcome
     let measure = Duration::from_secs(scale.pick(6, 2));
     let (before, before_cpu) = baseline(reps, warmup, measure).await?;
     let sqlite = presync(reps, None, "", "", warmup, measure).await?;
-    let shared = presync(reps, None, "", NEVER_DEFER, warmup, measure).await?;
+    let never_defers = presync(reps, None, "", NEVER_DEFER, warmup, measure).await?;
     let normal = presync(reps, None, super::SQLITE_NORMAL, "", warmup, measure).await?;
     let pg = match postgres {
         Some(admin) => {
@@ -332,7 +332,7 @@ pub async fn run(scale: Scale, postgres: Option<&str>) -> anyhow::Result<Outcome
         row("Ingest, SQLite", sqlite.got, base, Some(GOAL)),
         row(
             "Ingest, SQLite, resolver never defers (defer_for_ms = 0)",
-            shared.got,
+            never_defers.got,
             base,
             None,
         ),
@@ -413,7 +413,7 @@ pub async fn run(scale: Scale, postgres: Option<&str>) -> anyhow::Result<Outcome
     line("baseline (before)", before, before_cpu, None);
     let mut service = |name: &str, r: Run| line(name, r.got, r.cpu_per_webhook, Some(&r));
     service("presync, SQLite", sqlite);
-    service("presync, SQLite, defer_for_ms = 0", shared);
+    service("presync, SQLite, defer_for_ms = 0", never_defers);
     service("presync, SQLite, synchronous = normal", normal);
     if let Some(pg) = pg {
         service("presync, PostgreSQL", pg);

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use tokio::sync::Mutex;
 use tracing::{debug, warn};
 
-use crate::client::{GraphClient, MAX_IDS};
+use crate::client::GraphClient;
 use crate::config::TeamsConfig;
 use crate::mapping::{Mapping, Pair, WriteMode};
 
@@ -295,23 +295,21 @@ impl Connector for TeamsConnector {
     }
 
     async fn read_all(&self, users: &[ExternalId]) -> Result<Vec<RemoteState>, ConnectorError> {
-        // One call per MAX_IDS users, each answer made into states before the next call: a
-        // pass over 100,000 users never holds Graph's answers for all of them at once.
-        let mut out: Vec<RemoteState> = Vec::with_capacity(users.len());
-        for chunk in users.chunks(MAX_IDS) {
-            let ids: Vec<String> = chunk
-                .iter()
-                .map(|u| u.as_str().to_ascii_lowercase())
-                .collect();
-            let presences = self.client.presences(&ids).await?;
-            out.extend(presences.into_iter().map(|p| RemoteState {
+        let ids: Vec<String> = users
+            .iter()
+            .map(|u| u.as_str().to_ascii_lowercase())
+            .collect();
+        let presences = self.client.presences(&ids).await?;
+        let mut out: Vec<RemoteState> = presences
+            .into_iter()
+            .map(|p| RemoteState {
                 external_id: ExternalId(p.id.to_ascii_lowercase()),
                 native: NativeState::new(format!("{}/{}", p.availability, p.activity)),
                 source_time: None,
                 sequence: None,
                 origin: Origin::Unknown,
-            }));
-        }
+            })
+            .collect();
         out.sort_by(|a, b| a.external_id.cmp(&b.external_id));
         Ok(out)
     }

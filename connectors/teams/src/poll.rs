@@ -10,7 +10,6 @@ use presync_engine::engine::Engine;
 use presync_engine::{ConnectorError, ExternalId, Observation, ObservationKind, Origin, SystemId};
 use tracing::{debug, warn};
 
-use crate::client::MAX_IDS;
 use crate::connector::TeamsConnector;
 
 /// How many polled observations go to the inbox in one transaction.
@@ -49,58 +48,47 @@ impl Poller {
             .into_iter()
             .map(|(_, ext)| ext)
             .collect();
+        if users.is_empty() {
+            return Ok(0);
+        }
+        // Users a write raced with are left out: the next pass reads them and reports what it
+        // sees then.
+        let read = self.connector.read_dated(&users).await?;
+        let now = self.engine.now();
         let mut changed = Vec::new();
         let mut n = 0;
-        // A call's worth of users at a time, each read dated on its own: the first pass over
-        // 100,000 users never holds every state at once, on top of what it ingests.
-        for chunk in users.chunks(MAX_IDS) {
-            // Users a write raced with are left out: the next pass reads them and reports what
-            // it sees then.
-            let read = match self.connector.read_dated(chunk).await {
-                Ok(read) => read,
-                Err(e) => {
-                    // What earlier chunks found is remembered as seen: store it first.
-                    if !changed.is_empty() {
-                        self.ingest(changed).await?;
-                    }
-                    return Err(e);
-                }
+        for s in read.states {
+            let user = s.external_id.as_str().to_owned();
+            let first_sight = match self.last.get(&user) {
+                Some(code) if *code == s.native.code => continue,
+                Some(_) => false,
+                None => true,
             };
-            let now = self.engine.now();
-            for s in read.states {
-                let user = s.external_id.as_str().to_owned();
-                let first_sight = match self.last.get(&user) {
-                    Some(code) if *code == s.native.code => continue,
-                    Some(_) => false,
-                    None => true,
-                };
-                self.last.insert(user.clone(), s.native.code.clone());
-                // The first pass is a snapshot of unknown date, not a change: like a reconcile
-                // read of a user never observed, it must not beat dated states from other
-                // systems.
-                let (kind, source_time) = if first_sight {
-                    (ObservationKind::Reconcile, 0)
-                } else {
-                    (ObservationKind::Event, read.read_at)
-                };
-                changed.push(Observation {
-                    system: self.system.clone(),
-                    delivery_key: format!("teams:poll:{user}:{}", uuid::Uuid::new_v4().simple()),
-                    external_id: s.external_id,
-                    native: s.native,
-                    source_time,
-                    sequence: None,
-                    origin: Origin::Unknown,
-                    kind,
-                    observed_at: now,
-                    changed_by: None,
-                });
-                n += 1;
-                // Stored in chunks: the first pass reports every user, and 100,000
-                // observations in one transaction would be held in memory all at once.
-                if changed.len() == INGEST_CHUNK {
-                    self.ingest(std::mem::take(&mut changed)).await?;
-                }
+            self.last.insert(user.clone(), s.native.code.clone());
+            // The first pass is a snapshot of unknown date, not a change: like a reconcile read
+            // of a user never observed, it must not beat dated states from other systems.
+            let (kind, source_time) = if first_sight {
+                (ObservationKind::Reconcile, 0)
+            } else {
+                (ObservationKind::Event, read.read_at)
+            };
+            changed.push(Observation {
+                system: self.system.clone(),
+                delivery_key: format!("teams:poll:{user}:{}", uuid::Uuid::new_v4().simple()),
+                external_id: s.external_id,
+                native: s.native,
+                source_time,
+                sequence: None,
+                origin: Origin::Unknown,
+                kind,
+                observed_at: now,
+                changed_by: None,
+            });
+            n += 1;
+            // Stored in chunks: the first pass reports every user, and 100,000 observations
+            // in one transaction would be held in memory all at once.
+            if changed.len() == INGEST_CHUNK {
+                self.ingest(std::mem::take(&mut changed)).await?;
             }
         }
         if !changed.is_empty() {

@@ -72,38 +72,42 @@ impl State {
     /// key order.
     pub(crate) fn settle(&mut self, now: Millis) -> Vec<(String, Pair)> {
         self.subs.retain(|s| now < s.expires_at);
+        let mut changes = Vec::new();
         if now >= self.quiet_until {
             // A fade or an expiry is due somewhere: every user, and the next such time.
             self.touched.clear();
-            let mut next = Millis::MAX;
-            let changes = self
-                .users
-                .iter_mut()
-                .filter_map(|(key, u)| {
-                    // A user whose sources nobody edited and whose next fade or expiry is
-                    // still ahead cannot have changed.
-                    let changed = (now >= u.quiet_until)
-                        .then(|| u.settle(now).map(|p| (key.clone(), p)))
-                        .flatten();
-                    next = next.min(u.quiet_until);
-                    changed
-                })
-                .collect();
-            self.quiet_until = next;
-            return changes;
-        }
-        let mut changes = Vec::new();
-        for key in std::mem::take(&mut self.touched) {
-            let Some(u) = self.users.get_mut(&key) else {
-                continue;
-            };
-            if let Some(p) = u.settle(now) {
-                changes.push((key, p));
+            self.quiet_until = Millis::MAX;
+            for (key, u) in &mut self.users {
+                let next = settle_user(key, u, now, &mut changes);
+                self.quiet_until = self.quiet_until.min(next);
             }
-            self.quiet_until = self.quiet_until.min(u.quiet_until);
+        } else {
+            for key in std::mem::take(&mut self.touched) {
+                if let Some(u) = self.users.get_mut(&key) {
+                    let next = settle_user(&key, u, now, &mut changes);
+                    self.quiet_until = self.quiet_until.min(next);
+                }
+            }
         }
         changes
     }
+}
+
+/// Settle `u` at `now` unless nobody edited its sources and its next fade or expiry is still
+/// ahead (then it cannot have changed); note a change of its aggregate. Returns its
+/// `quiet_until`.
+fn settle_user(
+    key: &str,
+    u: &mut UserPresence,
+    now: Millis,
+    changes: &mut Vec<(String, Pair)>,
+) -> Millis {
+    if now >= u.quiet_until {
+        if let Some(p) = u.settle(now) {
+            changes.push((key.to_owned(), p));
+        }
+    }
+    u.quiet_until
 }
 
 /// The key a user is stored under: the lower-case hyphenated GUID when the id is a GUID (Graph
