@@ -169,6 +169,12 @@ pub struct PipelineConfig {
     pub defer_backlog: u64,
     /// While the resolver defers, its pause before each batch.
     pub defer_pause_ms: u64,
+    /// The running service's resolver claims the writes a batch decides, with their echo
+    /// expectations, in the batch's own transaction, and starts them as soon as it commits,
+    /// within each target's rate limit and `max_in_flight`. What the limits leave, the
+    /// dispatcher claims. Off: every write waits for the dispatcher's claim, a commit of its
+    /// own, after the resolve's.
+    pub write_on_resolve: bool,
 }
 
 impl Default for PipelineConfig {
@@ -186,6 +192,7 @@ impl Default for PipelineConfig {
             defer_for_ms: 10_000,
             defer_backlog: 1_000,
             defer_pause_ms: 250,
+            write_on_resolve: true,
         }
     }
 }

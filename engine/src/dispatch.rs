@@ -1,7 +1,10 @@
 //! Per-target write limits: a token bucket, a pause after `Retry-After`, and backoff with jitter.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use rand::Rng;
 
@@ -15,6 +18,34 @@ pub(crate) struct TargetGate {
     capacity: f64,
     per_ms: f64,
     pub(crate) max_in_flight: usize,
+    /// A permit per write in flight (claimed and not yet recorded), `max_in_flight` in all,
+    /// shared by the dispatcher and the resolver's writes.
+    pub(crate) in_flight: Arc<Semaphore>,
+    /// A reservation found every write slot taken since this was last cleared.
+    refused: AtomicBool,
+}
+
+/// Writes to one target that may begin now: as many in-flight permits as tokens.
+#[derive(Debug)]
+pub(crate) struct Reserved {
+    pub(crate) permit: OwnedSemaphorePermit,
+}
+
+impl Reserved {
+    /// How many writes it allows.
+    pub(crate) fn len(&self) -> usize {
+        self.permit.num_permits()
+    }
+
+    /// Keep `n` of the writes (those claimed); the tokens of the others go back to `gate`,
+    /// their permits to its semaphore.
+    pub(crate) fn keep(&mut self, gate: &TargetGate, n: usize) {
+        let surplus = self.len().saturating_sub(n);
+        if surplus > 0 {
+            gate.give_back(surplus);
+            drop(self.permit.split(surplus));
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -36,6 +67,40 @@ impl TargetGate {
             capacity,
             per_ms: capacity / (cfg.rate_window_ms.max(1) as f64),
             max_in_flight: cfg.max_in_flight.max(1),
+            in_flight: Arc::new(Semaphore::new(cfg.max_in_flight.max(1))),
+            refused: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether a reservation found every write slot taken since the last call.
+    pub(crate) fn take_refused(&self) -> bool {
+        self.refused.swap(false, Ordering::Relaxed)
+    }
+
+    /// Without waiting, as many writes as are both free in-flight permits and tokens at `now`;
+    /// `None` when either is out.
+    pub(crate) fn reserve(&self, now: Millis) -> Option<Reserved> {
+        let free = self.in_flight.available_permits();
+        // Another task may take some between the count and the taking: then this one takes
+        // none, as when there are none.
+        let permit = u32::try_from(free)
+            .ok()
+            .filter(|n| *n > 0)
+            .and_then(|n| self.in_flight.clone().try_acquire_many_owned(n).ok());
+        let Some(permit) = permit else {
+            self.refused.store(true, Ordering::Relaxed);
+            return None;
+        };
+        let mut reserved = Reserved { permit };
+        match self.take(free, now) {
+            Ok(tokens) => {
+                let surplus = free - tokens;
+                if surplus > 0 {
+                    drop(reserved.permit.split(surplus));
+                }
+                Some(reserved)
+            }
+            Err(_) => None,
         }
     }
 
@@ -137,6 +202,32 @@ mod tests {
         assert!(wait <= Duration::from_millis(100), "{wait:?}");
         assert_eq!(g.take(100, 500), Ok(5));
         assert!(g.take(1, 500).is_err());
+    }
+
+    #[test]
+    fn a_reservation_is_as_many_free_slots_as_tokens_and_gives_back_what_is_not_kept() {
+        let g = TargetGate::new(&DispatchConfig {
+            max_in_flight: 4,
+            ..cfg(3, 1_000)
+        });
+        let mut r = g.reserve(0).unwrap();
+        assert_eq!(r.len(), 3, "three tokens");
+        assert_eq!(g.in_flight.available_permits(), 1);
+        assert!(g.reserve(0).is_none(), "no token left");
+        r.keep(&g, 1);
+        assert_eq!(g.in_flight.available_permits(), 3);
+        let other = g.reserve(0).unwrap();
+        assert_eq!(other.len(), 2, "the two tokens given back");
+        let third = g.reserve(1_000).unwrap();
+        assert_eq!(third.len(), 1, "one slot free: the others are held");
+        assert!(g.reserve(1_000).is_none(), "every slot held");
+        drop((r, other, third));
+        assert_eq!(g.in_flight.available_permits(), 4);
+        assert_eq!(
+            g.reserve(1_000).unwrap().len(),
+            2,
+            "the window's tokens left"
+        );
     }
 
     #[test]

@@ -21,7 +21,8 @@ use crate::dispatch::{backoff, TargetGate};
 use crate::model::{Availability, ExternalId, Observation, ObservationKind, SystemId};
 use crate::rules::{self, Context, RepView, Rule};
 use crate::store::{
-    Dialect, Enqueued, FinishedWrite, InboxRow, OutboxRow, Resolved, Store, StoreError, WriteResult,
+    Dialect, Enqueued, FinishedWrite, InboxRow, OutboxRow, Resolved, Store, StoreError,
+    WriteClaims, WriteResult,
 };
 use crate::topology::{Topology, TopologyConfig, TopologyErrors};
 
@@ -562,6 +563,19 @@ impl Engine {
     /// transaction ([`Store::resolve_batch`]), and when that fails too, its rows one by one, each
     /// in its own.
     pub async fn resolve_pending(&self) -> Result<usize> {
+        self.resolve_batches(false).await
+    }
+
+    /// [`Engine::resolve_pending`], and each batch's transaction also claims the writes it
+    /// decided, within each target's limits, and starts them as soon as it commits, with no
+    /// claim of the dispatcher's, and its commit, before they go on the wire
+    /// (`pipeline.write_on_resolve`). The writes run in tasks of their own; what the limits
+    /// leave, the dispatcher claims. The running service's resolver.
+    pub async fn resolve_and_write(&self) -> Result<usize> {
+        self.resolve_batches(true).await
+    }
+
+    async fn resolve_batches(&self, write: bool) -> Result<usize> {
         let cfg = &self.inner.config.pipeline;
         let mut total = 0;
         while !self.stopping() {
@@ -569,18 +583,45 @@ impl Engine {
                 self.yield_to_ingest().await;
             }
             let now = self.now();
+            // The writes' slots and tokens, taken as the transaction asks for each target.
+            let mut reserved: BTreeMap<SystemId, crate::dispatch::Reserved> = BTreeMap::new();
+            // A target's writes were left to the dispatcher: no slot or token was free.
+            let mut left = false;
+            let mut allow = |target: &SystemId| -> i64 {
+                let Some(r) = self.inner.gates.get(target).and_then(|g| g.reserve(now)) else {
+                    left = true;
+                    return 0;
+                };
+                let n = r.len() as i64;
+                reserved.insert(target.clone(), r);
+                n
+            };
+            let claims = write.then(|| WriteClaims {
+                allow: &mut allow,
+                echo_ttl: self.inner.config.rules.echo_ttl_ms,
+            });
             // Claim and resolve in one transaction (one commit); when that cannot be done (a
             // row cannot be read, or the batch's resolve fails), in two steps, where each bad
             // row is dealt with alone.
             let together = self
                 .inner
                 .store
-                .claim_and_resolve(&self.inner.instance, now, now + cfg.lease_ms, cfg.batch, {
-                    |row, _, view| self.decide(&row.observation, view, now)
-                })
+                .claim_resolve_and_begin_writes(
+                    &self.inner.instance,
+                    now,
+                    now + cfg.lease_ms,
+                    cfg.batch,
+                    |row, _, view| self.decide(&row.observation, view, now),
+                    claims,
+                )
                 .await;
             let (n, queued) = match together {
-                Ok(Some(resolved)) => (resolved.len(), self.report(resolved)),
+                Ok(Some((resolved, begun))) => {
+                    let n = resolved.len();
+                    let queued = self.report(resolved);
+                    let all = self.start_writes(begun, &mut reserved);
+                    (n, queued && (left || !all || !write))
+                }
                 failed => {
                     if let Err(e) = failed {
                         warn!(error = %e, "Claim-and-resolve failed; claiming and resolving in two steps");
@@ -588,6 +629,12 @@ impl Engine {
                     self.resolve_in_two_steps(now).await?.unwrap_or((0, false))
                 }
             };
+            // Slots and tokens of targets where nothing was claimed go back.
+            for (target, mut r) in std::mem::take(&mut reserved) {
+                if let Some(gate) = self.inner.gates.get(&target) {
+                    r.keep(gate, 0);
+                }
+            }
             // Less than a batch was waiting: the resolver has caught up.
             if (n as i64) < cfg.batch {
                 self.caught_up();
@@ -607,6 +654,31 @@ impl Engine {
             }
         }
         Ok(total)
+    }
+
+    /// Start the writes a resolve claimed, each target's in a task of its own holding its
+    /// slots; the slots and tokens left over go back. True when every claim took all the
+    /// writes it was allowed to and fewer than that were due: nothing is left for the
+    /// dispatcher, which is then not woken.
+    fn start_writes(
+        &self,
+        begun: crate::store::ClaimedWrites,
+        reserved: &mut BTreeMap<SystemId, crate::dispatch::Reserved>,
+    ) -> bool {
+        let mut all = true;
+        for (target, rows) in begun {
+            let (Some(mut r), Some(gate)) =
+                (reserved.remove(&target), self.inner.gates.get(&target))
+            else {
+                continue;
+            };
+            // A claim that took every write it was allowed may have left more behind.
+            let more = rows.len() >= r.len();
+            all &= !more;
+            r.keep(gate, rows.len());
+            tokio::spawn(self.clone().write_claimed(rows, r, more));
+        }
+        all
     }
 
     /// Claim a batch, then resolve it ([`Engine::resolve_rows`]); a row that cannot be read is
@@ -804,22 +876,38 @@ impl Engine {
         let mut total = 0;
         while !self.stopping() {
             let now = self.now();
-            let Ok(tokens) = gate.take(gate.max_in_flight, now) else {
-                break;
-            };
-            let begun = self
+            // Write slots and tokens, taken once the claim has its turn: not held while the
+            // resolver's transaction, which may claim writes itself, goes first.
+            let mut reservation = None;
+            let claimed = self
                 .inner
                 .store
-                .claim_writes(
+                .claim_writes_within(
                     target,
                     &self.inner.instance,
                     now,
                     now + lease,
-                    tokens as i64,
+                    || {
+                        reservation = gate.reserve(now);
+                        reservation.as_ref().map_or(0, |r| r.len() as i64)
+                    },
                     self.inner.config.rules.echo_ttl_ms,
                 )
-                .await?;
-            gate.give_back(tokens - begun.len());
+                .await;
+            // Out of tokens, or every write slot taken (by the resolver's writes too: they
+            // wake this loop when they end).
+            let Some(mut reserved) = reservation else {
+                claimed?;
+                break;
+            };
+            let begun = match claimed {
+                Ok(begun) => begun,
+                Err(e) => {
+                    reserved.keep(gate, 0);
+                    return Err(e.into());
+                }
+            };
+            reserved.keep(gate, begun.len());
             if begun.is_empty() {
                 break;
             }
@@ -834,8 +922,36 @@ impl Engine {
                 .collect()
                 .await;
             self.record_writes(&finished).await;
+            drop(reserved);
         }
         Ok(total)
+    }
+
+    /// Make writes the resolver claimed ([`Engine::resolve_and_write`]) and record how they
+    /// ended; then give their in-flight permits back and, when `more` (the resolver's claim
+    /// may have left due writes behind) or when a claim found every slot of the target taken
+    /// meanwhile, wake the dispatcher.
+    async fn write_claimed(
+        self,
+        begun: Vec<(OutboxRow, Option<i64>)>,
+        reserved: crate::dispatch::Reserved,
+        more: bool,
+    ) {
+        let n = begun.len().max(1);
+        let target = begun.first().map(|(row, _)| row.target.clone());
+        let finished: Vec<FinishedWrite> = stream::iter(begun)
+            .map(|(row, expectation)| self.write_one(row, expectation))
+            .buffer_unordered(n)
+            .collect()
+            .await;
+        self.record_writes(&finished).await;
+        drop(reserved);
+        let refused = target
+            .and_then(|t| self.inner.gates.get(&t))
+            .is_some_and(TargetGate::take_refused);
+        if more || refused {
+            self.inner.outbox_ready.notify_one();
+        }
     }
 
     /// Make one claimed write, its echo expectation already recorded.
@@ -1135,6 +1251,11 @@ impl Engine {
             let _ = resolver.await;
             let _ = dispatcher.await;
             let _ = janitor.await;
+            // The writes the resolver started end when every in-flight permit is back.
+            for gate in self.inner.gates.values() {
+                let all = u32::try_from(gate.max_in_flight).unwrap_or(u32::MAX);
+                let _ = gate.in_flight.acquire_many(all).await;
+            }
         })
         .await;
         if drained.is_err() {
@@ -1148,8 +1269,9 @@ impl Engine {
 
     async fn loop_resolver(self, mut stop: watch::Receiver<bool>) {
         let poll = Duration::from_millis(self.inner.config.pipeline.poll_interval_ms);
+        let write = self.inner.config.pipeline.write_on_resolve;
         while !*stop.borrow() {
-            if let Err(e) = self.resolve_pending().await {
+            if let Err(e) = self.resolve_batches(write).await {
                 error!(error = %e, "Resolver pass failed");
             }
             tokio::select! {

@@ -97,6 +97,8 @@ pub enum MemoryFault {
     Unauthorized,
     /// The request is refused for good; nothing is applied.
     Reject,
+    /// The call takes this long (real time), then goes through.
+    Slow(Duration),
 }
 
 impl MemoryFault {
@@ -116,6 +118,7 @@ impl MemoryFault {
                 message: "memory: injected unauthorized".to_owned(),
             },
             MemoryFault::Reject => rejected("memory: injected rejection"),
+            MemoryFault::Slow(_) => transient("memory: injected slow call", false),
         }
     }
 }
@@ -441,12 +444,17 @@ impl Connector for MemoryConnector {
     }
 
     async fn write(&self, user: &ExternalId, desired: &Desired) -> Result<(), ConnectorError> {
-        let mut inner = lock(&self.inner);
-        let timeout_after_apply = match inner.faults.pop_front() {
+        let fault = lock(&self.inner).faults.pop_front();
+        let timeout_after_apply = match fault {
             None => false,
+            Some(MemoryFault::Slow(d)) => {
+                tokio::time::sleep(d).await;
+                false
+            }
             Some(MemoryFault::TimeoutAfterApply) => true,
             Some(fault) => return Err(fault.error()),
         };
+        let mut inner = lock(&self.inner);
         inner.apply_write(user, desired)?;
         if timeout_after_apply {
             return Err(MemoryFault::TimeoutAfterApply.error());
@@ -455,9 +463,13 @@ impl Connector for MemoryConnector {
     }
 
     async fn read_all(&self, users: &[ExternalId]) -> Result<Vec<RemoteState>, ConnectorError> {
-        let mut inner = lock(&self.inner);
-        match inner.faults.pop_front() {
-            None => {}
+        let fault = lock(&self.inner).faults.pop_front();
+        if let Some(MemoryFault::Slow(d)) = fault {
+            tokio::time::sleep(d).await;
+        }
+        let inner = lock(&self.inner);
+        match fault {
+            None | Some(MemoryFault::Slow(_)) => {}
             Some(MemoryFault::TimeoutAfterApply) => {
                 return Err(transient("memory: injected timeout", false))
             }

@@ -465,6 +465,125 @@ async fn the_running_engine_propagates_changes_and_stops_on_shutdown(url: String
     assert_eq!(writes_to(&w, "teams"), 1);
 }
 
+/// Wait (10 s at most) until `done` holds, letting spawned tasks run.
+async fn until(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !done().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "waited in vain: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// `pipeline.write_on_resolve`: the resolver claims the write it decides in its own
+/// transaction, with the echo expectation, and makes it; the dispatcher finds nothing left,
+/// and the echo is recognised.
+async fn the_resolver_makes_the_writes_it_decides_and_their_echoes_stay_home(url: String) {
+    let w = world(&url).await;
+    w.clock.advance(10);
+    w.system("d365").person_sets(&user("d365", 0), Busy);
+    for d in w.take_deliveries() {
+        w.engine.ingest(d).await.unwrap();
+    }
+    assert_eq!(w.engine.resolve_and_write().await.unwrap(), 1);
+    until("the write and its record", async || {
+        writes_to(&w, "teams") == 1 && w.engine.store().queue_depths().await.unwrap().outbox == 0
+    })
+    .await;
+    assert_eq!(
+        w.engine.dispatch_pending().await.unwrap(),
+        0,
+        "the dispatcher found the resolver's write still to make"
+    );
+    let history = w.engine.store().history(&rep(0), 10).await.unwrap();
+    assert!(
+        history
+            .iter()
+            .any(|h| h.rule == "write" && h.outcome == "ok"),
+        "{history:?}"
+    );
+    // Teams tells of the new state: presync's own write coming back.
+    let echoes = w.take_deliveries();
+    assert_eq!(echoes.len(), 1, "{echoes:?}");
+    for d in echoes {
+        w.engine.ingest(d).await.unwrap();
+    }
+    assert_eq!(w.engine.resolve_and_write().await.unwrap(), 1);
+    assert_eq!(w.engine.stats().decisions().get("echo").copied(), Some(1));
+    w.settle().await;
+    assert_eq!(w.states(0), vec![Some(Busy), Some(Busy)]);
+    assert_eq!(writes_to(&w, "d365"), 0, "the echo went back to D365");
+}
+
+/// The resolver's writes take the target's tokens and in-flight slots like the dispatcher's:
+/// with one token per minute it makes one write, and the other waits for the next token.
+async fn the_resolvers_writes_keep_to_the_targets_rate_limit(url: String) {
+    let clock = Arc::new(ManualClock::new(T0));
+    let mut config = EngineConfig::default();
+    config.dispatch_default.rate_limit = 1;
+    config.dispatch_default.rate_window_ms = 60_000;
+    let w = World::with_clock(&url, clock.clone(), &systems(&clock), 2, config).await;
+    w.clock.advance(10);
+    w.system("d365").person_sets(&user("d365", 0), Busy);
+    w.system("d365").person_sets(&user("d365", 1), Away);
+    for d in w.take_deliveries() {
+        w.engine.ingest(d).await.unwrap();
+    }
+    assert_eq!(w.engine.resolve_and_write().await.unwrap(), 2);
+    until("the allowed write and its record", async || {
+        writes_to(&w, "teams") == 1 && w.engine.store().queue_depths().await.unwrap().outbox == 1
+    })
+    .await;
+    assert_eq!(
+        w.engine.dispatch_pending().await.unwrap(),
+        0,
+        "a write beyond the rate limit"
+    );
+    assert_eq!(writes_to(&w, "teams"), 1);
+    w.clock.advance(60_000);
+    assert_eq!(w.engine.dispatch_pending().await.unwrap(), 1);
+    assert_eq!(writes_to(&w, "teams"), 2);
+    w.settle().await;
+    assert_eq!(w.states(0), vec![Some(Busy), Some(Busy)]);
+    assert_eq!(w.states(1), vec![Some(Away), Some(Away)]);
+    assert_eq!(writes_to(&w, "d365"), 0);
+}
+
+/// With one write in flight allowed, the resolver's write holds the slot until it is
+/// recorded; the dispatcher, woken then, makes the one the resolver could not claim. The first
+/// write is slow, so the dispatcher finds the slot taken when the resolver first wakes it.
+async fn the_resolvers_writes_share_the_targets_in_flight_slots(url: String) {
+    let clock = Arc::new(ManualClock::new(T0));
+    let mut config = EngineConfig::default();
+    config.dispatch_default.max_in_flight = 1;
+    // Only a wake-up, not the idle loops' polls, can get the second write out in time.
+    config.pipeline.poll_interval_ms = 600_000;
+    let w = World::with_clock(&url, clock.clone(), &systems(&clock), 2, config).await;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let engine = w.engine.clone();
+    let running =
+        tokio::spawn(async move { engine.run(async { stopped.await.unwrap_or(()) }).await });
+    w.clock.advance(10);
+    w.system("teams")
+        .inject(MemoryFault::Slow(Duration::from_millis(300)));
+    w.system("d365").person_sets(&user("d365", 0), Busy);
+    w.system("d365").person_sets(&user("d365", 1), Away);
+    for d in w.take_deliveries() {
+        w.engine.ingest(d).await.unwrap();
+    }
+    until("both writes", async || writes_to(&w, "teams") == 2).await;
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(15), running)
+        .await
+        .expect("run did not return after shutdown")
+        .unwrap()
+        .unwrap();
+    assert_eq!(w.engine.store().queue_depths().await.unwrap().outbox, 0);
+    assert_eq!(writes_to(&w, "teams"), 2);
+}
+
 on_both_backends!(
     the_running_engine_propagates_changes_and_stops_on_shutdown,
     a_change_reaches_the_other_system_and_its_echo_is_not_propagated,
@@ -481,4 +600,7 @@ on_both_backends!(
     an_unknown_user_is_recorded_and_dropped,
     a_transient_offline_is_debounced_through_the_inbox,
     sticky_echo_settles_with_the_persons_real_state,
+    the_resolver_makes_the_writes_it_decides_and_their_echoes_stay_home,
+    the_resolvers_writes_keep_to_the_targets_rate_limit,
+    the_resolvers_writes_share_the_targets_in_flight_slots,
 );

@@ -48,6 +48,28 @@ pub struct UnreadableRow {
     pub error: StoreError,
 }
 
+/// Writes a resolve claims in its own transaction
+/// ([`Store::claim_resolve_and_begin_writes`]).
+pub struct WriteClaims<'a> {
+    /// How many writes to a target may be claimed now. Asked once for each target the batch
+    /// queued writes for.
+    pub allow: &'a mut (dyn FnMut(&SystemId) -> i64 + Send),
+    /// How long each write's echo expectation lasts.
+    pub echo_ttl: i64,
+}
+
+impl std::fmt::Debug for WriteClaims<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteClaims")
+            .field("echo_ttl", &self.echo_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Writes claimed by a resolve, by target, each with its echo expectation's id (`None` for a
+/// withdrawal).
+pub type ClaimedWrites = Vec<(SystemId, Vec<(super::OutboxRow, Option<i64>)>)>;
+
 /// What the resolve transaction did.
 #[derive(Debug, Clone)]
 pub enum Resolved {
@@ -270,6 +292,30 @@ impl Store {
     where
         F: FnMut(&InboxRow, &RepId, &RepView) -> Decision + Send,
     {
+        let done = self
+            .claim_resolve_and_begin_writes(instance, now, claim_until, limit, decide, None)
+            .await?;
+        Ok(done.map(|(resolved, _)| resolved))
+    }
+
+    /// [`Store::claim_and_resolve`], and in the same transaction, for each target the batch
+    /// queued writes for, the claim of [`Store::claim_writes`]: up to `(writes.allow)(target)`
+    /// due rows of that target, with the echo expectation of each write about to be made. The
+    /// writes a batch decides can then go on the wire as soon as it commits, with no commit of
+    /// their own before. `claim_until` is both claims' lease. When a write claim fails, the
+    /// whole transaction is rolled back (`Ok(None)`, as when the resolve fails).
+    pub async fn claim_resolve_and_begin_writes<F>(
+        &self,
+        instance: &str,
+        now: Millis,
+        claim_until: Millis,
+        limit: i64,
+        decide: F,
+        writes: Option<WriteClaims<'_>>,
+    ) -> Result<Option<(Vec<(InboxRow, Resolved)>, ClaimedWrites)>>
+    where
+        F: FnMut(&InboxRow, &RepId, &RepView) -> Decision + Send,
+    {
         let (turn, mut tx, rows, moved) = loop {
             let turn = self.pipeline_turn().await;
             let mut tx = self.pool.begin().await?;
@@ -291,7 +337,7 @@ impl Store {
             }
             if moved.is_none() {
                 tx.rollback().await?;
-                return Ok(Some(Vec::new()));
+                return Ok(Some((Vec::new(), Vec::new())));
             }
             // Batches whose observations were all in the inbox already (a crash came between
             // a move and the intake's delete): committed, so that they are deleted from the
@@ -305,10 +351,48 @@ impl Store {
             tx.rollback().await?;
             return Ok(None);
         };
+        let mut begun = Vec::new();
+        if let Some(claims) = writes {
+            let mut targets: Vec<&SystemId> = resolved
+                .iter()
+                .filter_map(|r| match r {
+                    Resolved::Decided { decision, .. } => Some(decision.write_targets()),
+                    _ => None,
+                })
+                .flatten()
+                .collect();
+            targets.sort();
+            targets.dedup();
+            for target in targets {
+                let limit = (claims.allow)(target);
+                if limit <= 0 {
+                    continue;
+                }
+                let claimed = self
+                    .claim_writes_in(
+                        &mut tx,
+                        target,
+                        instance,
+                        now,
+                        claim_until,
+                        limit,
+                        claims.echo_ttl,
+                    )
+                    .await;
+                match claimed {
+                    Ok(rows) if rows.is_empty() => {}
+                    Ok(rows) => begun.push((target.clone(), rows)),
+                    Err(_) => {
+                        tx.rollback().await?;
+                        return Ok(None);
+                    }
+                }
+            }
+        }
         tx.commit().await?;
         drop(turn);
         self.moved_through(moved).await;
-        Ok(Some(rows.into_iter().zip(resolved).collect()))
+        Ok(Some((rows.into_iter().zip(resolved).collect(), begun)))
     }
 
     /// Resolve one claimed inbox row in one transaction: look the representative up, lock it,

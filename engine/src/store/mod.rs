@@ -30,7 +30,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
 pub use directory::Known;
-pub use inbox::{Enqueued, InboxRow, Resolved, UnreadableRow};
+pub use inbox::{ClaimedWrites, Enqueued, InboxRow, Resolved, UnreadableRow, WriteClaims};
 pub use intake::intake_path;
 pub use outbox::{FinishedWrite, OutboxRow, WriteResult};
 

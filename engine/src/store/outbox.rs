@@ -136,13 +136,53 @@ impl Store {
         limit: i64,
         echo_ttl: i64,
     ) -> Result<Vec<(OutboxRow, Option<i64>)>> {
+        self.claim_writes_within(target, instance, now, claim_until, || limit, echo_ttl)
+            .await
+    }
+
+    /// [`Store::claim_writes`] of as many rows as `limit` allows, asked once the claim has
+    /// its turn at the database: on SQLite a resolve that claims writes
+    /// ([`Store::claim_resolve_and_begin_writes`]) may have gone first, and what `limit` hands
+    /// out (write slots, say) is not held while waiting for it. Nothing is claimed when it
+    /// allows none.
+    pub async fn claim_writes_within(
+        &self,
+        target: &SystemId,
+        instance: &str,
+        now: Millis,
+        claim_until: Millis,
+        limit: impl FnOnce() -> i64 + Send,
+        echo_ttl: i64,
+    ) -> Result<Vec<(OutboxRow, Option<i64>)>> {
         let _turn = self.pipeline_turn().await;
+        let limit = limit();
+        if limit <= 0 {
+            return Ok(Vec::new());
+        }
         let mut tx = self.pool.begin().await?;
-        let rows = self
-            .claim_in(&mut tx, target, instance, now, claim_until, limit)
+        let begun = self
+            .claim_writes_in(&mut tx, target, instance, now, claim_until, limit, echo_ttl)
             .await?;
-        let expectations = expect_all(&mut tx, &rows, now, echo_ttl).await?;
         tx.commit().await?;
+        Ok(begun)
+    }
+
+    /// The claim of [`Store::claim_writes`], in `tx`, without committing.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn claim_writes_in(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        target: &SystemId,
+        instance: &str,
+        now: Millis,
+        claim_until: Millis,
+        limit: i64,
+        echo_ttl: i64,
+    ) -> Result<Vec<(OutboxRow, Option<i64>)>> {
+        let rows = self
+            .claim_in(tx, target, instance, now, claim_until, limit)
+            .await?;
+        let expectations = expect_all(tx, &rows, now, echo_ttl).await?;
         Ok(rows.into_iter().zip(expectations).collect())
     }
 
