@@ -28,7 +28,10 @@
 //! 3. The outbox keeps the latest desired state per (representative, target), so a burst
 //!    becomes one write. The dispatcher writes it through [`Connector::write`] within the
 //!    target's limits, records the echo it expects back before writing, and honours
-//!    `Retry-After`.
+//!    `Retry-After`. In the running service ([`Engine::run`](engine::Engine::run)) the
+//!    resolver's transaction claims a decision's writes and records their echo expectations
+//!    itself, and starts them when it commits, within the same limits; the dispatcher makes
+//!    what those leave, and the retries.
 //! 4. [`Engine::reconcile`](engine::Engine::reconcile) reads every system in bulk and feeds what
 //!    differs back in, as a missed change or as drift to repair.
 //!

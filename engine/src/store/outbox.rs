@@ -10,7 +10,9 @@
 //! The dispatcher does steps 1 and 2 for a whole batch in one transaction
 //! ([`Store::claim_writes`]) and step 3 for whatever writes have ended in one transaction
 //! ([`Store::finish_writes`]): on SQLite every commit is an fsync, and one per write was the
-//! pipeline's limit.
+//! pipeline's limit. The running service's resolver does steps 1 and 2 in the transaction
+//! that decided the writes ([`Store::claim_resolve_and_begin_writes`]), so that a decision's
+//! first write needs no commit of its own before it goes out.
 //!
 //! A crash between 2 and 3 leaves the row claimed; when the lease runs out it is written again.
 //! That is the only way a target receives the same write twice, and only when the first write's
