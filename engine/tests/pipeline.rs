@@ -24,15 +24,12 @@ fn systems(clock: &Arc<ManualClock>) -> Vec<MemorySystem> {
 }
 
 async fn world(url: &str) -> World {
+    world_with(url, EngineConfig::default()).await
+}
+
+async fn world_with(url: &str, config: EngineConfig) -> World {
     let clock = Arc::new(ManualClock::new(T0));
-    World::with_clock(
-        url,
-        clock.clone(),
-        &systems(&clock),
-        2,
-        EngineConfig::default(),
-    )
-    .await
+    World::with_clock(url, clock.clone(), &systems(&clock), 2, config).await
 }
 
 /// Webhooks that arrive before the committer takes its next batch are stored together. On a
@@ -437,12 +434,35 @@ async fn sticky_echo_settles_with_the_persons_real_state(url: String) {
     assert_eq!(w.states(0), vec![Some(Available), Some(Available)]);
 }
 
+/// `Engine::run` on a world's engine, in a task of its own.
+struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<presync_engine::engine::Result<()>>,
+}
+
+impl Running {
+    fn start(w: &World) -> Running {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let engine = w.engine.clone();
+        let task =
+            tokio::spawn(async move { engine.run(async { stopped.await.unwrap_or(()) }).await });
+        Running { stop, task }
+    }
+
+    /// Shut it down; it must return within 15 s.
+    async fn stop(self) {
+        self.stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(15), self.task)
+            .await
+            .expect("run did not return after shutdown")
+            .unwrap()
+            .unwrap();
+    }
+}
+
 async fn the_running_engine_propagates_changes_and_stops_on_shutdown(url: String) {
     let w = world(&url).await;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let engine = w.engine.clone();
-    let running =
-        tokio::spawn(async move { engine.run(async { stopped.await.unwrap_or(()) }).await });
+    let running = Running::start(&w);
     w.clock.advance(10);
     w.system("d365").person_sets(&user("d365", 0), DoNotDisturb);
     for d in w.take_deliveries() {
@@ -456,12 +476,7 @@ async fn the_running_engine_propagates_changes_and_stops_on_shutdown(url: String
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(15), running)
-        .await
-        .expect("run did not return after shutdown")
-        .unwrap()
-        .unwrap();
+    running.stop().await;
     assert_eq!(writes_to(&w, "teams"), 1);
 }
 
@@ -520,11 +535,10 @@ async fn the_resolver_makes_the_writes_it_decides_and_their_echoes_stay_home(url
 /// The resolver's writes take the target's tokens and in-flight slots like the dispatcher's:
 /// with one token per minute it makes one write, and the other waits for the next token.
 async fn the_resolvers_writes_keep_to_the_targets_rate_limit(url: String) {
-    let clock = Arc::new(ManualClock::new(T0));
     let mut config = EngineConfig::default();
     config.dispatch_default.rate_limit = 1;
     config.dispatch_default.rate_window_ms = 60_000;
-    let w = World::with_clock(&url, clock.clone(), &systems(&clock), 2, config).await;
+    let w = world_with(&url, config).await;
     w.clock.advance(10);
     w.system("d365").person_sets(&user("d365", 0), Busy);
     w.system("d365").person_sets(&user("d365", 1), Away);
@@ -555,16 +569,12 @@ async fn the_resolvers_writes_keep_to_the_targets_rate_limit(url: String) {
 /// recorded; the dispatcher, woken then, makes the one the resolver could not claim. The first
 /// write is slow, so the dispatcher finds the slot taken when the resolver first wakes it.
 async fn the_resolvers_writes_share_the_targets_in_flight_slots(url: String) {
-    let clock = Arc::new(ManualClock::new(T0));
     let mut config = EngineConfig::default();
     config.dispatch_default.max_in_flight = 1;
     // Only a wake-up, not the idle loops' polls, can get the second write out in time.
     config.pipeline.poll_interval_ms = 600_000;
-    let w = World::with_clock(&url, clock.clone(), &systems(&clock), 2, config).await;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let engine = w.engine.clone();
-    let running =
-        tokio::spawn(async move { engine.run(async { stopped.await.unwrap_or(()) }).await });
+    let w = world_with(&url, config).await;
+    let running = Running::start(&w);
     w.clock.advance(10);
     w.system("teams")
         .inject(MemoryFault::Slow(Duration::from_millis(300)));
@@ -574,12 +584,7 @@ async fn the_resolvers_writes_share_the_targets_in_flight_slots(url: String) {
         w.engine.ingest(d).await.unwrap();
     }
     until("both writes", async || writes_to(&w, "teams") == 2).await;
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(15), running)
-        .await
-        .expect("run did not return after shutdown")
-        .unwrap()
-        .unwrap();
+    running.stop().await;
     assert_eq!(w.engine.store().queue_depths().await.unwrap().outbox, 0);
     assert_eq!(writes_to(&w, "teams"), 2);
 }

@@ -351,48 +351,68 @@ impl Store {
             tx.rollback().await?;
             return Ok(None);
         };
-        let mut begun = Vec::new();
-        if let Some(claims) = writes {
-            let mut targets: Vec<&SystemId> = resolved
-                .iter()
-                .filter_map(|r| match r {
-                    Resolved::Decided { decision, .. } => Some(decision.write_targets()),
-                    _ => None,
-                })
-                .flatten()
-                .collect();
-            targets.sort();
-            targets.dedup();
-            for target in targets {
-                let limit = (claims.allow)(target);
-                if limit <= 0 {
-                    continue;
-                }
+        let begun = match writes {
+            Some(claims) => {
                 let claimed = self
-                    .claim_writes_in(
-                        &mut tx,
-                        target,
-                        instance,
-                        now,
-                        claim_until,
-                        limit,
-                        claims.echo_ttl,
-                    )
+                    .claim_decided_writes(&mut tx, &resolved, claims, instance, now, claim_until)
                     .await;
                 match claimed {
-                    Ok(rows) if rows.is_empty() => {}
-                    Ok(rows) => begun.push((target.clone(), rows)),
+                    Ok(begun) => begun,
                     Err(_) => {
                         tx.rollback().await?;
                         return Ok(None);
                     }
                 }
             }
-        }
+            None => Vec::new(),
+        };
         tx.commit().await?;
         drop(turn);
         self.moved_through(moved).await;
         Ok(Some((rows.into_iter().zip(resolved).collect(), begun)))
+    }
+
+    /// The write claims of [`Store::claim_resolve_and_begin_writes`], in `tx`: for each target
+    /// `resolved` queued writes for, as many due rows as `claims.allow` lets.
+    async fn claim_decided_writes(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        resolved: &[Resolved],
+        claims: WriteClaims<'_>,
+        instance: &str,
+        now: Millis,
+        claim_until: Millis,
+    ) -> Result<ClaimedWrites> {
+        let targets: std::collections::BTreeSet<&SystemId> = resolved
+            .iter()
+            .filter_map(|r| match r {
+                Resolved::Decided { decision, .. } => Some(decision.write_targets()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        let mut begun = Vec::new();
+        for target in targets {
+            let limit = (claims.allow)(target);
+            if limit <= 0 {
+                continue;
+            }
+            let rows = self
+                .claim_writes_in(
+                    tx,
+                    target,
+                    instance,
+                    now,
+                    claim_until,
+                    limit,
+                    claims.echo_ttl,
+                )
+                .await?;
+            if !rows.is_empty() {
+                begun.push((target.clone(), rows));
+            }
+        }
+        Ok(begun)
     }
 
     /// Resolve one claimed inbox row in one transaction: look the representative up, lock it,
