@@ -49,6 +49,11 @@ pub struct Database {
     /// webhook, survive a power loss; `normal` only a crash of the process, for faster commits.
     #[serde(default)]
     pub sqlite_synchronous: presync_engine::store::SqliteSynchronous,
+    /// SQLite only: every how many milliseconds a connection of its own copies each file's
+    /// write-ahead log back into the file (a checkpoint), so that commits do not have to; 0
+    /// leaves checkpoints to the commits, as SQLite does by default.
+    #[serde(default = "default_checkpoint_every_ms")]
+    pub sqlite_checkpoint_every_ms: u64,
 }
 
 impl Default for Database {
@@ -56,6 +61,7 @@ impl Default for Database {
         Database {
             url: default_database(),
             sqlite_synchronous: Default::default(),
+            sqlite_checkpoint_every_ms: default_checkpoint_every_ms(),
         }
     }
 }
@@ -65,8 +71,13 @@ impl Database {
     pub fn options(&self) -> presync_engine::store::StoreOptions {
         presync_engine::store::StoreOptions {
             sqlite_synchronous: self.sqlite_synchronous,
+            sqlite_checkpoint_every_ms: self.sqlite_checkpoint_every_ms,
         }
     }
+}
+
+fn default_checkpoint_every_ms() -> u64 {
+    presync_engine::store::DEFAULT_CHECKPOINT_EVERY_MS
 }
 
 fn default_database() -> String {
@@ -509,6 +520,9 @@ url = "sqlite:presync.db"
 # SQLite only. "full": every acknowledged webhook survives a power loss (each commit waits for
 # the disk). "normal": faster commits that survive a crash of presync, not of the machine.
 sqlite_synchronous = "full"
+# SQLite only: a connection of its own copies the write-ahead logs back into the database files
+# every this many milliseconds, so that commits do not stall to do it; 0 leaves it to commits.
+sqlite_checkpoint_every_ms = 100
 
 [http]
 listen = "127.0.0.1:8080"

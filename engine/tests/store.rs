@@ -833,6 +833,117 @@ async fn on_sqlite_an_unmoved_batch_is_read_back_when_the_store_is_opened_again(
     store.close().await;
 }
 
+/// The intake numbers its batches itself: once every batch is moved and deleted the file holds
+/// none, and the next batch still gets an id above those the pipeline moved past, so it is
+/// moved and resolved (an id counted again from the file's largest would be 1, taken for moved).
+#[tokio::test]
+async fn on_sqlite_batch_ids_go_on_rising_once_every_batch_is_deleted() {
+    let db = TestDb::sqlite();
+    let url = db.url();
+    let intake = presync_engine::store::intake_path(&url).unwrap();
+    let (w, o) = world_after_a_change(&url).await;
+    let store = w.engine.store().clone();
+    assert_eq!(
+        w.engine.ingest(o.clone()).await.unwrap(),
+        Enqueued::Accepted
+    );
+    // Moved batches are deleted a second after the last delete at the latest.
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    w.engine.resolve_pending().await.unwrap();
+    assert_eq!(decisions_of(&store, &o.delivery_key).await, 1);
+    assert_eq!(
+        rows_in(&intake, "intake_batches").await,
+        0,
+        "moved and deleted"
+    );
+
+    w.clock.advance(5);
+    let again = w
+        .system("d365")
+        .person_sets(&user("d365", 0), Availability::Available)
+        .unwrap();
+    assert_eq!(
+        w.engine.ingest(again.clone()).await.unwrap(),
+        Enqueued::Accepted
+    );
+    assert_eq!(w.engine.resolve_pending().await.unwrap(), 1);
+    assert_eq!(decisions_of(&store, &again.delivery_key).await, 1);
+    assert_eq!(store.queue_depths().await.unwrap().inbox, 0);
+    store.close().await;
+}
+
+/// An intake file whose batches an older version numbered with `AUTOINCREMENT` (a page more
+/// written at every commit) is rebuilt without it when opened, its batches and their ids kept,
+/// and numbering goes on above them.
+#[tokio::test]
+async fn on_sqlite_an_intake_numbered_by_autoincrement_is_rebuilt_when_opened() {
+    let db = TestDb::sqlite();
+    let url = db.url();
+    let intake = presync_engine::store::intake_path(&url).unwrap();
+    let (w, o) = world_after_a_change(&url).await;
+    w.engine.store().close().await;
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&format!("sqlite:{intake}"))
+        .await
+        .unwrap();
+    for sql in [
+        "DROP TABLE intake_batches",
+        "CREATE TABLE intake_batches (
+            id            INTEGER PRIMARY KEY AUTOINCREMENT,
+            received_at   BIGINT NOT NULL,
+            observations  TEXT NOT NULL
+        )",
+    ] {
+        sqlx::query(sql).execute(&pool).await.unwrap();
+    }
+    sqlx::query("INSERT INTO intake_batches (id, received_at, observations) VALUES (7, $1, $2)")
+        .bind(T0)
+        .bind(format!("[{}]", serde_json::to_string(&o).unwrap()))
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+
+    let store = Store::open(&url).await.unwrap();
+    let one = std::slice::from_ref(&o);
+    assert_eq!(
+        store.enqueue(one, T0).await.unwrap(),
+        vec![Enqueued::Duplicate]
+    );
+    let mut next = o.clone();
+    next.delivery_key = format!("{}-next", o.delivery_key);
+    assert_eq!(
+        store
+            .enqueue(std::slice::from_ref(&next), T0)
+            .await
+            .unwrap(),
+        vec![Enqueued::Accepted]
+    );
+    let claimed = store
+        .claim_inbox("upgraded", T0, T0 + 1_000, 10)
+        .await
+        .unwrap();
+    let keys: Vec<_> = claimed
+        .iter()
+        .map(|c| c.as_ref().unwrap().observation.delivery_key.clone())
+        .collect();
+    assert_eq!(
+        keys,
+        vec![o.delivery_key.clone(), next.delivery_key.clone()]
+    );
+    store.close().await;
+    let pool = sqlx::AnyPool::connect(&format!("sqlite:{intake}"))
+        .await
+        .unwrap();
+    let numbered: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_master WHERE sql LIKE '%AUTOINCREMENT%'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    pool.close().await;
+    assert_eq!(numbered, 0, "no table is numbered by AUTOINCREMENT");
+}
+
 /// An intake file written by a version that stored a row per observation: its rows become
 /// batches when it is opened, and are moved and deduplicated as any other.
 #[tokio::test]

@@ -16,6 +16,7 @@
 //! durable in a second file, the intake, with a connection and a writer of its own (module
 //! `intake`), and the pipeline moves them into the inbox.
 
+mod checkpoint;
 mod directory;
 mod inbox;
 mod intake;
@@ -35,6 +36,7 @@ pub use intake::intake_path;
 pub use outbox::{FinishedWrite, OutboxRow, WriteResult};
 
 use crate::model::{Availability, Millis, RepId};
+use checkpoint::Checkpointer;
 use intake::Intake;
 use script::{Script, Statement};
 
@@ -161,10 +163,26 @@ impl SqliteSynchronous {
 }
 
 /// Options of [`Store::open_with`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreOptions {
     /// SQLite only: how commits are made durable.
     pub sqlite_synchronous: SqliteSynchronous,
+    /// SQLite only: how often, in milliseconds, a connection of its own checkpoints each file's
+    /// write-ahead log (module `checkpoint`); 0 leaves checkpoints to the commits, as SQLite
+    /// does by default.
+    pub sqlite_checkpoint_every_ms: u64,
+}
+
+/// The default of [`StoreOptions::sqlite_checkpoint_every_ms`].
+pub const DEFAULT_CHECKPOINT_EVERY_MS: u64 = 100;
+
+impl Default for StoreOptions {
+    fn default() -> StoreOptions {
+        StoreOptions {
+            sqlite_synchronous: SqliteSynchronous::default(),
+            sqlite_checkpoint_every_ms: DEFAULT_CHECKPOINT_EVERY_MS,
+        }
+    }
 }
 
 /// The durable store. Cheap to clone.
@@ -176,6 +194,8 @@ pub struct Store {
     pipeline: Arc<tokio::sync::Mutex<()>>,
     /// On SQLite with a database file, where ingested observations land (module `intake`).
     intake: Option<Arc<Intake>>,
+    /// On SQLite with a database file, unless turned off: the task that checkpoints its files.
+    checkpointer: Option<Arc<Checkpointer>>,
 }
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../schema/sqlite");
@@ -203,9 +223,17 @@ impl Store {
     pub async fn connect_with(url: &str, options: &StoreOptions) -> Result<Store> {
         sqlx::any::install_default_drivers();
         let dialect = Dialect::of_url(url)?;
-        let (pool, intake) = match dialect {
+        let (pool, intake, checkpointer) = match dialect {
             Dialect::Sqlite => {
                 let synchronous = options.sqlite_synchronous.pragma();
+                let checkpoint_every = options.sqlite_checkpoint_every_ms;
+                // With a checkpointer, a commit checkpoints only past the backstop.
+                let autocheckpoint = if checkpoint_every > 0 {
+                    checkpoint::BACKSTOP_PAGES
+                } else {
+                    1_000
+                };
+                let autocheckpoint = format!("PRAGMA wal_autocheckpoint = {autocheckpoint}");
                 let url = if url.contains("mode=") {
                     url.to_owned()
                 } else if url.contains('?') {
@@ -218,28 +246,46 @@ impl Store {
                 // The store's connection attaches the intake file (creating it if need be) to
                 // move its rows into the inbox.
                 let attach = intake_file.clone().map(|f| (f, "intake", INTAKE_CACHE_KIB));
-                let pragmas = vec!["PRAGMA foreign_keys = ON".to_owned()];
+                let pragmas = vec![
+                    "PRAGMA foreign_keys = ON".to_owned(),
+                    autocheckpoint.clone(),
+                ];
                 let pool = sqlite_pool(&url, synchronous, attach, pragmas).await?;
                 let intake = match (&intake_file, store_file) {
                     (Some(file), Some(store_file)) => {
                         let intake_url = format!("sqlite:{file}?mode=rwc");
                         let attach =
                             Some((store_file.to_owned(), "store", STORE_IN_INTAKE_CACHE_KIB));
-                        let pragmas = vec![format!("PRAGMA cache_size = -{INTAKE_CACHE_KIB}")];
+                        let pragmas = vec![
+                            format!("PRAGMA cache_size = -{INTAKE_CACHE_KIB}"),
+                            autocheckpoint,
+                        ];
                         let intake_pool =
                             sqlite_pool(&intake_url, synchronous, attach, pragmas).await?;
-                        Some(Arc::new(Intake::open(intake_pool).await?))
+                        let intake = Intake::open(intake_pool).await?;
+                        Some((Arc::new(intake), intake_url))
                     }
                     _ => None,
                 };
-                (pool, intake)
+                // A file of its own to checkpoint: not an in-memory database.
+                let checkpointer = match &intake {
+                    Some((_, intake_url)) if checkpoint_every > 0 => {
+                        let urls = [url.clone(), intake_url.clone()];
+                        let every = std::time::Duration::from_millis(checkpoint_every);
+                        Some(Arc::new(
+                            Checkpointer::start(&urls, synchronous, every).await?,
+                        ))
+                    }
+                    _ => None,
+                };
+                (pool, intake.map(|(intake, _)| intake), checkpointer)
             }
             Dialect::Postgres => {
                 let pool = AnyPoolOptions::new()
                     .max_connections(8)
                     .connect(url)
                     .await?;
-                (pool, None)
+                (pool, None, None)
             }
         };
         Ok(Store {
@@ -247,6 +293,7 @@ impl Store {
             dialect,
             pipeline: Arc::default(),
             intake,
+            checkpointer,
         })
     }
 
@@ -287,6 +334,9 @@ impl Store {
     /// Close the pools, waiting for connections to be returned. Moved intake rows are deleted
     /// first, where they can be.
     pub async fn close(&self) {
+        if let Some(checkpointer) = &self.checkpointer {
+            checkpointer.stop().await;
+        }
         if let Some(intake) = &self.intake {
             let _ = intake.delete_moved().await;
             intake.release().await;
@@ -741,6 +791,7 @@ mod tests {
 
         let normal = StoreOptions {
             sqlite_synchronous: SqliteSynchronous::Normal,
+            ..StoreOptions::default()
         };
         let store = Store::open_with(&url, &normal).await.unwrap();
         assert_eq!(
@@ -748,6 +799,70 @@ mod tests {
             1
         );
         assert_eq!(pragma(&store.pool, "synchronous").await, 1);
+        store.close().await;
+    }
+
+    /// The pages of the write-ahead logs reach the database files with no commit checkpointing
+    /// (the store's and the intake's connections would only past the backstop): the
+    /// checkpointer copies them. Without it, nothing would grow the files here: migrations and
+    /// one batch are far below the backstop.
+    #[tokio::test]
+    async fn the_checkpointer_copies_the_logs_that_commits_leave_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.db");
+        let url = format!("sqlite:{}", file.display());
+        let options = StoreOptions {
+            sqlite_checkpoint_every_ms: 20,
+            ..StoreOptions::default()
+        };
+        let store = Store::open_with(&url, &options).await.unwrap();
+        let intake = &store.intake.as_ref().unwrap().pool;
+        let backstop = i64::from(checkpoint::BACKSTOP_PAGES);
+        assert_eq!(pragma(&store.pool, "wal_autocheckpoint").await, backstop);
+        assert_eq!(pragma(intake, "wal_autocheckpoint").await, backstop);
+        let obs = crate::model::Observation {
+            system: "dataverse".into(),
+            external_id: "u1".into(),
+            native: crate::model::NativeState::new("Busy"),
+            source_time: 1,
+            sequence: None,
+            origin: crate::model::Origin::Manual,
+            kind: crate::model::ObservationKind::Event,
+            delivery_key: "cp-1".into(),
+            observed_at: 1,
+            changed_by: None,
+        };
+        store.enqueue(&[obs], 1).await.unwrap();
+        let intake_file = dir.path().join("p.db-intake");
+        let size = |f: &std::path::Path| std::fs::metadata(f).map_or(0, |m| m.len());
+        let page = 4_096;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while size(&file) <= page || size(&intake_file) <= page {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the logs were not copied: store {} bytes, intake {} bytes",
+                size(&file),
+                size(&intake_file)
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        store.close().await;
+    }
+
+    /// `sqlite_checkpoint_every_ms = 0` leaves checkpoints to the commits, at SQLite's default.
+    #[tokio::test]
+    async fn without_a_checkpointer_commits_checkpoint_as_sqlite_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("p.db").display());
+        let options = StoreOptions {
+            sqlite_checkpoint_every_ms: 0,
+            ..StoreOptions::default()
+        };
+        let store = Store::open_with(&url, &options).await.unwrap();
+        assert!(store.checkpointer.is_none());
+        assert_eq!(pragma(&store.pool, "wal_autocheckpoint").await, 1_000);
+        let intake = &store.intake.as_ref().unwrap().pool;
+        assert_eq!(pragma(intake, "wal_autocheckpoint").await, 1_000);
         store.close().await;
     }
 

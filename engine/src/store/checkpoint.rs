@@ -1,0 +1,129 @@
+//! The checkpointer: on SQLite, copies each file's write-ahead log back into the database on a
+//! connection of its own, so that commits do not.
+//!
+//! In WAL mode a commit appends pages to the log, and SQLite's default is that the commit
+//! which takes the log past 1,000 pages also checkpoints it: writes those pages into the
+//! database file and syncs it, before that commit returns. Under a steady load that is one
+//! commit in every few dozen, and it takes many times as long as the others: on a slow disk it
+//! set the tail of the end-to-end latency (BENCHMARKS.md, "Checkpoints off the commit path").
+//!
+//! Here the store's and the intake's connections checkpoint only when the log has grown far
+//! past what the checkpointer keeps it to ([`BACKSTOP_PAGES`]: if it falls behind, the log
+//! still has a bound), and a task checkpoints each file every interval on a connection of its
+//! own, in SQLite's `PASSIVE` mode: it copies what no reader still needs, without waiting for
+//! or blocking the writer or the readers. Once the whole log is copied, the next commit starts
+//! the log again from its beginning, as it would after an inline checkpoint.
+//!
+//! A checkpoint writes to the database file only pages that are already durable in the log,
+//! so it changes nothing about what survives a crash: with `synchronous = FULL` it syncs the
+//! log before and the database after, as an inline checkpoint does.
+
+use std::time::Duration;
+
+use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyPool, Row};
+use tracing::{debug, warn};
+
+use super::Result;
+
+/// Log pages at which a connection that writes checkpoints inline after all: the bound on the
+/// log when the checkpointer falls behind (40 MiB with 4 KiB pages). SQLite's default is 1,000.
+pub(super) const BACKSTOP_PAGES: u32 = 10_000;
+
+/// What one checkpoint of one file did (the row `PRAGMA wal_checkpoint` returns).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Checkpointed {
+    /// Pages in the log.
+    pub log: i64,
+    /// Pages of the log copied into the database file, this time or before.
+    pub copied: i64,
+}
+
+/// The task that checkpoints a store's files; stops when dropped.
+#[derive(Debug)]
+pub(super) struct Checkpointer {
+    task: tokio::task::JoinHandle<()>,
+    pools: Vec<AnyPool>,
+}
+
+impl Checkpointer {
+    /// Checkpoint the files at `urls` every `every`, each on a connection of its own that
+    /// syncs as `synchronous` says.
+    pub(super) async fn start(
+        urls: &[String],
+        synchronous: &'static str,
+        every: Duration,
+    ) -> Result<Checkpointer> {
+        let mut pools = Vec::with_capacity(urls.len());
+        for url in urls {
+            pools.push(connect(url, synchronous).await?);
+        }
+        let task = tokio::spawn(run(pools.clone(), every));
+        Ok(Checkpointer { task, pools })
+    }
+
+    /// Stop the task and close its connections (before the store's files are closed).
+    pub(super) async fn stop(&self) {
+        self.task.abort();
+        for pool in &self.pools {
+            pool.close().await;
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A connection to `url` that only checkpoints: it never writes a row, so it never waits for
+/// the writer (the busy timeout covers the moments SQLite's own locks are held). A checkpoint
+/// syncs the files as its connection's `synchronous` says: the store's setting.
+async fn connect(url: &str, synchronous: &'static str) -> Result<AnyPool> {
+    Ok(AnyPoolOptions::new()
+        .max_connections(1)
+        .test_before_acquire(false)
+        .after_connect(move |conn, _meta| {
+            Box::pin(async move {
+                for pragma in [synchronous, "PRAGMA busy_timeout = 10000"] {
+                    sqlx::query(pragma).execute(&mut *conn).await?;
+                }
+                Ok(())
+            })
+        })
+        .connect(url)
+        .await?)
+}
+
+async fn run(pools: Vec<AnyPool>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for pool in &pools {
+            match checkpoint(pool).await {
+                Ok(done) if done.copied < done.log => {
+                    debug!(
+                        log = done.log,
+                        copied = done.copied,
+                        "Checkpoint left pages a reader still needs"
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "A checkpoint failed; the next one tries again"),
+            }
+        }
+    }
+}
+
+/// One `PASSIVE` checkpoint of the file `pool` is connected to.
+pub(super) async fn checkpoint(pool: &AnyPool) -> Result<Checkpointed> {
+    let row = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+        .fetch_one(pool)
+        .await?;
+    Ok(Checkpointed {
+        log: row.try_get(1)?,
+        copied: row.try_get(2)?,
+    })
+}
