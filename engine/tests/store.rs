@@ -872,6 +872,57 @@ async fn on_sqlite_batch_ids_go_on_rising_once_every_batch_is_deleted() {
     store.close().await;
 }
 
+/// After a restart the intake numbers above the batches it found in the file, even once the
+/// pipeline has moved and deleted them all: the 600-second soak lost 532 acknowledged webhooks
+/// to a version that started again from the file's largest id, which was then none, so the
+/// batches after each such restart got ids the pipeline had already moved past and were
+/// deleted unmoved.
+#[tokio::test]
+async fn on_sqlite_a_reopened_intake_numbers_above_the_batches_it_found() {
+    let db = TestDb::sqlite();
+    let url = db.url();
+    let intake = presync_engine::store::intake_path(&url).unwrap();
+    let (w, o) = world_after_a_change(&url).await;
+    let keyed = |i: usize| Observation {
+        delivery_key: format!("{}-{i}", o.delivery_key),
+        ..o.clone()
+    };
+    let store = w.engine.store().clone();
+    for i in 0..3 {
+        store.enqueue(&[keyed(i)], T0).await.unwrap();
+    }
+    // The crash: three batches acknowledged, none moved.
+    store.close().await;
+
+    let store = Store::open(&url).await.unwrap();
+    // Moved batches are deleted a second after the last delete at the latest.
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    let claimed = store
+        .claim_inbox("restarted", T0, T0 + 1_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 3);
+    assert_eq!(
+        rows_in(&intake, "intake_batches").await,
+        0,
+        "moved and deleted"
+    );
+    assert_eq!(
+        store.enqueue(&[keyed(3)], T0).await.unwrap(),
+        vec![Enqueued::Accepted]
+    );
+    let claimed = store
+        .claim_inbox("restarted", T0, T0 + 1_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1, "the batch after the leftovers is moved");
+    assert_eq!(
+        claimed[0].as_ref().unwrap().observation.delivery_key,
+        keyed(3).delivery_key
+    );
+    store.close().await;
+}
+
 /// An intake file whose batches an older version numbered with `AUTOINCREMENT` (a page more
 /// written at every commit) is rebuilt without it when opened, its batches and their ids kept,
 /// and numbering goes on above them.

@@ -25,12 +25,14 @@
 //!
 //! Batches carry increasing ids, and one writer commits them in id order: the batches a reader
 //! sees are a prefix of the ids, with any later ones beyond it. That is what lets the pipeline
-//! remember what it moved as one id. A batch's id is one above both the largest in the file and
-//! the last this process committed, which the writer remembers: an id is never reused while the
-//! process runs, even once every batch is deleted. (`AUTOINCREMENT` did the same by updating
-//! `sqlite_sequence`, a page more in every commit: 2.3 pages of log per commit instead of 1.3.
-//! After a restart the pipeline starts from no batch moved, so ids may start again where the
-//! file ends.)
+//! remember what it moved as one id. A batch's id is one above the largest in the file, the
+//! last one committed (the largest in the file when it was opened, before the first) and the
+//! last one moved: once the pipeline has moved past an id and every batch is deleted, the file
+//! holds none, and an id counted from the file alone would come again and never be moved (the
+//! soak lost acknowledged webhooks so after restarts). `AUTOINCREMENT` kept ids rising by
+//! updating `sqlite_sequence`, a page more in every commit: 2.3 pages of log per commit
+//! instead of 1.3. After a restart the pipeline starts from no batch moved, so ids may start
+//! again where the file ended when it was opened.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -107,10 +109,10 @@ pub(super) struct Intake {
 }
 
 /// What the intake's one writer holds between writes.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Writer {
     conn: Option<PoolConnection<Any>>,
-    /// The id of the last batch this process committed (0 before the first).
+    /// The id of the last batch committed: at open, the largest in the file.
     last_id: i64,
 }
 
@@ -162,9 +164,12 @@ impl Intake {
         let rows = sqlx::query("SELECT id, observations FROM intake_batches ORDER BY id")
             .fetch_all(&pool)
             .await?;
+        let mut last_id = 0;
         for row in rows {
             let text: String = row.try_get("observations")?;
-            held.add(row.try_get("id")?, delivery_keys(&text));
+            let id: i64 = row.try_get("id")?;
+            last_id = last_id.max(id);
+            held.add(id, delivery_keys(&text));
         }
         Ok(Intake {
             pool,
@@ -172,7 +177,10 @@ impl Intake {
             deleted: AtomicI64::new(0),
             last_delete: Mutex::new(Instant::now()),
             held: Mutex::new(held),
-            writer: tokio::sync::Mutex::new(Writer::default()),
+            writer: tokio::sync::Mutex::new(Writer {
+                conn: None,
+                last_id,
+            }),
         })
     }
 
@@ -229,8 +237,14 @@ impl Intake {
         for &i in &fresh {
             q = q.bind(observations[i].delivery_key.as_str());
         }
+        // Above every id committed or moved past, whether or not the file still holds it (the
+        // batches found at open may all be moved and deleted before the first new one).
+        let above = writer
+            .last_id
+            .max(self.moved())
+            .max(self.deleted.load(Ordering::Acquire));
         // One statement writes: it is a transaction of its own, durable when it returns.
-        let q = q.bind(writer.last_id).bind(now).bind(text);
+        let q = q.bind(above).bind(now).bind(text);
         let rows = written(&mut writer, &self.pool, async |conn| {
             q.fetch_all(conn).await
         })
