@@ -923,6 +923,20 @@ async fn on_sqlite_a_reopened_intake_numbers_above_the_batches_it_found() {
     store.close().await;
 }
 
+/// Close the world's store and give its intake file the table an older version made
+/// (`create`) instead of today's; a connection to the file, to fill it.
+async fn as_an_older_version_left_it(w: &World, intake: &str, create: &str) -> sqlx::AnyPool {
+    w.engine.store().close().await;
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&format!("sqlite:{intake}"))
+        .await
+        .unwrap();
+    for sql in ["DROP TABLE intake_batches", create] {
+        sqlx::query(sql).execute(&pool).await.unwrap();
+    }
+    pool
+}
+
 /// An intake file whose batches an older version numbered with `AUTOINCREMENT` (a page more
 /// written at every commit) is rebuilt without it when opened, its batches and their ids kept,
 /// and numbering goes on above them.
@@ -932,21 +946,16 @@ async fn on_sqlite_an_intake_numbered_by_autoincrement_is_rebuilt_when_opened() 
     let url = db.url();
     let intake = presync_engine::store::intake_path(&url).unwrap();
     let (w, o) = world_after_a_change(&url).await;
-    w.engine.store().close().await;
-    sqlx::any::install_default_drivers();
-    let pool = sqlx::AnyPool::connect(&format!("sqlite:{intake}"))
-        .await
-        .unwrap();
-    for sql in [
-        "DROP TABLE intake_batches",
+    let pool = as_an_older_version_left_it(
+        &w,
+        &intake,
         "CREATE TABLE intake_batches (
             id            INTEGER PRIMARY KEY AUTOINCREMENT,
             received_at   BIGINT NOT NULL,
             observations  TEXT NOT NULL
         )",
-    ] {
-        sqlx::query(sql).execute(&pool).await.unwrap();
-    }
+    )
+    .await;
     sqlx::query("INSERT INTO intake_batches (id, received_at, observations) VALUES (7, $1, $2)")
         .bind(T0)
         .bind(format!("[{}]", serde_json::to_string(&o).unwrap()))
@@ -1003,13 +1012,9 @@ async fn on_sqlite_an_intake_file_of_rows_is_converted_when_opened() {
     let url = db.url();
     let intake = presync_engine::store::intake_path(&url).unwrap();
     let (w, o) = world_after_a_change(&url).await;
-    w.engine.store().close().await;
-    sqlx::any::install_default_drivers();
-    let pool = sqlx::AnyPool::connect(&format!("sqlite:{intake}"))
-        .await
-        .unwrap();
-    for sql in [
-        "DROP TABLE intake_batches",
+    let pool = as_an_older_version_left_it(
+        &w,
+        &intake,
         "CREATE TABLE intake (
             id            INTEGER PRIMARY KEY AUTOINCREMENT,
             delivery_key  TEXT NOT NULL UNIQUE,
@@ -1018,9 +1023,8 @@ async fn on_sqlite_an_intake_file_of_rows_is_converted_when_opened() {
             observation   TEXT NOT NULL,
             received_at   BIGINT NOT NULL
         )",
-    ] {
-        sqlx::query(sql).execute(&pool).await.unwrap();
-    }
+    )
+    .await;
     sqlx::query(
         "INSERT INTO intake (delivery_key, system, external_id, observation, received_at)
          VALUES ($1, $2, $3, $4, $5)",
