@@ -961,4 +961,4 @@ fn rank(cfg: &RulesConfig, sys: &SystemId) -> (usize, SystemId) {
 
 #[cfg(test)]
 #[path = "rules_tests.rs"]
-mod tests;
+pub(crate) mod tests;

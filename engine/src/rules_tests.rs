@@ -86,7 +86,8 @@ fn view() -> RepView {
     v
 }
 
-fn obs(system: &str, a: Availability, source_time: Millis) -> Observation {
+/// An event of `system` (D365 or Teams) setting `a` at `source_time`; other tests use it too.
+pub(crate) fn obs(system: &str, a: Availability, source_time: Millis) -> Observation {
     Observation {
         system: system.into(),
         external_id: if system == D365 { "agent-1" } else { "aad-1" }.into(),

@@ -20,24 +20,17 @@
 
 use std::time::Duration;
 
-use sqlx::any::AnyPoolOptions;
-use sqlx::{AnyPool, Row};
-use tracing::{debug, warn};
+use sqlx::AnyPool;
+use tracing::warn;
 
 use super::Result;
 
 /// Log pages at which a connection that writes checkpoints inline after all: the bound on the
-/// log when the checkpointer falls behind (40 MiB with 4 KiB pages). SQLite's default is 1,000.
+/// log when the checkpointer falls behind (40 MiB with 4 KiB pages).
 pub(super) const BACKSTOP_PAGES: u32 = 10_000;
 
-/// What one checkpoint of one file did (the row `PRAGMA wal_checkpoint` returns).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Checkpointed {
-    /// Pages in the log.
-    pub log: i64,
-    /// Pages of the log copied into the database file, this time or before.
-    pub copied: i64,
-}
+/// SQLite's own default for the same, kept when there is no checkpointer.
+pub(super) const INLINE_PAGES: u32 = 1_000;
 
 /// The task that checkpoints a store's files; stops when dropped.
 #[derive(Debug)]
@@ -48,7 +41,8 @@ pub(super) struct Checkpointer {
 
 impl Checkpointer {
     /// Checkpoint the files at `urls` every `every`, each on a connection of its own that
-    /// syncs as `synchronous` says.
+    /// syncs as `synchronous` says (the store's setting: a checkpoint syncs as its connection
+    /// does). The connection never writes a row, so it never waits for the writer.
     pub(super) async fn start(
         urls: &[String],
         synchronous: &'static str,
@@ -56,7 +50,7 @@ impl Checkpointer {
     ) -> Result<Checkpointer> {
         let mut pools = Vec::with_capacity(urls.len());
         for url in urls {
-            pools.push(connect(url, synchronous).await?);
+            pools.push(super::sqlite_pool(url, synchronous, None, Vec::new()).await?);
         }
         let task = tokio::spawn(run(pools.clone(), every));
         Ok(Checkpointer { task, pools })
@@ -77,53 +71,17 @@ impl Drop for Checkpointer {
     }
 }
 
-/// A connection to `url` that only checkpoints: it never writes a row, so it never waits for
-/// the writer (the busy timeout covers the moments SQLite's own locks are held). A checkpoint
-/// syncs the files as its connection's `synchronous` says: the store's setting.
-async fn connect(url: &str, synchronous: &'static str) -> Result<AnyPool> {
-    Ok(AnyPoolOptions::new()
-        .max_connections(1)
-        .test_before_acquire(false)
-        .after_connect(move |conn, _meta| {
-            Box::pin(async move {
-                for pragma in [synchronous, "PRAGMA busy_timeout = 10000"] {
-                    sqlx::query(pragma).execute(&mut *conn).await?;
-                }
-                Ok(())
-            })
-        })
-        .connect(url)
-        .await?)
-}
-
+/// Every `every`, one `PASSIVE` checkpoint of each file.
 async fn run(pools: Vec<AnyPool>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         for pool in &pools {
-            match checkpoint(pool).await {
-                Ok(done) if done.copied < done.log => {
-                    debug!(
-                        log = done.log,
-                        copied = done.copied,
-                        "Checkpoint left pages a reader still needs"
-                    );
-                }
-                Ok(_) => {}
-                Err(e) => warn!(error = %e, "A checkpoint failed; the next one tries again"),
+            let checkpoint = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(pool);
+            if let Err(e) = checkpoint.await {
+                warn!(error = %e, "A checkpoint failed; the next one tries again");
             }
         }
     }
-}
-
-/// One `PASSIVE` checkpoint of the file `pool` is connected to.
-pub(super) async fn checkpoint(pool: &AnyPool) -> Result<Checkpointed> {
-    let row = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-        .fetch_one(pool)
-        .await?;
-    Ok(Checkpointed {
-        log: row.try_get(1)?,
-        copied: row.try_get(2)?,
-    })
 }

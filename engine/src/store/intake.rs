@@ -25,11 +25,11 @@
 //!
 //! Batches carry increasing ids, and one writer commits them in id order: the batches a reader
 //! sees are a prefix of the ids, with any later ones beyond it. That is what lets the pipeline
-//! remember what it moved as one id. A batch's id is one above the largest in the file, the
-//! last one committed (the largest in the file when it was opened, before the first) and the
-//! last one moved: once the pipeline has moved past an id and every batch is deleted, the file
-//! holds none, and an id counted from the file alone would come again and never be moved (the
-//! soak lost acknowledged webhooks so after restarts). `AUTOINCREMENT` kept ids rising by
+//! remember what it moved as one id. A batch's id is one above the largest in the file and the
+//! last one committed (the largest in the file when it was opened, before the first), and so
+//! above every id the pipeline can have moved: once it has moved past an id and every batch is
+//! deleted, the file holds none, and an id counted from the file alone would come again and
+//! never be moved (the soak lost acknowledged webhooks so after restarts). `AUTOINCREMENT` kept ids rising by
 //! updating `sqlite_sequence`, a page more in every commit: 2.3 pages of log per commit
 //! instead of 1.3. After a restart the pipeline starts from no batch moved, so ids may start
 //! again where the file ended when it was opened.
@@ -237,14 +237,11 @@ impl Intake {
         for &i in &fresh {
             q = q.bind(observations[i].delivery_key.as_str());
         }
-        // Above every id committed or moved past, whether or not the file still holds it (the
-        // batches found at open may all be moved and deleted before the first new one).
-        let above = writer
-            .last_id
-            .max(self.moved())
-            .max(self.deleted.load(Ordering::Acquire));
+        // Above the last id committed, which the pipeline may have moved past and deleted
+        // (at open, the largest in the file: the batches found then may all be moved and
+        // deleted before the first new one), and above any batch in the file.
         // One statement writes: it is a transaction of its own, durable when it returns.
-        let q = q.bind(above).bind(now).bind(text);
+        let q = q.bind(writer.last_id).bind(now).bind(text);
         let rows = written(&mut writer, &self.pool, async |conn| {
             q.fetch_all(conn).await
         })

@@ -231,7 +231,7 @@ impl Store {
                 let autocheckpoint = if checkpoint_every > 0 {
                     checkpoint::BACKSTOP_PAGES
                 } else {
-                    1_000
+                    checkpoint::INLINE_PAGES
                 };
                 let autocheckpoint = format!("PRAGMA wal_autocheckpoint = {autocheckpoint}");
                 let url = if url.contains("mode=") {
@@ -242,6 +242,7 @@ impl Store {
                     format!("{url}?mode=rwc")
                 };
                 let intake_file = intake_path(&url);
+                let intake_url = intake_file.as_ref().map(|f| format!("sqlite:{f}?mode=rwc"));
                 let store_file = intake::store_path(&url);
                 // The store's connection attaches the intake file (creating it if need be) to
                 // move its rows into the inbox.
@@ -251,9 +252,8 @@ impl Store {
                     autocheckpoint.clone(),
                 ];
                 let pool = sqlite_pool(&url, synchronous, attach, pragmas).await?;
-                let intake = match (&intake_file, store_file) {
-                    (Some(file), Some(store_file)) => {
-                        let intake_url = format!("sqlite:{file}?mode=rwc");
+                let intake = match (&intake_url, store_file) {
+                    (Some(intake_url), Some(store_file)) => {
                         let attach =
                             Some((store_file.to_owned(), "store", STORE_IN_INTAKE_CACHE_KIB));
                         let pragmas = vec![
@@ -261,24 +261,23 @@ impl Store {
                             autocheckpoint,
                         ];
                         let intake_pool =
-                            sqlite_pool(&intake_url, synchronous, attach, pragmas).await?;
-                        let intake = Intake::open(intake_pool).await?;
-                        Some((Arc::new(intake), intake_url))
+                            sqlite_pool(intake_url, synchronous, attach, pragmas).await?;
+                        Some(Arc::new(Intake::open(intake_pool).await?))
                     }
                     _ => None,
                 };
-                // A file of its own to checkpoint: not an in-memory database.
-                let checkpointer = match &intake {
-                    Some((_, intake_url)) if checkpoint_every > 0 => {
-                        let urls = [url.clone(), intake_url.clone()];
+                // Files of their own to checkpoint: not an in-memory database.
+                let checkpointer = match (&intake, intake_url) {
+                    (Some(_), Some(intake_url)) if checkpoint_every > 0 => {
                         let every = std::time::Duration::from_millis(checkpoint_every);
+                        let urls = [url, intake_url];
                         Some(Arc::new(
                             Checkpointer::start(&urls, synchronous, every).await?,
                         ))
                     }
                     _ => None,
                 };
-                (pool, intake.map(|(intake, _)| intake), checkpointer)
+                (pool, intake, checkpointer)
             }
             Dialect::Postgres => {
                 let pool = AnyPoolOptions::new()
@@ -820,18 +819,7 @@ mod tests {
         let backstop = i64::from(checkpoint::BACKSTOP_PAGES);
         assert_eq!(pragma(&store.pool, "wal_autocheckpoint").await, backstop);
         assert_eq!(pragma(intake, "wal_autocheckpoint").await, backstop);
-        let obs = crate::model::Observation {
-            system: "dataverse".into(),
-            external_id: "u1".into(),
-            native: crate::model::NativeState::new("Busy"),
-            source_time: 1,
-            sequence: None,
-            origin: crate::model::Origin::Manual,
-            kind: crate::model::ObservationKind::Event,
-            delivery_key: "cp-1".into(),
-            observed_at: 1,
-            changed_by: None,
-        };
+        let obs = crate::rules::tests::obs("d365", Availability::Busy, 1);
         store.enqueue(&[obs], 1).await.unwrap();
         let intake_file = dir.path().join("p.db-intake");
         let size = |f: &std::path::Path| std::fs::metadata(f).map_or(0, |m| m.len());
@@ -860,9 +848,11 @@ mod tests {
         };
         let store = Store::open_with(&url, &options).await.unwrap();
         assert!(store.checkpointer.is_none());
-        assert_eq!(pragma(&store.pool, "wal_autocheckpoint").await, 1_000);
+        let inline = i64::from(checkpoint::INLINE_PAGES);
+        assert_eq!(inline, 1_000, "SQLite's default");
+        assert_eq!(pragma(&store.pool, "wal_autocheckpoint").await, inline);
         let intake = &store.intake.as_ref().unwrap().pool;
-        assert_eq!(pragma(intake, "wal_autocheckpoint").await, 1_000);
+        assert_eq!(pragma(intake, "wal_autocheckpoint").await, inline);
         store.close().await;
     }
 
