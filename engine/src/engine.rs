@@ -258,25 +258,37 @@ async fn commit_waiting(
     engine: std::sync::Weak<Inner>,
     mut waiting: tokio::sync::mpsc::UnboundedReceiver<Waiting>,
 ) {
+    while commit_next(&engine, &mut waiting).await {}
+}
+
+/// One turn of the committer: wait for observations, commit everything waiting in one
+/// transaction, and mark whether more were waiting when it ended. False once the queue or the
+/// engine is gone.
+async fn commit_next(
+    engine: &std::sync::Weak<Inner>,
+    waiting: &mut tokio::sync::mpsc::UnboundedReceiver<Waiting>,
+) -> bool {
     let mut batch = Vec::new();
-    while waiting.recv_many(&mut batch, usize::MAX).await > 0 {
-        let Some(inner) = engine.upgrade() else {
-            return;
-        };
-        let engine = Engine { inner };
-        // A panic fails this commit's webhooks (their senders are dropped: `Stopped`), not
-        // the committer.
-        let commit = std::panic::AssertUnwindSafe(engine.commit_ingest(std::mem::take(&mut batch)));
-        if futures::FutureExt::catch_unwind(commit).await.is_err() {
-            error!("A commit of ingested observations panicked; its webhooks were refused");
-        }
-        let group = &engine.inner.ingest;
-        let queued = !waiting.is_empty();
-        group.queued.store(queued, Ordering::Relaxed);
-        if !queued {
-            group.calm.notify_waiters();
-        }
+    if waiting.recv_many(&mut batch, usize::MAX).await == 0 {
+        return false;
     }
+    let Some(inner) = engine.upgrade() else {
+        return false;
+    };
+    let engine = Engine { inner };
+    // A panic fails this commit's webhooks (their senders are dropped: `Stopped`), not the
+    // committer.
+    let commit = std::panic::AssertUnwindSafe(engine.commit_ingest(batch));
+    if futures::FutureExt::catch_unwind(commit).await.is_err() {
+        error!("A commit of ingested observations panicked; its webhooks were refused");
+    }
+    let group = &engine.inner.ingest;
+    let queued = !waiting.is_empty();
+    group.queued.store(queued, Ordering::Relaxed);
+    if !queued {
+        group.calm.notify_waiters();
+    }
+    true
 }
 
 /// The presync engine. See the crate documentation.
@@ -1448,19 +1460,25 @@ mod tests {
 
         let (done, first) = tokio::sync::oneshot::channel();
         group.queue.send((vec![obs], done)).unwrap();
-        tokio::spawn(commit_waiting(Arc::downgrade(&engine.inner), waiting));
-        // This runtime has one thread: the committer runs now, takes the first webhook and
-        // waits for the file, and only then does the second arrive.
-        tokio::task::yield_now().await;
+        // The committer's turns, one by one. The first takes the first webhook and waits for
+        // the file, and only then does the second arrive. (A committer spawned to run its
+        // turns on its own sometimes finished the second turn before this test looked at the
+        // flag the first one left, under load.)
+        let mut waiting = waiting;
+        let weak = Arc::downgrade(&engine.inner);
+        let mut turn = Box::pin(commit_next(&weak, &mut waiting));
+        assert!(futures::poll!(&mut turn).is_pending());
         let (done, then) = tokio::sync::oneshot::channel();
         group.queue.send((vec![second], done)).unwrap();
         assert!(!group.queued.load(Ordering::Relaxed));
         sqlx::query("COMMIT").execute(&mut other).await.unwrap();
 
-        // The committer marks the queue before it waits again (for the second commit), and
-        // only then can this task see the first answer.
+        // The first turn ends with the second webhook waiting.
+        assert!(turn.await);
         assert_eq!(first.await.unwrap().unwrap(), vec![Enqueued::Accepted]);
         assert!(group.queued.load(Ordering::Relaxed));
+        // The second ends with none.
+        assert!(commit_next(&weak, &mut waiting).await);
         assert_eq!(then.await.unwrap().unwrap(), vec![Enqueued::Accepted]);
         assert!(!group.queued.load(Ordering::Relaxed));
         assert_eq!(engine.stats().ingest_commits.load(Ordering::Relaxed), 2);
