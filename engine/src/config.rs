@@ -43,6 +43,11 @@ pub struct RulesConfig {
     /// How a change that a reconcile pass finds in a system without timestamps of its own
     /// (Teams) is ordered against a dated change made since presync last saw that system.
     pub undated_changes: UndatedChanges,
+    /// The availabilities a contact center may route work to. A hold puts back a held system
+    /// that shows one of these; every other state (a break, a sign-out) is the person's and is
+    /// respected. Dynamics 365 routes by base status, and a workstream's allowed presences
+    /// usually include Busy: `["Available", "Busy"]` by default.
+    pub routable: Vec<Availability>,
     pub policies: Policies,
 }
 
@@ -69,13 +74,22 @@ impl Default for RulesConfig {
             system_priority: Vec::new(),
             max_clock_skew_ms: 5_000,
             undated_changes: UndatedChanges::default(),
+            routable: vec![Availability::Available, Availability::Busy],
             policies: Policies::default(),
         }
     }
 }
 
-/// Configurable policy rules (rule 3). All are off unless configured.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+impl RulesConfig {
+    /// Whether work may be routed to someone in state `a` (see [`RulesConfig::routable`]).
+    pub fn is_routable(&self, a: Availability) -> bool {
+        self.routable.contains(&a)
+    }
+}
+
+/// Configurable policy rules (rule 3). All are off unless configured, except the default hold
+/// (see [`Policies::hold`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Policies {
     /// A state the person set by hand holds against automatic changes from other systems.
@@ -87,6 +101,106 @@ pub struct Policies {
     /// Native states forced to a canonical availability, e.g. Teams `InAMeeting` to Busy. Applied
     /// when mapping, before every other rule.
     pub remap: Vec<Remap>,
+    /// Conditions that hold another system at a presence that is not routable: while a
+    /// representative's Teams state is a meeting, a call or a presentation, Dynamics 365 is
+    /// held at Busy - DND however often it recalculates. By default, the one hold
+    /// [`Hold::teams_meetings`]; an empty list turns holds off.
+    pub hold: Vec<Hold>,
+}
+
+impl Default for Policies {
+    fn default() -> Self {
+        Policies {
+            manual_wins: None,
+            debounce_offline: Vec::new(),
+            remap: Vec::new(),
+            hold: vec![Hold::teams_meetings()],
+        }
+    }
+}
+
+/// See [`Policies::hold`]: while `when.system` shows one of `when.states`, `hold.system` is held
+/// at `hold.presence`.
+///
+/// While held, a change of the held system to a routable state (its own recalculation, an
+/// assignment, an API) is put back at once; a state that is not routable (a break, a sign-out)
+/// is the person's and is respected. When the condition ends, the held system shows what it
+/// would without the hold: the person's own choice that is not routable if they made one,
+/// else what its automation gives them ([`Observation::automatic`](crate::Observation)). A
+/// hold is never written to any other system.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hold {
+    pub when: HoldWhen,
+    pub hold: HoldAt,
+}
+
+/// The condition of a [`Hold`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HoldWhen {
+    /// The system whose state is the condition.
+    pub system: SystemId,
+    /// Native states of that system, matched as [`Remap::native`] is, case-insensitively: the
+    /// whole code, or the activity of a Teams pair (`InAMeeting` matches `Busy/InAMeeting`).
+    pub states: Vec<String>,
+}
+
+/// What a [`Hold`] holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HoldAt {
+    /// The system held.
+    pub system: SystemId,
+    /// A canonical availability (`DoNotDisturb`), or a native state of the held system whose
+    /// availability is not routable (a Dynamics 365 presence id, such as a custom "In a Teams
+    /// meeting" presence based on Busy - DND).
+    pub presence: String,
+}
+
+impl Hold {
+    /// The default hold: Teams `InAMeeting`, `InACall` or `Presenting` (in both of Graph's value
+    /// sets) holds Dynamics 365 at the built-in Busy - DND.
+    pub fn teams_meetings() -> Hold {
+        Hold {
+            when: HoldWhen {
+                system: "teams".into(),
+                states: ["InAMeeting", "InACall", "Presenting"]
+                    .map(str::to_owned)
+                    .to_vec(),
+            },
+            hold: HoldAt {
+                system: "dataverse".into(),
+                presence: Availability::DoNotDisturb.as_str().to_owned(),
+            },
+        }
+    }
+
+    /// Whether `code`, a native state of [`HoldWhen::system`], is one of the holding states.
+    pub fn holds_on(&self, code: &str) -> bool {
+        self.when.states.iter().any(|s| state_matches(s, code))
+    }
+
+    /// The rule as people read it: `teams InAMeeting|InACall|Presenting holds dataverse at
+    /// DoNotDisturb`.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} {} holds {} at {}",
+            self.when.system,
+            self.when.states.join("|"),
+            self.hold.system,
+            self.hold.presence
+        )
+    }
+}
+
+/// Whether a configured native state matches a native code: the whole code, or the part after
+/// the last `/` (the activity of a Teams pair), case-insensitively.
+pub fn state_matches(state: &str, code: &str) -> bool {
+    code.eq_ignore_ascii_case(state)
+        || code
+            .rsplit_once('/')
+            .is_some_and(|(_, activity)| activity.eq_ignore_ascii_case(state))
 }
 
 /// See [`Policies::manual_wins`].
@@ -112,18 +226,15 @@ pub struct DebounceOffline {
 pub struct Remap {
     pub system: SystemId,
     /// Matches a native code that equals it, or that ends with `/` followed by it (so `InAMeeting`
-    /// matches the Teams pair `Busy/InAMeeting`).
+    /// matches the Teams pair `Busy/InAMeeting`), case-insensitively.
     pub native: String,
     pub to: Availability,
 }
 
 impl Remap {
-    /// Whether this rule matches a native code of its system.
+    /// Whether this rule matches a native code of its system (see [`state_matches`]).
     pub fn matches(&self, code: &str) -> bool {
-        code == self.native
-            || code
-                .strip_suffix(self.native.as_str())
-                .is_some_and(|head| head.ends_with('/'))
+        state_matches(&self.native, code)
     }
 }
 
@@ -238,6 +349,36 @@ mod tests {
         assert!(r.matches("Busy/InAMeeting"));
         assert!(!r.matches("Busy/NotInAMeeting"));
         assert!(!r.matches("XInAMeeting"));
+        assert!(r.matches("busy/inameeting"), "case-insensitive");
+    }
+
+    #[test]
+    fn the_default_hold_keeps_dataverse_unroutable_through_teams_meetings_calls_and_presenting() {
+        let policies = Policies::default();
+        assert_eq!(policies.hold, vec![Hold::teams_meetings()]);
+        let h = &policies.hold[0];
+        for code in [
+            "Busy/InAMeeting",
+            "Busy/InACall",
+            "DoNotDisturb/Presenting",
+            "InAMeeting",
+        ] {
+            assert!(h.holds_on(code), "{code}");
+        }
+        assert!(!h.holds_on("Busy/Busy") && !h.holds_on("DoNotDisturb/DoNotDisturb"));
+        assert_eq!(
+            h.describe(),
+            "teams InAMeeting|InACall|Presenting holds dataverse at DoNotDisturb"
+        );
+        let off: Policies = serde_json::from_str(r#"{"hold":[]}"#).unwrap();
+        assert!(off.hold.is_empty(), "an empty list turns holds off");
+    }
+
+    #[test]
+    fn busy_is_routable_by_default() {
+        let c = RulesConfig::default();
+        assert!(c.is_routable(Availability::Available) && c.is_routable(Availability::Busy));
+        assert!(!c.is_routable(Availability::DoNotDisturb) && !c.is_routable(Availability::Away));
     }
 
     #[test]

@@ -52,6 +52,23 @@ pub enum WriteSemantics {
     /// becomes canonical, presync withdraws its contribution so that a stale contribution never
     /// holds the aggregate (the sticky-echo case).
     Contribution,
+    /// The write overrides what the person's own sources show while it is set, and a withdrawal
+    /// (or `Offline`) removes it, so that the system shows the person's own state again (a
+    /// Teams preferred presence). A person's own override replaces presync's. presync does not
+    /// withdraw when the system itself reports a change: that change may be the person's own
+    /// override, in the same slot.
+    Override,
+}
+
+impl WriteSemantics {
+    /// Whether the person's own state lies beneath presync's write, to show again when presync
+    /// lowers or withdraws it.
+    pub fn layers_over_the_person(self) -> bool {
+        matches!(
+            self,
+            WriteSemantics::Contribution | WriteSemantics::Override
+        )
+    }
 }
 
 /// The result of mapping a native state to canonical.

@@ -16,7 +16,7 @@ use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::EngineConfig;
-use crate::connector::{Connector, ConnectorError};
+use crate::connector::{Connector, ConnectorError, WriteSemantics};
 use crate::dispatch::{backoff, TargetGate};
 use crate::model::{Availability, ExternalId, Observation, ObservationKind, SystemId};
 use crate::rules::{self, Context, RepView, Rule};
@@ -185,6 +185,8 @@ struct Inner {
     inbox_ready: Notify,
     outbox_ready: Notify,
     gates: BTreeMap<SystemId, TargetGate>,
+    /// What presync writes to each system where it only contributes, per availability.
+    natives: rules::NativeTable,
     unmapped_logged: Mutex<HashSet<(SystemId, String)>>,
     stats: Stats,
     /// Set when shutdown starts: passes stop taking new work.
@@ -321,6 +323,17 @@ impl Engine {
             .systems()
             .map(|s| (s.clone(), TargetGate::new(config.dispatch_for(s))))
             .collect();
+        let natives = connectors
+            .iter()
+            .filter(|(_, c)| c.capabilities().write_semantics == WriteSemantics::Contribution)
+            .map(|(sys, c)| {
+                let table = Availability::ALL
+                    .into_iter()
+                    .filter_map(|a| Some((a, c.to_native(a)?.code)))
+                    .collect();
+                (sys.clone(), table)
+            })
+            .collect();
         Ok(Engine {
             inner: Arc::new(Inner {
                 store,
@@ -332,6 +345,7 @@ impl Engine {
                 inbox_ready: Notify::new(),
                 outbox_ready: Notify::new(),
                 gates,
+                natives,
                 unmapped_logged: Mutex::new(HashSet::new()),
                 stats: Stats::default(),
                 stopping: AtomicBool::new(false),
@@ -802,12 +816,22 @@ impl Engine {
 
     /// The rules' decision on `obs` for a representative in the state `view`.
     fn decide(&self, obs: &Observation, view: &RepView, now: i64) -> rules::Decision {
+        // Resolved each time: a hold's presence may be a custom one that the connector's
+        // catalog learns after start. (A map lookup per hold.)
+        let (holds, _) = self.holds();
         let context = Context {
-            topology: &self.inner.topology,
-            config: &self.inner.config.rules,
-            now,
+            holds: &holds,
+            natives: &self.inner.natives,
+            ..Context::new(&self.inner.topology, &self.inner.config.rules, now)
         };
         rules::decide(obs, self.map(obs), view, context)
+    }
+
+    /// The configured holds resolved against the connectors, and every problem with them (see
+    /// [`rules::holds::resolve`]). A service checks the problems before it starts.
+    pub fn holds(&self) -> (Vec<rules::ResolvedHold>, Vec<String>) {
+        let rules = &self.inner.config.rules;
+        rules::holds::resolve(&rules.policies.hold, &self.inner.connectors, rules)
     }
 
     /// Count and log what resolving `obs` did. True when writes were queued.
@@ -1199,6 +1223,7 @@ impl Engine {
                     delivery_key: format!("{prefix}{system}:{}", s.external_id),
                     observed_at: now,
                     changed_by: None,
+                    automatic: None,
                 };
                 let a = self.map(&obs);
                 // Unchanged since last observed: the same state, and where the system dates its

@@ -15,6 +15,9 @@
 //!   preferred presence if set, else the strongest session by `DoNotDisturb > Busy > Available >
 //!   Away` among the person's own session and presync's session, else `Offline`. A write sets
 //!   presync's session; `Set(Offline)` and `Withdraw` clear it.
+//! - **Override** ([`WriteSemantics::Override`]): presync's write is shown over the person's
+//!   own state while set (a Teams preferred presence); `Set(Offline)` and `Withdraw` clear it,
+//!   and the person picking a status replaces it.
 //! - Every change of a user's effective state bumps its sequence, records the clock time and,
 //!   while push is on, queues a push delivery ([`MemorySystem::take_deliveries`]) shaped like the
 //!   [`Observation`] a real webhook handler would build.
@@ -188,6 +191,12 @@ impl UserState {
                     .max_by_key(|a| SESSION_PRECEDENCE.iter().position(|s| s == a))
                     .unwrap_or(Availability::Offline)
             }),
+            // presync's override is the preferred slot: it shows over the person's sessions.
+            WriteSemantics::Override => self
+                .presync_session
+                .or(self.preferred)
+                .or(self.own_session)
+                .unwrap_or(Availability::Offline),
         }
     }
 }
@@ -241,6 +250,7 @@ impl Inner {
             delivery_key: format!("{}:{}:{}", self.name, user, sequence),
             observed_at: now,
             changed_by: None,
+            automatic: None,
         };
         self.deliveries.push(obs.clone());
         Some(obs)
@@ -261,7 +271,7 @@ impl Inner {
                 let a = p.availability;
                 self.change(user, Origin::Unknown, |u| u.state = a);
             }
-            (WriteSemantics::Contribution, _) => {
+            (WriteSemantics::Contribution | WriteSemantics::Override, _) => {
                 let s = desired.availability().and_then(session);
                 self.change(user, Origin::Unknown, |u| u.presync_session = s);
             }
@@ -349,14 +359,14 @@ impl MemorySystem {
         let mut inner = lock(&self.inner);
         match inner.semantics {
             WriteSemantics::Overwrite => inner.change(user, Origin::Automatic, |u| u.state = a),
-            WriteSemantics::Contribution => {
+            WriteSemantics::Contribution | WriteSemantics::Override => {
                 inner.change(user, Origin::Automatic, |u| u.own_session = session(a))
             }
         }
     }
 
     /// Contribution mode: the person's preferred presence, which beats every session; `None`
-    /// clears it. In Overwrite mode `Some(a)` sets the state like [`MemorySystem::person_sets`]
+    /// clears it. Override mode: the same, and it replaces presync's override. In Overwrite mode `Some(a)` sets the state like [`MemorySystem::person_sets`]
     /// but as a manual change, and `None` does nothing. Deliveries carry [`Origin::Manual`].
     pub fn person_sets_preferred(
         &self,
@@ -372,6 +382,11 @@ impl MemorySystem {
             (WriteSemantics::Contribution, a) => {
                 inner.change(user, Origin::Manual, |u| u.preferred = a)
             }
+            // The person's status takes the slot presync's override was in.
+            (WriteSemantics::Override, a) => inner.change(user, Origin::Manual, |u| {
+                u.preferred = a;
+                u.presync_session = None;
+            }),
         }
     }
 
@@ -387,7 +402,9 @@ impl MemorySystem {
         let inner = lock(&self.inner);
         match inner.semantics {
             WriteSemantics::Overwrite => None,
-            WriteSemantics::Contribution => inner.users.get(user).and_then(|u| u.presync_session),
+            WriteSemantics::Contribution | WriteSemantics::Override => {
+                inner.users.get(user).and_then(|u| u.presync_session)
+            }
         }
     }
 
@@ -664,6 +681,7 @@ mod tests {
             source_time: 5_000, sequence: Some(2), origin: Origin::Unknown,
             kind: ObservationKind::Event, delivery_key: "mem:u1:2".into(), observed_at: 5_000,
             changed_by: None,
+            automatic: None,
         }];
         assert_eq!(deliveries, expected);
         assert_eq!(sys.writes().len(), 2, "both writes were accepted");

@@ -91,9 +91,110 @@ impl Availability {
         }
     }
 
-    /// Whether a contact center may route work to someone in this state.
+    /// Whether a contact center may route work to someone in this state, by the strictest
+    /// reading: only `Available`. A contact center whose workstreams also route to `Busy` says
+    /// so in [`RulesConfig::routable`](crate::config::RulesConfig::routable).
     pub fn is_routable(self) -> bool {
         self == Availability::Available
+    }
+
+    /// Precedence in an aggregate of contributions (a Teams presence: among sessions
+    /// `DoNotDisturb > Busy > Available > Away`, and `Offline` when there is no session at all):
+    /// the aggregate shows the input of highest rank.
+    pub fn aggregate_rank(self) -> u8 {
+        match self {
+            Availability::Offline => 0,
+            Availability::Away => 1,
+            Availability::Available => 2,
+            Availability::Busy => 3,
+            Availability::DoNotDisturb => 4,
+        }
+    }
+
+    fn bit(self) -> u8 {
+        1 << self.aggregate_rank()
+    }
+}
+
+/// A set of availabilities (what a person's own inputs to an aggregate may show, as far as
+/// presync can tell).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct AvailabilitySet(u8);
+
+impl AvailabilitySet {
+    /// Every availability: nothing is known.
+    pub const ANY: AvailabilitySet = AvailabilitySet(0b1_1111);
+    /// No availability.
+    pub const EMPTY: AvailabilitySet = AvailabilitySet(0);
+
+    /// No availability (for serde defaults).
+    pub fn empty() -> AvailabilitySet {
+        AvailabilitySet::EMPTY
+    }
+
+    /// The set of one availability.
+    pub fn only(a: Availability) -> AvailabilitySet {
+        AvailabilitySet(a.bit())
+    }
+
+    /// Every availability an aggregate input can show beneath `a` (of `a`'s rank or lower), so
+    /// that an aggregate showing `a` hides it.
+    pub fn up_to(a: Availability) -> AvailabilitySet {
+        AvailabilitySet(((a.bit() as u16) * 2 - 1) as u8)
+    }
+
+    /// Whether `a` is in the set.
+    pub fn contains(self, a: Availability) -> bool {
+        self.0 & a.bit() != 0
+    }
+
+    /// The availabilities in both sets.
+    pub fn and(self, other: AvailabilitySet) -> AvailabilitySet {
+        AvailabilitySet(self.0 & other.0)
+    }
+
+    /// The availabilities in either set.
+    pub fn or(self, other: AvailabilitySet) -> AvailabilitySet {
+        AvailabilitySet(self.0 | other.0)
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The one availability of a set of one.
+    pub fn single(self) -> Option<Availability> {
+        let mut found = Availability::ALL.into_iter().filter(|a| self.contains(*a));
+        match (found.next(), found.next()) {
+            (Some(a), None) => Some(a),
+            _ => None,
+        }
+    }
+}
+
+impl Default for AvailabilitySet {
+    fn default() -> Self {
+        AvailabilitySet::ANY
+    }
+}
+
+impl fmt::Display for AvailabilitySet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if *self == AvailabilitySet::ANY {
+            return f.write_str("any");
+        }
+        let names: Vec<&str> = Availability::ALL
+            .into_iter()
+            .filter(|a| self.contains(*a))
+            .map(Availability::as_str)
+            .collect();
+        if names.is_empty() {
+            f.write_str("none")
+        } else {
+            f.write_str(&names.join("|"))
+        }
     }
 }
 
@@ -229,6 +330,11 @@ pub struct Observation {
     /// the read; the rules order it against other systems' changes by this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub changed_by: Option<Millis>,
+    /// What the system's own automation would show the person at this moment, when the
+    /// system says (Dataverse: from the agent's free capacity, as D365 recalculates it). A hold
+    /// that ends puts the held system back to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub automatic: Option<Availability>,
 }
 
 /// The canonical presence of one representative.
@@ -273,6 +379,58 @@ pub struct ObservedState {
     /// Sequence of that observation, when the system has one.
     #[serde(default)]
     pub genuine_sequence: Option<i64>,
+    /// Whether what the system shows is presync's own write (the last observation recorded was
+    /// its echo), not a state the person or the system's own automation set.
+    #[serde(default)]
+    pub by_presync: bool,
+    /// What the system's own automation would show (see [`Observation::automatic`]), from the
+    /// last observation that said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub automatic: Option<Availability>,
+    /// Where presync's write only contributes to what the system shows
+    /// ([`WriteSemantics::Contribution`](crate::connector::WriteSemantics::Contribution)): what
+    /// the person's own inputs show, as far as presync can tell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub own: Option<OwnState>,
+}
+
+/// What a person's own inputs to an aggregate (their Teams clients and chosen status) show, as
+/// far as presync can tell from what the aggregate showed and what presync contributed to it.
+///
+/// The aggregate shows the input of highest [rank](Availability::aggregate_rank), or the
+/// person's chosen status over everything. When it shows something other than presync's own
+/// contribution, it shows the person's own state exactly; when it shows presync's, the person's
+/// own state is hidden beneath it (of that rank or lower).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnState {
+    /// The availabilities the person's own inputs may show now.
+    pub possible: AvailabilitySet,
+    /// The availabilities presync's contribution at the time could hide (a change of the
+    /// person's to one of these after this observation shows only when presync lowers or
+    /// withdraws its contribution).
+    #[serde(default = "AvailabilitySet::empty")]
+    pub hideable: AvailabilitySet,
+    /// What the aggregate showed the last time it showed the person's own inputs (a meeting, a
+    /// call), while that is still possible.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shown: Option<OwnShown>,
+}
+
+impl Default for OwnState {
+    fn default() -> Self {
+        OwnState {
+            possible: AvailabilitySet::ANY,
+            hideable: AvailabilitySet::EMPTY,
+            shown: None,
+        }
+    }
+}
+
+/// See [`OwnState::shown`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnShown {
+    pub availability: Availability,
+    pub native: NativeState,
 }
 
 /// The last state presync wrote to one system for one representative.
@@ -361,6 +519,26 @@ mod tests {
     }
 
     #[test]
+    fn an_aggregate_hides_inputs_of_its_rank_or_lower() {
+        use Availability::*;
+        let under_busy = AvailabilitySet::up_to(Busy);
+        assert!([Offline, Away, Available, Busy]
+            .iter()
+            .all(|a| under_busy.contains(*a)));
+        assert!(!under_busy.contains(DoNotDisturb));
+        assert_eq!(AvailabilitySet::up_to(DoNotDisturb), AvailabilitySet::ANY);
+        assert_eq!(
+            AvailabilitySet::up_to(Offline).single(),
+            Some(Offline),
+            "nothing hides beneath no input"
+        );
+        assert!(under_busy
+            .and(AvailabilitySet::only(DoNotDisturb))
+            .is_empty());
+        assert_eq!(under_busy.to_string(), "Available|Busy|Away|Offline");
+    }
+
+    #[test]
     fn observation_round_trips_through_json() {
         let o = Observation {
             system: "teams".into(),
@@ -373,6 +551,7 @@ mod tests {
             delivery_key: "k".into(),
             observed_at: 1_700_000_000_200,
             changed_by: None,
+            automatic: Some(Availability::Busy),
         };
         let json = serde_json::to_string(&o).unwrap();
         assert_eq!(serde_json::from_str::<Observation>(&json).unwrap(), o);

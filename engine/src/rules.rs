@@ -35,6 +35,22 @@
 //!    state comes from a dated change made after that sight, the order is unknown and, by
 //!    default (`undated_changes = "dated_wins"`), the dated change holds and the system is
 //!    repaired; `"read_time"` lets the read's time decide.
+//!
+//! Two more concerns run beside the chain:
+//!
+//! - **Genuine changes only** ([`contribution`]). Where presync only contributes to what a system
+//!   shows (a Teams presence session), a change that presync's own write or withdrawal there
+//!   explains is not news from the person: it is recorded as `revealed` and changes nothing
+//!   else (rule 2b, after the stale check). A person on a break in D365 whose Teams client stays
+//!   Available is not made Available again when presync lowers its Teams session.
+//! - **Holds** ([`holds`]), after every rule: while a condition lasts (a Teams meeting), the held
+//!   system (D365) is written the hold's presence and nothing else.
+
+mod contribution;
+pub mod holds;
+
+pub use contribution::NativeTable;
+pub use holds::ResolvedHold;
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
@@ -86,6 +102,8 @@ pub enum Rule {
     Agree,
     LastWriterWins,
     Superseded,
+    Revealed,
+    Hold,
     UnknownRepresentative,
 }
 
@@ -104,6 +122,8 @@ impl Rule {
             Rule::Agree => "agree",
             Rule::LastWriterWins => "last_writer_wins",
             Rule::Superseded => "superseded",
+            Rule::Revealed => "revealed",
+            Rule::Hold => "hold",
             Rule::UnknownRepresentative => "unknown_representative",
         }
     }
@@ -166,6 +186,36 @@ pub struct Decision {
     pub defer_until: Option<Millis>,
     /// Why, for people: `presync explain` prints it.
     pub detail: String,
+    /// What else the decision did, each recorded in history as a row of its own (a hold
+    /// started, put back or released).
+    pub notes: Vec<Note>,
+    /// Systems to read this representative from once the decision is committed: the rules
+    /// need to know what one shows now (what its automation gives, after a hold).
+    pub refresh: Vec<SystemId>,
+}
+
+/// Something a decision did besides its rule's effect, with a history row of its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    /// The rule whose effect it is.
+    pub rule: Rule,
+    /// What happened: `started`, `reasserted`, `held`, `released`.
+    pub event: &'static str,
+    /// The system written because of it, if one was.
+    pub wrote: Option<SystemId>,
+    /// Why, for people.
+    pub detail: String,
+}
+
+impl Note {
+    fn hold(event: &'static str, wrote: Option<SystemId>, detail: String) -> Note {
+        Note {
+            rule: Rule::Hold,
+            event,
+            wrote,
+            detail,
+        }
+    }
 }
 
 impl Decision {
@@ -181,6 +231,8 @@ impl Decision {
             outbox: Vec::new(),
             defer_until: None,
             detail,
+            notes: Vec::new(),
+            refresh: Vec::new(),
         }
     }
 
@@ -202,6 +254,26 @@ pub struct Context<'a> {
     pub topology: &'a Topology,
     pub config: &'a RulesConfig,
     pub now: Millis,
+    /// The holds of [`RulesConfig::policies`], resolved against the held systems.
+    pub holds: &'a [ResolvedHold],
+    /// What presync writes to each system for each availability.
+    pub natives: &'a NativeTable,
+}
+
+/// No holds, no native table: what a context without connectors has.
+static NO_NATIVES: NativeTable = NativeTable::new();
+
+impl<'a> Context<'a> {
+    /// A context with no holds and no native table.
+    pub fn new(topology: &'a Topology, config: &'a RulesConfig, now: Millis) -> Context<'a> {
+        Context {
+            topology,
+            config,
+            now,
+            holds: &[],
+            natives: &NO_NATIVES,
+        }
+    }
 }
 
 /// Map-time policy: the availability after `remap`.
@@ -214,9 +286,21 @@ pub fn remap(config: &RulesConfig, obs: &Observation, mapped: Availability) -> A
         .map_or(mapped, |r| r.to)
 }
 
-/// Apply the conflict rules to one observation. `availability` is the observation's canonical
-/// availability (after mapping and `remap`).
+/// Apply the conflict rules to one observation, then the holds. `availability` is the
+/// observation's canonical availability (after mapping and `remap`).
 pub fn decide(
+    obs: &Observation,
+    availability: Availability,
+    view: &RepView,
+    ctx: Context<'_>,
+) -> Decision {
+    let mut d = decide_by_rules(obs, availability, view, ctx);
+    holds::apply(obs, availability, &mut d, view, ctx);
+    d
+}
+
+/// The chain of rules, first that decides wins.
+fn decide_by_rules(
     obs: &Observation,
     availability: Availability,
     view: &RepView,
@@ -229,6 +313,7 @@ pub fn decide(
         .source_time
         .min(obs.observed_at.saturating_add(cfg.max_clock_skew_ms));
     let state = view.systems.get(sys).cloned().unwrap_or_default();
+    let own = contribution::observe(obs, a, view, ctx);
     let observed_now = ObservedState {
         availability: a,
         native: obs.native.clone(),
@@ -237,6 +322,9 @@ pub fn decide(
         observed_at: obs.observed_at,
         genuine_time: Some(source_time),
         genuine_sequence: obs.sequence,
+        by_presync: false,
+        automatic: obs.automatic,
+        own: own.as_ref().map(|o| o.state.clone()),
     };
     let order = state.observed.as_ref().map_or(Ordering::Greater, |prev| {
         against_watermark(source_time, obs.sequence, prev)
@@ -329,6 +417,7 @@ pub fn decide(
             let echo = ObservedState {
                 genuine_time: None,
                 genuine_sequence: None,
+                by_presync: true,
                 ..observed_now
             };
             d.observed = Some(record(state.observed.as_ref(), echo));
@@ -457,6 +546,7 @@ pub fn decide(
             let read = ObservedState {
                 genuine_time: None,
                 genuine_sequence: None,
+                by_presync: prev.by_presync,
                 ..observed_now
             };
             d.observed = Some(record(state.observed.as_ref(), read));
@@ -465,6 +555,52 @@ pub fn decide(
             drift_repair(&mut d, view, sys, ctx, false);
             return d;
         }
+    }
+
+    // Rule 2b: where presync's write layers over the person's own state, the same state with
+    // presync's contribution unchanged is no change, and a change that presync's own write or
+    // withdrawal there explains is not news from the person.
+    if let Some(own) = own.as_ref().filter(|o| o.unchanged) {
+        let mut d = Decision::new(
+            Rule::Unchanged,
+            Outcome::Recorded,
+            a,
+            format!("{sys} still shows {a}, and presync's contribution there is unchanged"),
+        );
+        let same = ObservedState {
+            genuine_time: None,
+            genuine_sequence: None,
+            by_presync: state.observed.as_ref().is_some_and(|p| p.by_presync),
+            ..observed_now
+        };
+        d.observed = Some(record(state.observed.as_ref(), same));
+        d.close_expectations = close;
+        d.supersede_expectations = supersede;
+        drift_repair(&mut d, view, sys, ctx, true);
+        let _ = own;
+        return d;
+    }
+    if let Some(own) = own.as_ref().filter(|o| o.explained) {
+        let mut d = Decision::new(
+            Rule::Revealed,
+            Outcome::Recorded,
+            a,
+            format!(
+                "{sys} shows the person's own {a}, revealed by presync's contribution there \
+                 ({}) changing: not a change of theirs",
+                own.contribution
+            ),
+        );
+        let revealed = ObservedState {
+            genuine_time: None,
+            genuine_sequence: None,
+            ..observed_now
+        };
+        d.observed = Some(record(state.observed.as_ref(), revealed));
+        d.close_expectations = close;
+        d.supersede_expectations = supersede;
+        drift_repair(&mut d, view, sys, ctx, true);
+        return d;
     }
 
     let Some(current) = &view.canonical else {
@@ -720,7 +856,8 @@ fn apply(
     // choice, so put it back.
     let overwritten =
         overwritten_by_our_write(view, sys, a, &observed_now, &close, &supersede, ctx);
-    if overwritten && semantics == Some(WriteSemantics::Overwrite) {
+    let overwrites = semantics.is_some_and(|s| s != WriteSemantics::Contribution);
+    if overwritten && overwrites {
         if let Some(op) = write_for(view, &presence, sys, ctx, true) {
             d.detail.push_str(&format!(
                 "; repairing {sys}, where presync's older write overwrote it"
@@ -780,7 +917,7 @@ fn overwritten_by_our_write(
 
 /// The write that makes `target` show `presence`, unless it already does or cannot be written.
 /// `repair` writes even when the target's last observation matches presync's last write there.
-fn write_for(
+pub(crate) fn write_for(
     view: &RepView,
     presence: &Presence,
     target: &SystemId,
@@ -799,7 +936,7 @@ fn write_for(
     let pending = view.outbox.get(target);
     let already = match caps.write_semantics {
         // The target already shows it and nothing else is on its way there.
-        WriteSemantics::Overwrite => {
+        WriteSemantics::Overwrite | WriteSemantics::Override => {
             !repair
                 && pending.is_none_or(|p| p.availability == Some(a))
                 && state.is_some_and(|s| {
@@ -860,7 +997,7 @@ fn drift_repair(
         let overwrites = ctx
             .topology
             .capabilities(sys)
-            .is_some_and(|caps| caps.write_semantics == WriteSemantics::Overwrite);
+            .is_some_and(|caps| caps.write_semantics != WriteSemantics::Contribution);
         if !overwrites {
             return;
         }
@@ -930,14 +1067,15 @@ fn record(prev: Option<&ObservedState>, now: ObservedState) -> ObservedState {
     let Some(prev) = prev else { return now };
     let genuine_time = prev.genuine_time.max(now.genuine_time);
     let genuine_sequence = prev.genuine_sequence.max(now.genuine_sequence);
-    let shown = if raw_order(&now, prev) == Ordering::Less {
-        prev.clone()
+    let (shown, older) = if raw_order(&now, prev) == Ordering::Less {
+        (prev.clone(), now)
     } else {
-        now
+        (now, prev.clone())
     };
     ObservedState {
         genuine_time,
         genuine_sequence,
+        automatic: shown.automatic.or(older.automatic),
         ..shown
     }
 }
@@ -962,3 +1100,7 @@ fn rank(cfg: &RulesConfig, sys: &SystemId) -> (usize, SystemId) {
 #[cfg(test)]
 #[path = "rules_tests.rs"]
 pub(crate) mod tests;
+
+#[cfg(test)]
+#[path = "rules/day_tests.rs"]
+mod day_tests;

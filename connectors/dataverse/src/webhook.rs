@@ -280,6 +280,7 @@ fn observation(ingress: &Ingress, change: &AgentStatusChange) -> Option<Observat
         delivery_key: change.delivery_key.clone(),
         observed_at: now,
         changed_by: None,
+        automatic: None,
     })
 }
 

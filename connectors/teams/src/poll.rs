@@ -83,6 +83,7 @@ impl Poller {
                 kind,
                 observed_at: now,
                 changed_by: None,
+                automatic: None,
             });
             n += 1;
             // Stored in chunks: the first pass reports every user, and 100,000 observations

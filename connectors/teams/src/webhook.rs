@@ -203,6 +203,7 @@ fn change(ingress: &TeamsIngress, mut c: ChangeItem) -> Option<Observation> {
                 ),
                 observed_at: now,
                 changed_by: None,
+                automatic: None,
             })
         }
         (None, _) => {
@@ -263,6 +264,7 @@ pub fn spawn_reader(
                         .into_iter()
                         .map(|s| Observation {
                             changed_by: users.get(s.external_id.as_str()).copied(),
+                            automatic: None,
                             system: system.clone(),
                             delivery_key: format!(
                                 "teams:read:{}:{}",

@@ -910,6 +910,22 @@ async fn persist(
         &targets,
         d.detail.clone(),
     ));
+    for note in &d.notes {
+        let wrote: Vec<String> = note.wrote.iter().map(ToString::to_string).collect();
+        let mut row = HistoryRow::decided(
+            Some(rep),
+            obs,
+            now,
+            note.rule,
+            d.outcome,
+            None,
+            version,
+            &wrote,
+            note.detail.clone(),
+        );
+        row.outcome = note.event.to_owned();
+        writes.history.push(row);
+    }
     Ok(())
 }
 

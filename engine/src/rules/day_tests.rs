@@ -1,0 +1,482 @@
+//! A representative's day through the rules, step by step: each observation is decided, its
+//! decision folded into the representative's state as the store would, and the writes it queues
+//! land as the dispatcher would make them (recording the written state and the echo expected).
+//! The findings of routing safety (breaks undone, holds, releases) are checked here against
+//! what the person did.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::*;
+use crate::clock::ManualClock;
+use crate::config::Hold;
+use crate::connector::Connector;
+use crate::memory::MemorySystem;
+use crate::model::{Expectation, NativeState, WrittenState};
+use crate::topology::TopologyConfig;
+use Availability::*;
+
+const D365: &str = "dataverse";
+const TEAMS: &str = "teams";
+const T0: Millis = 1_000_000;
+
+/// The D365 presence id presync writes for the hold (a custom "In a Teams meeting").
+const IN_A_MEETING: &str = "custom-in-a-teams-meeting";
+
+struct Day {
+    topology: Topology,
+    config: RulesConfig,
+    holds: Vec<ResolvedHold>,
+    natives: NativeTable,
+    view: RepView,
+    /// Writes queued and not yet made, by target.
+    queued: BTreeMap<SystemId, Desired>,
+    next_expectation: i64,
+    /// Every write made: (target, availability or `None` for a withdrawal, native written).
+    made: Vec<(String, Option<Availability>, Option<String>)>,
+    /// Every decision's rule, with the hold notes.
+    rules: Vec<String>,
+    /// Systems the decisions asked to read again.
+    refresh: Vec<SystemId>,
+}
+
+impl Day {
+    /// Dataverse (overwritten, dated) and Teams (`semantics`, undated), both ways, with the
+    /// default hold at a custom presence.
+    fn new(semantics: WriteSemantics) -> Day {
+        let clock = Arc::new(ManualClock::new(T0));
+        let mut connectors: BTreeMap<SystemId, Arc<dyn Connector>> = BTreeMap::new();
+        connectors.insert(
+            D365.into(),
+            MemorySystem::new(D365, clock.clone()).connector(),
+        );
+        connectors.insert(
+            TEAMS.into(),
+            MemorySystem::new(TEAMS, clock)
+                .with_semantics(semantics)
+                .without_timestamps()
+                .connector(),
+        );
+        let topology =
+            Topology::build(&TopologyConfig::full_mesh(&connectors), &connectors).unwrap();
+        let mut view = RepView::default();
+        view.external_ids.insert(D365.into(), "agent".into());
+        view.external_ids.insert(TEAMS.into(), "aad".into());
+        let pairs = [
+            (Available, "Available/Available"),
+            (Busy, "Busy/InACall"),
+            (DoNotDisturb, "DoNotDisturb/Presenting"),
+            (Away, "Away/Away"),
+        ];
+        let natives = [(
+            TEAMS.into(),
+            pairs.into_iter().map(|(a, p)| (a, p.to_owned())).collect(),
+        )]
+        .into_iter()
+        .collect();
+        let mut hold = Hold::teams_meetings();
+        hold.hold.system = D365.into();
+        hold.hold.presence = IN_A_MEETING.into();
+        Day {
+            topology,
+            config: RulesConfig::default(),
+            holds: vec![ResolvedHold {
+                rule: hold,
+                availability: DoNotDisturb,
+                native: NativeState::new(IN_A_MEETING),
+            }],
+            natives,
+            view,
+            queued: BTreeMap::new(),
+            next_expectation: 1,
+            made: Vec::new(),
+            rules: Vec::new(),
+            refresh: Vec::new(),
+        }
+    }
+
+    fn without_holds(mut self) -> Day {
+        self.holds.clear();
+        self
+    }
+
+    /// `system` shows `native` (canonical `a`) at `t`: decided and folded.
+    fn sees(&mut self, system: &str, a: Availability, native: &str, t: Millis) -> Decision {
+        self.see(system, a, native, t, None)
+    }
+
+    /// D365 shows `native` at `t` with the capacity-given `automatic` state.
+    fn d365(
+        &mut self,
+        a: Availability,
+        native: &str,
+        t: Millis,
+        automatic: Availability,
+    ) -> Decision {
+        self.see(D365, a, native, t, Some(automatic))
+    }
+
+    /// A read of D365 at `read_at`, which shows `native` set at `set_at` and the capacity-given
+    /// `automatic` state (as the engine reads a system a decision asked for).
+    fn d365_read(
+        &mut self,
+        a: Availability,
+        native: &str,
+        set_at: Millis,
+        read_at: Millis,
+        automatic: Availability,
+    ) -> Decision {
+        let mut o = self.observation(D365, a, native, set_at, Some(automatic));
+        o.kind = ObservationKind::Reconcile;
+        o.observed_at = read_at;
+        self.decide(o, a)
+    }
+
+    fn see(
+        &mut self,
+        system: &str,
+        a: Availability,
+        native: &str,
+        t: Millis,
+        automatic: Option<Availability>,
+    ) -> Decision {
+        let o = self.observation(system, a, native, t, automatic);
+        self.decide(o, a)
+    }
+
+    fn observation(
+        &self,
+        system: &str,
+        a: Availability,
+        native: &str,
+        t: Millis,
+        automatic: Option<Availability>,
+    ) -> Observation {
+        let _ = a;
+        Observation {
+            system: system.into(),
+            external_id: self.view.external_ids[&SystemId::from(system)].clone(),
+            native: NativeState::new(native),
+            source_time: t,
+            sequence: None,
+            origin: Origin::Unknown,
+            kind: ObservationKind::Event,
+            delivery_key: format!("{system}-{t}"),
+            observed_at: t,
+            changed_by: None,
+            automatic,
+        }
+    }
+
+    fn decide(&mut self, o: Observation, a: Availability) -> Decision {
+        let ctx = Context {
+            holds: &self.holds,
+            natives: &self.natives,
+            ..Context::new(&self.topology, &self.config, o.observed_at)
+        };
+        let d = decide(&o, a, &self.view, ctx);
+        self.refresh.extend(d.refresh.iter().cloned());
+        self.rules.push(d.rule.as_str().to_owned());
+        for n in &d.notes {
+            self.rules.push(format!("hold {}", n.event));
+        }
+        if let Some(obs) = &d.observed {
+            self.view
+                .systems
+                .entry(o.system.clone())
+                .or_default()
+                .observed = Some(obs.clone());
+        }
+        if let Some(c) = &d.canonical {
+            self.view.canonical = Some(c.clone());
+        }
+        self.view
+            .expectations
+            .retain(|e| !d.close_expectations.contains(&e.id));
+        for e in &mut self.view.expectations {
+            e.superseded |= d.supersede_expectations.contains(&e.id);
+        }
+        for op in &d.outbox {
+            match op {
+                OutboxOp::Upsert { target, desired } => {
+                    self.queued.insert(target.clone(), desired.clone());
+                }
+                OutboxOp::Cancel { target, .. } => {
+                    self.queued.remove(target);
+                }
+            }
+        }
+        self.sync_outbox();
+        d
+    }
+
+    fn sync_outbox(&mut self) {
+        self.view.outbox = self
+            .queued
+            .iter()
+            .map(|(t, d)| {
+                (
+                    t.clone(),
+                    PendingWrite {
+                        availability: d.availability(),
+                        in_flight: false,
+                    },
+                )
+            })
+            .collect();
+    }
+
+    /// Every queued write lands at `t`, as the dispatcher makes them.
+    fn land(&mut self, t: Millis) {
+        for (target, desired) in std::mem::take(&mut self.queued) {
+            let version = match &desired {
+                Desired::Set(p) => p.version,
+                Desired::Withdraw => 0,
+            };
+            if let Some(a) = desired.availability() {
+                self.view.expectations.push(Expectation {
+                    id: self.next_expectation,
+                    system: target.clone(),
+                    availability: a,
+                    version,
+                    opened_at: t - 1,
+                    completed_at: Some(t),
+                    expires_at: t + 600_000,
+                    superseded: false,
+                });
+                self.next_expectation += 1;
+            }
+            let native = match &desired {
+                Desired::Set(p) => Some(p.native.code.clone()),
+                Desired::Withdraw => None,
+            };
+            self.made
+                .push((target.to_string(), desired.availability(), native));
+            self.view.systems.entry(target).or_default().written = Some(WrittenState {
+                availability: desired.availability(),
+                version,
+                written_at: t,
+            });
+        }
+        self.sync_outbox();
+    }
+
+    /// The writes made to `target` since `from` (an index into `made`).
+    fn writes_to(&self, target: &str, from: usize) -> Vec<Option<Availability>> {
+        self.made[from..]
+            .iter()
+            .filter(|(t, _, _)| t == target)
+            .map(|(_, a, _)| *a)
+            .collect()
+    }
+
+    fn canonical(&self) -> Availability {
+        self.view.canonical.as_ref().unwrap().availability
+    }
+
+    /// The morning: signed in everywhere and Available; presync has adopted both.
+    fn morning(&mut self) {
+        self.d365(Available, "Available", T0, Available);
+        self.land(T0 + 10);
+        self.sees(TEAMS, Available, "Available/Available", T0 + 20);
+        self.land(T0 + 30);
+    }
+
+    /// D365 gives the representative a conversation: Busy, by its own automation, echoed to
+    /// Teams as presync's session (or preferred presence).
+    fn conversation(&mut self, t: Millis) {
+        self.d365(Busy, "Busy", t, Busy);
+        self.land(t + 10);
+        let pair = match self
+            .topology
+            .capabilities(&TEAMS.into())
+            .unwrap()
+            .write_semantics
+        {
+            WriteSemantics::Override => "Busy/Busy",
+            _ => "Busy/InACall",
+        };
+        self.sees(TEAMS, Busy, pair, t + 20);
+    }
+}
+
+#[test]
+fn a_break_taken_in_d365_is_not_undone_by_the_teams_client_showing_through() {
+    let mut day = Day::new(WriteSemantics::Contribution);
+    day.morning();
+    day.conversation(T0 + 1_000);
+    // The person goes on a break in D365: presync lowers its Teams session to Away, and the
+    // Teams aggregate shows the person's own client, Available all along.
+    day.d365(Away, "Away", T0 + 2_000, Busy);
+    let from = day.made.len();
+    day.land(T0 + 2_010);
+    assert_eq!(day.writes_to(TEAMS, from), vec![Some(Away)]);
+    let d = day.sees(TEAMS, Available, "Available/Available", T0 + 2_100);
+    assert_eq!(d.rule, Rule::Revealed, "{}", d.detail);
+    assert!(d.outbox.is_empty(), "{:?}", d.outbox);
+    assert_eq!(day.canonical(), Away);
+    // A reconcile read later says the same, and changes nothing.
+    let later = day.made.len();
+    day.sees(TEAMS, Available, "Available/Available", T0 + 60_000);
+    day.land(T0 + 60_010);
+    assert!(day.writes_to(D365, later).is_empty(), "{:?}", day.made);
+    // The person's own Teams change after that is news again.
+    let d = day.sees(
+        TEAMS,
+        DoNotDisturb,
+        "DoNotDisturb/DoNotDisturb",
+        T0 + 70_000,
+    );
+    assert_eq!(d.rule, Rule::LastWriterWins, "{}", d.detail);
+}
+
+#[test]
+fn signing_out_of_d365_is_not_undone_by_the_teams_client_showing_through() {
+    for semantics in [WriteSemantics::Contribution, WriteSemantics::Override] {
+        let mut day = Day::new(semantics);
+        day.morning();
+        day.conversation(T0 + 1_000);
+        // End of the shift: signed out of D365; presync withdraws what it wrote in Teams.
+        day.d365(Offline, "Offline", T0 + 2_000, Available);
+        day.land(T0 + 2_010);
+        let from = day.made.len();
+        let d = day.sees(TEAMS, Available, "Available/Available", T0 + 2_100);
+        assert_eq!(d.rule, Rule::Revealed, "{semantics:?}: {}", d.detail);
+        day.land(T0 + 2_110);
+        assert!(day.writes_to(D365, from).is_empty(), "{semantics:?}");
+        assert_eq!(day.canonical(), Offline, "{semantics:?}");
+    }
+}
+
+#[test]
+fn a_break_in_d365_stays_in_preferred_mode() {
+    let mut day = Day::new(WriteSemantics::Override);
+    day.morning();
+    day.conversation(T0 + 1_000);
+    day.d365(Away, "Away", T0 + 2_000, Busy);
+    day.land(T0 + 2_010);
+    // The preferred presence shows presync's Away over the client: its echo.
+    let d = day.sees(TEAMS, Away, "Away/Away", T0 + 2_100);
+    assert_eq!(d.rule, Rule::Echo, "{}", d.detail);
+    assert_eq!(day.canonical(), Away);
+}
+
+#[test]
+fn a_teams_meeting_holds_d365_through_its_recalculations_and_releases_to_capacity() {
+    let mut day = Day::new(WriteSemantics::Contribution);
+    day.morning();
+    // The person joins a Teams meeting: D365 is held at the hold's presence, not sent Busy.
+    let from = day.made.len();
+    day.sees(TEAMS, Busy, "Busy/InAMeeting", T0 + 1_000);
+    day.land(T0 + 1_010);
+    assert_eq!(day.writes_to(D365, from), vec![Some(DoNotDisturb)]);
+    let held = day.made.iter().rev().find(|(t, _, _)| t == D365).unwrap();
+    assert_eq!(
+        held.2.as_deref(),
+        Some(IN_A_MEETING),
+        "the hold's own presence is written"
+    );
+    // Its echo changes nothing, and goes nowhere.
+    let d = day.d365(DoNotDisturb, IN_A_MEETING, T0 + 1_020, Available);
+    assert_eq!(d.rule, Rule::Echo, "{}", d.detail);
+    assert!(d.outbox.is_empty());
+    // D365 recalculates at a conversation's close: Available, newer. Put back at once.
+    let from = day.made.len();
+    let d = day.d365(Available, "Available", T0 + 2_000, Available);
+    day.land(T0 + 2_010);
+    assert_eq!(
+        day.writes_to(D365, from),
+        vec![Some(DoNotDisturb)],
+        "{}",
+        d.detail
+    );
+    assert!(
+        day.rules.contains(&"hold reasserted".to_owned()),
+        "{:?}",
+        day.rules
+    );
+    day.d365(DoNotDisturb, IN_A_MEETING, T0 + 2_020, Available);
+    // The meeting ends. What D365's automation gives now only D365 can say (the person may
+    // have taken a conversation meanwhile, which a held presence does not show): presync
+    // holds still and reads it.
+    let from = day.made.len();
+    let d = day.sees(TEAMS, Available, "Available/Available", T0 + 3_000);
+    day.land(T0 + 3_010);
+    assert!(day.made[from..].is_empty(), "{:?}", day.made);
+    assert_eq!(day.refresh, vec![SystemId::from(D365)], "{}", d.detail);
+    // The read: one conversation open, so Busy.
+    let d = day.d365_read(DoNotDisturb, IN_A_MEETING, T0 + 2_020, T0 + 3_050, Busy);
+    day.land(T0 + 3_100);
+    assert_eq!(day.writes_to(D365, from), vec![Some(Busy)], "{}", d.detail);
+    assert_eq!(day.canonical(), Busy);
+    assert_eq!(
+        day.view.canonical.as_ref().unwrap().source,
+        SystemId::from(D365)
+    );
+    // Colleagues see Busy in Teams: the person is with a customer.
+    assert_eq!(day.writes_to(TEAMS, from), vec![Some(Busy)]);
+    assert!(day.rules.contains(&"hold released".to_owned()));
+}
+
+#[test]
+fn a_break_taken_during_a_meeting_is_respected_and_stays_after_it() {
+    let mut day = Day::new(WriteSemantics::Contribution);
+    day.morning();
+    day.sees(TEAMS, Busy, "Busy/InAMeeting", T0 + 1_000);
+    day.land(T0 + 1_010);
+    day.d365(DoNotDisturb, IN_A_MEETING, T0 + 1_020, Available);
+    // The person takes a break in D365 by hand: not routable, theirs, respected.
+    let from = day.made.len();
+    day.d365(Away, "Away", T0 + 2_000, Available);
+    day.land(T0 + 2_010);
+    assert!(day.writes_to(D365, from).is_empty(), "{:?}", day.made);
+    // The meeting ends: D365 keeps the break.
+    let from = day.made.len();
+    day.sees(TEAMS, Available, "Available/Available", T0 + 3_000);
+    day.land(T0 + 3_010);
+    assert!(day.writes_to(D365, from).is_empty(), "{:?}", day.made);
+    assert_eq!(day.canonical(), Away);
+}
+
+#[test]
+fn presyncs_own_busy_session_never_starts_a_hold() {
+    let mut day = Day::new(WriteSemantics::Contribution);
+    day.morning();
+    let from = day.made.len();
+    // presync's session says Busy/InACall: a conversation, not the person's call.
+    day.conversation(T0 + 1_000);
+    day.land(T0 + 1_100);
+    assert!(day.writes_to(D365, from).is_empty(), "{:?}", day.made);
+    assert!(
+        !day.rules.iter().any(|r| r.starts_with("hold")),
+        "{:?}",
+        day.rules
+    );
+}
+
+#[test]
+fn a_call_revealed_by_presyncs_lowering_holds_d365() {
+    let mut day = Day::new(WriteSemantics::Contribution);
+    day.morning();
+    day.conversation(T0 + 1_000);
+    // The person takes a Teams call: same pair as presync's session, hidden.
+    // The conversation closes: D365 Available; presync lowers its session, and the call shows.
+    day.d365(Available, "Available", T0 + 2_000, Available);
+    day.land(T0 + 2_010);
+    let from = day.made.len();
+    let d = day.sees(TEAMS, Busy, "Busy/InACall", T0 + 2_100);
+    assert_eq!(d.rule, Rule::Revealed, "{}", d.detail);
+    day.land(T0 + 2_110);
+    assert_eq!(day.writes_to(D365, from), vec![Some(DoNotDisturb)]);
+}
+
+#[test]
+fn without_holds_a_meeting_makes_d365_busy_as_before() {
+    let mut day = Day::new(WriteSemantics::Contribution).without_holds();
+    day.morning();
+    let from = day.made.len();
+    day.sees(TEAMS, Busy, "Busy/InAMeeting", T0 + 1_000);
+    day.land(T0 + 1_010);
+    assert_eq!(day.writes_to(D365, from), vec![Some(Busy)]);
+}

@@ -1,0 +1,457 @@
+//! Holds ([`Policies::hold`](crate::config::Policies::hold)): while a representative's state
+//! in one system is one of a set (a Teams meeting, call or presentation), another system (D365)
+//! is held at a presence that is not routable, however often it recalculates.
+//!
+//! [`apply`] runs after the other rules on every decision, so that whichever rule decided, the
+//! held system is written what the hold says and nothing else:
+//!
+//! - **Start and hold.** While the condition lasts, every write the other rules decided for the
+//!   held system is replaced by the hold's presence. A state of the held system that is not
+//!   routable and is not presync's own write (a break, a sign-out, D365's own Busy - DND at full
+//!   capacity) is the person's: it is respected and nothing is written. A routable state (D365's
+//!   recalculation at a conversation's accept or close, an assignment, an API) is put back at
+//!   once.
+//! - **Release.** When the condition ends with the person back to Available (the meeting is
+//!   over; nothing was chosen), the held system shows what it would without the hold: the
+//!   person's own state that is not routable, if they chose one, else what the system's own
+//!   automation gives them ([`ObservedState::automatic`]). That becomes the canonical state, and
+//!   the other systems follow it. When it ends with a state the person chose (Do not disturb),
+//!   the last writer wins as usual.
+//!
+//! What is held is never written anywhere else: the hold's write to the held system comes back
+//! as its echo, which the echo rule suppresses.
+//!
+//! Whether the condition holds is read from what presync knows of the person's own state there:
+//! for a system where presync only contributes ([`OwnState`](crate::model::OwnState)), the last
+//! state the aggregate showed of the person, while it may still be theirs; presync's own Teams
+//! session (`Busy/InACall`) never starts a hold.
+
+use crate::config::Hold;
+use crate::model::{
+    Availability, Desired, Millis, NativeState, Observation, ObservedState, Origin, Presence,
+    SystemId,
+};
+
+use super::{write_for, Context, Decision, Note, OutboxOp, RepView};
+
+/// A [`Hold`] with its presence resolved against the held system's connector.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolvedHold {
+    pub rule: Hold,
+    /// The presence's canonical availability (never routable).
+    pub availability: Availability,
+    /// What presync writes to the held system: a native state of its own.
+    pub native: NativeState,
+}
+
+impl ResolvedHold {
+    /// Whether the held system shows the hold's presence.
+    fn shown_by(&self, s: &ObservedState) -> bool {
+        s.availability == self.availability && s.native.code.eq_ignore_ascii_case(&self.native.code)
+    }
+
+    /// The presence written to the held system.
+    fn presence(&self, version: i64, now: Millis) -> Presence {
+        Presence {
+            availability: self.availability,
+            native: self.native.clone(),
+            source: self.rule.hold.system.clone(),
+            source_time: now,
+            origin: Origin::Automatic,
+            observed_at: now,
+            version,
+        }
+    }
+}
+
+/// The native state of the condition's system that holds, if it does.
+fn condition<'s>(h: &ResolvedHold, when: Option<&'s ObservedState>) -> Option<&'s NativeState> {
+    let s = when?;
+    let native = match &s.own {
+        Some(own) => {
+            let shown = own.shown.as_ref()?;
+            own.possible
+                .contains(shown.availability)
+                .then_some(&shown.native)?
+        }
+        None if s.by_presync => return None,
+        None => &s.native,
+    };
+    h.rule.holds_on(&native.code).then_some(native)
+}
+
+/// The system's state after the decision: the decision's record when it is the observation's
+/// system, else what the view holds.
+fn state_after<'a>(
+    sys: &SystemId,
+    obs: &Observation,
+    d: &'a Decision,
+    view: &'a RepView,
+) -> Option<&'a ObservedState> {
+    let before = view.systems.get(sys).and_then(|s| s.observed.as_ref());
+    if &obs.system == sys {
+        d.observed.as_ref().or(before)
+    } else {
+        before
+    }
+}
+
+/// Drop every write to `target` the other rules decided.
+fn drop_writes(d: &mut Decision, target: &SystemId) {
+    d.outbox.retain(|op| match op {
+        OutboxOp::Upsert { target: t, .. } | OutboxOp::Cancel { target: t, .. } => t != target,
+    });
+}
+
+/// Apply every hold to the decision `d` on `obs` (canonical availability `a`).
+pub(super) fn apply(
+    obs: &Observation,
+    a: Availability,
+    d: &mut Decision,
+    view: &RepView,
+    ctx: Context<'_>,
+) {
+    for h in ctx.holds {
+        let target = &h.rule.hold.system;
+        let writable = ctx.topology.capabilities(target).is_some_and(|c| c.write);
+        if !writable || !view.external_ids.contains_key(target) {
+            continue;
+        }
+        let when = &h.rule.when.system;
+        let before = condition(h, view.systems.get(when).and_then(|s| s.observed.as_ref()));
+        let after = condition(h, state_after(when, obs, d, view)).cloned();
+        match (before.is_some(), after) {
+            (was, Some(native)) => hold(obs, d, h, &native, was, view, ctx),
+            (true, None) => release(obs, a, d, h, view, ctx),
+            (false, None) => {
+                // A read of the held system after a release: it still shows the hold.
+                let shows = state_after(target, obs, d, view);
+                let residue = &obs.system == target
+                    && !view.outbox.contains_key(target)
+                    && shows.is_some_and(|s| s.by_presync && h.shown_by(s));
+                if residue {
+                    let why = format!("{target} still shows the hold ({})", h.rule.describe());
+                    resume(obs, d, h, shows.cloned().as_ref(), view, ctx, why);
+                }
+            }
+        }
+    }
+}
+
+/// The condition holds: make the held system show the hold's presence, unless it shows the
+/// person's own state that is not routable.
+fn hold(
+    obs: &Observation,
+    d: &mut Decision,
+    h: &ResolvedHold,
+    cause: &NativeState,
+    was_held: bool,
+    view: &RepView,
+    ctx: Context<'_>,
+) {
+    let target = &h.rule.hold.system;
+    let shows = state_after(target, obs, d, view).cloned();
+    drop_writes(d, target);
+    let pending = view.outbox.get(target);
+    let pending_hold = pending.is_some_and(|p| p.availability == Some(h.availability));
+    let version = d
+        .canonical
+        .as_ref()
+        .or(view.canonical.as_ref())
+        .map_or(0, |p| p.version);
+    let write = Desired::Set(h.presence(version, ctx.now));
+    let why = format!(
+        "{} shows {} ({})",
+        h.rule.when.system,
+        cause.code,
+        h.rule.describe()
+    );
+    let respected = shows
+        .as_ref()
+        .filter(|s| !s.by_presync && !ctx.config.is_routable(s.availability));
+    if let Some(s) = respected {
+        // A write on its way there would replace the person's choice: at most with the hold.
+        if pending.is_some() && !pending_hold {
+            d.outbox.push(OutboxOp::Cancel {
+                target: target.clone(),
+                if_in_flight: write,
+            });
+        }
+        if !was_held {
+            d.notes.push(Note::hold(
+                "started",
+                None,
+                format!(
+                    "{why}; {target} shows {}, the person's own and not routable: respected",
+                    s.availability
+                ),
+            ));
+        }
+        return;
+    }
+    if pending_hold || shows.as_ref().is_some_and(|s| h.shown_by(s)) && pending.is_none() {
+        if !was_held {
+            d.notes.push(Note::hold(
+                "started",
+                None,
+                format!("{why}; {target} is held at {} already", h.native.code),
+            ));
+        }
+        return;
+    }
+    d.outbox.push(OutboxOp::Upsert {
+        target: target.clone(),
+        desired: write,
+    });
+    let (event, detail) = match (&shows, was_held) {
+        (_, false) => (
+            "started",
+            format!("{why}; {target} set to {}", h.native.code),
+        ),
+        (Some(s), true) if &obs.system == target && !s.by_presync => (
+            "reasserted",
+            format!(
+                "{target} changed to {}, which is routable, while held: {why}; put back to {}",
+                s.availability, h.native.code
+            ),
+        ),
+        (_, true) => (
+            "held",
+            format!("{why}; {target} set to {} again", h.native.code),
+        ),
+    };
+    d.notes
+        .push(Note::hold(event, Some(target.clone()), detail));
+}
+
+/// The condition ended.
+///
+/// The held system shows the person's own state that is not routable: it keeps it, and it
+/// becomes the canonical state. The condition ended with a state the person chose: the last
+/// writer wins, and the held system is sent it. Else (the meeting is over) the held system goes
+/// back to what its automation gives the person, which only it can say: nothing is written
+/// until it is read ([`Decision::refresh`]), and then [`resume`] does it.
+fn release(
+    obs: &Observation,
+    a: Availability,
+    d: &mut Decision,
+    h: &ResolvedHold,
+    view: &RepView,
+    ctx: Context<'_>,
+) {
+    let target = &h.rule.hold.system;
+    let when = &h.rule.when.system;
+    let shows = state_after(target, obs, d, view).cloned();
+    let why = format!(
+        "{when} shows {a}: the condition is over ({})",
+        h.rule.describe()
+    );
+    let own = shows
+        .as_ref()
+        .filter(|s| !s.by_presync && !ctx.config.is_routable(s.availability));
+    if let Some(s) = own {
+        let what = format!("{target} keeps {}, the person's own", s.availability);
+        let presence = resumed_presence(
+            s.availability,
+            s.native.clone(),
+            Origin::Manual,
+            obs,
+            h,
+            view,
+        );
+        follow(d, presence, false, view, ctx);
+        d.notes
+            .push(Note::hold("released", None, format!("{why}; {what}")));
+        return;
+    }
+    if a != Availability::Available {
+        d.notes.push(Note::hold(
+            "released",
+            None,
+            format!("{why}; last writer wins"),
+        ));
+        return;
+    }
+    let readable = ctx
+        .topology
+        .capabilities(target)
+        .is_some_and(|c| c.bulk_read);
+    if !readable {
+        // Nothing better to go on than what the held system last said of its automation.
+        resume(obs, d, h, shows.as_ref(), view, ctx, why);
+        return;
+    }
+    // Hold still until the held system says what its automation gives now.
+    d.outbox.clear();
+    d.canonical = None;
+    d.refresh.push(target.clone());
+    d.notes.push(Note::hold(
+        "released",
+        None,
+        format!("{why}; reading {target} for what its own automation gives"),
+    ));
+}
+
+/// The held system shows the hold's presence, written by presync, and no hold holds it: it goes
+/// back to what its automation gives (read with this observation of it), which becomes the
+/// canonical state.
+fn resume(
+    obs: &Observation,
+    d: &mut Decision,
+    h: &ResolvedHold,
+    shows: Option<&ObservedState>,
+    view: &RepView,
+    ctx: Context<'_>,
+    why: String,
+) {
+    let target = &h.rule.hold.system;
+    let Some(automatic) = shows.and_then(|s| s.automatic) else {
+        d.notes.push(Note::hold(
+            "released",
+            None,
+            format!("{why}; {target} does not say what its automation gives: last writer wins"),
+        ));
+        return;
+    };
+    let native = NativeState::new(automatic.as_str());
+    let presence = resumed_presence(automatic, native, Origin::Automatic, obs, h, view);
+    follow(d, presence, true, view, ctx);
+    d.notes.push(Note::hold(
+        "released",
+        Some(target.clone()),
+        format!("{why}; {target} back to {automatic}, what its own automation gives"),
+    ));
+}
+
+/// The canonical presence after a release: the held system's state, now.
+fn resumed_presence(
+    availability: Availability,
+    native: NativeState,
+    origin: Origin,
+    obs: &Observation,
+    h: &ResolvedHold,
+    view: &RepView,
+) -> Presence {
+    let current = view.canonical.as_ref();
+    Presence {
+        availability,
+        native,
+        source: h.rule.hold.system.clone(),
+        source_time: obs.source_time.max(current.map_or(0, |c| c.source_time)),
+        origin,
+        observed_at: obs.observed_at,
+        version: current.map_or(1, |c| c.version + 1),
+    }
+}
+
+/// `presence` becomes canonical and every system follows it: the other systems as the last
+/// writer's state is written, and the held system itself when `write_held` (it shows the
+/// hold's presence).
+fn follow(
+    d: &mut Decision,
+    presence: Presence,
+    write_held: bool,
+    view: &RepView,
+    ctx: Context<'_>,
+) {
+    let held = presence.source.clone();
+    d.outbox.clear();
+    for sys in view.external_ids.keys() {
+        let op = if *sys == held {
+            write_held.then(|| OutboxOp::Upsert {
+                target: sys.clone(),
+                desired: Desired::Set(presence.clone()),
+            })
+        } else if ctx.topology.route(&held, sys).is_some() {
+            write_for(view, &presence, sys, ctx, false)
+        } else {
+            None
+        };
+        d.outbox.extend(op);
+    }
+    d.canonical = Some(presence);
+    d.outcome = super::Outcome::Applied;
+}
+
+/// Resolve the configured holds against the connectors. A hold naming a system that is not
+/// configured is left out without a word when it is the default hold (a deployment without
+/// Teams or Dynamics 365); every other problem is returned, one line each with its key: a held
+/// system that takes no writes, a presence it does not know, a presence that is routable.
+pub fn resolve(
+    holds: &[Hold],
+    connectors: &std::collections::BTreeMap<SystemId, std::sync::Arc<dyn crate::Connector>>,
+    config: &crate::config::RulesConfig,
+) -> (Vec<ResolvedHold>, Vec<String>) {
+    let mut resolved = Vec::new();
+    let mut problems = Vec::new();
+    for (i, h) in holds.iter().enumerate() {
+        let key = format!("engine.rules.policies.hold[{i}]");
+        let (when, held) = (
+            connectors.get(&h.when.system),
+            connectors.get(&h.hold.system),
+        );
+        let (Some(_), Some(held)) = (when, held) else {
+            if *h != Hold::teams_meetings() {
+                for (sys, part) in [(&h.when.system, "when"), (&h.hold.system, "hold")] {
+                    if !connectors.contains_key(sys) {
+                        problems.push(format!(
+                            "{key}.{part}.system: {sys} is not a configured system"
+                        ));
+                    }
+                }
+            }
+            continue;
+        };
+        if h.when.states.is_empty() {
+            problems.push(format!("{key}.when.states: name at least one state"));
+            continue;
+        }
+        if !held.capabilities().write {
+            problems.push(format!(
+                "{key}.hold.system: presync cannot write to {}",
+                h.hold.system
+            ));
+            continue;
+        }
+        let by_name = h.hold.presence.parse::<Availability>().ok();
+        let (availability, native) = match by_name {
+            Some(a) => match held.to_native(a) {
+                Some(n) => (a, n),
+                None => {
+                    problems.push(format!(
+                        "{key}.hold.presence: {} cannot show {a}",
+                        h.hold.system
+                    ));
+                    continue;
+                }
+            },
+            None => {
+                let native = NativeState::new(h.hold.presence.trim());
+                let mapped = held.to_canonical(&native);
+                if !mapped.known {
+                    problems.push(format!(
+                        "{key}.hold.presence: {:?} is neither an availability (Available, Busy, \
+                         DoNotDisturb, Away, Offline) nor a presence {} knows",
+                        h.hold.presence, h.hold.system
+                    ));
+                    continue;
+                }
+                (mapped.availability, native)
+            }
+        };
+        if config.is_routable(availability) {
+            problems.push(format!(
+                "{key}.hold.presence: {} is {availability}, which engine.rules.routable routes \
+                 work to; a hold must keep {} unroutable",
+                h.hold.presence, h.hold.system
+            ));
+            continue;
+        }
+        resolved.push(ResolvedHold {
+            rule: h.clone(),
+            availability,
+            native,
+        });
+    }
+    (resolved, problems)
+}
