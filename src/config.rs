@@ -242,6 +242,10 @@ pub struct DataverseSection {
     /// Per-request timeout in milliseconds.
     #[serde(default)]
     pub request_timeout_ms: Option<u64>,
+    /// A representative's capacity units when free (100 by default): see the connector's
+    /// `full_capacity`.
+    #[serde(default)]
+    pub full_capacity: Option<i64>,
     /// The largest webhook body accepted, in bytes (default 512 KiB).
     #[serde(default)]
     pub max_body_bytes: Option<usize>,
@@ -413,6 +417,46 @@ impl Config {
         if self.dataverse.is_none() && self.teams.is_none() {
             p.push("dataverse, teams: configure at least one system".to_owned());
         }
+        p.extend(self.hold_problems());
+        p
+    }
+
+    /// What can be told of the holds before any connector is built: the systems they name, and
+    /// a presence that is a routable availability. (A presence id is checked against the
+    /// catalog at start.)
+    fn hold_problems(&self) -> Vec<String> {
+        let rules = &self.engine.rules;
+        let default = presync_engine::config::Hold::teams_meetings();
+        let configured = |s: &str| match s {
+            crate::service::DATAVERSE => self.dataverse.is_some(),
+            crate::service::TEAMS => self.teams.is_some(),
+            _ => false,
+        };
+        let mut p = Vec::new();
+        for (i, h) in rules.policies.hold.iter().enumerate() {
+            let key = format!("engine.rules.policies.hold[{i}]");
+            for (sys, part) in [(&h.when.system, "when"), (&h.hold.system, "hold")] {
+                // The default hold waits for both systems; a deployment without one is fine.
+                if !configured(sys.as_str()) && *h != default {
+                    p.push(format!(
+                        "{key}.{part}.system: {sys} is not a configured system (expected one of {})",
+                        crate::service::SYSTEMS.join(", ")
+                    ));
+                }
+            }
+            if h.when.states.is_empty() {
+                p.push(format!("{key}.when.states: name at least one state"));
+            }
+            if let Ok(a) = h.hold.presence.parse::<presync_engine::Availability>() {
+                if rules.is_routable(a) {
+                    p.push(format!(
+                        "{key}.hold.presence: {a} is routable (engine.rules.routable); a hold \
+                         must keep the representative out of routing: DoNotDisturb, Away, \
+                         Offline, or a presence id based on one"
+                    ));
+                }
+            }
+        }
         p
     }
 }
@@ -498,6 +542,9 @@ impl DataverseSection {
         }
         if let Some(v) = self.request_timeout_ms {
             c.request_timeout_ms = v;
+        }
+        if let Some(v) = self.full_capacity {
+            c.full_capacity = v;
         }
         if self.discovery {
             c.discovery = Some(Discovery {

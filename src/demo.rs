@@ -579,6 +579,7 @@ async fn drive(
                     }
                     Doing::Meeting | Doing::Call => {
                         world.graph.person_leaves_meeting(&p.aad);
+                        world.graph.person_leaves_call(&p.aad);
                         expect(i, false, Availability::Available);
                     }
                     Doing::TeamsDnd => {

@@ -55,7 +55,7 @@ pub struct Options {
     pub reconcile_schedule: String,
     /// `reconcile.on_start`.
     pub reconcile_on_start: bool,
-    /// The Teams simulator's throttling limit (Graph's 1,500 per 30 s by default).
+    /// The Teams simulator's throttling limit (Graph's 10,000 per 30 s by default).
     pub graph_limit: (u32, Duration),
     /// The Dataverse simulator's service-protection limit per caller.
     pub dataverse_limit: (u32, Duration),
@@ -80,7 +80,7 @@ impl Options {
             signed_in: true,
             reconcile_schedule: "0 0 0 1 1 *".to_owned(),
             reconcile_on_start: true,
-            graph_limit: (1_500, Duration::from_secs(30)),
+            graph_limit: (10_000, Duration::from_secs(30)),
             dataverse_limit: (6_000, Duration::from_secs(300)),
             extra_toml: String::new(),
             database_toml: String::new(),

@@ -201,7 +201,19 @@ pub async fn explain(store: &Store, rep: &RepId, limit: i64) -> anyhow::Result<S
     }
     for (system, state) in &view.systems {
         let observed = state.observed.as_ref().map_or("-".to_owned(), |o| {
-            format!("{} ({})", o.availability, o.native.code)
+            let whose = if o.by_presync {
+                ", presync's own write"
+            } else {
+                ""
+            };
+            let own = o.own.as_ref().map_or(String::new(), |own| {
+                let shown = own
+                    .shown
+                    .as_ref()
+                    .map_or("hidden".to_owned(), |s| s.native.code.clone());
+                format!("; the person's own: {shown} (may be {})", own.possible)
+            });
+            format!("{} ({}{whose}){own}", o.availability, o.native.code)
         });
         let written = state.written.as_ref().map_or("-".to_owned(), |w| {
             w.availability
@@ -211,16 +223,31 @@ pub async fn explain(store: &Store, rep: &RepId, limit: i64) -> anyhow::Result<S
             "{system}: observed {observed}, written {written}\n"
         ));
     }
+    let history = store.history(rep, limit).await?;
+    // History is newest first: the latest hold event says whether a hold holds now.
+    if let Some(h) = history.iter().find(|h| h.rule == "hold") {
+        let state = if h.outcome == "released" {
+            "none (last released"
+        } else {
+            "holding (since"
+        };
+        out.push_str(&format!("hold: {state} at {}: {})\n", h.at, h.detail));
+    }
     out.push_str("recent decisions (newest first):\n");
-    for h in store.history(rep, limit).await? {
+    for h in &history {
         let writes = if h.writes.is_empty() {
             String::new()
         } else {
             format!(" -> writes {}", h.writes.join(", "))
         };
+        // A hold's event, and a write's outcome, say more than their rule.
+        let rule = match h.rule.as_str() {
+            "hold" | "write" => format!("{} {}", h.rule, h.outcome),
+            other => other.to_owned(),
+        };
         out.push_str(&format!(
-            "  {} {} {}: {}{writes}\n",
-            h.at, h.system, h.rule, h.detail
+            "  {} {} {rule}: {}{writes}\n",
+            h.at, h.system, h.detail
         ));
     }
     Ok(out)

@@ -90,7 +90,7 @@ fn entra(e: &Entra, scope: String) -> anyhow::Result<TokenClient> {
 /// Build the connectors, the engine and the router from a validated configuration.
 /// The engine's configuration, with each target's write limit taken from its connector's
 /// request limit unless `[engine.dispatch.<system>]` sets one: the engine paces writes to what
-/// the remote allows, rather than to a generic default below it (Graph allows 1,500 per 30 s;
+/// the remote allows, rather than to a generic default below it (Graph allowed 1,500 per 30 s then;
 /// pacing Teams writes at the generic 1,000 made a burst of 10,000 take half as long again).
 fn engine_config(config: &Config) -> presync_engine::config::EngineConfig {
     let mut engine = config.engine.clone();
@@ -290,15 +290,30 @@ async fn readyz(State(s): State<Shared>) -> impl IntoResponse {
         };
         connectors.insert((*name).to_owned(), state.into());
     }
+    // Writes refused for a permission presync lacks: no write lands there until an
+    // administrator grants it, but webhooks are still stored, so the instance stays ready.
+    let degraded = s.engine.degraded();
+    for (system, refusal) in &degraded {
+        connectors.insert(
+            system.to_string(),
+            format!("degraded: writes refused: {refusal}").into(),
+        );
+    }
     let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    let state = match (ready, degraded.is_empty()) {
+        (false, _) => "unavailable",
+        (true, false) => "degraded",
+        (true, true) => "ok",
+    };
     (
         status,
         axum::Json(serde_json::json!({
             "ready": ready,
+            "status": state,
             "store": store,
             "connectors": connectors,
         })),
@@ -415,6 +430,10 @@ async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
         "presync_end_to_end_lag_seconds_bucket{{le=\"+Inf\"}} {count}\npresync_end_to_end_lag_seconds_sum {}\npresync_end_to_end_lag_seconds_count {count}",
         sum_ms as f64 / 1000.0
     );
+    let _ = writeln!(out, "# HELP presync_hold_events_total Holds started, put back, held and released.\n# TYPE presync_hold_events_total counter");
+    for (event, n) in st.hold_events() {
+        let _ = writeln!(out, "presync_hold_events_total{{event=\"{event}\"}} {n}");
+    }
     let _ = writeln!(out, "# HELP presync_decisions_total Decisions by conflict rule.\n# TYPE presync_decisions_total counter");
     for (rule, n) in st.decisions() {
         let _ = writeln!(out, "presync_decisions_total{{rule=\"{rule}\"}} {n}");
@@ -626,6 +645,18 @@ pub async fn serve(
         if let Err(e) = d.refresh_catalog().await {
             warn!(error = %e, "Presence catalog refresh failed; using the built-in presences");
         }
+    }
+    // A hold's presence may be a custom one, known once the catalog is read.
+    let (holds, problems) = engine.holds();
+    anyhow::ensure!(
+        problems.is_empty(),
+        "engine.rules.policies.hold:\n{}",
+        problems.join("\n")
+    );
+    for h in &holds {
+        info!(hold = %h.rule.describe(), presence = %h.native.code, "Hold in force");
+    }
+    if let Some(d) = service.dataverse.clone() {
         add_job(&scheduler, CATALOG_SCHEDULE, move || {
             let d = d.clone();
             async move {

@@ -683,7 +683,7 @@ async fn two_instances_on_postgres_share_the_work_and_survive_one_killed() {
         st.dv.system_sets(&agent(i).0, builtin::BUSY);
     }
     wait_for("every agent Busy in Teams", || {
-        (1..=N).all(|i| st.graph.presence(&agent(i).1).0 == "Busy")
+        (1..=N).all(|i| st.graph.presence_internal(&agent(i).1).0 == "Busy")
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -757,7 +757,7 @@ async fn teams_change_notifications_drive_d365_through_the_real_binary() {
     // notifications name the user; presync reads the presence.)
     st.dv.system_sets(AGENT, builtin::BUSY_DND);
     wait_for("DND in Teams", || {
-        st.graph.presence(AAD).0 == "DoNotDisturb"
+        st.graph.presence_internal(AAD).0 == "DoNotDisturb"
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;

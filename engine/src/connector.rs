@@ -89,6 +89,9 @@ pub struct RemoteState {
     pub source_time: Option<Millis>,
     pub sequence: Option<i64>,
     pub origin: Origin,
+    /// What the system's own automation would show the user now, when it says (see
+    /// [`Observation::automatic`](crate::Observation::automatic)).
+    pub automatic: Option<Availability>,
 }
 
 /// A failed remote operation, classified where it failed.
@@ -115,6 +118,15 @@ pub enum ConnectorError {
     /// The remote refused this request and will refuse it again (400, 403, 404, unmappable).
     #[error("rejected: {message}")]
     Rejected { message: String },
+    /// presync's identity lacks a permission the remote requires (a role not granted): every
+    /// such request fails until an administrator grants it. `remedy` says what to grant.
+    #[error("forbidden: {message}; {remedy}")]
+    Forbidden { message: String, remedy: String },
+    /// The user is not signed in to the remote, which cannot take a presence for them now (a
+    /// Dynamics 365 representative outside their shift). Normal, and not worth a retry: the
+    /// next sign-in is a change of its own.
+    #[error("not signed in: {message}")]
+    NotSignedIn { message: String },
     /// The operation is not one this connector supports.
     #[error("not supported by this connector: {0}")]
     Unsupported(&'static str),
@@ -175,6 +187,8 @@ impl ConnectorError {
             ConnectorError::Transient { .. } => "transient",
             ConnectorError::Unauthorized { .. } => "unauthorized",
             ConnectorError::Rejected { .. } => "rejected",
+            ConnectorError::Forbidden { .. } => "forbidden",
+            ConnectorError::NotSignedIn { .. } => "not_signed_in",
             ConnectorError::Unsupported(_) => "unsupported",
         }
     }

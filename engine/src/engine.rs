@@ -78,6 +78,7 @@ pub struct Stats {
     /// confirmation.
     pub lag: LagHistogram,
     decisions: Mutex<BTreeMap<&'static str, u64>>,
+    holds: Mutex<BTreeMap<&'static str, u64>>,
     writes: Mutex<BTreeMap<(SystemId, &'static str), u64>>,
     events: Mutex<BTreeMap<(SystemId, &'static str), u64>>,
 }
@@ -130,7 +131,13 @@ impl Stats {
         self.decisions.lock().map(|d| d.clone()).unwrap_or_default()
     }
 
-    /// Write attempts by target and outcome (`ok`, `retry`, `rejected`).
+    /// Hold events (`started`, `reasserted`, `held`, `released`) by kind.
+    pub fn hold_events(&self) -> BTreeMap<&'static str, u64> {
+        self.holds.lock().map(|d| d.clone()).unwrap_or_default()
+    }
+
+    /// Write attempts by target and outcome (`ok`, `retry`, and the class of a refusal:
+    /// `rejected`, `forbidden`, `not_signed_in`).
     pub fn writes(&self) -> BTreeMap<(SystemId, &'static str), u64> {
         self.writes.lock().map(|d| d.clone()).unwrap_or_default()
     }
@@ -167,9 +174,23 @@ impl Stats {
         }
     }
 
-    fn decided(&self, rule: Rule) {
+    fn decided(&self, decision: &rules::Decision) {
         if let Ok(mut d) = self.decisions.lock() {
-            *d.entry(rule.as_str()).or_default() += 1;
+            *d.entry(decision.rule.as_str()).or_default() += 1;
+        }
+        if decision.notes.is_empty() {
+            return;
+        }
+        if let Ok(mut h) = self.holds.lock() {
+            for n in decision.notes.iter().filter(|n| n.rule == Rule::Hold) {
+                *h.entry(n.event).or_default() += 1;
+            }
+        }
+    }
+
+    fn unknown_representative(&self) {
+        if let Ok(mut d) = self.decisions.lock() {
+            *d.entry(Rule::UnknownRepresentative.as_str()).or_default() += 1;
         }
     }
 }
@@ -188,6 +209,8 @@ struct Inner {
     /// What presync writes to each system where it only contributes, per availability.
     natives: rules::NativeTable,
     unmapped_logged: Mutex<HashSet<(SystemId, String)>>,
+    /// Targets whose writes are refused for a missing permission, with the refusal.
+    forbidden: Mutex<BTreeMap<SystemId, String>>,
     stats: Stats,
     /// Set when shutdown starts: passes stop taking new work.
     stopping: AtomicBool,
@@ -347,6 +370,7 @@ impl Engine {
                 gates,
                 natives,
                 unmapped_logged: Mutex::new(HashSet::new()),
+                forbidden: Mutex::new(BTreeMap::new()),
                 stats: Stats::default(),
                 stopping: AtomicBool::new(false),
                 ingest: GroupCommit::default(),
@@ -733,16 +757,91 @@ impl Engine {
         Ok(Some((n, self.resolve_rows(&rows).await?)))
     }
 
-    /// Log and count what was resolved. True when writes were queued.
+    /// Log and count what was resolved, and start the reads the decisions asked for. True when
+    /// writes were queued.
     fn report<R: std::borrow::Borrow<InboxRow>>(
         &self,
         resolved: impl IntoIterator<Item = (R, Resolved)>,
     ) -> bool {
         let mut queued = false;
+        let mut reads: BTreeMap<SystemId, Vec<ExternalId>> = BTreeMap::new();
         for (row, r) in resolved {
+            if let Resolved::Decided { decision, .. } = &r {
+                for (system, user) in &decision.refresh {
+                    reads.entry(system.clone()).or_default().push(user.clone());
+                }
+            }
             queued |= self.resolved(&row.borrow().observation, r);
         }
+        for (system, users) in reads {
+            let engine = self.clone();
+            tokio::spawn(async move { engine.read_back(&system, users, "refresh").await });
+        }
         queued
+    }
+
+    /// Read `users` of `system` now and feed what they show into the inbox: a read the rules
+    /// asked for (what a held system's automation gives after a hold), or the confirmation of
+    /// what a system shows once presync lowered or withdrew its contribution there. A failed
+    /// read is logged; the reconciler reads everyone at its next pass.
+    async fn read_back(&self, system: &SystemId, users: Vec<ExternalId>, why: &str) {
+        let caps = self.inner.topology.capabilities(system);
+        let Some(connector) = self
+            .inner
+            .connectors
+            .get(system)
+            .filter(|_| caps.is_some_and(|c| c.bulk_read))
+        else {
+            return;
+        };
+        let read_at = self.now();
+        let states = match connector.read_all(&users).await {
+            Ok(states) => states,
+            Err(e) => {
+                warn!(system = %system, users = users.len(), error = %e, why, "Read-back failed; the next reconcile pass reads them");
+                return;
+            }
+        };
+        let wanted: HashSet<String> = users
+            .iter()
+            .map(|u| u.as_str().to_ascii_lowercase())
+            .collect();
+        let now = self.now();
+        let observations: Vec<Observation> = states
+            .into_iter()
+            .filter(|s| wanted.contains(&s.external_id.as_str().to_ascii_lowercase()))
+            .map(|s| Observation {
+                system: system.clone(),
+                delivery_key: format!(
+                    "{why}:{system}:{}:{}",
+                    s.external_id,
+                    uuid::Uuid::new_v4().simple()
+                ),
+                external_id: s.external_id,
+                native: s.native,
+                // A dated row is a snapshot of a known date; an undated state holds from the
+                // read's start (a write that landed later is newer).
+                kind: match s.source_time {
+                    Some(_) => ObservationKind::Reconcile,
+                    None => ObservationKind::Event,
+                },
+                source_time: s.source_time.unwrap_or(read_at),
+                sequence: s.sequence,
+                origin: s.origin,
+                observed_at: now,
+                changed_by: None,
+                automatic: s.automatic,
+            })
+            .collect();
+        if observations.is_empty() {
+            return;
+        }
+        match self.ingest_batch(observations).await {
+            Ok(_) => self.inner.inbox_ready.notify_one(),
+            Err(e) => {
+                warn!(system = %system, error = %e, why, "Storing a read-back failed; the next reconcile pass reads them")
+            }
+        }
     }
 
     /// Resolve claimed rows, as one batch when possible. True when writes were queued.
@@ -845,12 +944,12 @@ impl Engine {
                 false
             }
             Resolved::UnknownRepresentative => {
-                self.inner.stats.decided(Rule::UnknownRepresentative);
+                self.inner.stats.unknown_representative();
                 debug!(%system, %user, %key, "Observation for a user not in the directory");
                 false
             }
             Resolved::Decided { rep, decision } => {
-                self.inner.stats.decided(decision.rule);
+                self.inner.stats.decided(&decision);
                 debug!(%system, %user, %key, rep = %rep, rule = decision.rule.as_str(),
                     outcome = decision.outcome.as_str(), detail = %decision.detail, "Resolved");
                 !decision.write_targets().is_empty()
@@ -947,8 +1046,9 @@ impl Engine {
                 break;
             }
             total += begun.len();
-            self.write_and_record(begun).await;
+            let confirm = self.write_and_record(begun).await;
             drop(reserved);
+            confirm.read(self).await;
         }
         Ok(total)
     }
@@ -958,7 +1058,7 @@ impl Engine {
     /// bounded by the write timeout), in one commit: the next claim waits for them anyway, and
     /// a commit per few outcomes took the connection from the claims and commits on the way
     /// of the next changes (p99 at 1,000 events/s 38 -> 22-26 ms).
-    async fn write_and_record(&self, begun: Vec<(OutboxRow, Option<i64>)>) {
+    async fn write_and_record(&self, begun: Vec<(OutboxRow, Option<i64>)>) -> Confirm {
         let n = begun.len().max(1);
         let finished: Vec<FinishedWrite> = stream::iter(begun)
             .map(|(row, expectation)| self.write_one(row, expectation))
@@ -966,6 +1066,29 @@ impl Engine {
             .collect()
             .await;
         self.record_writes(&finished).await;
+        self.to_confirm(&finished)
+    }
+
+    /// The users of a system where presync's write layers over the person's own state whose
+    /// write may have lowered or withdrawn presync's part: what the system shows may be the
+    /// person's own state now, and presync reads it at once ([`Confirm::read`]), so that a
+    /// change of theirs a moment later is told from the effect of presync's write.
+    fn to_confirm(&self, finished: &[FinishedWrite]) -> Confirm {
+        let mut confirm = Confirm::default();
+        for w in finished {
+            let layered = self
+                .inner
+                .topology
+                .capabilities(&w.row.target)
+                .is_some_and(|c| c.write_semantics.layers_over_the_person() && c.bulk_read);
+            // Nothing ranks above Do not disturb: writing it lowers nothing.
+            let may_lower = w.row.desired.availability() != Some(Availability::DoNotDisturb);
+            if layered && may_lower && matches!(w.result, WriteResult::Done) {
+                confirm.target = Some(w.row.target.clone());
+                confirm.users.push(w.row.external_id.clone());
+            }
+        }
+        confirm
     }
 
     /// Make writes to `target` the resolver claimed ([`Engine::resolve_and_write`]) and record
@@ -978,8 +1101,9 @@ impl Engine {
         begun: Vec<(OutboxRow, Option<i64>)>,
         reserved: crate::dispatch::Reserved,
     ) {
-        self.write_and_record(begun).await;
+        let confirm = self.write_and_record(begun).await;
         drop(reserved);
+        confirm.read(&self).await;
         if self
             .inner
             .gates
@@ -1016,6 +1140,7 @@ impl Engine {
                     let stats = &self.inner.stats;
                     stats.writes_ok.fetch_add(1, Ordering::Relaxed);
                     stats.wrote(&row.target, "ok");
+                    self.writable(&row.target);
                     let lag = now.saturating_sub(row.origin_observed_at);
                     stats.lag.observe(u64::try_from(lag).unwrap_or(0));
                     debug!(lag_ms = lag, "Written");
@@ -1096,8 +1221,16 @@ impl Engine {
                 .stats
                 .writes_failed
                 .fetch_add(1, Ordering::Relaxed);
-            self.inner.stats.wrote(&row.target, "rejected");
-            error!(error = %e, "Write rejected; the target stays out of sync until the next change or reconcile");
+            self.inner.stats.wrote(&row.target, e.class());
+            match e {
+                ConnectorError::NotSignedIn { .. } => {
+                    debug!(error = %e, "Not written: the user is not signed in there")
+                }
+                ConnectorError::Forbidden { remedy, .. } => self.forbidden(&row.target, e, remedy),
+                _ => {
+                    error!(error = %e, "Write rejected; the target stays out of sync until the next change or reconcile")
+                }
+            }
         } else {
             self.inner.stats.retries.fetch_add(1, Ordering::Relaxed);
             self.inner.stats.wrote(&row.target, "retry");
@@ -1110,6 +1243,46 @@ impl Engine {
             class: e.class().to_owned(),
             message: e.to_string(),
         }
+    }
+
+    /// A write to `target` was refused for a permission presync lacks: a configuration problem
+    /// no retry mends. One ERROR per target says what to grant; [`Engine::degraded`] reports it
+    /// until a write there succeeds.
+    fn forbidden(&self, target: &SystemId, e: &ConnectorError, remedy: &str) {
+        let first = self
+            .inner
+            .forbidden
+            .lock()
+            .map(|mut f| f.insert(target.clone(), e.to_string()).is_none())
+            .unwrap_or(false);
+        if first {
+            error!(target = %target, error = %e, remedy, "Writes are refused for a permission presync lacks: none will land until it is granted");
+        } else {
+            debug!(target = %target, error = %e, "Write refused for a permission presync lacks");
+        }
+    }
+
+    /// A write to `target` succeeded: it is not refused for a missing permission (any more).
+    fn writable(&self, target: &SystemId) {
+        let was = self
+            .inner
+            .forbidden
+            .lock()
+            .map(|mut f| f.remove(target))
+            .unwrap_or(None);
+        if was.is_some() {
+            info!(target = %target, "Writes land again: the missing permission was granted");
+        }
+    }
+
+    /// Targets whose writes are refused for a permission presync lacks, with the last refusal:
+    /// what `/readyz` reports as degraded.
+    pub fn degraded(&self) -> BTreeMap<SystemId, String> {
+        self.inner
+            .forbidden
+            .lock()
+            .map(|f| f.clone())
+            .unwrap_or_default()
     }
 
     /// Read every user of `system` for a reconcile pass, with the read's start (the date a
@@ -1223,7 +1396,7 @@ impl Engine {
                     delivery_key: format!("{prefix}{system}:{}", s.external_id),
                     observed_at: now,
                     changed_by: None,
-                    automatic: None,
+                    automatic: s.automatic,
                 };
                 let a = self.map(&obs);
                 // Unchanged since last observed: the same state, and where the system dates its
@@ -1361,6 +1534,21 @@ impl Engine {
 
 /// How many reconcile observations go to the inbox in one transaction.
 const RECONCILE_FEED_CHUNK: usize = 500;
+
+/// Users of one target to read once their writes are recorded ([`Engine::to_confirm`]).
+#[derive(Debug, Default)]
+struct Confirm {
+    target: Option<SystemId>,
+    users: Vec<ExternalId>,
+}
+
+impl Confirm {
+    async fn read(self, engine: &Engine) {
+        if let Some(target) = self.target {
+            engine.read_back(&target, self.users, "confirm").await;
+        }
+    }
+}
 
 /// What one reconcile pass found.
 #[derive(Debug, Clone, Default, serde::Serialize)]

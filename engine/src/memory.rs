@@ -504,6 +504,7 @@ impl Connector for MemoryConnector {
                 source_time: Some(u.changed_at),
                 sequence: Some(u.sequence),
                 origin: Origin::Unknown,
+                automatic: None,
             })
             .collect())
     }

@@ -191,7 +191,7 @@ pub struct Decision {
     pub notes: Vec<Note>,
     /// Systems to read this representative from once the decision is committed: the rules
     /// need to know what one shows now (what its automation gives, after a hold).
-    pub refresh: Vec<SystemId>,
+    pub refresh: Vec<(SystemId, ExternalId)>,
 }
 
 /// Something a decision did besides its rule's effect, with a history row of its own.

@@ -33,7 +33,7 @@ fn options(reps: usize, limit: u32, window: Duration) -> Options {
 fn busy_in_teams(h: &Harness) -> usize {
     h.reps
         .iter()
-        .filter(|r| h.graph.presence(&r.aad).0 == "Busy")
+        .filter(|r| h.graph.presence_internal(&r.aad).0 == "Busy")
         .count()
 }
 

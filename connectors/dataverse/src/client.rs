@@ -36,6 +36,8 @@ pub struct AgentStatusRow {
     pub modified_by: Option<String>,
     pub logged_in: Option<bool>,
     pub row_version: Option<i64>,
+    /// `msdyn_availableunitscapacity`.
+    pub capacity: Option<i64>,
 }
 
 /// What `CCaaS_GetPresence` answers.
@@ -323,13 +325,14 @@ impl DataverseClient {
                     message: format!("{} answered a body that is not JSON: {e}", path_of(url)),
                 });
             }
-            return Err(classify(&method, url, status, retry_after, &text));
+            return Err(classify(&method, url, status, retry_after, &text, caller));
         }
     }
 }
 
 const AGENT_STATUS_QUERY: &str = "$select=msdyn_agentstatusid,_msdyn_agentid_value,msdyn_isagentloggedin,\
-msdyn_presencemodifiedon,msdyn_presencemodifiedonwithmilliseconds,msdyn_presencemodifiedby,versionnumber\
+msdyn_presencemodifiedon,msdyn_presencemodifiedonwithmilliseconds,msdyn_presencemodifiedby,versionnumber,\
+msdyn_availableunitscapacity\
 &$expand=msdyn_currentpresenceid($select=msdyn_presenceid,msdyn_name,msdyn_basepresencestatus,msdyn_presencestatustext)";
 
 fn agent_status_row(v: &Value) -> Result<AgentStatusRow, ConnectorError> {
@@ -362,6 +365,9 @@ fn agent_status_row(v: &Value) -> Result<AgentStatusRow, ConnectorError> {
         modified_by: s("msdyn_presencemodifiedby"),
         logged_in: v.get("msdyn_isagentloggedin").and_then(Value::as_bool),
         row_version,
+        capacity: v
+            .get("msdyn_availableunitscapacity")
+            .and_then(Value::as_i64),
     })
 }
 
@@ -395,32 +401,67 @@ fn network_error(method: &Method, url: &str, e: reqwest::Error) -> ConnectorErro
     }
 }
 
-/// Map an HTTP failure to the engine's classes.
+/// `CCaaS_ModifyAgentPresence`, whose refusals mean more than a bad request.
+const MODIFY: &str = "CCaaS_ModifyAgentPresence";
+
+/// Map an HTTP failure to the engine's classes. `caller` is the user the request impersonated
+/// (`None`: the application user itself), named in what to grant when a role is missing.
 fn classify(
     method: &Method,
     url: &str,
     status: StatusCode,
     retry_after: Option<Duration>,
     body: &str,
+    caller: Option<&str>,
 ) -> ConnectorError {
-    let detail = serde_json::from_str::<Value>(body)
+    let (code, text) = serde_json::from_str::<Value>(body)
         .ok()
         .and_then(|v| {
             let e = v.get("error")?;
             let code = e.get("code").and_then(Value::as_str).unwrap_or("");
             let msg = e.get("message").and_then(Value::as_str).unwrap_or("");
-            Some(format!("{code} {msg}").trim().to_owned())
+            Some((code.to_owned(), msg.to_owned()))
         })
         .unwrap_or_default();
-    let message = format!("{method} {} answered {status} {detail}", path_of(url))
-        .trim()
-        .to_owned();
+    let detail = format!("{code} {text}");
+    let message = format!(
+        "{method} {} answered {status} {}",
+        path_of(url),
+        detail.trim()
+    )
+    .trim()
+    .to_owned();
+    let modify = path_of(url) == MODIFY;
+    let impersonation = matches!(
+        code.as_str(),
+        "CannotActOnBehalfOfAnotherUser" | "CannotAddOrActonBehalfAnotherUserPrivilege"
+    );
     match status.as_u16() {
         429 => ConnectorError::RateLimited {
             retry_after,
             message,
         },
         401 => ConnectorError::Unauthorized { message },
+        403 if impersonation => ConnectorError::Forbidden {
+            message,
+            remedy: "give presync's application user the prvActOnBehalfOfAnotherUser privilege \
+                     (the Delegate security role), which impersonation needs"
+                .to_owned(),
+        },
+        // The Supervisor-only rule of 2026-05-07: 403 by a practitioner's report, 405 ("API not
+        // allowed") by the documented codes (dataverse.md §5.2).
+        403 | 405 if modify => ConnectorError::Forbidden {
+            message,
+            remedy: format!(
+                "{MODIFY} needs the Omnichannel Supervisor role (since 2026-05-07): grant it to {}",
+                match caller {
+                    Some(c) => format!("the user presync acts as, {c} (dataverse.impersonation)"),
+                    None => "presync's application user".to_owned(),
+                }
+            ),
+        },
+        // An agent who is not signed in cannot be given a presence (a practitioner's report).
+        404 if modify => ConnectorError::NotSignedIn { message },
         503 => ConnectorError::transient(message),
         500 | 502 | 504 if *method == Method::POST => ConnectorError::unknown_outcome(message),
         500..=599 => ConnectorError::transient(message),
@@ -442,14 +483,22 @@ mod tests {
             StatusCode::TOO_MANY_REQUESTS,
             Some(Duration::from_secs(3)),
             "",
+            None,
         );
         assert_eq!(e.retry_after(), Some(Duration::from_secs(3)));
         assert!(e.is_transient());
-        let e = classify(&post, u, StatusCode::SERVICE_UNAVAILABLE, None, "");
+        let e = classify(&post, u, StatusCode::SERVICE_UNAVAILABLE, None, "", None);
         assert!(e.is_transient() && !e.outcome_unknown());
-        let e = classify(&post, u, StatusCode::INTERNAL_SERVER_ERROR, None, "");
+        let e = classify(&post, u, StatusCode::INTERNAL_SERVER_ERROR, None, "", None);
         assert!(e.outcome_unknown());
-        let e = classify(&Method::GET, u, StatusCode::INTERNAL_SERVER_ERROR, None, "");
+        let e = classify(
+            &Method::GET,
+            u,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            None,
+            "",
+            None,
+        );
         assert!(e.is_transient() && !e.outcome_unknown());
         let e = classify(
             &post,
@@ -457,13 +506,57 @@ mod tests {
             StatusCode::NOT_FOUND,
             None,
             r#"{"error":{"code":"0x80040217","message":"agent not signed in"}}"#,
+            None,
         );
+        assert!(matches!(e, ConnectorError::NotSignedIn { .. }), "{e:?}");
         assert!(!e.is_transient());
         assert!(e.to_string().contains("agent not signed in"), "{e}");
         assert!(matches!(
-            classify(&post, u, StatusCode::UNAUTHORIZED, None, ""),
+            classify(&post, u, StatusCode::UNAUTHORIZED, None, "", None),
             ConnectorError::Unauthorized { .. }
         ));
+    }
+
+    #[test]
+    fn a_missing_supervisor_role_is_forbidden_and_names_who_to_grant_it_to() {
+        let u = "https://x/api/data/v9.2/CCaaS_ModifyAgentPresence";
+        let body = r#"{"error":{"code":"0x80040220","message":"missing the Omnichannel Supervisor role"}}"#;
+        for status in [StatusCode::FORBIDDEN, StatusCode::METHOD_NOT_ALLOWED] {
+            let e = classify(
+                &Method::POST,
+                u,
+                status,
+                None,
+                body,
+                Some("cc05cf62-6242-ee11-be6e-6045bdd7ac2c"),
+            );
+            let ConnectorError::Forbidden { remedy, .. } = &e else {
+                panic!("{status}: {e:?}");
+            };
+            assert!(
+                remedy.contains("Omnichannel Supervisor") && remedy.contains("cc05cf62"),
+                "{remedy}"
+            );
+            assert!(!e.is_transient());
+        }
+        let app = classify(&Method::POST, u, StatusCode::FORBIDDEN, None, body, None);
+        assert!(app.to_string().contains("application user"), "{app}");
+        // Elsewhere a 404 is a plain refusal.
+        let get = "https://x/api/data/v9.2/msdyn_agentstatuses(1)";
+        assert!(matches!(
+            classify(&Method::GET, get, StatusCode::NOT_FOUND, None, "", None),
+            ConnectorError::Rejected { .. }
+        ));
+        let impersonation = r#"{"error":{"code":"CannotActOnBehalfOfAnotherUser","message":"x"}}"#;
+        let e = classify(
+            &Method::GET,
+            get,
+            StatusCode::FORBIDDEN,
+            None,
+            impersonation,
+            None,
+        );
+        assert!(e.to_string().contains("prvActOnBehalfOfAnotherUser"), "{e}");
     }
 
     #[test]

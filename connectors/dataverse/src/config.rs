@@ -47,6 +47,14 @@ pub struct DataverseConfig {
     /// Per-request timeout in milliseconds.
     #[serde(default = "default_timeout")]
     pub request_timeout_ms: u64,
+    /// The capacity units a representative has when free (their capacity profile's total;
+    /// 100 in Microsoft's samples). With `msdyn_availableunitscapacity` it tells what D365's own
+    /// automation gives a representative (free: Available, partly used: Busy, fully used:
+    /// Busy - DND, dataverse.md §2.4), which a hold that ends goes back to. Used only where
+    /// the event does not carry `msdyn_assignedconversationcount`. UNCONFIRMED for profiles
+    /// of another size: set it to theirs.
+    #[serde(default = "default_full_capacity")]
+    pub full_capacity: i64,
     /// Add a representative to the directory when a Create event shows a new agent.
     #[serde(default)]
     pub discovery: Option<Discovery>,
@@ -122,6 +130,9 @@ impl WebhookConfig {
     }
 }
 
+fn default_full_capacity() -> i64 {
+    100
+}
 fn default_api_path() -> String {
     "/api/data/v9.2".to_owned()
 }
@@ -225,6 +236,7 @@ impl DataverseConfig {
             rate_limit: default_rate_limit(),
             rate_window_secs: default_rate_window(),
             request_timeout_ms: default_timeout(),
+            full_capacity: default_full_capacity(),
             discovery: None,
             webhook,
         }
@@ -233,6 +245,12 @@ impl DataverseConfig {
     /// Every problem, with its key path.
     pub fn validate(&self) -> Vec<String> {
         let mut problems = Vec::new();
+        if self.full_capacity <= 0 {
+            problems.push(format!(
+                "full_capacity: {} must be positive (a representative's capacity units when free)",
+                self.full_capacity
+            ));
+        }
         match url::Url::parse(&self.org_url) {
             Ok(u) if u.scheme() == "https" || u.host_str().is_some_and(is_loopback) => {}
             Ok(_) => problems.push(format!(

@@ -137,6 +137,11 @@ impl DataverseConnector {
             source_time: row.modified_on,
             sequence: row.row_version,
             origin: Origin::Unknown,
+            automatic: crate::mapping::automatic(
+                row.capacity,
+                None,
+                self.client.config().full_capacity,
+            ),
         })
     }
 }
@@ -180,13 +185,28 @@ impl Connector for DataverseConnector {
                 "withdraw: Dataverse holds one presence per agent, not presync's contribution",
             ));
         };
-        let native = self
-            .to_native(presence.availability)
-            .ok_or(ConnectorError::Rejected {
-                message: format!("no presence id is configured for {}", presence.availability),
-            })?;
+        // A presence of this org's own that shows the availability (a hold's custom presence,
+        // a representative's own presence put back) is written as it is; else the mapping's.
+        let catalog = self.catalog();
+        let own = catalog
+            .entry(&presence.native.code)
+            .filter(|_| catalog.canonical(&presence.native.code) == Some(presence.availability))
+            .map(|e| e.id.clone());
+        let id = match own {
+            Some(id) => id,
+            None => {
+                self.to_native(presence.availability)
+                    .ok_or(ConnectorError::Rejected {
+                        message: format!(
+                            "no presence id is configured for {}",
+                            presence.availability
+                        ),
+                    })?
+                    .code
+            }
+        };
         let agent = self.agent(user).await?;
-        self.client.modify_presence(&agent, &native.code).await
+        self.client.modify_presence(&agent, &id).await
     }
 
     async fn read_all(&self, users: &[ExternalId]) -> Result<Vec<RemoteState>, ConnectorError> {
@@ -226,6 +246,7 @@ impl Connector for DataverseConnector {
                             source_time: None,
                             sequence: None,
                             origin: Origin::Unknown,
+                            automatic: None,
                         });
                     }
                 }

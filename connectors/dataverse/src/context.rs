@@ -552,6 +552,10 @@ pub struct AgentStatusChange {
     pub modified_by: Option<String>,
     pub logged_in: Option<bool>,
     pub row_version: Option<String>,
+    /// `msdyn_availableunitscapacity`: capacity units left.
+    pub capacity: Option<i64>,
+    /// `msdyn_assignedconversationcount` (a newer column): conversations assigned.
+    pub conversations: Option<i64>,
     /// Equal for redeliveries of one event, different for different changes (§4.10).
     pub delivery_key: String,
 }
@@ -633,6 +637,8 @@ pub fn agent_status(ctx: &ExecutionContext, size_exceeded: bool) -> Derived {
             .map(str::to_owned),
         logged_in: column("msdyn_isagentloggedin").and_then(Value::as_bool),
         row_version,
+        capacity: column("msdyn_availableunitscapacity").and_then(Value::as_i64),
+        conversations: column("msdyn_assignedconversationcount").and_then(Value::as_i64),
         delivery_key,
     })
 }

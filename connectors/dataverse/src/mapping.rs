@@ -218,9 +218,44 @@ impl Catalog {
     }
 }
 
+/// What D365's own automation gives a representative from their capacity (dataverse.md §2.4):
+/// fully used (`available` units left: none) -> Busy - DND, partly used -> Busy, free ->
+/// Available. `conversations` (`msdyn_assignedconversationcount`) tells free from partly used
+/// where the event carries it; else `available` is compared with the profile's `full` total.
+/// `None` when the capacity is unknown.
+pub fn automatic(
+    available: Option<i64>,
+    conversations: Option<i64>,
+    full: i64,
+) -> Option<Availability> {
+    let available = available?;
+    Some(if available <= 0 {
+        Availability::DoNotDisturb
+    } else if conversations.map_or(available < full, |n| n > 0) {
+        Availability::Busy
+    } else {
+        Availability::Available
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn capacity_gives_what_d365_recalculates_to() {
+        use Availability::*;
+        assert_eq!(automatic(Some(100), None, 100), Some(Available));
+        assert_eq!(automatic(Some(50), None, 100), Some(Busy));
+        assert_eq!(automatic(Some(0), None, 100), Some(DoNotDisturb));
+        assert_eq!(
+            automatic(Some(50), Some(0), 100),
+            Some(Available),
+            "a smaller profile, free"
+        );
+        assert_eq!(automatic(Some(150), Some(1), 200), Some(Busy));
+        assert_eq!(automatic(None, Some(1), 100), None);
+    }
 
     #[test]
     fn the_five_builtin_ids_work_without_a_catalog() {

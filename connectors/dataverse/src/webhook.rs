@@ -163,6 +163,8 @@ async fn handle(
                 modified_by: row.modified_by,
                 logged_in: row.logged_in,
                 row_version: row.row_version.map(|v| v.to_string()),
+                capacity: row.capacity,
+                conversations: None,
                 delivery_key,
             }
         }
@@ -280,7 +282,11 @@ fn observation(ingress: &Ingress, change: &AgentStatusChange) -> Option<Observat
         delivery_key: change.delivery_key.clone(),
         observed_at: now,
         changed_by: None,
-        automatic: None,
+        automatic: crate::mapping::automatic(
+            change.capacity,
+            change.conversations,
+            ingress.connector.client().config().full_capacity,
+        ),
     })
 }
 

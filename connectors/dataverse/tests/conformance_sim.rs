@@ -219,14 +219,16 @@ async fn a_throttled_call_reports_retry_after_in_seconds() {
 }
 
 #[tokio::test]
-async fn an_unknown_agent_is_a_rejected_write() {
+/// `CCaaS_ModifyAgentPresence` answers 404 for an agent it cannot set, whether unknown or signed
+/// out, with the same code: the connector cannot tell them apart, and neither is worth a retry.
+async fn an_unknown_agent_is_a_write_that_will_not_land() {
     let env = env(1, 5_000, SECRET).await;
     let err = env
         .connector
         .write(&ExternalId(agent(99)), &busy())
         .await
         .unwrap_err();
-    assert!(matches!(err, ConnectorError::Rejected { .. }), "{err}");
+    assert!(matches!(err, ConnectorError::NotSignedIn { .. }), "{err}");
     assert!(!err.is_transient());
 }
 

@@ -188,6 +188,8 @@ fn update_sample_is_a_busy_change_by_the_agent() {
         modified_by: Some("AGENT".into()),
         logged_in: Some(true),
         row_version: Some("5948260".into()),
+        capacity: Some(100),
+        conversations: None,
         delivery_key: "dataverse:1a14c3ec-9c50-ef11-bfe3-00224802dbb1:\
                        00aa00aa-bb11-cc22-dd33-44ee44ee44ee:5948260"
             .into(),
@@ -244,6 +246,8 @@ fn create_sample_is_a_new_agent_starting_offline() {
         modified_by: Some("SYSTEM".into()),
         logged_in: Some(false),
         row_version: None,
+        capacity: Some(100),
+        conversations: None,
         delivery_key: "dataverse:09097f27-6123-4c61-b463-af00adb2e082:\
                        44ee44ee-ff55-aa66-bb77-88cc88cc88cc:-"
             .into(),

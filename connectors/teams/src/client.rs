@@ -1,6 +1,6 @@
 //! The Microsoft Graph client for presence: writes (session and preferred), reads in batches
 //! of 650, and presence subscriptions. One client-side limit covers every call of the app in
-//! the tenant (1,500 requests per 30 s by default), `Retry-After` is read as decimal seconds,
+//! the tenant (10,000 requests per 30 s by default, the limit Graph documents for presence since September 2025), `Retry-After` is read as decimal seconds,
 //! a 401 refreshes the token once, and the Graph error envelope is mapped to the engine's
 //! error classes.
 

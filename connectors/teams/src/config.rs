@@ -33,7 +33,9 @@ pub struct TeamsConfig {
     /// `expirationDuration` of a preferred presence presync sets, in seconds.
     #[serde(default = "default_preferred_expiration")]
     pub preferred_expiration_secs: u64,
-    /// The app's request limit in the tenant (Graph documents 1,500 per 30 s for presence).
+    /// The app's request limit in the tenant: 10,000 per 30 s, what Graph documents for presence
+    /// since September 2025 (the per-API pages still print the older 1,500, which a cautious
+    /// tenant can set here).
     #[serde(default = "default_rate_limit")]
     pub rate_limit: u32,
     /// The window of `rate_limit`, in seconds.
@@ -57,7 +59,7 @@ fn default_preferred_expiration() -> u64 {
     8 * 3_600
 }
 fn default_rate_limit() -> u32 {
-    1_500
+    10_000
 }
 fn default_rate_window() -> u64 {
     30

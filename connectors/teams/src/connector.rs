@@ -304,10 +304,11 @@ impl Connector for TeamsConnector {
             .into_iter()
             .map(|p| RemoteState {
                 external_id: ExternalId(p.id.to_ascii_lowercase()),
-                native: NativeState::new(format!("{}/{}", p.availability, p.activity)),
+                native: NativeState::new(Pair::normalized(&p.availability, &p.activity).code()),
                 source_time: None,
                 sequence: None,
                 origin: Origin::Unknown,
+                automatic: None,
             })
             .collect();
         out.sort_by(|a, b| a.external_id.cmp(&b.external_id));

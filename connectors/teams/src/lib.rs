@@ -9,7 +9,7 @@
 //!   modes accept different pairs: `session` (`setPresence` with presync's app id as the
 //!   session, the default) and `preferred` (`setUserPreferredPresence`). Offline clears
 //!   presync's state.
-//! - [`client`]: Graph calls, with one client-side limit per app and tenant (1,500 per 30 s by
+//! - [`client`]: Graph calls, with one client-side limit per app and tenant (10,000 per 30 s by
 //!   default), `Retry-After` read as decimal seconds, one token refresh on 401, and the error
 //!   envelope mapped to the engine's classes. Reads go in batches of 650 ids.
 //! - [`connector::TeamsConnector::keep_alive`]: re-posts presync's sessions before an Available

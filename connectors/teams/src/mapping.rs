@@ -1,7 +1,13 @@
 //! Teams presence <-> canonical availability.
 //!
-//! A Teams state is an `availability/activity` pair (graph.md §3). Reading maps the
-//! availability (open strings, compared case-insensitively). Writing depends on the mode: a
+//! A Teams state is an `availability/activity` pair (graph.md §3). Graph answers in one of two
+//! value sets (graph.md, corrections at the top): since September 2025 a meeting, a call,
+//! presenting and focusing are availabilities (`InAMeeting/Busy`), before they were activities
+//! (`Busy/InAMeeting`), and a tenant may answer with either. presync reads both,
+//! case-insensitively, and keeps every pair in one form, the older one ([`Pair::normalized`]):
+//! the availability says how available, the activity what the person does, so that a rule
+//! written for a state (`InAMeeting`) matches it whichever set the tenant answered in.
+//! Reading maps the availability. Writing depends on the mode: a
 //! `setPresence` session accepts only five pairs, `setUserPreferredPresence` six others
 //! (graph.md §2.3); the configured mapping may only name pairs its mode allows. Offline is not a
 //! pair presync writes: it clears what presync set.
@@ -53,6 +59,57 @@ impl Pair {
             None => Pair::new(code, code),
         }
     }
+
+    /// The pair Graph answered, in the one form presync keeps: a 2025 availability that names
+    /// what the person does (`InAMeeting`, `InACall`, `Presenting`, `Focusing`) becomes the
+    /// older pair (`Busy/InAMeeting`, `Busy/InACall`, `DoNotDisturb/Presenting`,
+    /// `DoNotDisturb/Focusing`). Known values are spelled as documented, whatever their case;
+    /// unknown ones are kept as they came.
+    pub fn normalized(availability: &str, activity: &str) -> Pair {
+        let (availability, activity) = (availability.trim(), activity.trim());
+        let doing = match availability.to_ascii_lowercase().as_str() {
+            "inameeting" => Some(("Busy", "InAMeeting")),
+            "inacall" => Some(("Busy", "InACall")),
+            "presenting" => Some(("DoNotDisturb", "Presenting")),
+            "focusing" => Some(("DoNotDisturb", "Focusing")),
+            _ => None,
+        };
+        match doing {
+            Some((a, b)) => Pair::new(a, b),
+            None => Pair::new(&spelled(availability), &spelled(activity)),
+        }
+    }
+}
+
+/// Values of either set as Graph documents them (PascalCase).
+const DOCUMENTED: [&str; 19] = [
+    "Available",
+    "AvailableIdle",
+    "AvailableInactive",
+    "Away",
+    "BeRightBack",
+    "Busy",
+    "BusyIdle",
+    "DoNotDisturb",
+    "Focusing",
+    "InACall",
+    "InAConferenceCall",
+    "InAMeeting",
+    "Inactive",
+    "Offline",
+    "OffWork",
+    "OutOfOffice",
+    "PresenceUnknown",
+    "Presenting",
+    "UrgentInterruptionsOnly",
+];
+
+/// `value` spelled as documented when it is a documented value in any case, else as it came.
+fn spelled(value: &str) -> String {
+    DOCUMENTED
+        .iter()
+        .find(|d| d.eq_ignore_ascii_case(value))
+        .map_or_else(|| value.to_owned(), |d| (*d).to_owned())
 }
 
 impl fmt::Display for Pair {
@@ -178,9 +235,11 @@ impl Mapping {
         }
     }
 
-    /// Map a Teams pair to canonical by its availability.
+    /// Map a Teams pair to canonical by its availability, in either value set: a meeting or a
+    /// call is Busy, presenting or focusing DoNotDisturb.
     pub fn to_canonical(native: &NativeState) -> Mapped {
-        let pair = Pair::from_code(&native.code);
+        let raw = Pair::from_code(&native.code);
+        let pair = Pair::normalized(&raw.availability, &raw.activity);
         let a = pair.availability.to_ascii_lowercase();
         let known = |availability| Mapped {
             availability,
@@ -271,5 +330,52 @@ mod tests {
         assert_eq!(c("offline/OffWork").availability, Availability::Offline);
         let unknown = c("PresenceUnknown/PresenceUnknown");
         assert!(!unknown.known && !unknown.availability.is_routable());
+    }
+
+    #[test]
+    fn the_2025_values_map_as_their_older_pairs_in_any_case() {
+        let c = |code: &str| Mapping::to_canonical(&NativeState::new(code));
+        for code in [
+            "InAMeeting/Busy",
+            "inACall/busy",
+            "INAMEETING/Busy",
+            "Busy/InAMeeting",
+        ] {
+            let m = c(code);
+            assert!(m.known && m.availability == Availability::Busy, "{code}");
+        }
+        for code in ["Presenting/DoNotDisturb", "focusing/doNotDisturb"] {
+            assert_eq!(c(code).availability, Availability::DoNotDisturb, "{code}");
+        }
+        assert_eq!(
+            c("AvailableIdle/Available").availability,
+            Availability::Available
+        );
+        assert_eq!(c("BusyIdle/Busy").availability, Availability::Busy);
+    }
+
+    #[test]
+    fn pairs_are_kept_in_the_older_form_spelled_as_documented() {
+        assert_eq!(
+            Pair::normalized("InAMeeting", "Busy").code(),
+            "Busy/InAMeeting"
+        );
+        assert_eq!(Pair::normalized("inACall", "busy").code(), "Busy/InACall");
+        assert_eq!(
+            Pair::normalized("presenting", "doNotDisturb").code(),
+            "DoNotDisturb/Presenting"
+        );
+        assert_eq!(
+            Pair::normalized("busy", "inAMeeting").code(),
+            "Busy/InAMeeting"
+        );
+        assert_eq!(
+            Pair::normalized("Busy", "SomethingNew").code(),
+            "Busy/SomethingNew"
+        );
+        assert_eq!(
+            Pair::normalized(" available ", "Available").code(),
+            "Available/Available"
+        );
     }
 }

@@ -189,7 +189,9 @@ fn change(ingress: &TeamsIngress, mut c: ChangeItem) -> Option<Observation> {
             Some(Observation {
                 system: ingress.system.clone(),
                 external_id: ExternalId(user.clone()),
-                native: NativeState::new(format!("{a}/{}", activity.unwrap_or(a))),
+                native: NativeState::new(
+                    crate::mapping::Pair::normalized(a, activity.unwrap_or(a)).code(),
+                ),
                 source_time: now,
                 sequence: None,
                 origin: Origin::Unknown,

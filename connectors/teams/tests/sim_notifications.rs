@@ -181,8 +181,12 @@ async fn rich_notifications_carry_the_presence_encrypted_for_the_certificate() {
         .decrypt(&content)
         .unwrap();
     assert_eq!(plain["id"], ANN);
-    assert_eq!(plain["availability"], "Busy");
-    assert_eq!(plain["activity"], "InAMeeting");
+    assert_eq!(plain["availability"], "InAMeeting");
+    assert_eq!(plain["activity"], "Busy");
+    assert_eq!(
+        plain["sequenceNumber"].as_str(),
+        env.sim.sequence_number(ANN).as_deref()
+    );
     assert_eq!(plain["@odata.type"], "#microsoft.graph.presence");
 }
 

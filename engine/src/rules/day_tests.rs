@@ -13,7 +13,7 @@ use crate::clock::ManualClock;
 use crate::config::Hold;
 use crate::connector::Connector;
 use crate::memory::MemorySystem;
-use crate::model::{Expectation, NativeState, WrittenState};
+use crate::model::{Expectation, ExternalId, NativeState, WrittenState};
 use crate::topology::TopologyConfig;
 use Availability::*;
 
@@ -38,7 +38,7 @@ struct Day {
     /// Every decision's rule, with the hold notes.
     rules: Vec<String>,
     /// Systems the decisions asked to read again.
-    refresh: Vec<SystemId>,
+    refresh: Vec<(SystemId, ExternalId)>,
 }
 
 impl Day {
@@ -404,7 +404,12 @@ fn a_teams_meeting_holds_d365_through_its_recalculations_and_releases_to_capacit
     let d = day.sees(TEAMS, Available, "Available/Available", T0 + 3_000);
     day.land(T0 + 3_010);
     assert!(day.made[from..].is_empty(), "{:?}", day.made);
-    assert_eq!(day.refresh, vec![SystemId::from(D365)], "{}", d.detail);
+    assert_eq!(
+        day.refresh,
+        vec![(SystemId::from(D365), ExternalId::from("agent"))],
+        "{}",
+        d.detail
+    );
     // The read: one conversation open, so Busy.
     let d = day.d365_read(DoNotDisturb, IN_A_MEETING, T0 + 2_020, T0 + 3_050, Busy);
     day.land(T0 + 3_100);

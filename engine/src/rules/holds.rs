@@ -284,7 +284,9 @@ fn release(
     // Hold still until the held system says what its automation gives now.
     d.outbox.clear();
     d.canonical = None;
-    d.refresh.push(target.clone());
+    if let Some(user) = view.external_ids.get(target) {
+        d.refresh.push((target.clone(), user.clone()));
+    }
     d.notes.push(Note::hold(
         "released",
         None,

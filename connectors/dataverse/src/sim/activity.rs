@@ -1,8 +1,10 @@
 //! Agents who change presence on their own, as D365 and its agents do all day
-//! (dataverse.md §2.4): the capacity engine flips Available / Busy / Busy - DND (`SYSTEM`),
-//! agents pick Away, DND or Available themselves (`AGENT`), and agents sign out (Offline) and
-//! back in. Driven by a seeded generator, so a run is reproducible for a given seed and order
-//! of agents; each change emits its webhook like any other.
+//! (dataverse.md §2.4): the capacity engine flips Available / Busy / Busy - DND (`SYSTEM`,
+//! written directly and recorded as [`super::SystemReason::Other`], not through the
+//! conversation model), agents pick Away, DND or Available themselves (`AGENT`), and agents
+//! sign out (Offline, conversations closed) and back in. Driven by a seeded generator, so a run
+//! is reproducible for a given seed and order of agents; each change emits its webhook like any
+//! other.
 
 use std::sync::Weak;
 use std::time::Duration;
@@ -141,15 +143,19 @@ pub(crate) async fn run(shared: Weak<Shared>, a: Activity) {
             continue;
         };
         let done = match decide(&mut rng, &a, logged_in, &current) {
-            Some(Step::SignOut) => s
-                .set_presence(agent, builtin::OFFLINE, BY_SYSTEM, Some(false))
-                .is_ok(),
-            Some(Step::SignIn) => s
-                .set_presence(agent, builtin::AVAILABLE, BY_SYSTEM, Some(true))
-                .is_ok(),
-            Some(Step::Set { presence, by }) => s.set_presence(agent, presence, by, None).is_ok(),
-            None => false,
-        };
+            Some(Step::SignOut) => s.apply(|st, _| st.sign_out(agent).map(|c| vec![c])),
+            Some(Step::SignIn) => {
+                s.apply(|st, _| st.sign_in(agent, builtin::AVAILABLE).map(|c| vec![c]))
+            }
+            Some(Step::Set { presence, by }) if by == BY_AGENT => {
+                s.apply(|st, _| st.set_by_agent(agent, presence).map(|c| vec![c]))
+            }
+            Some(Step::Set { presence, .. }) => {
+                s.apply(|st, _| st.set_by_system(agent, presence).map(|c| vec![c]))
+            }
+            None => Ok(None),
+        }
+        .is_ok_and(|v| v.is_some());
         if done {
             changes += 1;
         }

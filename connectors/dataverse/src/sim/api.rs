@@ -304,6 +304,15 @@ fn is_supervisor(shared: &Shared, caller: &Caller) -> bool {
     }
 }
 
+/// The answer to a caller without Omnichannel Supervisor: [`super::SimConfig::role_missing_status`]
+/// (403 or 405, UNCONFIRMED); anything that is not a 4xx status is answered as 403.
+fn role_missing_status(shared: &Shared) -> StatusCode {
+    StatusCode::from_u16(shared.role_missing_status)
+        .ok()
+        .filter(StatusCode::is_client_error)
+        .unwrap_or(StatusCode::FORBIDDEN)
+}
+
 /// `POST CCaaS_ModifyAgentPresence` (dataverse.md §5.2).
 fn modify_presence(shared: &Shared, req: &Req<'_>, caller: &Caller) -> Result<Response, ApiError> {
     let content_type = header(req.headers, CONTENT_TYPE.as_str()).unwrap_or("");
@@ -339,7 +348,7 @@ fn modify_presence(shared: &Shared, req: &Req<'_>, caller: &Caller) -> Result<Re
             Caller::User(u) => format!("user {}", u.id),
         };
         return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
+            role_missing_status(shared),
             code::PRIVILEGE_DENIED,
             format!("Principal {who} is missing the Omnichannel Supervisor role, which {MODIFY} requires."),
         ));
@@ -362,7 +371,21 @@ fn modify_presence(shared: &Shared, req: &Req<'_>, caller: &Caller) -> Result<Re
             ));
         }
     }
-    match shared.set_presence(&agent_id, &presence_id, &shared.modified_by_for_api, None) {
+    let caller_id = match caller {
+        Caller::App => "app".to_owned(),
+        Caller::User(u) => u.id.clone(),
+    };
+    let written = shared.apply(|st, rules| {
+        st.set_by_api(
+            &agent_id,
+            &presence_id,
+            &shared.modified_by_for_api,
+            caller_id,
+            rules,
+        )
+        .map(|c| vec![c])
+    });
+    match written {
         Ok(_) => Ok(json_response(json!({}))),
         Err(SetError::UnknownAgent) => Err(ApiError::not_found("agent", &agent_id)),
         Err(SetError::UnknownPresence) => Err(ApiError::bad_request(format!(

@@ -4,46 +4,68 @@
 //! [`DataverseSim::router`] serves:
 //! - the Entra token endpoint `POST /{tenant}/oauth2/v2.0/token` (from `presync_entra::sim`);
 //!   every `/api/data/v9.2/...` request needs a bearer token it issued, else 401;
-//! - `POST CCaaS_ModifyAgentPresence` with the Supervisor-only rule, impersonation through
-//!   `MSCRMCallerID` or `CallerObjectId`, and the 400/403/404 answers (dataverse.md §5.2, §5.3);
+//! - `POST CCaaS_ModifyAgentPresence` with the Supervisor-only rule (403, or 405 by
+//!   [`SimConfig::role_missing_status`]), impersonation through `MSCRMCallerID` or
+//!   `CallerObjectId`, and the 400/404 answers (dataverse.md §5.2, §5.3);
 //! - `GET CCaaS_GetPresence(ApiVersion=@p1)?@p1='1.0'` and the bare `GET CCaaS_GetPresence`
 //!   (which form the real service wants is UNCONFIRMED, so both work), for the impersonated agent;
 //! - OData reads of `msdyn_agentstatuses`, `msdyn_presences` and `systemusers` with `$select`,
 //!   `$expand`, simple `$filter` and server-driven paging;
 //! - the service-protection limit per caller: 429 with `Retry-After` (dataverse.md §8).
 //!
-//! Each change to an agent-status row (API write, [`DataverseSim::agent_sets`],
-//! [`DataverseSim::system_sets`], sign-in and -out, [`DataverseSim::start_activity`]) is POSTed
-//! to the configured webhook in the exact `RemoteExecutionContext` shape of Microsoft's samples,
-//! in order, from a background task. Faults ([`Fault`]) make requests or deliveries fail the way
-//! the real ones do.
+//! D365's own automation (dataverse.md §2.4) runs inside: conversations take capacity
+//! ([`DataverseSim::accept`], [`DataverseSim::close`]) and the presence is recalculated from
+//! capacity at each one unless the agent chose Away, Busy - DND or Offline by hand; sign-out
+//! closes every conversation; a disconnect is Offline at once and a reconnect restores or
+//! recalculates ([`DataverseSim::disconnect`], [`DataverseSim::reconnect`]). A router
+//! ([`DataverseSim::route_next`]) offers work by base status. [`DataverseSim::changes`] records
+//! every presence write with its cause, the genuine ones (people, D365) apart from presync's.
+//!
+//! Each presence write (API write, [`DataverseSim::agent_sets`], [`DataverseSim::system_sets`],
+//! sign-in and -out, recalculation, disconnect and reconnect, [`DataverseSim::start_activity`])
+//! is POSTed to the configured webhook in the exact `RemoteExecutionContext` shape of
+//! Microsoft's samples, in order, from a background task. Faults ([`Fault`]) make requests or
+//! deliveries fail the way the real ones do.
 //!
 //! Start with [`SimConfig::new`] and [`DataverseSim::new`], add agents with
 //! [`DataverseSim::add_agent`], then [`DataverseSim::spawn`] (or [`DataverseSim::serve`]) and
 //! point the client at `http://{addr}`, with `http://{addr}` as its Entra authority.
 //!
-//! Files, by concept: `state.rs` (the tables, clock and row versions), `api.rs` (auth,
-//! impersonation, limits, the CCaaS APIs), `odata.rs` and `query.rs` (the OData reads),
-//! `webhook_body.rs` and `webhook_create.rs` (the Update and Create bodies), `webhooks.rs`
-//! (the delivery queue and task), `faults.rs`, `activity.rs`, and the small `json.rs`,
-//! `dates.rs`, `errors.rs`.
+//! Files, by concept: `config.rs` (the set-up and its switches), `state.rs` (the tables, clock
+//! and row versions), `session.rs` (capacity, recalculation, sign-in and -out, disconnects),
+//! `routing.rs` (the router and its offers), `record.rs` (the record of changes and the
+//! refusals), `api.rs` (auth, impersonation, limits, the CCaaS APIs), `odata.rs` and `query.rs`
+//! (the OData reads), `webhook_body.rs` and `webhook_create.rs` (the Update and Create bodies),
+//! `webhooks.rs` (the delivery queue and task), `faults.rs`, `activity.rs`, and the small
+//! `json.rs`, `dates.rs`, `errors.rs`.
 //!
 //! Deliberate choices where the real service is unknown or differs from intuition:
 //! - `versionnumber`/`RowVersion` is one counter for the whole org, like SQL Server
 //!   `rowversion`: a row's version grows by exactly one only if nothing else changed meanwhile.
 //! - Writing the same presence again still stamps, versions and emits (Dataverse does not
-//!   compare values on Update, and the step filter fires on the column being present).
+//!   compare values on Update, and the step filter fires on the column being present). A
+//!   recalculation, by contrast, writes the presence only when it differs.
+//! - An accept or close is two Updates: the capacity (which versions the row but sends no
+//!   webhook, the step being filtered on `msdyn_currentpresenceid`), then the recalculated
+//!   presence if it changed.
+//! - Whether an API-set presence counts as a hand choice is a switch
+//!   ([`SimConfig::api_presence_is_manual`], UNCONFIRMED), as are the status for a missing
+//!   role ([`SimConfig::role_missing_status`]) and the 404 for a signed-out agent.
 //! - Bodies and `msdyn_presencemodifiedon` use whole seconds; `...withmilliseconds` carries ms.
 //!   The clock is made strictly increasing so two changes never share a millisecond.
 
 mod activity;
 mod api;
+mod config;
 mod dates;
 mod errors;
 mod faults;
 mod json;
 mod odata;
 mod query;
+mod record;
+mod routing;
+mod session;
 mod state;
 mod webhook_body;
 mod webhook_create;
@@ -57,116 +79,19 @@ use std::time::Duration;
 use presync_entra::sim::SimAuthority;
 use presync_entra::CredentialError;
 
-use crate::config::WebhookAuth;
 use crate::mapping::{builtin, PresenceEntry};
 use faults::{ApiFault, ApiFaults, RateLimiter};
-use state::{State, BY_AGENT, BY_SYSTEM};
+use session::Rules;
+use state::{RowChange, State};
 use webhook_body::OrgIds;
 use webhooks::Outbox;
 
 pub use activity::Activity;
+pub use config::{SimConfig, SimCredential, WebhookTarget};
 pub use faults::Fault;
+pub use record::{ChangeCause, SimChange, SimRefusal, SystemReason};
+pub use routing::Offer;
 pub use webhooks::Delivery;
-
-/// How the simulated application proves itself to the token endpoint.
-#[derive(Clone)]
-pub enum SimCredential {
-    /// A client secret.
-    ClientSecret(String),
-    /// The PEM certificate whose key signs the client assertion.
-    CertificatePem(String),
-}
-
-impl std::fmt::Debug for SimCredential {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SimCredential::ClientSecret(_) => f.write_str("ClientSecret(***)"),
-            SimCredential::CertificatePem(_) => f.write_str("CertificatePem(..)"),
-        }
-    }
-}
-
-/// The webhook registration: a `serviceendpoint` (contract 8) with steps on `msdyn_agentstatus`.
-#[derive(Debug, Clone)]
-pub struct WebhookTarget {
-    /// The endpoint URL.
-    pub url: String,
-    /// How Dataverse authenticates to it (dataverse.md §4.2).
-    pub auth: WebhookAuth,
-    /// Whether a Create step is registered too (the "new agent" sample); default true. The
-    /// Update step (filtered on `msdyn_currentpresenceid`) is always registered.
-    pub emit_create: bool,
-    /// How long Dataverse waits for an answer; 60 s.
-    pub timeout: Duration,
-    /// The pause before the single retry after 502/503/504 (the real delay is undocumented);
-    /// default 1 s.
-    pub retry_delay: Duration,
-}
-
-impl WebhookTarget {
-    /// A target with the defaults.
-    pub fn new(url: impl Into<String>, auth: WebhookAuth) -> Self {
-        WebhookTarget {
-            url: url.into(),
-            auth,
-            emit_create: true,
-            timeout: webhooks::DEFAULT_TIMEOUT,
-            retry_delay: Duration::from_secs(1),
-        }
-    }
-}
-
-/// The simulated environment.
-#[derive(Debug, Clone)]
-pub struct SimConfig {
-    /// The Entra tenant of the token endpoint.
-    pub tenant_id: String,
-    /// The application (client) id, which is also the application user.
-    pub client_id: String,
-    /// The application's credential.
-    pub credential: SimCredential,
-    /// The environment's host, sent as `x-ms-dynamics-organization` (e.g. `contoso.crm.dynamics.com`).
-    pub org_host: String,
-    /// The webhook registration; `None` sends no webhooks.
-    pub webhook: Option<WebhookTarget>,
-    /// Systemuserids holding Omnichannel Supervisor: the callers `CCaaS_ModifyAgentPresence`
-    /// accepts (since 2026-05-07, dataverse.md §5.2).
-    pub supervisors: Vec<String>,
-    /// Whether the application user itself holds Supervisor, so a call with no impersonation
-    /// header is accepted. Default true.
-    pub app_user_is_supervisor: bool,
-    /// Requests per caller per sliding window: 6,000 per 300 s by default.
-    pub rate_limit: (u32, Duration),
-    /// `msdyn_presencemodifiedby` written by `CCaaS_ModifyAgentPresence`: default `"AGENT"`.
-    /// UNCONFIRMED (dataverse.md §4.10): change it to test the other case.
-    pub modified_by_for_api: String,
-    /// `CCaaS_ModifyAgentPresence` answers 404 for a signed-out agent (a practitioner report,
-    /// UNCONFIRMED, dataverse.md §5.2). Default true.
-    pub require_signed_in: bool,
-}
-
-impl SimConfig {
-    /// A configuration with every default and no webhook.
-    pub fn new(
-        tenant_id: impl Into<String>,
-        client_id: impl Into<String>,
-        credential: SimCredential,
-        org_host: impl Into<String>,
-    ) -> Self {
-        SimConfig {
-            tenant_id: tenant_id.into(),
-            client_id: client_id.into(),
-            credential,
-            org_host: org_host.into(),
-            webhook: None,
-            supervisors: Vec::new(),
-            app_user_is_supervisor: true,
-            rate_limit: (6_000, Duration::from_secs(300)),
-            modified_by_for_api: BY_AGENT.to_owned(),
-            require_signed_in: true,
-        }
-    }
-}
 
 /// An agent's `msdyn_agentstatus` row, as the simulator holds it (the truth tests compare to).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -216,6 +141,8 @@ pub(crate) struct Shared {
     rate_limit: (u32, Duration),
     modified_by_for_api: String,
     require_signed_in: bool,
+    role_missing_status: u16,
+    rules: Rules,
     authority: SimAuthority,
     ids: OrgIds,
     state: Mutex<State>,
@@ -282,6 +209,14 @@ impl DataverseSim {
                 rate_limit: cfg.rate_limit,
                 modified_by_for_api: cfg.modified_by_for_api,
                 require_signed_in: cfg.require_signed_in,
+                role_missing_status: cfg.role_missing_status,
+                rules: Rules {
+                    conversation_units: i64::from(cfg.conversation_units),
+                    api_presence_is_manual: cfg.api_presence_is_manual,
+                    restore_window_ms: i64::try_from(cfg.restore_window.as_millis())
+                        .unwrap_or(i64::MAX),
+                    routable: cfg.routable,
+                },
                 authority,
                 ids: OrgIds::generate(),
                 state: Mutex::new(State::new()),
@@ -376,38 +311,97 @@ impl DataverseSim {
         lock(&self.shared.state).add_presence(entry);
     }
 
-    /// The agent picks a presence (`msdyn_presencemodifiedby` `AGENT`). Returns the new row
+    /// The agent picks a presence (`msdyn_presencemodifiedby` `AGENT`). An Away, Busy - DND or
+    /// Offline chosen this way lasts until sign-out or the next manual change; an Available or
+    /// Busy only until the next accept or close (dataverse.md §2.4). Returns the new row
     /// version, or `None` for an unknown agent or presence.
     pub fn agent_sets(&self, systemuser_id: &str, presence_id: &str) -> Option<i64> {
-        self.change(systemuser_id, presence_id, BY_AGENT, None)
-    }
-
-    /// D365 changes the presence itself, e.g. from capacity (`SYSTEM`).
-    pub fn system_sets(&self, systemuser_id: &str, presence_id: &str) -> Option<i64> {
-        self.change(systemuser_id, presence_id, BY_SYSTEM, None)
-    }
-
-    /// The agent signs out: Offline, not logged in, by `SYSTEM`.
-    pub fn sign_out(&self, systemuser_id: &str) -> Option<i64> {
-        self.change(systemuser_id, builtin::OFFLINE, BY_SYSTEM, Some(false))
-    }
-
-    /// The agent signs in with `presence_id` (their default presence), by `SYSTEM`.
-    pub fn sign_in(&self, systemuser_id: &str, presence_id: &str) -> Option<i64> {
-        self.change(systemuser_id, presence_id, BY_SYSTEM, Some(true))
-    }
-
-    fn change(
-        &self,
-        agent: &str,
-        presence: &str,
-        by: &str,
-        logged_in: Option<bool>,
-    ) -> Option<i64> {
-        self.ensure_worker();
-        self.shared
-            .set_presence(agent, presence, by, logged_in)
+        self.apply(|st, _| st.set_by_agent(systemuser_id, presence_id).map(|c| vec![c]))
             .ok()
+            .flatten()
+    }
+
+    /// D365 changes the presence itself for a reason the simulator does not model (`SYSTEM`,
+    /// recorded as [`SystemReason::Other`]); replaced at the next accept or close.
+    pub fn system_sets(&self, systemuser_id: &str, presence_id: &str) -> Option<i64> {
+        self.apply(|st, _| {
+            st.set_by_system(systemuser_id, presence_id)
+                .map(|c| vec![c])
+        })
+        .ok()
+        .flatten()
+    }
+
+    /// The agent signs out: Offline, not logged in, by `SYSTEM`; every conversation is closed
+    /// (capacity back to full) and nothing is sticky any more.
+    pub fn sign_out(&self, systemuser_id: &str) -> Option<i64> {
+        self.apply(|st, _| st.sign_out(systemuser_id).map(|c| vec![c]))
+            .ok()
+            .flatten()
+    }
+
+    /// The agent signs in with `presence_id` (their default presence), by `SYSTEM`, with no
+    /// conversations.
+    pub fn sign_in(&self, systemuser_id: &str, presence_id: &str) -> Option<i64> {
+        self.apply(|st, _| st.sign_in(systemuser_id, presence_id).map(|c| vec![c]))
+            .ok()
+            .flatten()
+    }
+
+    /// The agent accepts a conversation: it takes [`SimConfig::conversation_units`] of the
+    /// capacity (an Update that sends no webhook, the step being filtered on the presence), then
+    /// D365 recalculates the presence unless it is sticky (dataverse.md §2.4).
+    pub fn accept(&self, systemuser_id: &str) -> Result<(), SimRefusal> {
+        self.apply(|st, rules| st.accept(systemuser_id, rules))
+            .map(drop)
+    }
+
+    /// A conversation of the agent's ends: its capacity is freed, then D365 recalculates the
+    /// presence unless it is sticky or the agent is disconnected.
+    pub fn close(&self, systemuser_id: &str) -> Result<(), SimRefusal> {
+        self.apply(|st, rules| st.close(systemuser_id, rules))
+            .map(drop)
+    }
+
+    /// The agent's client goes away (tab closed, asleep, network lost): Offline at once, by
+    /// `SYSTEM`, not logged in, conversations kept. [`Self::reconnect`] brings the agent back.
+    pub fn disconnect(&self, systemuser_id: &str) -> Result<(), SimRefusal> {
+        self.apply(|st, _| st.disconnect(systemuser_id).map(|c| vec![c]))
+            .map(drop)
+    }
+
+    /// The agent is back after [`Self::disconnect`]: within [`SimConfig::restore_window`] the
+    /// previous presence is restored (by `SYSTEM`, as sticky as it was); later, the presence is
+    /// recalculated from capacity. Logged in again either way.
+    pub fn reconnect(&self, systemuser_id: &str) -> Result<(), SimRefusal> {
+        self.apply(|st, rules| st.reconnect(systemuser_id, rules).map(|c| vec![c]))
+            .map(drop)
+    }
+
+    /// Run one operation and queue the webhooks of the rows it changed; returns the last row
+    /// version written.
+    fn apply<E>(
+        &self,
+        op: impl FnOnce(&mut State, &Rules) -> Result<Vec<RowChange>, E>,
+    ) -> Result<Option<i64>, E> {
+        self.ensure_worker();
+        self.shared.apply(op)
+    }
+
+    /// Every presence write so far, in order, with its cause: what people and D365 did
+    /// ([`ChangeCause::Agent`], [`ChangeCause::System`]) and what came through the API
+    /// ([`ChangeCause::Api`]). Creating a row is not in it; a recalculation that kept the
+    /// presence is not in it either.
+    pub fn changes(&self) -> Vec<SimChange> {
+        lock(&self.shared.state).journal.clone()
+    }
+
+    /// The agent's free capacity units (`msdyn_availableunitscapacity`) and open conversations
+    /// (`msdyn_assignedconversationcount`).
+    pub fn capacity(&self, systemuser_id: &str) -> Option<(i64, i64)> {
+        lock(&self.shared.state)
+            .agent(systemuser_id)
+            .map(|a| (a.capacity, a.assigned_conversations))
     }
 
     /// The agent's current presence id.
@@ -495,18 +489,18 @@ impl DataverseSim {
 }
 
 impl Shared {
-    /// Change a row and queue its webhook, under one lock so webhooks leave in row order.
-    pub(crate) fn set_presence(
+    /// Run one operation on the tables and queue the webhooks of the rows it changed, under one
+    /// lock so webhooks leave in row order. Returns the last row version written.
+    pub(crate) fn apply<E>(
         &self,
-        agent: &str,
-        presence: &str,
-        by: &str,
-        logged_in: Option<bool>,
-    ) -> Result<i64, state::SetError> {
+        op: impl FnOnce(&mut State, &Rules) -> Result<Vec<RowChange>, E>,
+    ) -> Result<Option<i64>, E> {
         let mut st = lock(&self.state);
-        let change = st.set_presence(agent, presence, by, logged_in)?;
-        let version = change.row.row_version;
-        self.outbox.push(change);
+        let changes = op(&mut st, &self.rules)?;
+        let version = changes.last().map(|c| c.row.row_version);
+        for change in changes {
+            self.outbox.push(change);
+        }
         Ok(version)
     }
 }

@@ -117,6 +117,7 @@ fn agent_row(a: &AgentRow) -> Map<String, Value> {
         "msdyn_presencemodifiedby": a.modified_by,
         "versionnumber": a.row_version,
         "msdyn_availableunitscapacity": a.capacity,
+        "msdyn_assignedconversationcount": a.assigned_conversations,
         "msdyn_capacitymodifiedon": iso_seconds(a.capacity_modified_on_ms),
         "msdyn_isblockedbysomeprofile": false,
         "createdon": iso_seconds(a.created_on_ms),

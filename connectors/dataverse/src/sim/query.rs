@@ -45,6 +45,7 @@ fn columns(set: EntitySet) -> &'static [&'static str] {
             "msdyn_presencemodifiedby",
             "versionnumber",
             "msdyn_availableunitscapacity",
+            "msdyn_assignedconversationcount",
             "msdyn_capacitymodifiedon",
             "msdyn_isblockedbysomeprofile",
             "createdon",

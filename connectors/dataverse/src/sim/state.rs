@@ -1,20 +1,28 @@
 //! The simulated org's data: system users, `msdyn_presence` rows and one `msdyn_agentstatus` row
-//! per agent, with the clock and row-version counter that stamp every change.
+//! per agent, with the clock and row-version counter that stamp every change, plus what D365
+//! keeps beside the row (each agent's [`Session`], the record of presence changes, the offers).
 //!
 //! Every mutation returns a [`RowChange`], the after-image the webhook is built from; nothing in
-//! here does I/O.
+//! here does I/O. The rules that decide *which* writes happen (recalculation, sign-in and -out,
+//! disconnects) are in `session.rs`; the router is in `routing.rs`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use presync_engine::Availability;
+
+use super::record::SimChange;
+use super::routing::Offer;
+use super::session::Session;
 use crate::mapping::{Catalog, PresenceEntry};
 
 /// `msdyn_presencemodifiedby` when the agent picks a presence.
 pub(crate) const BY_AGENT: &str = "AGENT";
 /// `msdyn_presencemodifiedby` when D365 itself changes it (capacity, sign-in, sign-out).
 pub(crate) const BY_SYSTEM: &str = "SYSTEM";
-/// `msdyn_availableunitscapacity` of a fresh agent, as in both Microsoft samples.
-const DEFAULT_CAPACITY: i64 = 100;
+/// `msdyn_availableunitscapacity` of a fresh agent, as in both Microsoft samples: every agent's
+/// whole capacity.
+pub(crate) const DEFAULT_CAPACITY: i64 = 100;
 /// First `versionnumber` handed out; the update sample's `RowVersion` is of this magnitude.
 const FIRST_VERSION: i64 = 5_948_000;
 
@@ -39,7 +47,10 @@ pub(crate) struct AgentRow {
     pub modified_by: String,
     /// `versionnumber`, also the webhook Target's `RowVersion`.
     pub row_version: i64,
+    /// `msdyn_availableunitscapacity`.
     pub capacity: i64,
+    /// `msdyn_assignedconversationcount`: the open conversations.
+    pub assigned_conversations: i64,
     pub capacity_modified_on_ms: i64,
     pub created_on_ms: i64,
     /// When the current session started (`CCaaS_GetPresence`'s `Timestamp`).
@@ -69,6 +80,20 @@ pub(crate) struct RowChange {
     pub row: AgentRow,
     /// When the operation ran (ms); equals `row.modified_on_ms` for presence changes.
     pub at_ms: i64,
+    /// Whether `msdyn_currentpresenceid` was written. The Update step is filtered on that
+    /// column, so an Update that only changes capacity sends no webhook.
+    pub presence_written: bool,
+}
+
+/// The columns one Update writes; `None` leaves a column alone.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct RowWrite<'a> {
+    /// `msdyn_currentpresenceid` and `msdyn_presencemodifiedby`.
+    pub presence: Option<(&'a str, &'a str)>,
+    /// `msdyn_isagentloggedin`.
+    pub logged_in: Option<bool>,
+    /// `msdyn_assignedconversationcount` and `msdyn_availableunitscapacity`.
+    pub conversations: Option<(i64, i64)>,
 }
 
 /// Why a presence could not be set.
@@ -90,6 +115,12 @@ pub(crate) struct State {
     /// database, so a row's version grows by one per change only when nothing else changed.
     version: i64,
     last_ms: i64,
+    /// systemuserid -> what D365 remembers beside the row (stickiness, a disconnect).
+    pub(crate) sessions: HashMap<String, Session>,
+    /// Every presence write, in order (see `session.rs`).
+    pub(crate) journal: Vec<SimChange>,
+    /// Every conversation the router offered, in order.
+    pub(crate) offers: Vec<Offer>,
 }
 
 /// Milliseconds since the epoch, from the wall clock.
@@ -124,6 +155,9 @@ impl State {
             presences,
             version: FIRST_VERSION,
             last_ms: 0,
+            sessions: HashMap::new(),
+            journal: Vec::new(),
+            offers: Vec::new(),
         }
     }
 
@@ -178,6 +212,11 @@ impl State {
         self.presences.values()
     }
 
+    /// The canonical availability of a presence's base status (`msdyn_basepresencestatus`).
+    pub(crate) fn base_of(&self, presence_id: &str) -> Option<Availability> {
+        self.presence(presence_id).map(|p| p.base.availability())
+    }
+
     pub(crate) fn agent(&self, systemuser_id: &str) -> Option<&AgentRow> {
         self.agents.get(&key(systemuser_id))
     }
@@ -226,6 +265,7 @@ impl State {
             modified_by: BY_SYSTEM.to_owned(),
             row_version: self.next_version(),
             capacity: DEFAULT_CAPACITY,
+            assigned_conversations: 0,
             capacity_modified_on_ms: now,
             created_on_ms: now,
             signed_in_at_ms: signed_in.then_some(now),
@@ -238,6 +278,7 @@ impl State {
                 message: Message::Create,
                 row,
                 at_ms: now,
+                presence_written: true,
             }),
         ))
     }
@@ -245,7 +286,9 @@ impl State {
     /// Write `msdyn_currentpresenceid` (and optionally `msdyn_isagentloggedin`). The row changes
     /// even when the presence is the same: Dataverse stamps and versions every Update it is
     /// given, and a step filtered on `msdyn_currentpresenceid` fires because the column was in
-    /// the request, not because its value differs.
+    /// the request, not because its value differs. (The simulator writes through
+    /// `session.rs`, which also records the change; this is for the tests of the tables.)
+    #[cfg(test)]
     pub(crate) fn set_presence(
         &mut self,
         systemuser_id: &str,
@@ -253,11 +296,34 @@ impl State {
         modified_by: &str,
         logged_in: Option<bool>,
     ) -> Result<RowChange, SetError> {
-        let presence_id = self
-            .presence(presence_id)
-            .ok_or(SetError::UnknownPresence)?
-            .id
-            .clone();
+        self.write(
+            systemuser_id,
+            RowWrite {
+                presence: Some((presence_id, modified_by)),
+                logged_in,
+                conversations: None,
+            },
+        )
+    }
+
+    /// One Update of the agent's row: the columns in `w`, a new row version, and the time
+    /// stamps of what was written (`msdyn_presencemodifiedon...` for the presence,
+    /// `msdyn_capacitymodifiedon` for the conversations).
+    pub(crate) fn write(
+        &mut self,
+        systemuser_id: &str,
+        w: RowWrite<'_>,
+    ) -> Result<RowChange, SetError> {
+        let presence = match w.presence {
+            Some((p, by)) => Some((
+                self.presence(p)
+                    .ok_or(SetError::UnknownPresence)?
+                    .id
+                    .clone(),
+                by,
+            )),
+            None => None,
+        };
         let id = key(systemuser_id);
         if !self.agents.contains_key(&id) {
             return Err(SetError::UnknownAgent);
@@ -265,11 +331,19 @@ impl State {
         let now = self.now_ms();
         let version = self.next_version();
         let row = self.agents.get_mut(&id).ok_or(SetError::UnknownAgent)?;
-        row.presence_id = presence_id;
-        row.modified_on_ms = now;
-        row.modified_by = modified_by.to_owned();
+        let presence_written = presence.is_some();
+        if let Some((presence_id, by)) = presence {
+            row.presence_id = presence_id;
+            row.modified_on_ms = now;
+            row.modified_by = by.to_owned();
+        }
+        if let Some((open, available)) = w.conversations {
+            row.assigned_conversations = open;
+            row.capacity = available;
+            row.capacity_modified_on_ms = now;
+        }
         row.row_version = version;
-        if let Some(l) = logged_in {
+        if let Some(l) = w.logged_in {
             if l && !row.logged_in {
                 row.signed_in_at_ms = Some(now);
             }
@@ -282,6 +356,7 @@ impl State {
             message: Message::Update,
             row: row.clone(),
             at_ms: now,
+            presence_written,
         })
     }
 }
@@ -321,6 +396,29 @@ mod tests {
         );
         assert!(b.row.modified_on_ms > a.row.modified_on_ms);
         assert!(b.row.logged_in && b.row.signed_in_at_ms.is_some());
+    }
+
+    #[test]
+    fn a_capacity_only_write_versions_the_row_but_keeps_the_presence_stamp() {
+        let mut s = State::new();
+        let (_, created) = s
+            .add_agent(AGENT, "aad", "Ann", builtin::AVAILABLE, true)
+            .unwrap();
+        let created = created.unwrap();
+        let c = s
+            .write(
+                AGENT,
+                RowWrite {
+                    conversations: Some((1, 50)),
+                    ..RowWrite::default()
+                },
+            )
+            .unwrap();
+        assert!(!c.presence_written);
+        assert_eq!(c.row.row_version, created.row.row_version + 1);
+        assert_eq!(c.row.modified_on_ms, created.row.modified_on_ms);
+        assert!(c.row.capacity_modified_on_ms > created.row.capacity_modified_on_ms);
+        assert_eq!((c.row.capacity, c.row.assigned_conversations), (50, 1));
     }
 
     #[test]

@@ -8,7 +8,10 @@
 //! presence, row version and flags are the changed row's; everything else is the sample's.
 //!
 //! Beyond the samples, both carry `msdyn_presencemodifiedonwithmilliseconds` (the column exists,
-//! dataverse.md §3.1) so receivers can order changes within a second.
+//! dataverse.md §3.1) so receivers can order changes within a second, and
+//! `msdyn_assignedconversationcount` (a newer column, §3.1) next to
+//! `msdyn_availableunitscapacity`. The Update's post image stays as in the sample: the
+//! `AsynchronousStepPrimaryName` image of an async step carries only the primary key.
 
 use super::json::J;
 use super::state::{new_guid, Message, RowChange};
@@ -251,6 +254,10 @@ fn update_body(ids: &OrgIds, ev: &WebhookEvent) -> J {
             J::kv("modifiedon", J::date(at)),
             J::kv("modifiedonbehalfby", J::Null),
             J::kv("msdyn_availableunitscapacity", J::Int(r.capacity)),
+            J::kv(
+                "msdyn_assignedconversationcount",
+                J::Int(r.assigned_conversations),
+            ),
             J::kv("msdyn_agentstatusid", J::s(&r.status_id)),
             J::kv(
                 "msdyn_capacitymodifiedon",
@@ -275,6 +282,10 @@ fn update_body(ids: &OrgIds, ev: &WebhookEvent) -> J {
         vec![
             J::kv("msdyn_agentstatusid", J::s(&r.status_id)),
             J::kv("msdyn_availableunitscapacity", J::Int(r.capacity)),
+            J::kv(
+                "msdyn_assignedconversationcount",
+                J::Int(r.assigned_conversations),
+            ),
             J::kv(
                 "msdyn_currentpresenceid",
                 reference("msdyn_presence", &r.presence_id),

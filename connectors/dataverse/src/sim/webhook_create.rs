@@ -56,6 +56,10 @@ pub(crate) fn create_body(ids: &OrgIds, ev: &WebhookEvent) -> J {
             J::kv("msdyn_agentid", reference("systemuser", &r.agent_id)),
             J::kv("ownerid", me()),
             J::kv("msdyn_availableunitscapacity", J::Int(r.capacity)),
+            J::kv(
+                "msdyn_assignedconversationcount",
+                J::Int(r.assigned_conversations),
+            ),
             J::kv("msdyn_isblockedbysomeprofile", J::Bool(false)),
             J::kv("owninguser", me()),
             J::kv("modifiedby", me()),
@@ -73,6 +77,10 @@ pub(crate) fn create_body(ids: &OrgIds, ev: &WebhookEvent) -> J {
             J::kv("msdyn_isagentloggedin", yes_no(r.logged_in)),
             J::kv("timezoneruleversionnumber", J::s("4")),
             J::kv("msdyn_availableunitscapacity", J::s(r.capacity.to_string())),
+            J::kv(
+                "msdyn_assignedconversationcount",
+                J::s(r.assigned_conversations.to_string()),
+            ),
             J::kv("msdyn_isblockedbysomeprofile", yes_no(false)),
             J::kv("createdon", formatted_date(r.created_on_ms)),
         ],
@@ -88,6 +96,10 @@ pub(crate) fn create_body(ids: &OrgIds, ev: &WebhookEvent) -> J {
                 reference("msdyn_presence", &r.presence_id),
             ),
             J::kv("msdyn_availableunitscapacity", J::Int(r.capacity)),
+            J::kv(
+                "msdyn_assignedconversationcount",
+                J::Int(r.assigned_conversations),
+            ),
             J::kv(
                 "msdyn_capacitymodifiedon",
                 J::Date {

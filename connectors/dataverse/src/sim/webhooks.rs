@@ -99,12 +99,17 @@ impl Outbox {
         }
     }
 
-    /// Queue the webhook for a change, if a step is registered for its message.
+    /// Queue the webhook for a change, if a step is registered for its message. The Update
+    /// step is filtered on `msdyn_currentpresenceid`, so an Update that did not write that
+    /// column (a capacity change alone) sends nothing.
     pub(crate) fn push(&self, change: RowChange) {
         let Some(target) = &self.target else {
             return;
         };
         if change.message == Message::Create && !target.emit_create {
+            return;
+        }
+        if change.message == Message::Update && !change.presence_written {
             return;
         }
         let mut q = lock(&self.queue);

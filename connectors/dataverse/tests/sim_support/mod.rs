@@ -228,3 +228,25 @@ pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A simulator whose webhook goes to a fresh receiver, with the start-up Create events already
+/// delivered and forgotten; `tweak` adjusts the config first.
+pub async fn start_with_webhook(tweak: impl FnOnce(&mut SimConfig)) -> (Env, Receiver) {
+    let (rx, addr) = Receiver::start().await;
+    let env = start(|c| {
+        c.webhook = Some(target(addr, header_auth()));
+        tweak(c);
+    })
+    .await;
+    env.sim.wait_deliveries_idle().await;
+    rx.got.lock().unwrap().clear();
+    (env, rx)
+}
+
+/// An attribute of a webhook body's Target, by key (`Null` when it is absent).
+pub fn target_attribute(body: &Value, key: &str) -> Value {
+    body["InputParameters"][0]["value"]["Attributes"]
+        .as_array()
+        .and_then(|a| a.iter().find(|kv| kv["key"] == key))
+        .map_or(Value::Null, |kv| kv["value"].clone())
+}

@@ -2,9 +2,15 @@
 //! actions `setPresence`, `clearPresence`, `setUserPreferredPresence`,
 //! `clearUserPreferredPresence`.
 //!
+//! Reads answer each user in its value schema (`schema.rs`), with `sequenceNumber` unless
+//! [`super::GraphSimConfig::emit_sequence_number`] is off; an id the tenant does not know has no
+//! version, so its `PresenceUnknown` answer carries none. The pairs setPresence and
+//! setUserPreferredPresence accept are graph.md §2.3's in every schema.
+//!
 //! Actions answer [`super::GraphSimConfig::action_status`] (200, as documented) with an empty
 //! body; the OpenAPI description says 204, so clients must accept both. Unknown action
-//! parameters are refused with 400, as OData does.
+//! parameters are refused with 400, as OData does. What a write changes is recorded as
+//! [`super::ChangeCause::App`] of the calling application.
 
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -15,9 +21,10 @@ use super::api::{json_body, json_response, only, unqualified, Req};
 use super::dates::{parse_duration, MINUTE};
 use super::errors::GraphError;
 use super::presence::{
-    allowed, describe, AppSession, Pair, Preferred, PREFERRED_PAIRS, SESSION_MAX, SESSION_MIN,
-    SESSION_PAIRS,
+    allowed, describe, AppSession, Pair, Preferred, UserPresence, PREFERRED_PAIRS, SESSION_MAX,
+    SESSION_MIN, SESSION_PAIRS,
 };
+use super::record::{stamp, ChangeCause};
 use super::state::{parse_guid, user_key, State};
 use super::tokens::{Caller, TokenKind};
 use super::{lock, preferred_default, Shared};
@@ -97,11 +104,20 @@ fn presence_json(id: &str, pair: &Pair) -> Value {
     })
 }
 
+/// A known user's presence resource: in its value schema, with `sequenceNumber` if configured.
+fn user_json(shared: &Shared, user: &UserPresence) -> Value {
+    let mut body = presence_json(&user.id, &user.answered(shared.cfg.schema));
+    if shared.cfg.emit_sequence_number {
+        body["sequenceNumber"] = json!(stamp(user.sequence));
+    }
+    body
+}
+
 fn read_one(shared: &Shared, key: &str) -> Result<Response, GraphError> {
     let mut st = lock(&shared.state);
     shared.settle(&mut st);
     let user = st.users().get(key).ok_or_else(|| unknown_user(key))?;
-    let mut body = presence_json(&user.id, &user.shown);
+    let mut body = user_json(shared, user);
     body["@odata.context"] = json!(format!(
         "https://graph.microsoft.com/v1.0/$metadata#users('{}')/presence/$entity",
         user.id
@@ -164,7 +180,7 @@ pub(crate) fn get_presences_by_user_id(
     let value: Vec<Value> = keys
         .iter()
         .map(|(key, given)| match st.users().get(key) {
-            Some(u) => presence_json(&u.id, &u.shown),
+            Some(u) => user_json(shared, u),
             None => presence_json(given, &Pair::new("PresenceUnknown", "PresenceUnknown")),
         })
         .collect();
@@ -245,8 +261,11 @@ fn duration(body: &Map<String, Value>) -> Result<Option<Millis>, GraphError> {
     })
 }
 
+/// Run a write by `caller` on the user under `key`, between two settles (the second records
+/// what changed as [`ChangeCause::App`]).
 fn with_user(
     shared: &Shared,
+    caller: &Caller,
     key: &str,
     f: impl FnOnce(&mut State, Millis) -> Result<(), GraphError>,
 ) -> Result<(), GraphError> {
@@ -257,7 +276,10 @@ fn with_user(
         return Err(unknown_user(key));
     }
     let result = f(&mut st, now);
-    shared.settle(&mut st);
+    let cause = ChangeCause::App {
+        app_id: caller.app_id.clone(),
+    };
+    shared.settle_by(&mut st, key, cause);
     result
 }
 
@@ -284,7 +306,7 @@ fn set_presence(
         )));
     }
     let pair = Pair::new(availability, activity);
-    with_user(shared, key, |st, now| {
+    with_user(shared, caller, key, |st, now| {
         if let Some(u) = st.user_mut(key) {
             u.apps.insert(
                 caller.app_id.clone(),
@@ -306,7 +328,7 @@ fn clear_presence(
     body: &Map<String, Value>,
 ) -> Result<(), GraphError> {
     check_session_id(caller, body)?;
-    with_user(shared, key, |st, _| {
+    with_user(shared, caller, key, |st, _| {
         match st.user_mut(key).and_then(|u| u.apps.remove(&caller.app_id)) {
             Some(_) => Ok(()),
             None => Err(GraphError::not_found(
@@ -346,7 +368,7 @@ fn set_preferred(
         ));
     }
     let pair = Pair::new(availability, activity);
-    with_user(shared, key, |st, now| {
+    with_user(shared, caller, key, |st, now| {
         if let Some(u) = st.user_mut(key) {
             u.preferred = Some(Preferred {
                 state: pair,
@@ -364,7 +386,7 @@ fn clear_preferred(
     _body: &Map<String, Value>,
 ) -> Result<(), GraphError> {
     check_preferred_caller(shared, caller)?;
-    with_user(shared, key, |st, _| {
+    with_user(shared, caller, key, |st, _| {
         if let Some(u) = st.user_mut(key) {
             u.preferred = None;
         }

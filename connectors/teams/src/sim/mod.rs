@@ -18,14 +18,25 @@
 //! - change subscriptions (`POST`, `GET`, `PATCH`, `DELETE /v1.0/subscriptions[/{id}]`), delegated
 //!   only, with the validation handshake, the 650-user and 60-minute caps and conflicts
 //!   (`subscriptions.rs`, `resource.rs`, `handshake.rs`);
-//! - Graph's throttling (1,500 requests per 30 s per application per tenant by default): 429 with
-//!   a decimal `Retry-After` (`faults.rs`).
+//! - Graph's throttling (10,000 requests per 30 s per application per tenant by default, the
+//!   presence limit since September 2025; [`GraphSimConfig::rate_limit`] selects 1,500, the
+//!   per-API pages' figure): 429 with a decimal `Retry-After` (`faults.rs`).
 //!
-//! Presence is an aggregate (`presence.rs`, graph.md §4): the person's own Teams client, one
-//! session per application, and the preferred presence. Time is the injected [`Clock`]: every
-//! request and every method applies fade and expiry at the clock's now, and [`GraphSim::tick`]
-//! does it with nothing else happening (a background task calls it every second of real time;
-//! tests with a [`presync_engine::clock::ManualClock`] advance the clock and call it). When the
+//! Presence is an aggregate (`presence.rs`, graph.md §4): the person's own Teams client (a base
+//! state plus a meeting, a call, presenting and focusing under way, `person.rs`), one session
+//! per application, and the preferred presence. It is held in the legacy values
+//! (`Busy/InAMeeting`) and answered in each user's [`ValueSchema`] (`schema.rs`): by default the
+//! values of September 2025 (`InAMeeting/Busy`), or the legacy ones, per tenant
+//! ([`GraphSimConfig::schema`]) or per user ([`GraphSim::set_user_schema`]); reads, rich
+//! notifications and [`GraphSim::presence`] translate, [`GraphSim::presence_internal`] does not.
+//! Every change of a user's aggregate gets a new `sequenceNumber` and is recorded with its
+//! cause, the person, an application or time ([`GraphSim::changes`], `record.rs`);
+//! [`GraphSim::own_presence`] is what the person's own sources alone show.
+//!
+//! Time is the injected [`Clock`]: every request and every method applies fade and expiry at
+//! the clock's now, and [`GraphSim::tick`] does it with nothing else happening (a background
+//! task calls it every second of real time; tests with a
+//! [`presync_engine::clock::ManualClock`] advance the clock and call it). When the
 //! aggregate of a subscribed user changes, a change notification is queued and POSTed, in order,
 //! by a background task (`notify.rs`); basic notifications carry no availability (graph.md §1.5),
 //! rich ones carry it encrypted with the subscription's certificate (`cert.rs`,
@@ -51,17 +62,32 @@
 //! - Notification URLs may be `http` (loopback receivers have no certificate);
 //!   [`GraphSimConfig::require_https`] enforces Graph's HTTPS rule.
 //! - One notification per POST (Graph may batch several; clients must handle both).
+//! - The activity that accompanies each 2025 availability is UNCONFIRMED (graph.md): `Busy` with
+//!   `InAMeeting` and `InACall`, `DoNotDisturb` with `Presenting` and `Focusing`. Legacy users
+//!   see focusing as `DoNotDisturb/DoNotDisturb` (the legacy set has no Focusing). Choose the
+//!   value set with [`GraphSimConfig::schema`].
+//! - `sequenceNumber` is a per-tenant counter written as 20 zero-padded decimal digits, in
+//!   every presence read and in rich notifications' resource data; whether Graph's payloads
+//!   carry it is UNCONFIRMED ([`GraphSimConfig::emit_sequence_number`] leaves it out). A change
+//!   that reads the same in the user's schema (the fade to `AvailableInactive` in 2025 values)
+//!   still counts as a change: new stamp, record and notification.
+//! - The person's client shows presenting over a call over a meeting over focusing over its
+//!   base state (`person.rs`).
 
 mod actions;
 mod api;
 mod cert;
+mod config;
 mod dates;
 mod errors;
 mod faults;
 mod handshake;
 mod notify;
+mod person;
 mod presence;
+mod record;
 mod resource;
+mod schema;
 mod state;
 mod subscriptions;
 mod tokens;
@@ -69,7 +95,6 @@ mod tokens;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
 
 use axum::routing::post;
 use presync_engine::clock::Clock;
@@ -77,113 +102,17 @@ use presync_engine::Millis;
 
 use faults::{ApiFault, ApiFaults, RateLimiter};
 use notify::Outbox;
-use presence::{ClientSession, Pair, Preferred, UserPresence, PREFERRED_LONG, PREFERRED_SHORT};
+use presence::{PREFERRED_LONG, PREFERRED_SHORT};
 use state::State;
 use tokens::TokenStore;
 
+pub use config::GraphSimConfig;
 pub use faults::Fault;
 pub use notify::{NotificationKind, SentNotification};
+pub use record::{ChangeCause, PresenceChange};
+pub use schema::ValueSchema;
 pub use subscriptions::SimSubscription;
 pub use tokens::{TokenKind, TokenRequest};
-
-/// The simulated tenant and application, and the knobs tests turn.
-#[derive(Clone)]
-pub struct GraphSimConfig {
-    /// The Entra tenant (directory) id; also `tenantId` and `organizationId` in notifications.
-    pub tenant_id: String,
-    /// The application (client) id. Also the only `sessionId` setPresence and clearPresence
-    /// accept (graph.md §2.2), and `applicationId` of subscriptions.
-    pub app_client_id: String,
-    /// The application's client secret, for client credentials.
-    pub app_secret: String,
-    /// The service account's user (object) id: the signed-in user of delegated tokens and
-    /// `creatorId` of subscriptions.
-    pub delegated_account: String,
-    /// The refresh token `presync teams login` would have stored; the simulator accepts it for
-    /// `grant_type=refresh_token` and rotates it (see `tokens.rs` for the grace period).
-    pub refresh_token: String,
-    /// Requests per application per tenant per sliding window: 1,500 per 30 s (graph.md §1.7).
-    pub rate_limit: (u32, Duration),
-    /// How long the simulator waits for a validation reply and for each notification delivery
-    /// attempt: 10 s.
-    pub notification_timeout: Duration,
-    /// A delivery answered with 2xx later than this counts as failed and is retried: 3 s
-    /// (graph.md §6.3).
-    pub ack_deadline: Duration,
-    /// Retries after a failed delivery (non-2xx, no answer, late): 3. Graph retries for up to
-    /// 4 hours; tests want fewer.
-    pub delivery_retries: u32,
-    /// Pause before the first retry, doubled for each further one: 1 s.
-    pub delivery_backoff: Duration,
-    /// Lifetime of access tokens on the simulator's clock: 3,599 s (graph.md §9.3).
-    pub token_lifetime: Duration,
-    /// How long a refresh token stays valid after it was rotated: 5 minutes.
-    pub refresh_token_grace: Duration,
-    /// The polling `interval` the devicecode endpoint answers, in seconds: 5 (Entra's). Polls
-    /// sooner than this after the previous one get `slow_down`.
-    pub device_code_interval_secs: u64,
-    /// How long a device code stays valid (`expires_in`): 15 minutes (Entra's).
-    pub device_code_lifetime: Duration,
-    /// Status of a successful presence write: 200 (documented); set 204 (OpenAPI) to check a
-    /// client accepts both.
-    pub action_status: u16,
-    /// One presence subscription per application per delegated user (graph.md §1.3): true.
-    pub one_subscription_per_user: bool,
-    /// Refuse `http` notification URLs, as Graph does: false, so loopback receivers work.
-    pub require_https: bool,
-    /// Refuse app-only setUserPreferredPresence and clearUserPreferredPresence with 403, as
-    /// graph.md §2.4 suspects (UNCONFIRMED): false, as documented.
-    pub preferred_requires_delegated: bool,
-    /// Call [`GraphSim::tick`] every second of real time from a background task: true.
-    pub auto_tick: bool,
-}
-
-impl GraphSimConfig {
-    /// A configuration with every default.
-    pub fn new(
-        tenant_id: impl Into<String>,
-        app_client_id: impl Into<String>,
-        app_secret: impl Into<String>,
-        delegated_account: impl Into<String>,
-        refresh_token: impl Into<String>,
-    ) -> Self {
-        GraphSimConfig {
-            tenant_id: tenant_id.into(),
-            app_client_id: app_client_id.into(),
-            app_secret: app_secret.into(),
-            delegated_account: delegated_account.into(),
-            refresh_token: refresh_token.into(),
-            rate_limit: (1_500, Duration::from_secs(30)),
-            notification_timeout: Duration::from_secs(10),
-            ack_deadline: Duration::from_secs(3),
-            delivery_retries: 3,
-            delivery_backoff: Duration::from_secs(1),
-            token_lifetime: Duration::from_secs(3_599),
-            refresh_token_grace: Duration::from_secs(300),
-            device_code_interval_secs: 5,
-            device_code_lifetime: Duration::from_secs(900),
-            action_status: 200,
-            one_subscription_per_user: true,
-            require_https: false,
-            preferred_requires_delegated: false,
-            auto_tick: true,
-        }
-    }
-}
-
-impl std::fmt::Debug for GraphSimConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GraphSimConfig")
-            .field("tenant_id", &self.tenant_id)
-            .field("app_client_id", &self.app_client_id)
-            .field("app_secret", &"***")
-            .field("delegated_account", &self.delegated_account)
-            .field("refresh_token", &"***")
-            .field("rate_limit", &self.rate_limit)
-            .field("notification_timeout", &self.notification_timeout)
-            .finish_non_exhaustive()
-    }
-}
 
 /// An application's presence session for a user, as the simulator holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -363,101 +292,66 @@ impl GraphSim {
         self.shared.settle(&mut st);
     }
 
-    /// The person signs in to Teams: their own client session, `Available/Available`. No change
-    /// when already signed in. False for an unknown user.
-    pub fn person_signs_in(&self, user: &str) -> bool {
-        self.person(user, |u, now| {
-            if u.client.is_none() {
-                u.client = Some(ClientSession {
-                    state: Pair::new("Available", "Available"),
-                    since: now,
-                });
-            }
-        })
-    }
-
-    /// The person signs out of Teams: their client session ends.
-    pub fn person_signs_out(&self, user: &str) -> bool {
-        self.person(user, |u, _| u.client = None)
-    }
-
-    /// The person joins a meeting in Teams (signing in if needed): `Busy/InAMeeting`.
-    pub fn person_joins_meeting(&self, user: &str) -> bool {
-        self.person(user, |u, now| {
-            u.client = Some(ClientSession {
-                state: Pair::new("Busy", "InAMeeting"),
-                since: now,
-            });
-        })
-    }
-
-    /// The person takes a Teams call (signing in if needed): `Busy/InACall`.
-    pub fn person_joins_call(&self, user: &str) -> bool {
-        self.person(user, |u, now| {
-            u.client = Some(ClientSession {
-                state: Pair::new("Busy", "InACall"),
-                since: now,
-            });
-        })
-    }
-
-    /// The person leaves the meeting (or call): back to `Available/Available` if still signed in.
-    pub fn person_leaves_meeting(&self, user: &str) -> bool {
-        self.person(user, |u, now| {
-            if let Some(c) = &mut u.client {
-                c.state = Pair::new("Available", "Available");
-                c.since = now;
-            }
-        })
-    }
-
-    /// The person picks a status in Teams: the preferred presence, with Graph's default expiry
-    /// (1 day for DoNotDisturb and Busy, 7 days otherwise). Any pair is taken as given.
-    pub fn person_sets_preferred(&self, user: &str, availability: &str, activity: &str) -> bool {
-        self.person(user, |u, now| {
-            u.preferred = Some(Preferred {
-                state: Pair::new(availability, activity),
-                expires_at: now + preferred_default(availability),
-            });
-        })
-    }
-
-    /// The person resets their status in Teams: the preferred presence is cleared.
-    pub fn person_clears_preferred(&self, user: &str) -> bool {
-        self.person(user, |u, _| u.preferred = None)
-    }
-
-    fn person(&self, user: &str, f: impl FnOnce(&mut UserPresence, Millis)) -> bool {
-        let now = self.shared.clock.now();
-        let mut st = lock(&self.shared.state);
-        self.shared.settle(&mut st);
-        let Some(u) = st.user_mut(user) else {
-            return false;
-        };
-        f(u, now);
-        self.shared.settle(&mut st);
-        true
-    }
-
-    /// The user's aggregate (availability, activity) at the clock's now: the truth tests compare
-    /// to. `PresenceUnknown/PresenceUnknown` for an unknown user.
+    /// The user's aggregate (availability, activity) at the clock's now, in the user's value
+    /// schema, as a read would answer it: the truth tests compare to.
+    /// `PresenceUnknown/PresenceUnknown` for an unknown user.
     pub fn presence(&self, user: &str) -> (String, String) {
         let mut st = lock(&self.shared.state);
         self.shared.settle(&mut st);
-        st.user(user).map_or_else(
-            || ("PresenceUnknown".to_owned(), "PresenceUnknown".to_owned()),
-            |u| u.shown.tuple(),
-        )
+        st.user(user)
+            .map_or_else(unknown, |u| u.answered(self.shared.cfg.schema).tuple())
     }
 
-    /// The preferred presence currently set for the user, if any (whether or not it shows).
+    /// The user's aggregate at the clock's now as the simulator holds it, in the legacy values
+    /// whatever the user's schema (`Busy/InAMeeting`, `Available/AvailableInactive`; focusing is
+    /// `DoNotDisturb/Focusing`). `PresenceUnknown/PresenceUnknown` for an unknown user.
+    pub fn presence_internal(&self, user: &str) -> (String, String) {
+        let mut st = lock(&self.shared.state);
+        self.shared.settle(&mut st);
+        st.user(user).map_or_else(unknown, |u| u.held.tuple())
+    }
+
+    /// The user's current `sequenceNumber` (`record.rs`), whether or not
+    /// [`GraphSimConfig::emit_sequence_number`] puts it in payloads; `None` for an unknown
+    /// user.
+    pub fn sequence_number(&self, user: &str) -> Option<String> {
+        let mut st = lock(&self.shared.state);
+        self.shared.settle(&mut st);
+        st.user(user).map(|u| record::stamp(u.sequence))
+    }
+
+    /// Answer `user` in `schema` from now on, whatever [`GraphSimConfig::schema`] says
+    /// ([`ValueSchema::Mixed`] picks by the user's position, as it does for the tenant). This
+    /// is not a change of the user's presence: no new stamp, no notification. False for an
+    /// unknown user.
+    pub fn set_user_schema(&self, user: &str, schema: ValueSchema) -> bool {
+        let mut st = lock(&self.shared.state);
+        match st.user_quiet_mut(user) {
+            Some(u) => {
+                u.schema = Some(schema);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The value schema `user` is answered in now ([`ValueSchema::V2025`] or
+    /// [`ValueSchema::Legacy`]); `None` for an unknown user.
+    pub fn user_schema(&self, user: &str) -> Option<ValueSchema> {
+        let st = lock(&self.shared.state);
+        st.user(user).map(|u| u.schema(self.shared.cfg.schema))
+    }
+
+    /// The preferred presence currently set for the user, if any (whether or not it shows), as
+    /// held (legacy values).
     pub fn preferred(&self, user: &str) -> Option<(String, String)> {
         let mut st = lock(&self.shared.state);
         self.shared.settle(&mut st);
         st.user(user)?.preferred.as_ref().map(|p| p.state.tuple())
     }
 
-    /// The session of application `app_id` for the user, at the clock's now.
+    /// The session of application `app_id` for the user, at the clock's now, as held (legacy
+    /// values: a faded session is `Available/AvailableInactive`).
     pub fn session(&self, user: &str, app_id: &str) -> Option<SimSession> {
         let now = self.shared.clock.now();
         let mut st = lock(&self.shared.state);
@@ -581,15 +475,39 @@ impl GraphSim {
 }
 
 impl Shared {
-    /// Apply time at the clock's now and queue the notifications it causes (under the caller's
-    /// state lock, so notifications leave in the order of the changes).
+    /// Apply time at the clock's now, record what changed as [`ChangeCause::Timer`] and queue
+    /// the notifications it causes (under the caller's state lock, so records and
+    /// notifications are in the order of the changes).
     pub(crate) fn settle(&self, st: &mut State) {
+        self.settle_as(st, |_| ChangeCause::Timer);
+    }
+
+    /// [`Shared::settle`] right after `user`'s sources were edited by `cause`: the changes of
+    /// `user` are recorded with `cause`, any other user's as [`ChangeCause::Timer`].
+    pub(crate) fn settle_by(&self, st: &mut State, user: &str, cause: ChangeCause) {
+        let key = state::user_key(user);
+        self.settle_as(st, |k| {
+            if k == key {
+                cause.clone()
+            } else {
+                ChangeCause::Timer
+            }
+        });
+    }
+
+    fn settle_as(&self, st: &mut State, cause_of: impl Fn(&str) -> ChangeCause) {
         let now = self.clock.now();
         let changes = st.settle(now);
         if !changes.is_empty() {
-            notify::queue_changes(self, st, &changes);
+            let records = record::record(st, changes, now, self.cfg.schema, cause_of);
+            notify::queue_changes(self, st, &records);
         }
     }
+}
+
+/// The pair answered for an unknown user.
+fn unknown() -> (String, String) {
+    ("PresenceUnknown".to_owned(), "PresenceUnknown".to_owned())
 }
 
 /// Default expiry of a preferred presence (graph.md §2.2).

@@ -21,8 +21,8 @@ use tokio::sync::{watch, Notify};
 
 use super::dates::iso_graph;
 use super::faults::{DeliveryFaults, Fate};
-use super::presence::Pair;
-use super::state::State;
+use super::record::PresenceChange;
+use super::state::{user_key, State};
 use super::subscriptions::Subscription;
 use super::{lock, Shared};
 
@@ -195,17 +195,15 @@ impl Outbox {
 }
 
 /// Queue a change notification per subscription covering each changed user.
-pub(crate) fn queue_changes(shared: &Shared, st: &State, changes: &[(String, Pair)]) {
-    for (key, pair) in changes {
-        let Some(user) = st.users().get(key) else {
-            continue;
-        };
-        for sub in st.subs.iter().filter(|s| s.covers(key)) {
-            let body = change_body(shared, sub, &user.id, pair);
+pub(crate) fn queue_changes(shared: &Shared, st: &State, changes: &[PresenceChange]) {
+    for change in changes {
+        let key = user_key(&change.user);
+        for sub in st.subs.iter().filter(|s| s.covers(&key)) {
+            let body = change_body(shared, sub, change);
             shared.outbox.push(
                 NotificationKind::Change,
                 sub,
-                Some(user.id.clone()),
+                Some(change.user.clone()),
                 &sub.notification_url,
                 body,
             );
@@ -232,9 +230,11 @@ pub(crate) fn queue_lifecycle(shared: &Shared, sub: &Subscription, event: &str) 
 }
 
 /// A `changeNotificationCollection` with one presence notification: basic, or rich when the
-/// subscription asked for resource data and gave a certificate.
-fn change_body(shared: &Shared, sub: &Subscription, user_id: &str, pair: &Pair) -> Value {
+/// subscription asked for resource data and gave a certificate. Rich resource data carries the
+/// pair in the user's value schema and, if configured, `sequenceNumber`.
+fn change_body(shared: &Shared, sub: &Subscription, change: &PresenceChange) -> Value {
     let tenant = &shared.cfg.tenant_id;
+    let user_id = change.user.as_str();
     let mut item = json!({
         "subscriptionId": sub.id,
         "clientState": sub.client_state,
@@ -251,13 +251,16 @@ fn change_body(shared: &Shared, sub: &Subscription, user_id: &str, pair: &Pair) 
     });
     let rich = match (&sub.cert, &sub.encryption_certificate_id) {
         (Some(cert), Some(cert_id)) if sub.include_resource_data => {
-            let data = json!({
+            let mut data = json!({
                 "@odata.id": format!("users/{user_id}/presence"),
                 "@odata.type": "#microsoft.graph.presence",
                 "id": user_id,
-                "availability": pair.availability,
-                "activity": pair.activity,
+                "availability": change.shown.0,
+                "activity": change.shown.1,
             });
+            if shared.cfg.emit_sequence_number {
+                data["sequenceNumber"] = json!(change.sequence_number);
+            }
             match crate::crypto::encrypt_for_subscription(
                 cert_id,
                 &cert.public_key_pem,

@@ -1,15 +1,20 @@
-//! Teams presence as an aggregate (graph.md §4): the person's own client session, one session
-//! per application (setPresence), and the preferred presence, combined at a given time.
+//! Teams presence as an aggregate (graph.md §4): the person's own client session (`person.rs`:
+//! a base state plus meetings, calls, presenting and focusing), one session per application
+//! (setPresence), and the preferred presence, combined at a given time. Pairs are held in the
+//! legacy values and translated when they leave the simulator (`schema.rs`).
 //!
 //! Rules, and the choices made where graph.md is silent:
 //! - The preferred presence beats every session, but only while at least one session exists;
 //!   with no session the user is `Offline/Offline` (and a preferred presence still set shows
 //!   again when a session appears, until it expires).
 //! - Among sessions: DoNotDisturb > Busy > Available > Available/AvailableInactive >
-//!   BeRightBack > Away. An active Available beats a faded one (a person at their desk makes
-//!   the user Available although presync's session has faded); BeRightBack sits just above
-//!   Away as the stronger of the two "not here" signals. Any other availability ranks lowest.
-//!   Among sessions of equal rank, the most recently set one shows (its activity wins).
+//!   BeRightBack > Away. The 2025 availabilities rank like their legacy pairs (InAMeeting and
+//!   InACall as Busy, Presenting and Focusing as DoNotDisturb), BusyIdle as Busy and
+//!   AvailableIdle as a faded Available. An active Available beats a faded one (a person at
+//!   their desk makes the user Available although presync's session has faded); BeRightBack
+//!   sits just above Away as the stronger of the two "not here" signals. Any other
+//!   availability ranks lowest. Among sessions of equal rank, the most recently set one shows
+//!   (its activity wins).
 //! - An application session posted as Available fades to `Available/AvailableInactive` 5 minutes
 //!   after it was last posted and to `Away/Away` after 10; other states do not fade. The
 //!   person's own client session does not fade (the person is taken to be active).
@@ -22,6 +27,8 @@ use std::collections::BTreeMap;
 use presync_engine::Millis;
 
 use super::dates::MINUTE;
+use super::person::Client;
+use super::schema::{show, ValueSchema};
 
 /// The pairs `setPresence` accepts (graph.md §2.3).
 pub(crate) const SESSION_PAIRS: [(&str, &str); 5] = [
@@ -79,22 +86,15 @@ impl Pair {
     /// Precedence among sessions (higher wins).
     fn rank(&self) -> u8 {
         match (self.availability.as_str(), self.activity.as_str()) {
-            ("DoNotDisturb", _) => 6,
-            ("Busy", _) => 5,
-            ("Available", "AvailableInactive") => 3,
+            ("DoNotDisturb" | "Presenting" | "Focusing", _) => 6,
+            ("Busy" | "BusyIdle" | "InAMeeting" | "InACall", _) => 5,
+            ("Available", "AvailableInactive") | ("AvailableIdle", _) => 3,
             ("Available", _) => 4,
             ("BeRightBack", _) => 2,
             ("Away", _) => 1,
             _ => 0,
         }
     }
-}
-
-/// The person's own Teams client.
-#[derive(Debug, Clone)]
-pub(crate) struct ClientSession {
-    pub state: Pair,
-    pub since: Millis,
 }
 
 /// An application's session, as posted.
@@ -134,12 +134,20 @@ pub(crate) struct Preferred {
 pub(crate) struct UserPresence {
     /// The user id as added (its case is kept in payloads).
     pub id: String,
-    pub client: Option<ClientSession>,
+    /// Position in the order users were added, from 0 (for [`ValueSchema::Mixed`]).
+    pub ordinal: usize,
+    /// The value schema set for this user, if any (else the configured one).
+    pub schema: Option<ValueSchema>,
+    /// The person's own client, while signed in.
+    pub client: Option<Client>,
     /// Application id -> its session.
     pub apps: BTreeMap<String, AppSession>,
     pub preferred: Option<Preferred>,
-    /// The aggregate as last settled: a change of it is what notifications report.
-    pub shown: Pair,
+    /// The aggregate as last settled, held in the legacy values: a change of it is what
+    /// notifications report.
+    pub held: Pair,
+    /// The sequence stamp of the aggregate's current version (`record.rs`).
+    pub sequence: u64,
     /// Until when the aggregate cannot change unless a source is edited (the next fade or
     /// expiry); [`State::settle`](super::state::State::settle) skips the user before then. An
     /// edit goes through [`UserPresence::touch`].
@@ -147,14 +155,39 @@ pub(crate) struct UserPresence {
 }
 
 impl UserPresence {
-    pub(crate) fn new(id: &str) -> UserPresence {
+    pub(crate) fn new(id: &str, ordinal: usize, sequence: u64) -> UserPresence {
         UserPresence {
             id: id.to_owned(),
+            ordinal,
+            schema: None,
             client: None,
             apps: BTreeMap::new(),
             preferred: None,
-            shown: Pair::offline(),
+            held: Pair::offline(),
+            sequence,
             quiet_until: Millis::MIN,
+        }
+    }
+
+    /// The user's value schema, `default` being the configured one: [`ValueSchema::V2025`] or
+    /// [`ValueSchema::Legacy`].
+    pub(crate) fn schema(&self, default: ValueSchema) -> ValueSchema {
+        self.schema.unwrap_or(default).for_user(self.ordinal)
+    }
+
+    /// The aggregate as answered to clients, in the user's value schema.
+    pub(crate) fn answered(&self, default: ValueSchema) -> Pair {
+        show(&self.held, self.schema(default))
+    }
+
+    /// What the person's own sources alone show (held values): the preferred presence while
+    /// signed in, else the client; `Offline/Offline` when signed out. Call
+    /// [`UserPresence::expire`] first.
+    pub(crate) fn own(&self) -> Pair {
+        match (&self.client, &self.preferred) {
+            (None, _) => Pair::offline(),
+            (Some(_), Some(p)) => p.state.clone(),
+            (Some(c), None) => c.state(),
         }
     }
 
@@ -192,7 +225,7 @@ impl UserPresence {
 
     /// The aggregate at `now` (call [`UserPresence::expire`] first).
     pub(crate) fn aggregate(&self, now: Millis) -> Pair {
-        let client = self.client.iter().map(|c| (c.state.clone(), c.since));
+        let client = self.client.iter().map(|c| (c.state(), c.since()));
         let apps = self.apps.values().map(|s| (s.effective(now), s.posted_at));
         let best = client
             .chain(apps)
@@ -208,12 +241,12 @@ impl UserPresence {
     pub(crate) fn settle(&mut self, now: Millis) -> Option<Pair> {
         self.expire(now);
         self.quiet_until = self.next_change(now);
-        let now_shown = self.aggregate(now);
-        if now_shown == self.shown {
+        let now_held = self.aggregate(now);
+        if now_held == self.held {
             None
         } else {
-            self.shown = now_shown.clone();
-            Some(now_shown)
+            self.held = now_held.clone();
+            Some(now_held)
         }
     }
 }
@@ -264,7 +297,7 @@ mod tests {
 
     #[test]
     fn precedence_among_sessions_and_preferred() {
-        let mut u = UserPresence::new("u");
+        let mut u = UserPresence::new("u", 0, 0);
         assert_eq!(u.aggregate(0), Pair::offline());
         u.preferred = Some(Preferred {
             state: Pair::new("BeRightBack", "BeRightBack"),
@@ -275,10 +308,7 @@ mod tests {
             .insert("app".into(), app("Available", "Available", 0));
         assert_eq!(u.aggregate(0), Pair::new("BeRightBack", "BeRightBack"));
         u.preferred = None;
-        u.client = Some(ClientSession {
-            state: Pair::new("Busy", "InAMeeting"),
-            since: 0,
-        });
+        u.client = Some(Client::with_base(Pair::new("Busy", "InAMeeting"), 0));
         assert_eq!(u.aggregate(0), Pair::new("Busy", "InAMeeting"));
         u.apps
             .insert("app".into(), app("DoNotDisturb", "Presenting", 1));
@@ -287,29 +317,45 @@ mod tests {
 
     #[test]
     fn an_active_client_beats_a_faded_session_and_equal_ranks_go_to_the_latest() {
-        let mut u = UserPresence::new("u");
+        let mut u = UserPresence::new("u", 0, 0);
         u.apps
             .insert("app".into(), app("Available", "Available", 0));
         assert_eq!(
             u.aggregate(FADE_INACTIVE),
             Pair::new("Available", "AvailableInactive")
         );
-        u.client = Some(ClientSession {
-            state: Pair::new("Available", "Available"),
-            since: 0,
-        });
+        u.client = Some(Client::signed_in(0));
         assert_eq!(u.aggregate(FADE_AWAY), Pair::new("Available", "Available"));
-        u.client = Some(ClientSession {
-            state: Pair::new("Busy", "InAMeeting"),
-            since: 5,
-        });
+        u.client = Some(Client::with_base(Pair::new("Busy", "InAMeeting"), 5));
         u.apps.insert("app".into(), app("Busy", "InACall", 10));
         assert_eq!(u.aggregate(10), Pair::new("Busy", "InACall"));
     }
 
     #[test]
+    fn the_2025_availabilities_rank_like_their_legacy_pairs() {
+        let rank = |a: &str, b: &str| Pair::new(a, b).rank();
+        assert_eq!(rank("InAMeeting", "Busy"), rank("Busy", "InAMeeting"));
+        assert_eq!(rank("InACall", "Busy"), rank("Busy", "InACall"));
+        assert_eq!(rank("BusyIdle", "Busy"), rank("Busy", "Busy"));
+        assert_eq!(
+            rank("Presenting", "DoNotDisturb"),
+            rank("DoNotDisturb", "Presenting")
+        );
+        assert_eq!(
+            rank("Focusing", "DoNotDisturb"),
+            rank("DoNotDisturb", "Focusing")
+        );
+        assert_eq!(
+            rank("AvailableIdle", "Available"),
+            rank("Available", "AvailableInactive")
+        );
+        assert!(rank("InAMeeting", "Busy") > rank("Available", "Available"));
+        assert!(rank("Presenting", "DoNotDisturb") > rank("InACall", "Busy"));
+    }
+
+    #[test]
     fn settle_reports_only_changes_of_the_aggregate() {
-        let mut u = UserPresence::new("u");
+        let mut u = UserPresence::new("u", 0, 0);
         assert_eq!(u.settle(0), None);
         u.apps
             .insert("app".into(), app("Available", "Available", 0));

@@ -1,12 +1,14 @@
-//! The simulated tenant's presence data: users with their presence sources, and the change
-//! subscriptions. One mutex guards it, so a change and the notifications it causes are queued in
-//! the order they happened.
+//! The simulated tenant's presence data: users with their presence sources, the change
+//! subscriptions, and the record of changes with its sequence counter (`record.rs`). One mutex
+//! guards it, so a change, its record and the notifications it causes are queued in the order
+//! they happened.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use presync_engine::Millis;
 
 use super::presence::{Pair, UserPresence};
+use super::record::ChangeLog;
 use super::subscriptions::Subscription;
 
 /// Users and subscriptions.
@@ -22,6 +24,8 @@ pub(crate) struct State {
     users: BTreeMap<String, UserPresence>,
     /// Live subscriptions, oldest first.
     pub subs: Vec<Subscription>,
+    /// The sequence counter and every change so far.
+    pub log: ChangeLog,
     /// Users edited or added since the last settle, by key.
     touched: BTreeSet<String>,
     /// No user outside `touched` can change before this: the least `quiet_until` of all users
@@ -34,6 +38,7 @@ impl Default for State {
         State {
             users: BTreeMap::new(),
             subs: Vec::new(),
+            log: ChangeLog::default(),
             touched: BTreeSet::new(),
             quiet_until: Millis::MIN,
         }
@@ -50,13 +55,30 @@ impl State {
         self.users.get(&user_key(id))
     }
 
-    /// Add a user, signed out; adding a user twice keeps the first.
+    /// Add a user, signed out, with a first sequence stamp; adding a user twice keeps the
+    /// first.
     pub(crate) fn add_user(&mut self, id: &str) {
         let key = user_key(id);
         if !self.users.contains_key(&key) {
-            self.users.insert(key.clone(), UserPresence::new(id));
+            let ordinal = self.users.len();
+            let stamp = self.log.next_stamp();
+            self.users
+                .insert(key.clone(), UserPresence::new(id, ordinal, stamp));
             self.touched.insert(key);
         }
+    }
+
+    /// Give the user under `key` the sequence stamp `n` (its aggregate just changed), without
+    /// marking it for the next settle.
+    pub(crate) fn user_stamped(&mut self, key: &str, n: u64) -> Option<&UserPresence> {
+        let u = self.users.get_mut(key)?;
+        u.sequence = n;
+        Some(u)
+    }
+
+    /// A user, to change what does not affect its aggregate (its value schema).
+    pub(crate) fn user_quiet_mut(&mut self, id: &str) -> Option<&mut UserPresence> {
+        self.users.get_mut(&user_key(id))
     }
 
     /// A user, to edit: it is settled again at the next settle.

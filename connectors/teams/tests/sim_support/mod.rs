@@ -190,6 +190,27 @@ impl Env {
             .await
     }
 
+    /// `GET users/{user}/presence`, expecting 200: the presence resource.
+    pub async fn read(&self, token: &str, user: &str) -> Value {
+        let a = self.get(token, &format!("users/{user}/presence")).await;
+        assert_eq!(a.status, 200, "{:?}", a.body);
+        a.body
+    }
+
+    /// `POST communications/getPresencesByUserId` for `users`, expecting 200: the resources, in
+    /// the order answered.
+    pub async fn read_many(&self, token: &str, users: &[&str]) -> Vec<Value> {
+        let a = self
+            .post(
+                token,
+                "communications/getPresencesByUserId",
+                json!({ "ids": users }),
+            )
+            .await;
+        assert_eq!(a.status, 200, "{:?}", a.body);
+        a.body["value"].as_array().unwrap().clone()
+    }
+
     /// Move the clock by `ms` and tick.
     pub fn advance(&self, ms: i64) {
         self.clock.advance(ms);
@@ -203,6 +224,14 @@ impl Env {
 
 pub fn pair(a: &str, b: &str) -> (String, String) {
     (a.to_owned(), b.to_owned())
+}
+
+/// `(availability, activity)` of a presence resource.
+pub fn pair_of(resource: &Value) -> (String, String) {
+    (
+        resource["availability"].as_str().unwrap().to_owned(),
+        resource["activity"].as_str().unwrap().to_owned(),
+    )
 }
 
 /// `expirationDateTime` `minutes` after the simulator's clock, in Graph's form.
