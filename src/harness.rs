@@ -59,9 +59,11 @@ pub struct Options {
     pub graph_limit: (u32, Duration),
     /// The Dataverse simulator's service-protection limit per caller.
     pub dataverse_limit: (u32, Duration),
-    /// More TOML, appended to the generated configuration (sections the generated one lacks).
+    /// More TOML, merged into the generated configuration: a table given here replaces a key's
+    /// value, and adds to a table of the same name (`[teams.graph] mode = "preferred"` sets one
+    /// key of the generated `[teams.graph]`).
     pub extra_toml: String,
-    /// More keys for the generated `[database]` section.
+    /// More keys for the generated `[database]` section (merged the same way).
     pub database_toml: String,
     /// More keys for the generated `[teams.graph]` section.
     pub teams_graph_toml: String,
@@ -69,6 +71,17 @@ pub struct Options {
     pub dataverse_toml: String,
     /// `RUST_LOG` of the instances.
     pub log_level: String,
+    /// The base statuses the Dataverse simulator's router offers work to (its default when
+    /// `None`: Available and Busy).
+    pub d365_routable: Option<Vec<presync_engine::Availability>>,
+    /// Whether the Dataverse simulator takes a presence set through the API for a manual one
+    /// (its default when `None`).
+    pub d365_api_presence_is_manual: Option<bool>,
+    /// Whether presync's application user holds Omnichannel Supervisor, which
+    /// `CCaaS_ModifyAgentPresence` requires (true).
+    pub d365_supervisor: bool,
+    /// The Graph value set the Teams simulator answers in (its default when `None`: 2025).
+    pub teams_schema: Option<presync_teams::sim::ValueSchema>,
 }
 
 impl Options {
@@ -87,8 +100,41 @@ impl Options {
             teams_graph_toml: String::new(),
             dataverse_toml: String::new(),
             log_level: "warn".to_owned(),
+            d365_routable: None,
+            d365_api_presence_is_manual: None,
+            d365_supervisor: true,
+            teams_schema: None,
         }
     }
+}
+
+/// Merge `from` into `into`: tables merge key by key, anything else replaces.
+pub fn merge_toml(into: &mut toml::Table, from: toml::Table) {
+    for (k, v) in from {
+        match (into.get_mut(&k), v) {
+            (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge_toml(a, b),
+            (_, v) => {
+                into.insert(k, v);
+            }
+        }
+    }
+}
+
+/// `text` parsed and merged into the table at `path` of `into` (created when missing).
+fn merge_at(into: &mut toml::Table, path: &[&str], text: &str) -> anyhow::Result<()> {
+    let from: toml::Table = text
+        .parse()
+        .with_context(|| format!("extra configuration for [{}]", path.join(".")))?;
+    let mut at = into;
+    for key in path {
+        at = at
+            .entry((*key).to_owned())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .with_context(|| format!("{key} is not a table"))?;
+    }
+    merge_toml(at, from);
+    Ok(())
 }
 
 /// One representative in both simulators and in presync's directory.
@@ -157,6 +203,13 @@ impl Drop for Instance {
     }
 }
 
+/// A secret reference to a file: `{ file = "PATH" }`.
+fn file_ref(path: &Path) -> toml::Value {
+    let mut t = toml::Table::new();
+    t.insert("file".into(), path.display().to_string().into());
+    toml::Value::Table(t)
+}
+
 /// A fresh random secret, written to `dir/name`; returns the file and the value.
 fn secret(dir: &Path, name: &str) -> anyhow::Result<(PathBuf, String)> {
     let value = uuid::Uuid::new_v4().simple().to_string();
@@ -195,6 +248,13 @@ impl Harness {
             ORG,
         );
         dv_cfg.rate_limit = opts.dataverse_limit;
+        if let Some(r) = &opts.d365_routable {
+            dv_cfg.routable = r.clone();
+        }
+        if let Some(m) = opts.d365_api_presence_is_manual {
+            dv_cfg.api_presence_is_manual = m;
+        }
+        dv_cfg.app_user_is_supervisor = opts.d365_supervisor;
         let mut target = WebhookTarget::new(
             format!("{public_url}/webhooks/dataverse"),
             WebhookAuth::HttpHeader {
@@ -215,6 +275,9 @@ impl Harness {
             REFRESH_TOKEN,
         );
         graph_cfg.rate_limit = opts.graph_limit;
+        if let Some(schema) = opts.teams_schema {
+            graph_cfg.schema = schema;
+        }
         let graph = GraphSim::new(graph_cfg, Arc::new(presync_engine::clock::SystemClock));
         let mut reps = Vec::with_capacity(opts.reps);
         for i in 0..opts.reps {
@@ -242,65 +305,66 @@ impl Harness {
             .database
             .clone()
             .unwrap_or_else(|| format!("sqlite:{}", d.join("presync.db").display()));
-        let ingress = match opts.ingress {
+        let mut teams = toml::Table::new();
+        match opts.ingress {
             Ingress::Polling { secs } => {
-                format!("ingress = \"polling\"\npoll_interval_secs = {secs}")
+                teams.insert("ingress".into(), "polling".into());
+                teams.insert(
+                    "poll_interval_secs".into(),
+                    toml::Value::Integer(secs as i64),
+                );
             }
             Ingress::Subscriptions => {
                 let token = d.join("refresh-token");
                 std::fs::write(&token, REFRESH_TOKEN)?;
-                format!(
-                    "ingress = \"subscriptions\"\npublic_url = \"{public_url}\"\n\
-                     client_state = {{ file = \"{}\" }}\nrefresh_token_file = \"{}\"",
-                    state_file.display(),
-                    token.display()
-                )
+                teams.insert("ingress".into(), "subscriptions".into());
+                teams.insert("public_url".into(), public_url.clone().into());
+                teams.insert("client_state".into(), file_ref(&state_file));
+                teams.insert(
+                    "refresh_token_file".into(),
+                    token.display().to_string().into(),
+                );
             }
+        }
+        let mut table: toml::Table = toml::toml! {
+            [database]
+            url = (database.clone())
+            [http]
+            listen = "127.0.0.1:0"
+            admin_token = (file_ref(&admin_file))
+            [reconcile]
+            schedule = (opts.reconcile_schedule.clone())
+            on_start = (opts.reconcile_on_start)
+            [dataverse]
+            org_url = (dv_base.clone())
+            webhook_secret = (file_ref(&hook_file))
+            organization = ORG
+            [dataverse.entra]
+            authority = (dv_base.clone())
+            tenant_id = TENANT
+            client_id = DV_CLIENT
+            client_secret = (file_ref(&dv_file))
+            [teams.entra]
+            authority = (graph_base.clone())
+            tenant_id = TENANT
+            client_id = APP_ID
+            client_secret = (file_ref(&graph_file))
+            [teams.graph]
+            app_id = APP_ID
+            graph_url = (format!("{graph_base}/v1.0"))
         };
-        let toml = format!(
-            r#"[database]
-url = "{database}"
-{database_extra}
-[http]
-listen = "127.0.0.1:0"
-admin_token = {{ file = "{admin}" }}
-[reconcile]
-schedule = "{schedule}"
-on_start = {on_start}
-[dataverse]
-org_url = "{dv_base}"
-webhook_secret = {{ file = "{hook}" }}
-organization = "{ORG}"
-{dataverse_extra}
-[dataverse.entra]
-authority = "{dv_base}"
-tenant_id = "{TENANT}"
-client_id = "{DV_CLIENT}"
-client_secret = {{ file = "{dvs}" }}
-[teams]
-{ingress}
-[teams.entra]
-authority = "{graph_base}"
-tenant_id = "{TENANT}"
-client_id = "{APP_ID}"
-client_secret = {{ file = "{gs}" }}
-[teams.graph]
-app_id = "{APP_ID}"
-graph_url = "{graph_base}/v1.0"
-{teams_extra}
-{extra}
-"#,
-            admin = admin_file.display(),
-            schedule = opts.reconcile_schedule,
-            on_start = opts.reconcile_on_start,
-            hook = hook_file.display(),
-            dvs = dv_file.display(),
-            gs = graph_file.display(),
-            database_extra = opts.database_toml,
-            dataverse_extra = opts.dataverse_toml,
-            teams_extra = opts.teams_graph_toml,
-            extra = opts.extra_toml,
+        merge_toml(
+            table
+                .get_mut("teams")
+                .and_then(toml::Value::as_table_mut)
+                .context("the generated [teams]")?,
+            teams,
         );
+        merge_at(&mut table, &["database"], &opts.database_toml)?;
+        merge_at(&mut table, &["dataverse"], &opts.dataverse_toml)?;
+        merge_at(&mut table, &["teams", "graph"], &opts.teams_graph_toml)?;
+        merge_at(&mut table, &[], &opts.extra_toml)?;
+        let toml = toml::to_string(&table).context("writing the configuration")?;
         let config = d.join("presync.toml");
         std::fs::write(&config, toml)?;
         let checked =

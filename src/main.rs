@@ -14,6 +14,7 @@ mod config;
 mod demo;
 mod harness;
 mod reps;
+mod scenario;
 mod service;
 mod sim;
 mod soak;
@@ -87,6 +88,10 @@ enum Command {
     /// simulators, with faults injected and the service killed and restarted; checks the end
     /// state against the simulators' truth and exits non-zero on any failure.
     Soak(soak::SoakArgs),
+    /// Scenarios: a day of a few representatives, written in a file, played against the
+    /// simulators and the real service, with what each system must show.
+    #[command(subcommand)]
+    Scenario(scenario::ScenarioCommand),
     /// Create or upgrade the database schema.
     Migrate {
         /// Database URL: `sqlite:PATH` (embedded default) or `postgres://USER@HOST/DB`.
@@ -317,7 +322,7 @@ async fn open_store(url: &str) -> anyhow::Result<Store> {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     // The demo draws on the terminal: only errors interrupt it unless RUST_LOG asks for more.
     let default_level = match cli.command {
-        Command::Demo(_) | Command::Bench(_) | Command::Soak(_) => "error",
+        Command::Demo(_) | Command::Bench(_) | Command::Soak(_) | Command::Scenario(_) => "error",
         _ => "info",
     };
     tracing_subscriber::fmt()
@@ -350,6 +355,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Soak(args) => {
             if !soak::run(args).await? {
                 anyhow::bail!("the soak failed a check");
+            }
+        }
+        Command::Scenario(command) => {
+            if !scenario::run(command).await? {
+                anyhow::bail!("the scenario failed");
             }
         }
         Command::Config(ConfigCommand::Default) => print!("{}", config::EXAMPLE),

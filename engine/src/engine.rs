@@ -1401,10 +1401,12 @@ impl Engine {
                 let a = self.map(&obs);
                 // Unchanged since last observed: the same state, and where the system dates its
                 // states, the same date (the same state set again after a lost delivery is news).
-                let same_date = match (s.sequence, known.observed_sequence, s.source_time) {
-                    (Some(seq), Some(seen), _) => seq == seen,
-                    (_, _, Some(t)) => known.observed_time == Some(t),
-                    (_, _, None) => true,
+                // The state's own date where the system gives one (a row's version also moves
+                // for changes that are not the state's), else its version.
+                let same_date = match (s.source_time, s.sequence, known.observed_sequence) {
+                    (Some(t), _, _) => known.observed_time == Some(t),
+                    (None, Some(seq), Some(seen)) => seq == seen,
+                    (None, _, _) => true,
                 };
                 if known.observed == Some(a) && known.canonical == Some(a) && same_date {
                     sr.in_sync += 1;

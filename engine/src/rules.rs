@@ -532,9 +532,10 @@ fn decide_by_rules(
                 w.written_at <= source_time && w.availability.is_some_and(|wa| wa != a)
             })
             && view.canonical.as_ref().is_some_and(|c| c.availability != a);
-        let unchanged = prev.availability == a
-            && !overridden
-            && (!timed || raw_order(&observed_now, prev) != Ordering::Greater);
+        // The state's own time says whether it was set again: a row's version also moves for
+        // changes that are not the state's (D365's capacity at a conversation's accept).
+        let unchanged =
+            prev.availability == a && !overridden && (!timed || source_time <= prev.source_time);
         if obs.kind == ObservationKind::Reconcile && unchanged {
             let mut d = Decision::new(
                 Rule::Unchanged,

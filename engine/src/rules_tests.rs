@@ -908,3 +908,24 @@ fn an_untimed_read_equal_to_presyncs_landed_write_is_still_unchanged() {
     let d = decide_untimed(&reconcile_read(TEAMS, Busy, T0 + 200, T0 + 300), &v);
     assert_eq!(d.rule, Rule::Unchanged, "{}", d.detail);
 }
+
+/// D365 versions its agent-status row for every change, its capacity at a conversation's accept
+/// included, while the presence's own time moves only when the presence is set.
+#[test]
+fn a_read_of_a_row_versioned_again_for_its_capacity_alone_is_unchanged() {
+    let mut v = view();
+    v.canonical = Some(presence(D365, Busy, T0, 3));
+    v.systems.entry(D365.into()).or_default().observed = Some(ObservedState {
+        sequence: Some(10),
+        genuine_sequence: Some(10),
+        ..observed(Busy, T0)
+    });
+    let mut read = reconcile_read(D365, Busy, T0, T0 + 500);
+    read.sequence = Some(12);
+    let d = decide_default(&read, &v);
+    assert_eq!(d.rule, Rule::Unchanged, "{}", d.detail);
+    // Set again, with a new time of its own: a change.
+    let mut again = reconcile_read(D365, Busy, T0 + 300, T0 + 500);
+    again.sequence = Some(13);
+    assert_ne!(decide_default(&again, &v).rule, Rule::Unchanged);
+}

@@ -5,7 +5,8 @@
 //! aggregate: the connector declares [`WriteSemantics::Contribution`], so the engine withdraws
 //! presync's session when Teams itself reports a change, and [`TeamsConnector::keep_alive`]
 //! re-posts the sessions presync owns before they fade or expire. In `preferred` mode presync
-//! sets the user's preferred presence, which overrides everything.
+//! sets the user's preferred presence, which overrides everything while set
+//! ([`WriteSemantics::Override`]): clearing it shows the person's own state again.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -266,7 +267,7 @@ impl Connector for TeamsConnector {
             write: true,
             write_semantics: match self.mapping.mode() {
                 WriteMode::Session => WriteSemantics::Contribution,
-                WriteMode::Preferred => WriteSemantics::Overwrite,
+                WriteMode::Preferred => WriteSemantics::Override,
             },
             source_timestamps: false,
         }

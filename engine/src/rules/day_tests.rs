@@ -485,3 +485,56 @@ fn without_holds_a_meeting_makes_d365_busy_as_before() {
     day.land(T0 + 1_010);
     assert_eq!(day.writes_to(D365, from), vec![Some(Busy)]);
 }
+
+#[test]
+fn a_do_not_disturb_picked_in_teams_is_not_taken_for_a_hold_left_over() {
+    let mut day = Day::new(WriteSemantics::Contribution);
+    // The hold at the built-in Busy - DND, the presence Teams' Do not disturb is written as.
+    day.holds[0].native = NativeState::new("DoNotDisturb");
+    day.morning();
+    let from = day.made.len();
+    day.sees(TEAMS, DoNotDisturb, "DoNotDisturb/DoNotDisturb", T0 + 1_000);
+    day.land(T0 + 1_010);
+    let d = day.d365(DoNotDisturb, "DoNotDisturb", T0 + 1_020, Available);
+    day.land(T0 + 1_030);
+    assert_eq!(d.rule, Rule::Echo, "{}", d.detail);
+    assert_eq!(
+        day.writes_to(D365, from),
+        vec![Some(DoNotDisturb)],
+        "{:?}",
+        day.made
+    );
+    assert_eq!(day.canonical(), DoNotDisturb);
+}
+
+#[test]
+fn a_presentation_during_a_call_is_released_when_both_end() {
+    let mut day = Day::new(WriteSemantics::Contribution);
+    day.morning();
+    day.sees(TEAMS, Busy, "Busy/InACall", T0 + 1_000);
+    day.land(T0 + 1_010);
+    day.d365(DoNotDisturb, IN_A_MEETING, T0 + 1_020, Available);
+    // Presenting is Do not disturb, the hold's own availability, and a hold as well.
+    day.sees(TEAMS, DoNotDisturb, "DoNotDisturb/Presenting", T0 + 2_000);
+    day.land(T0 + 2_010);
+    assert_eq!(day.canonical(), DoNotDisturb);
+    let from = day.made.len();
+    day.sees(TEAMS, Available, "Available/Available", T0 + 3_000);
+    day.land(T0 + 3_010);
+    assert!(day.writes_to(D365, from).is_empty(), "{:?}", day.made);
+    let d = day.d365_read(
+        DoNotDisturb,
+        IN_A_MEETING,
+        T0 + 1_020,
+        T0 + 3_050,
+        Available,
+    );
+    day.land(T0 + 3_100);
+    assert_eq!(
+        day.writes_to(D365, from),
+        vec![Some(Available)],
+        "{}",
+        d.detail
+    );
+    assert_eq!(day.canonical(), Available);
+}

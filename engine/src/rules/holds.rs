@@ -124,10 +124,15 @@ pub(super) fn apply(
             (was, Some(native)) => hold(obs, d, h, &native, was, view, ctx),
             (true, None) => release(obs, a, d, h, view, ctx),
             (false, None) => {
-                // A read of the held system after a release: it still shows the hold.
+                // A read of the held system after a release: it still shows the hold, which
+                // presync wrote, and which no longer is what it should show (the canonical
+                // state may be the hold's own availability, written by presync as such: a
+                // Do not disturb picked in Teams).
                 let shows = state_after(target, obs, d, view);
+                let canonical = d.canonical.as_ref().or(view.canonical.as_ref());
                 let residue = &obs.system == target
                     && !view.outbox.contains_key(target)
+                    && canonical.is_none_or(|c| c.availability != h.availability)
                     && shows.is_some_and(|s| s.by_presync && h.shown_by(s));
                 if residue {
                     let why = format!("{target} still shows the hold ({})", h.rule.describe());
@@ -230,7 +235,7 @@ fn hold(
 /// becomes the canonical state. The condition ended with a state the person chose: the last
 /// writer wins, and the held system is sent it. Else (the meeting is over) the held system goes
 /// back to what its automation gives the person, which only it can say: nothing is written
-/// until it is read ([`Decision::refresh`]), and then [`resume`] does it.
+/// there until it is read ([`Decision::refresh`]), and then [`resume`] does it.
 fn release(
     obs: &Observation,
     a: Availability,
@@ -281,9 +286,9 @@ fn release(
         resume(obs, d, h, shows.as_ref(), view, ctx, why);
         return;
     }
-    // Hold still until the held system says what its automation gives now.
-    d.outbox.clear();
-    d.canonical = None;
+    // The held system stays as it is until it says what its automation gives now; the rest
+    // goes as the rules decided.
+    drop_writes(d, target);
     if let Some(user) = view.external_ids.get(target) {
         d.refresh.push((target.clone(), user.clone()));
     }
