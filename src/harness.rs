@@ -431,6 +431,49 @@ impl Harness {
         Ok(())
     }
 
+    /// Wait until presync has adopted every representative as they start (Available in both
+    /// systems): its canonical state is Available, it has seen both systems, and its queues are
+    /// empty. `url` is an instance's address.
+    pub async fn wait_adopted(&self, url: &str, within: Duration) -> anyhow::Result<()> {
+        let store = Store::connect(&self.database).await?;
+        let deadline = tokio::time::Instant::now() + within;
+        let result = loop {
+            let mut waiting = None;
+            for r in &self.reps {
+                let view = store.rep_view(&RepId(r.id.clone())).await?;
+                let seen = [crate::service::DATAVERSE, crate::service::TEAMS]
+                    .iter()
+                    .all(|s| {
+                        view.systems
+                            .get(&presync_engine::SystemId::from(*s))
+                            .is_some_and(|st| st.observed.is_some())
+                    });
+                let available = view
+                    .canonical
+                    .as_ref()
+                    .is_some_and(|c| c.availability == presync_engine::Availability::Available);
+                if !(seen && available) {
+                    waiting = Some(r.id.clone());
+                    break;
+                }
+            }
+            let inbox = metric_sum(url, "presync_queue_depth{queue=\"inbox\"}").await;
+            let outbox = metric_sum(url, "presync_queue_depth{queue=\"outbox\"}").await;
+            if waiting.is_none() && inbox == Some(0.0) && outbox == Some(0.0) {
+                break Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                break Err(anyhow::anyhow!(
+                    "presync did not adopt every representative within {within:?} (waiting for {})",
+                    waiting.unwrap_or_else(|| "its queues".to_owned())
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        store.close().await;
+        result
+    }
+
     /// The address of instance `index`.
     pub fn instance_url(&self, index: usize) -> String {
         format!("http://127.0.0.1:{}", self.ports[index])

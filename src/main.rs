@@ -18,6 +18,7 @@ mod scenario;
 mod service;
 mod sim;
 mod soak;
+mod truth;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};

@@ -488,8 +488,10 @@ async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
     ([("content-type", "text/plain; version=0.0.4")], out)
 }
 
-/// How long a scheduled job's lease is held; it is renewed while the job runs.
-const JOB_LEASE: Duration = Duration::from_secs(60);
+/// How long a scheduled job's lease is held; it is renewed while the job runs. An instance that
+/// is killed holds its leases until they lapse: short, so that its restart (or another
+/// instance) takes the jobs over soon.
+const JOB_LEASE: Duration = Duration::from_secs(15);
 
 /// Run `job` only if this instance takes the named lease: with several instances on one
 /// database, each scheduled job runs on one of them at a time. The lease is renewed while the job
@@ -594,6 +596,20 @@ pub async fn scheduled_reconcile(engine: &Engine) -> Option<ReconcileReport> {
     }
 }
 
+/// The catch-up pass of an instance that starts: what changed while it was down. The lease
+/// may still be held by the instance it replaces, killed before it could give it back (or by
+/// another instance's pass): it tries again until the lease lapses.
+async fn catch_up_reconcile(engine: &Engine) {
+    let deadline = tokio::time::Instant::now() + JOB_LEASE + Duration::from_secs(5);
+    while scheduled_reconcile(engine).await.is_none() {
+        if tokio::time::Instant::now() >= deadline {
+            warn!("No catch-up reconcile: its lease stayed taken");
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 /// Run until Ctrl-C or SIGTERM; a second signal exits at once.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let service = build(&config).await?;
@@ -674,7 +690,7 @@ pub async fn serve(
         let engine = engine.clone();
         background.push(tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            scheduled_reconcile(&engine).await;
+            catch_up_reconcile(&engine).await;
         }));
     }
     if let Some(t) = service.teams.clone() {

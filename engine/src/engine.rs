@@ -819,12 +819,11 @@ impl Engine {
                 ),
                 external_id: s.external_id,
                 native: s.native,
-                // A dated row is a snapshot of a known date; an undated state holds from the
-                // read's start (a write that landed later is newer).
-                kind: match s.source_time {
-                    Some(_) => ObservationKind::Reconcile,
-                    None => ObservationKind::Event,
-                },
+                // A snapshot, as a reconcile's read: an undated state holds from the read's
+                // start (a write that landed later is newer), and a change it shows happened at
+                // some moment since presync last saw the system, which a dated change made
+                // since is not beaten by (`engine.rules.undated_changes`).
+                kind: ObservationKind::Reconcile,
                 source_time: s.source_time.unwrap_or(read_at),
                 sequence: s.sequence,
                 origin: s.origin,

@@ -387,13 +387,28 @@ fn decide_by_rules(
                 ),
             );
             d.close_expectations = close;
+            // Where presync's write layers over the person's own state, the read may have
+            // shown theirs (a meeting) that no later change will announce: read it again.
+            if own.is_some() {
+                d.refresh.push((sys.clone(), obs.external_id.clone()));
+            }
             return d;
         }
     }
 
     // Rule 1: echo suppression by recorded expectation.
     if order != Ordering::Less {
-        if let Some(hit) = open.iter().filter(|e| could_echo(e)).max_by_key(|e| e.id) {
+        // A system that dates its states echoes each write of presync's, in order (D365 stamps
+        // and versions every write, the same presence again included): the oldest write this
+        // echo can be is the one it is, and a newer one's echo is still to come. A system that
+        // dates nothing shows an aggregate, whose one change may echo several writes: the newest.
+        let candidates = open.iter().filter(|e| could_echo(e));
+        let hit = if timed {
+            candidates.min_by_key(|e| e.id)
+        } else {
+            candidates.max_by_key(|e| e.id)
+        };
+        if let Some(hit) = hit {
             // The hit is retired too: the same echo may still arrive by another path (a
             // webhook after a reconcile read saw it).
             retire(
@@ -771,12 +786,17 @@ fn unplaced_since(
         .is_some_and(|c| c.source_timestamps);
     // The last sight: the last observation there, or a write of presync's that landed there
     // later and that the read contradicts (the system showed something else after it: a change
-    // since, or the person's own state holding against presync's contribution).
+    // since). Where presync only contributes, the person's own state may outrank its write
+    // without a change: only the last observation counts.
     let observed = state.observed.as_ref()?.source_time;
+    let contributes = ctx
+        .topology
+        .capabilities(&obs.system)
+        .is_some_and(|c| c.write_semantics == WriteSemantics::Contribution);
     let contradicted = state
         .written
         .as_ref()
-        .filter(|w| w.availability.is_some_and(|wa| wa != a))
+        .filter(|w| !contributes && w.availability.is_some_and(|wa| wa != a))
         .map_or(observed, |w| w.written_at);
     let since = observed.max(contradicted);
     (dated && current.source_time > since).then_some(since)

@@ -929,3 +929,33 @@ fn a_read_of_a_row_versioned_again_for_its_capacity_alone_is_unchanged() {
     again.sequence = Some(13);
     assert_ne!(decide_default(&again, &v).rule, Rule::Unchanged);
 }
+
+/// Found by the soak: presync wrote D365 the same presence twice in a row (a hold started, then
+/// put back over a change D365 had made before the first write landed). D365 echoes each write;
+/// the first echo closed both expectations and the second was taken for the person's change.
+#[test]
+fn each_write_to_a_system_that_dates_its_states_has_an_echo_of_its_own() {
+    let mut v = view();
+    v.canonical = Some(presence(TEAMS, Busy, T0, 3));
+    v.systems.entry(D365.into()).or_default().observed = Some(observed(Busy, T0 + 10));
+    v.expectations = vec![
+        Expectation {
+            opened_at: T0 + 20,
+            ..expectation(1, D365, DoNotDisturb, Some(T0 + 22))
+        },
+        Expectation {
+            opened_at: T0 + 30,
+            ..expectation(2, D365, DoNotDisturb, Some(T0 + 32))
+        },
+    ];
+    let mut first = obs(D365, DoNotDisturb, T0 + 22);
+    first.observed_at = T0 + 40;
+    let d = decide_default(&first, &v);
+    assert_eq!(d.rule, Rule::Echo, "{}", d.detail);
+    fold(&mut v, &first, &d);
+    let mut second = obs(D365, DoNotDisturb, T0 + 32);
+    second.observed_at = T0 + 45;
+    let d = decide_default(&second, &v);
+    assert_eq!(d.rule, Rule::Echo, "{}", d.detail);
+    assert!(d.canonical.is_none());
+}

@@ -5,23 +5,23 @@
 //! and Graph notifications; and instances killed with SIGKILL at random moments and restarted.
 //!
 //! At the end the activity and the faults stop, one reconcile pass runs, and the soak checks the
-//! outcome against the simulators' own record of the truth:
+//! outcome against the people's truth ([`crate::truth`]: what each system should show, from the
+//! simulators' own records of what the people did and each service's documented behaviour):
 //!
-//! - **converged**: every representative shows, in D365, in Teams and in presync's canonical
-//!   state, the availability of what the person is doing at the end (the soak's people do one
-//!   thing at a time, so that is unambiguous);
+//! - **follows the people**: every representative shows, in D365, in Teams (presync's own part
+//!   there, and the aggregate) and in presync's canonical state, what the truth says; and every
+//!   write presync made follows the truth in its order (no echo sent back, no stale state over
+//!   a newer one, no hold where none holds);
+//! - **routing**: the simulated router offered no conversation to a representative who, by the
+//!   truth, should not have been routable for longer than `--reaction-ms` by then;
 //! - **nothing acknowledged lost**: every webhook delivery presync answered 2xx has its decision
 //!   in presync's history;
-//! - **no echo propagated**: every write presync made into a system is justified by a genuine
-//!   change of that representative in the other system since presync's previous write there, or
-//!   is a repeat of that previous write (a retry whose answer was lost, a keep-alive);
 //! - **bounded write amplification**: writes into each system per genuine change in the other
 //!   stay at or below `--max-amplification`;
 //! - **no crash**: no instance exited other than by the soak's own SIGKILL.
 //!
 //! It prints the figures and exits non-zero when any check fails.
 
-mod audit;
 mod chaos;
 mod people;
 
@@ -30,17 +30,15 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use presync_dataverse::mapping::Catalog;
 use presync_engine::store::Store;
-use presync_engine::{Availability, NativeState, RepId};
-use presync_teams::mapping::{Mapping, Pair};
+use presync_engine::Availability;
 use serde_json::json;
 use tokio::time::Instant;
 
 use crate::harness::{self, Harness, Ingress, Options};
-use audit::audit_writes;
+use crate::truth::{checks, Conversations, Rules, Truth};
 use chaos::{inject, kill_and_restart, FaultRates, Fleet, Injected, REQUEST_TIMEOUT_MS};
-use people::{drive, Doing, Sys, Truth};
+use people::{drive, Activity};
 
 #[derive(Debug, Args)]
 pub struct SoakArgs {
@@ -63,6 +61,10 @@ pub struct SoakArgs {
     /// Bound on writes into a system per genuine change in the other.
     #[arg(long, default_value_t = 1.5)]
     max_amplification: f64,
+    /// How long presync may take to make a representative unroutable before an offer of the
+    /// simulated router to them counts against it (milliseconds).
+    #[arg(long, default_value_t = 1_000)]
+    reaction_ms: i64,
     /// Print the figures as one JSON object on stdout.
     #[arg(long)]
     json: bool,
@@ -118,6 +120,11 @@ async fn soak(
 ) -> anyhow::Result<(bool, serde_json::Value)> {
     let h = Arc::new(Harness::start(opts, instances).await?);
     let fleet = start_fleet(&h, instances).await?;
+    h.wait_adopted(&h.instance_url(0), Duration::from_secs(60))
+        .await?;
+    // Everyone is signed in to both systems and Available, and presync knows it: the truth
+    // starts now.
+    let start = wall_ms();
     eprintln!(
         "presync soak: {} reps, {} instance(s) on {}, {} s",
         args.reps,
@@ -125,24 +132,28 @@ async fn soak(
         database_name(opts),
         args.duration
     );
-    let truth = Arc::new(Mutex::new(Truth::new(h.reps.len())));
+    let conversations: Arc<Mutex<Conversations>> = Arc::new(Mutex::new(Vec::new()));
+    let done = Arc::new(Mutex::new(Activity::default()));
     let injected = Arc::new(Mutex::new(Injected::default()));
     let started = Instant::now();
-    activity(&h, &fleet, &truth, &injected, args).await;
+    activity(&h, &fleet, &conversations, &done, &injected, args).await;
     eprintln!("presync soak: activity over; settling");
-    let end = settle(&h, &fleet, &truth).await?;
+    let conversations = conversations.lock().map(|c| c.clone()).unwrap_or_default();
+    let end = settle(&h, &fleet, &conversations, start).await?;
     let mut injected = injected.lock().map(|i| i.clone()).unwrap_or_default();
     injected.crashes += end.crashes;
-    let t = truth.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-    let writes = audit_writes(&h, &t);
+    let truth = Truth::of(&h, &conversations, Rules::default(), start);
+    let writes = checks::audit_writes(&h, &truth);
+    let routable = [Availability::Available, Availability::Busy];
+    let offers = checks::offers(&h, &truth, &routable, args.reaction_ms);
     let amplification_ok = writes
         .iter()
         .all(|(_, w)| w.amplification() <= args.max_amplification);
-    let echoes: u64 = writes.iter().map(|(_, w)| w.unjustified).sum();
+    let unjustified: u64 = writes.iter().map(|(_, w)| w.unjustified).sum();
     let checks = json!({
-        "converged": end.diverged.is_empty(),
+        "follows_the_people": end.diverged.is_empty() && unjustified == 0,
+        "routing": offers.while_unavailable.is_empty(),
         "nothing_acknowledged_lost": end.lost.is_empty(),
-        "no_echo_propagated": echoes == 0,
         "write_amplification_bounded": amplification_ok,
         "no_crash": injected.crashes == 0,
     });
@@ -155,7 +166,8 @@ async fn soak(
     let count = |statuses: &[u16], of: &[u16]| statuses.iter().filter(|s| of.contains(s)).count();
     let dv_status: Vec<u16> = h.dv.requests().iter().map(|r| r.status).collect();
     let graph_status: Vec<u16> = h.graph.requests().iter().map(|r| r.status).collect();
-    let changes_in = |sys: Sys| t.changes.iter().filter(|c| c.system == sys).count();
+    let (genuine_d365, genuine_teams) = truth.genuine();
+    let did = done.lock().map(|d| *d).unwrap_or_default();
     let summary = json!({
         "passed": passed,
         "checks": checks,
@@ -165,7 +177,14 @@ async fn soak(
         "duration_s": args.duration,
         "wall_s": (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
         "seed": args.seed,
-        "genuine_changes": { "d365": changes_in(Sys::D365), "teams": changes_in(Sys::Teams) },
+        "people": {
+            "d365_actions": did.d365,
+            "teams_actions": did.teams,
+            "conversations": did.conversations,
+        },
+        "genuine_changes": { "d365": genuine_d365, "teams": genuine_teams },
+        "held_at_the_end": truth.held(),
+        "routing": offers.json(),
         "webhooks": {
             "sent": deliveries.len(),
             "acknowledged": deliveries.iter().filter(|d| ok(d.status)).count(),
@@ -186,7 +205,7 @@ async fn soak(
         },
         "injected": injected,
         "writes": writes.iter().map(|(k, w)| (k.to_string(), w.json())).collect::<serde_json::Map<_, _>>(),
-        "echoes_propagated": echoes,
+        "unjustified_writes": unjustified,
         "diverged_before_reconcile": end.before_reconcile,
         "reconcile": end.reconcile,
         "diverged": end.diverged.iter().map(|(_, d)| d).collect::<Vec<_>>(),
@@ -198,8 +217,9 @@ async fn soak(
             .iter()
             .map(|(i, _)| *i)
             .chain(writes.iter().flat_map(|(_, w)| w.flagged.iter().copied()))
+            .chain(offers.while_unavailable.iter().map(|(r, _, _)| *r))
             .collect();
-        let kept = keep_evidence(&h, &t, &flagged, &args.evidence);
+        let kept = keep_evidence(&h, &truth, &conversations, &flagged, start, &args.evidence);
         eprintln!(
             "presync soak FAILED; evidence in {} ({})",
             args.evidence.display(),
@@ -208,6 +228,11 @@ async fn soak(
         );
     }
     Ok((passed, summary))
+}
+
+/// The wall clock both simulators stamp their records with.
+fn wall_ms() -> presync_engine::Millis {
+    presync_engine::clock::Clock::now(&presync_engine::clock::SystemClock)
 }
 
 fn database_name(opts: &Options) -> &'static str {
@@ -242,14 +267,21 @@ async fn start_fleet(h: &Harness, instances: usize) -> anyhow::Result<Fleet> {
 async fn activity(
     h: &Arc<Harness>,
     fleet: &Fleet,
-    truth: &Arc<Mutex<Truth>>,
+    conversations: &Arc<Mutex<Conversations>>,
+    done: &Arc<Mutex<Activity>>,
     injected: &Arc<Mutex<Injected>>,
     args: &SoakArgs,
 ) {
     let started = Instant::now();
     let run_for = Duration::from_secs(args.duration);
     let tasks = [
-        tokio::spawn(drive(h.clone(), truth.clone(), args.seed, run_for)),
+        tokio::spawn(drive(
+            h.clone(),
+            conversations.clone(),
+            done.clone(),
+            args.seed,
+            run_for,
+        )),
         tokio::spawn(inject(
             h.clone(),
             args.faults.clone(),
@@ -271,11 +303,12 @@ async fn activity(
             _ = tick.tick() => {}
             _ = tokio::time::sleep_until(started + run_for) => break,
         }
-        let changes = truth.lock().map(|t| t.changes.len()).unwrap_or(0);
+        let d = done.lock().map(|d| *d).unwrap_or_default();
         let i = injected.lock().map(|i| i.clone()).unwrap_or_default();
         eprintln!(
-            "  {:>4.0} s: {changes} genuine changes; kills {}, 429 {}, 5xx {}, slow {}, timeouts {}, dropped {}, duplicated {}, reordered {}",
+            "  {:>4.0} s: {} D365 and {} Teams actions, {} conversations; kills {}, 429 {}, 5xx {}, slow {}, timeouts {}, dropped {}, duplicated {}, reordered {}",
             started.elapsed().as_secs_f64(),
+            d.d365, d.teams, d.conversations,
             i.kills, i.rate_limited, i.server_errors, i.slow, i.timeouts, i.dropped, i.duplicated, i.reordered
         );
     }
@@ -297,7 +330,14 @@ struct End {
 
 /// Every instance up, the queues drained, one reconcile pass, and then until every
 /// representative shows the truth (or [`SETTLE`] is up).
-async fn settle(h: &Harness, fleet: &Fleet, truth: &Mutex<Truth>) -> anyhow::Result<End> {
+async fn settle(
+    h: &Harness,
+    fleet: &Fleet,
+    conversations: &Conversations,
+    start: presync_engine::Millis,
+) -> anyhow::Result<End> {
+    // The truth follows what presync's writes reveal in Teams too: read it anew each time.
+    let truth = || Truth::of(h, conversations, Rules::default(), start);
     {
         let mut f = fleet.lock().await;
         for (i, slot) in f.iter_mut().enumerate() {
@@ -313,7 +353,7 @@ async fn settle(h: &Harness, fleet: &Fleet, truth: &Mutex<Truth>) -> anyhow::Res
     let _ = tokio::time::timeout(quiet, h.dv.wait_deliveries_idle()).await;
     let _ = tokio::time::timeout(quiet, h.graph.wait_notifications_idle()).await;
     drained(&first, Instant::now() + quiet).await;
-    let before_reconcile = divergent(h, truth, None).await?.len();
+    let before_reconcile = checks::final_states(h, &truth(), None).await?.len();
 
     let reconcile = reconcile_once(h, &first).await?;
     let settle_until = Instant::now() + SETTLE;
@@ -322,7 +362,7 @@ async fn settle(h: &Harness, fleet: &Fleet, truth: &Mutex<Truth>) -> anyhow::Res
         drained(&first, settle_until).await;
         let _ =
             tokio::time::timeout(Duration::from_secs(10), h.graph.wait_notifications_idle()).await;
-        let d = divergent(h, truth, Some(&store)).await?;
+        let d = checks::final_states(h, &truth(), Some(&store)).await?;
         if d.is_empty() || Instant::now() >= settle_until {
             break d;
         }
@@ -380,57 +420,6 @@ async fn reconcile_once(h: &Harness, base: &str) -> anyhow::Result<serde_json::V
     }
 }
 
-/// The availability D365 and Teams show for `rep`.
-fn shown(h: &Harness, catalog: &Catalog, rep: usize) -> (Availability, Availability) {
-    let r = &h.reps[rep];
-    let d365 =
-        h.dv.presence(&r.agent)
-            .and_then(|p| catalog.canonical(&p))
-            .unwrap_or(Availability::Offline);
-    let (a, act) = h.graph.presence(&r.aad);
-    let teams = Mapping::to_canonical(&NativeState::new(Pair::new(&a, &act).code())).availability;
-    (d365, teams)
-}
-
-/// Representatives not showing what the person is doing, in D365, Teams and (with a store)
-/// presync: `rep: expected x; D365 y, Teams z, presync w`.
-async fn divergent(
-    h: &Harness,
-    truth: &Mutex<Truth>,
-    store: Option<&Store>,
-) -> anyhow::Result<Vec<(usize, String)>> {
-    let catalog = Catalog::builtin();
-    let doing: Vec<Option<Doing>> = truth
-        .lock()
-        .map_err(|_| anyhow::anyhow!("poisoned"))?
-        .doing
-        .clone();
-    let mut out = Vec::new();
-    for (i, d) in doing.iter().enumerate() {
-        let expected = d.map_or(Availability::Available, Doing::availability);
-        let (d365, teams) = shown(h, &catalog, i);
-        let presync = match store {
-            Some(s) => s
-                .rep_view(&RepId(h.reps[i].id.clone()))
-                .await?
-                .canonical
-                .map(|p| p.availability),
-            None => Some(expected),
-        };
-        if d365 != expected || teams != expected || presync != Some(expected) {
-            out.push((
-                i,
-                format!(
-                    "{}: expected {expected} ({d:?}); D365 {d365}, Teams {teams}, presync {}",
-                    h.reps[i].id,
-                    presync.map_or("-".to_owned(), |p| p.to_string())
-                ),
-            ));
-        }
-    }
-    Ok(out)
-}
-
 /// Delivery keys of webhooks presync acknowledged (2xx) that have no decision in its history.
 async fn acknowledged_lost(h: &Harness, store: &Store) -> anyhow::Result<Vec<String>> {
     use presync_dataverse::context::{agent_status, parse, Derived};
@@ -457,15 +446,17 @@ async fn acknowledged_lost(h: &Harness, store: &Store) -> anyhow::Result<Vec<Str
     Ok(lost)
 }
 
-/// Copy the instance logs to `dir` and write `timeline.txt`: for each flagged representative,
-/// the genuine changes and every request either simulator got about them, in order.
+/// Copy the instance logs to `dir` and write `timeline.txt`: for each flagged representative
+/// (at most 10), their day: what happened in each system, what presync wrote, what the router
+/// offered, and what the truth expected, in time order.
 fn keep_evidence(
     h: &Harness,
-    t: &Truth,
+    truth: &Truth,
+    conversations: &Conversations,
     flagged: &[usize],
+    start: presync_engine::Millis,
     dir: &std::path::Path,
 ) -> anyhow::Result<()> {
-    use std::fmt::Write as _;
     std::fs::create_dir_all(dir)?;
     for i in 0.. {
         let log = h.log_path(i);
@@ -481,49 +472,17 @@ fn keep_evidence(
             std::fs::copy(entry.path(), dir.join(&name))?;
         }
     }
-    // Both simulators' requests as (method, path, body, status).
-    let (dv_requests, graph_requests) = (h.dv.requests(), h.graph.requests());
-    let dv: Vec<_> = dv_requests
-        .iter()
-        .map(|q| {
-            (
-                q.method.as_str(),
-                q.path.as_str(),
-                q.body.as_ref(),
-                q.status,
-            )
-        })
-        .collect();
-    let graph: Vec<_> = graph_requests
-        .iter()
-        .map(|q| {
-            (
-                q.method.as_str(),
-                q.path.as_str(),
-                q.body.as_ref(),
-                q.status,
-            )
-        })
-        .collect();
+    let mut seen = std::collections::BTreeSet::new();
     let mut out = String::new();
-    for &rep in flagged.iter().take(10) {
-        let r = &h.reps[rep];
-        writeln!(out, "== {} (agent {}, user {})", r.id, r.agent, r.aad)?;
-        for c in t.changes.iter().filter(|c| c.rep == rep) {
-            writeln!(
-                out,
-                "  change  {:?} -> {} before d365 request {} / teams request {}",
-                c.system, c.state, c.dv_at, c.graph_at
-            )?;
-        }
-        for (label, id, requests) in [("d365", &r.agent, &dv), ("teams", &r.aad, &graph)] {
-            for (i, (method, path, body, status)) in requests.iter().enumerate() {
-                let body = body.map(|b| b.to_string()).unwrap_or_default();
-                if body.contains(id.as_str()) || path.contains(id.as_str()) {
-                    writeln!(out, "  {label} #{i} {method} {path} {body} -> {status}")?;
-                }
-            }
-        }
+    for &rep in flagged.iter().filter(|r| seen.insert(**r)).take(10) {
+        out.push_str(&crate::truth::evidence::day(
+            h,
+            truth,
+            conversations,
+            rep,
+            start,
+        ));
+        out.push('\n');
     }
     std::fs::write(dir.join("timeline.txt"), out)?;
     Ok(())
@@ -549,13 +508,16 @@ fn print_summary(s: &serde_json::Value) {
         }
     }
     for key in [
+        "people",
         "genuine_changes",
+        "held_at_the_end",
+        "routing",
         "webhooks",
         "notifications",
         "responses",
         "injected",
         "writes",
-        "echoes_propagated",
+        "unjustified_writes",
         "diverged_before_reconcile",
         "reconcile",
     ] {

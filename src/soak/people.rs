@@ -1,184 +1,302 @@
-//! The soak's simulated people and the record of what they genuinely did.
+//! The soak's simulated people, and the customers D365's router offers them.
+//!
+//! Each person lives two lives at once, one in each system, and the two overlap as they do at
+//! work: in D365 they take breaks, pick Do not disturb, sign out at the end of a shift (Teams
+//! stays open) and lose their connection for a moment; in Teams they join meetings (and present
+//! in some), take calls, pick a status and reset it, and sign out. Customers arrive all along:
+//! the router offers each to an agent it finds routable, who accepts it a moment later (D365
+//! recalculates) and closes it after a while, during a meeting or a break as it happens.
+//!
+//! What they did is in the simulators' own records, which the truth reads
+//! ([`crate::truth`]); the conversations, which D365 records only through their effect on a
+//! presence, are kept here.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use presync_dataverse::mapping::builtin;
-use presync_engine::Availability;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 
 use crate::harness::Harness;
+use crate::truth::Conversations;
+
+/// What a person is doing in one system, until when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum D365Doing {
+    Break,
+    Dnd,
+    SignedOut,
+    Disconnected,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Doing {
-    Conversation,
-    Meeting,
-    TeamsDnd,
-    D365Dnd,
+enum TeamsDoing {
+    Meeting { presenting: bool },
+    Call,
+    Status,
     SignedOut,
 }
 
-impl Doing {
-    /// What every system should show while the person does this.
-    pub(super) fn availability(self) -> Availability {
-        match self {
-            Doing::Conversation | Doing::Meeting => Availability::Busy,
-            Doing::TeamsDnd | Doing::D365Dnd => Availability::DoNotDisturb,
-            Doing::SignedOut => Availability::Offline,
-        }
-    }
+/// A person's two lives.
+#[derive(Debug)]
+struct Person {
+    d365: Option<D365Doing>,
+    d365_until: Instant,
+    teams: Option<TeamsDoing>,
+    teams_until: Instant,
+    /// When presenting starts within a meeting.
+    presenting_at: Option<Instant>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(super) enum Sys {
-    D365,
-    Teams,
+/// Counts of what the people did, for the progress line.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Activity {
+    pub d365: u64,
+    pub teams: u64,
+    pub offers: u64,
+    pub conversations: u64,
 }
 
-/// A genuine change: made by a person or by D365 itself, not by presync. `at` is how many
-/// requests each simulator had received when it happened, which places it among presync's
-/// writes.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Change {
-    pub rep: usize,
-    pub system: Sys,
-    /// What the system genuinely shows after the change.
-    pub state: Availability,
-    pub dv_at: usize,
-    pub graph_at: usize,
+/// The wall clock both simulators stamp their records with.
+fn wall_ms() -> presync_engine::Millis {
+    presync_engine::clock::Clock::now(&presync_engine::clock::SystemClock)
 }
 
-/// What the simulated people did.
-#[derive(Debug, Default)]
-pub(super) struct Truth {
-    pub changes: Vec<Change>,
-    /// What each person is doing now (`None`: nothing, Available everywhere).
-    pub doing: Vec<Option<Doing>>,
+fn secs(rng: &mut StdRng, range: std::ops::Range<f64>) -> Duration {
+    Duration::from_secs_f64(rng.random_range(range))
 }
 
-impl Truth {
-    /// `reps` people doing nothing yet. Each one's initial state (Available) counts as a
-    /// genuine change in both systems: presync adopts it, which may take a first write (its own
-    /// Teams session, for one).
-    pub(super) fn new(reps: usize) -> Truth {
-        let initial = (0..reps).flat_map(|rep| {
-            [Sys::D365, Sys::Teams].map(|system| Change {
-                rep,
-                system,
-                state: Availability::Available,
-                dv_at: 0,
-                graph_at: 0,
-            })
-        });
-        Truth {
-            changes: initial.collect(),
-            doing: vec![None; reps],
-        }
-    }
-}
-
-/// A person who is not busy with anything starts something new this often (seconds).
-const IDLE: std::ops::Range<f64> = 1.0..4.0;
-/// How long something lasts (seconds).
-const LENGTH: std::ops::Range<f64> = 2.0..8.0;
-
-/// The simulated people, until aborted: one thing at a time each, every change recorded.
-pub(super) async fn drive(h: Arc<Harness>, truth: Arc<Mutex<Truth>>, seed: u64, run_for: Duration) {
+/// The people at work until aborted; they start nothing new after `run_for` x 0.97.
+pub(super) async fn drive(
+    h: Arc<Harness>,
+    conversations: Arc<Mutex<Conversations>>,
+    activity: Arc<Mutex<Activity>>,
+    seed: u64,
+    run_for: Duration,
+) {
     let mut rng = StdRng::seed_from_u64(seed);
     let start = Instant::now();
-    let n = h.reps.len();
-    let mut until: Vec<Instant> = (0..n)
-        .map(|_| start + Duration::from_secs_f64(rng.random_range(0.0..2.0)))
+    let last_start = start + run_for.mul_f64(0.97);
+    let mut people: Vec<Person> = (0..h.reps.len())
+        .map(|_| Person {
+            d365: None,
+            d365_until: start + secs(&mut rng, 0.0..3.0),
+            teams: None,
+            teams_until: start + secs(&mut rng, 0.0..3.0),
+            presenting_at: None,
+        })
         .collect();
-    // What the person now does, as a genuine change in `system`.
-    let record = |rep: usize, system: Sys, doing: Option<Doing>| {
-        let change = Change {
-            rep,
-            system,
-            state: doing.map_or(Availability::Available, Doing::availability),
-            dv_at: h.dv.request_count(),
-            graph_at: h.graph.request_count(),
-        };
-        if let Ok(mut t) = truth.lock() {
-            t.changes.push(change);
-            t.doing[rep] = doing;
+    let count = |f: fn(&mut Activity)| {
+        if let Ok(mut a) = activity.lock() {
+            f(&mut a);
         }
     };
-    let current = |rep: usize| truth.lock().ok().and_then(|t| t.doing[rep]);
+    let conversations_log = conversations.clone();
+    let customers = tokio::spawn(customers(
+        h.clone(),
+        conversations,
+        activity.clone(),
+        seed.wrapping_add(7),
+        last_start,
+    ));
     let mut tick = tokio::time::interval(Duration::from_millis(50));
-    // Activities start until shortly before the end; what is under way then stays.
-    let last_start = start + run_for.mul_f64(0.97);
     loop {
         tick.tick().await;
         let now = Instant::now();
-        for (i, due) in until.iter_mut().enumerate() {
-            if now < *due {
-                continue;
-            }
+        for (i, p) in people.iter_mut().enumerate() {
             let r = &h.reps[i];
-            if let Some(doing) = current(i) {
-                // End it. The change is recorded before it is made: presync cannot have
-                // written because of it before it happened.
-                match doing {
-                    Doing::Conversation => {
-                        // D365 Busy unless presync changed it meanwhile, which the final check
-                        // would show.
-                        record(i, Sys::D365, None);
-                        h.dv.system_sets(&r.agent, builtin::AVAILABLE);
+            let (agent, aad) = (r.agent.as_str(), r.aad.as_str());
+            if p.presenting_at.is_some_and(|at| now >= at) {
+                h.graph.person_starts_presenting(aad);
+                p.presenting_at = None;
+                count(|a| a.teams += 1);
+            }
+            if now >= p.d365_until {
+                match p.d365.take() {
+                    Some(D365Doing::Break | D365Doing::Dnd) => {
+                        h.dv.agent_sets(agent, builtin::AVAILABLE);
+                        count(|a| a.d365 += 1);
                     }
-                    Doing::Meeting => {
-                        record(i, Sys::Teams, None);
-                        h.graph.person_leaves_meeting(&r.aad);
+                    Some(D365Doing::SignedOut) => {
+                        h.dv.sign_in(agent, builtin::AVAILABLE);
+                        count(|a| a.d365 += 1);
                     }
-                    Doing::TeamsDnd => {
-                        record(i, Sys::Teams, None);
-                        h.graph.person_clears_preferred(&r.aad);
+                    Some(D365Doing::Disconnected) => {
+                        let _ = h.dv.reconnect(agent);
+                        count(|a| a.d365 += 1);
                     }
-                    Doing::D365Dnd => {
-                        record(i, Sys::D365, None);
-                        h.dv.agent_sets(&r.agent, builtin::AVAILABLE);
+                    None if now < last_start => {
+                        let roll: f64 = rng.random();
+                        let doing = match roll {
+                            r if r < 0.30 => Some((D365Doing::Break, builtin::AWAY)),
+                            r if r < 0.45 => Some((D365Doing::Dnd, builtin::BUSY_DND)),
+                            r if r < 0.55 => Some((D365Doing::SignedOut, builtin::OFFLINE)),
+                            r if r < 0.60 => Some((D365Doing::Disconnected, builtin::OFFLINE)),
+                            _ => None,
+                        };
+                        match doing {
+                            Some((d @ D365Doing::SignedOut, _)) => {
+                                // Signing out closes every conversation.
+                                let open = h.dv.capacity(agent).map_or(0, |(_, open)| open);
+                                h.dv.sign_out(agent);
+                                if open > 0 {
+                                    if let Ok(mut l) = conversations_log.lock() {
+                                        l.push((i, wall_ms(), -open));
+                                    }
+                                }
+                                p.d365 = Some(d);
+                            }
+                            Some((d @ D365Doing::Disconnected, _)) => {
+                                let _ = h.dv.disconnect(agent);
+                                p.d365 = Some(d);
+                            }
+                            Some((d, presence)) => {
+                                h.dv.agent_sets(agent, presence);
+                                p.d365 = Some(d);
+                            }
+                            None => {}
+                        }
+                        if p.d365.is_some() {
+                            count(|a| a.d365 += 1);
+                        }
                     }
-                    Doing::SignedOut => {
-                        record(i, Sys::D365, None);
-                        h.dv.sign_in(&r.agent, builtin::AVAILABLE);
-                        record(i, Sys::Teams, None);
-                        h.graph.person_signs_in(&r.aad);
-                    }
+                    None => {}
                 }
-                *due = now + Duration::from_secs_f64(rng.random_range(IDLE));
-                continue;
+                let length = match p.d365 {
+                    Some(D365Doing::Disconnected) => secs(&mut rng, 0.5..2.0),
+                    Some(_) => secs(&mut rng, 2.0..7.0),
+                    None => secs(&mut rng, 1.0..4.0),
+                };
+                p.d365_until = now + length;
             }
-            if now >= last_start {
-                continue;
-            }
-            let roll: f64 = rng.random();
-            if roll < 0.4 {
-                // D365 routes a conversation only to an agent it shows Available.
-                if h.dv.presence(&r.agent).as_deref() != Some(builtin::AVAILABLE) {
-                    *due = now + Duration::from_millis(500);
-                    continue;
+            if now >= p.teams_until {
+                match p.teams.take() {
+                    Some(TeamsDoing::Meeting { presenting }) => {
+                        if presenting {
+                            h.graph.person_stops_presenting(aad);
+                        }
+                        p.presenting_at = None;
+                        h.graph.person_leaves_meeting(aad);
+                        count(|a| a.teams += 1);
+                    }
+                    Some(TeamsDoing::Call) => {
+                        h.graph.person_leaves_call(aad);
+                        count(|a| a.teams += 1);
+                    }
+                    Some(TeamsDoing::Status) => {
+                        h.graph.person_clears_preferred(aad);
+                        count(|a| a.teams += 1);
+                    }
+                    Some(TeamsDoing::SignedOut) => {
+                        h.graph.person_signs_in(aad);
+                        count(|a| a.teams += 1);
+                    }
+                    None if now < last_start => {
+                        let roll: f64 = rng.random();
+                        p.teams = match roll {
+                            r if r < 0.35 => {
+                                let presenting = rng.random::<f64>() < 0.3;
+                                h.graph.person_joins_meeting(aad);
+                                if presenting {
+                                    p.presenting_at = Some(now + secs(&mut rng, 0.5..1.5));
+                                }
+                                Some(TeamsDoing::Meeting { presenting })
+                            }
+                            r if r < 0.50 => {
+                                h.graph.person_joins_call(aad);
+                                Some(TeamsDoing::Call)
+                            }
+                            r if r < 0.65 => {
+                                let (a, b) = match rng.random::<f64>() {
+                                    x if x < 0.6 => ("DoNotDisturb", "DoNotDisturb"),
+                                    x if x < 0.8 => ("Away", "Away"),
+                                    x if x < 0.9 => ("BeRightBack", "BeRightBack"),
+                                    _ => ("Busy", "Busy"),
+                                };
+                                h.graph.person_sets_preferred(aad, a, b);
+                                Some(TeamsDoing::Status)
+                            }
+                            r if r < 0.70 => {
+                                h.graph.person_signs_out(aad);
+                                Some(TeamsDoing::SignedOut)
+                            }
+                            _ => None,
+                        };
+                        if p.teams.is_some() {
+                            count(|a| a.teams += 1);
+                        }
+                    }
+                    None => {}
                 }
-                record(i, Sys::D365, Some(Doing::Conversation));
-                h.dv.system_sets(&r.agent, builtin::BUSY);
-            } else if roll < 0.65 {
-                record(i, Sys::Teams, Some(Doing::Meeting));
-                h.graph.person_joins_meeting(&r.aad);
-            } else if roll < 0.78 {
-                record(i, Sys::Teams, Some(Doing::TeamsDnd));
-                h.graph
-                    .person_sets_preferred(&r.aad, "DoNotDisturb", "DoNotDisturb");
-            } else if roll < 0.92 {
-                record(i, Sys::D365, Some(Doing::D365Dnd));
-                h.dv.agent_sets(&r.agent, builtin::BUSY_DND);
-            } else {
-                record(i, Sys::D365, Some(Doing::SignedOut));
-                h.dv.sign_out(&r.agent);
-                record(i, Sys::Teams, Some(Doing::SignedOut));
-                h.graph.person_signs_out(&r.aad);
+                let length = match p.teams {
+                    Some(_) => secs(&mut rng, 2.0..8.0),
+                    None => secs(&mut rng, 1.0..4.0),
+                };
+                p.teams_until = now + length;
             }
-            *due = now + Duration::from_secs_f64(rng.random_range(LENGTH));
         }
+        if now >= last_start && people.iter().all(|p| p.d365.is_none() && p.teams.is_none()) {
+            break;
+        }
+    }
+    let _ = customers.await;
+}
+
+/// Customers, until `until`: every 250 ms the router offers one to the agent it finds
+/// routable and has offered least recently, who accepts it 0.2 to 0.6 s later (if D365 still
+/// lets them) and closes it 2 to 8 s after that.
+async fn customers(
+    h: Arc<Harness>,
+    conversations: Arc<Mutex<Conversations>>,
+    activity: Arc<Mutex<Activity>>,
+    seed: u64,
+    until: Instant,
+) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let index: std::collections::HashMap<String, usize> = h
+        .reps
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.agent.to_ascii_lowercase(), i))
+        .collect();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut open = Vec::new();
+    while Instant::now() < until {
+        tick.tick().await;
+        let Some(agent) = h.dv.route_next() else {
+            continue;
+        };
+        if let Ok(mut a) = activity.lock() {
+            a.offers += 1;
+        }
+        let Some(&rep) = index.get(&agent.to_ascii_lowercase()) else {
+            continue;
+        };
+        let (accept_in, close_in) = (secs(&mut rng, 0.2..0.6), secs(&mut rng, 2.0..8.0));
+        let (h, log, activity) = (h.clone(), conversations.clone(), activity.clone());
+        open.push(tokio::spawn(async move {
+            tokio::time::sleep(accept_in).await;
+            if h.dv.accept(&agent).is_err() {
+                return;
+            }
+            if let Ok(mut l) = log.lock() {
+                l.push((rep, wall_ms(), 1));
+            }
+            if let Ok(mut a) = activity.lock() {
+                a.conversations += 1;
+            }
+            tokio::time::sleep(close_in).await;
+            // Closed, unless D365 closed it already (a sign-out closes every conversation).
+            if h.dv.close(&agent).is_ok() {
+                if let Ok(mut l) = log.lock() {
+                    l.push((rep, wall_ms(), -1));
+                }
+            }
+        }));
+    }
+    for c in open {
+        let _ = c.await;
     }
 }

@@ -133,6 +133,13 @@ impl Day {
         self.decide(o, a)
     }
 
+    /// A read of Teams at `t`, as the engine makes one a decision asked for.
+    fn teams_read(&mut self, a: Availability, native: &str, t: Millis) -> Decision {
+        let mut o = self.observation(TEAMS, a, native, t, None);
+        o.kind = ObservationKind::Reconcile;
+        self.decide(o, a)
+    }
+
     fn see(
         &mut self,
         system: &str,
@@ -537,4 +544,58 @@ fn a_presentation_during_a_call_is_released_when_both_end() {
         d.detail
     );
     assert_eq!(day.canonical(), Available);
+}
+
+#[test]
+fn presync_looks_at_teams_before_hiding_a_meeting_under_its_session() {
+    let mut day = Day::new(WriteSemantics::Contribution);
+    day.morning();
+    day.sees(TEAMS, Busy, "Busy/InAMeeting", T0 + 1_000);
+    day.land(T0 + 1_010);
+    day.d365(DoNotDisturb, IN_A_MEETING, T0 + 1_020, Available);
+    // The meeting ends; the notification is lost. Then the person picks Do not disturb in D365:
+    // presync's Teams session would say Do not disturb and hide whatever Teams shows of them.
+    let from = day.made.len();
+    day.refresh.clear();
+    day.d365(DoNotDisturb, "DoNotDisturb", T0 + 3_000, Available);
+    day.land(T0 + 3_010);
+    assert!(day.writes_to(TEAMS, from).is_empty(), "{:?}", day.made);
+    assert_eq!(
+        day.refresh,
+        vec![(SystemId::from(TEAMS), ExternalId::from("aad"))],
+        "presync reads Teams first"
+    );
+    // The read: the meeting is over. The hold ends, D365 keeps the person's Do not disturb, and
+    // Teams is written it now.
+    day.teams_read(Available, "Available/Available", T0 + 3_050);
+    day.land(T0 + 3_100);
+    assert!(!day.rules.contains(&"hold held".to_owned()));
+    assert!(
+        day.rules.contains(&"hold released".to_owned()),
+        "{:?}",
+        day.rules
+    );
+    assert_eq!(day.writes_to(TEAMS, from), vec![Some(DoNotDisturb)]);
+    assert!(day.writes_to(D365, from).is_empty(), "{:?}", day.made);
+}
+
+#[test]
+fn a_change_d365_made_before_the_holds_write_landed_is_not_put_back_twice() {
+    let mut day = Day::new(WriteSemantics::Contribution);
+    day.morning();
+    day.sees(TEAMS, Busy, "Busy/InAMeeting", T0 + 1_000);
+    // D365 recalculates at T0 + 1_005; the hold's write lands at T0 + 1_010, over it.
+    day.land(T0 + 1_010);
+    let from = day.made.len();
+    let d = day.d365(Busy, "Busy", T0 + 1_005, Busy);
+    day.land(T0 + 1_020);
+    assert!(
+        day.writes_to(D365, from).is_empty(),
+        "{}: {:?}",
+        d.detail,
+        day.made
+    );
+    // The hold's echo changes nothing.
+    let d = day.d365(DoNotDisturb, IN_A_MEETING, T0 + 1_010, Busy);
+    assert_eq!(d.rule, Rule::Echo, "{}", d.detail);
 }

@@ -27,6 +27,7 @@
 //! session (`Busy/InACall`) never starts a hold.
 
 use crate::config::Hold;
+use crate::connector::WriteSemantics;
 use crate::model::{
     Availability, Desired, Millis, NativeState, Observation, ObservedState, Origin, Presence,
     SystemId,
@@ -64,20 +65,66 @@ impl ResolvedHold {
     }
 }
 
-/// The native state of the condition's system that holds, if it does.
-fn condition<'s>(h: &ResolvedHold, when: Option<&'s ObservedState>) -> Option<&'s NativeState> {
+/// The state of the condition's system that holds (its native state and availability), if it
+/// does.
+fn condition<'s>(
+    h: &ResolvedHold,
+    when: Option<&'s ObservedState>,
+) -> Option<(&'s NativeState, Availability)> {
     let s = when?;
-    let native = match &s.own {
+    let (native, a) = match &s.own {
         Some(own) => {
             let shown = own.shown.as_ref()?;
             own.possible
                 .contains(shown.availability)
-                .then_some(&shown.native)?
+                .then_some((&shown.native, shown.availability))?
         }
         None if s.by_presync => return None,
-        None => &s.native,
+        None => (&s.native, s.availability),
     };
-    h.rule.holds_on(&native.code).then_some(native)
+    h.rule.holds_on(&native.code).then_some((native, a))
+}
+
+/// presync is about to write what would hide the holding state (a session of presync's at the
+/// same rank or higher over a meeting, or any preferred presence): once hidden, its end cannot
+/// be seen until presync lowers its part again. Unless presync has just looked (this decision
+/// is on an observation of that system), it looks first: the write waits for a read
+/// ([`Decision::refresh`]), whose decision makes it. (Were the end of a meeting missed, a
+/// notification lost, and then hidden, D365 would stay held.)
+fn look_before_hiding(
+    obs: &Observation,
+    d: &mut Decision,
+    when: &SystemId,
+    holding: Availability,
+    view: &RepView,
+    ctx: Context<'_>,
+) {
+    if &obs.system == when {
+        return;
+    }
+    let Some(caps) = ctx.topology.capabilities(when) else {
+        return;
+    };
+    let hides = |a: Availability| match caps.write_semantics {
+        WriteSemantics::Override => a != Availability::Offline,
+        WriteSemantics::Contribution => {
+            a != Availability::Offline && a.aggregate_rank() >= holding.aggregate_rank()
+        }
+        WriteSemantics::Overwrite => false,
+    };
+    let before = d.outbox.len();
+    d.outbox.retain(|op| match op {
+        OutboxOp::Upsert {
+            target,
+            desired: Desired::Set(p),
+        } => target != when || !hides(p.availability),
+        _ => true,
+    });
+    if d.outbox.len() != before {
+        if let Some(user) = view.external_ids.get(when) {
+            d.refresh.push((when.clone(), user.clone()));
+        }
+    }
 }
 
 /// The system's state after the decision: the decision's record when it is the observation's
@@ -119,9 +166,12 @@ pub(super) fn apply(
         }
         let when = &h.rule.when.system;
         let before = condition(h, view.systems.get(when).and_then(|s| s.observed.as_ref()));
-        let after = condition(h, state_after(when, obs, d, view)).cloned();
+        let after = condition(h, state_after(when, obs, d, view)).map(|(n, a)| (n.clone(), a));
         match (before.is_some(), after) {
-            (was, Some(native)) => hold(obs, d, h, &native, was, view, ctx),
+            (was, Some((native, holding))) => {
+                look_before_hiding(obs, d, when, holding, view, ctx);
+                hold(obs, d, h, &native, was, view, ctx)
+            }
             (true, None) => release(obs, a, d, h, view, ctx),
             (false, None) => {
                 // A read of the held system after a release: it still shows the hold, which
@@ -194,7 +244,20 @@ fn hold(
         }
         return;
     }
-    if pending_hold || shows.as_ref().is_some_and(|s| h.shown_by(s)) && pending.is_none() {
+    // A write of the hold that landed after the state this observation reports (or is still on
+    // the wire) has put it back already: its echo is to come.
+    let written_since = &obs.system == target
+        && view.expectations.iter().any(|e| {
+            &e.system == target
+                && e.availability == h.availability
+                && !e.superseded
+                && e.expires_at > ctx.now
+                && e.completed_at.is_none_or(|c| c > obs.source_time)
+        });
+    if pending_hold
+        || written_since
+        || shows.as_ref().is_some_and(|s| h.shown_by(s)) && pending.is_none()
+    {
         if !was_held {
             d.notes.push(Note::hold(
                 "started",

@@ -87,6 +87,7 @@ async fn handle(
         status: response.status().as_u16(),
         token,
         received,
+        at_ms: shared.clock.now(),
     });
     if let Some(d) = delay {
         tokio::time::sleep(d).await;

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use super::presence::EqualRank;
 use super::schema::ValueSchema;
 
 /// The simulated tenant and application, and the knobs tests turn.
@@ -67,6 +68,9 @@ pub struct GraphSimConfig {
     /// resource data: true. Whether Graph's payloads carry it is UNCONFIRMED (graph.md §3.1);
     /// false checks a client copes without it.
     pub emit_sequence_number: bool,
+    /// Which source shows when the person's own client and an application's session have the
+    /// same rank: [`EqualRank::PersonFirst`] (UNCONFIRMED, see [`EqualRank`]).
+    pub equal_rank: EqualRank,
 }
 
 impl GraphSimConfig {
@@ -100,6 +104,7 @@ impl GraphSimConfig {
             auto_tick: true,
             schema: ValueSchema::V2025,
             emit_sequence_number: true,
+            equal_rank: EqualRank::PersonFirst,
         }
     }
 }

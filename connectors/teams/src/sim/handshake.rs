@@ -34,6 +34,7 @@ pub(crate) async fn handshake(shared: &Shared, url: &str) -> bool {
         reply: None,
         error: None,
         accepted: false,
+        at_ms: shared.clock.now(),
     };
     if lock(&shared.faults).take_validation_failure() {
         sent.error = Some("not sent: FailValidation fault".to_owned());

@@ -109,6 +109,7 @@ use tokens::TokenStore;
 pub use config::GraphSimConfig;
 pub use faults::Fault;
 pub use notify::{NotificationKind, SentNotification};
+pub use presence::EqualRank;
 pub use record::{ChangeCause, PresenceChange};
 pub use schema::ValueSchema;
 pub use subscriptions::SimSubscription;
@@ -150,6 +151,9 @@ pub struct RecordedRequest {
     /// can time a change from its source to the simulator: `presync bench` compares it with
     /// the moment a Dataverse webhook was acknowledged.
     pub received: std::time::Instant,
+    /// When it took effect (the simulator's clock, ms since the epoch): a write is done by then,
+    /// in the same time as [`GraphSim::changes`].
+    pub at_ms: Millis,
 }
 
 /// The simulator. Cheap to clone; clones share one tenant.
@@ -204,7 +208,11 @@ impl GraphSim {
             shared: Arc::new(Shared {
                 tokens: Mutex::new(TokenStore::new(&cfg.refresh_token)),
                 token_requests: Mutex::new(Vec::new()),
-                state: Mutex::new(State::default()),
+                state: Mutex::new({
+                    let mut st = State::default();
+                    st.person_first = cfg.equal_rank == EqualRank::PersonFirst;
+                    st
+                }),
                 faults: Mutex::new(ApiFaults::default()),
                 limiter: Mutex::new(RateLimiter::new(cfg.rate_limit.0, cfg.rate_limit.1)),
                 requests: Mutex::new(Vec::new()),
@@ -493,6 +501,7 @@ impl Shared {
                 ChangeCause::Timer
             }
         });
+        record::note_edit(st, &key, self.clock.now(), self.cfg.schema, cause);
     }
 
     fn settle_as(&self, st: &mut State, cause_of: impl Fn(&str) -> ChangeCause) {

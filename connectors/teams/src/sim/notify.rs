@@ -67,6 +67,9 @@ pub struct SentNotification {
     pub error: Option<String>,
     /// Whether the simulator counted it as delivered (or, for a validation, as passed).
     pub accepted: bool,
+    /// When it was sent (the simulator's clock, ms since the epoch): when the receiver could
+    /// first know of the change, if it accepted it.
+    pub at_ms: presync_engine::Millis,
 }
 
 impl SentNotification {
@@ -364,6 +367,7 @@ async fn deliver(shared: &Shared, item: Item, fate: Fate) {
                 tokio::time::sleep(cfg.delivery_backoff.saturating_mul(factor)).await;
             }
             let started = tokio::time::Instant::now();
+            let sent_at = shared.clock.now();
             let result = shared
                 .http
                 .post(&item.url)
@@ -403,6 +407,7 @@ async fn deliver(shared: &Shared, item: Item, fate: Fate) {
                 reply: None,
                 error,
                 accepted,
+                at_ms: sent_at,
             });
             if accepted {
                 break;

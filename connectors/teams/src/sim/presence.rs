@@ -129,6 +129,19 @@ pub(crate) struct Preferred {
     pub expires_at: Millis,
 }
 
+/// Which source shows when the person's own client and an application's session have the same
+/// rank (both Busy, say). graph.md §4 gives the precedence of availabilities only; its
+/// inference that "the user's own DND or Busy can outrank" an application's session suggests
+/// the person's. UNCONFIRMED.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum EqualRank {
+    /// The person's own client shows (a meeting shows over an application's Busy session).
+    #[default]
+    PersonFirst,
+    /// The source set most recently shows.
+    MostRecent,
+}
+
 /// One user's presence sources and the last aggregate reported.
 #[derive(Debug, Clone)]
 pub(crate) struct UserPresence {
@@ -152,6 +165,9 @@ pub(crate) struct UserPresence {
     /// expiry); [`State::settle`](super::state::State::settle) skips the user before then. An
     /// edit goes through [`UserPresence::touch`].
     pub quiet_until: Millis,
+    /// The person's own client outranks an application's session of the same rank
+    /// ([`EqualRank::PersonFirst`]).
+    pub person_first: bool,
 }
 
 impl UserPresence {
@@ -166,6 +182,7 @@ impl UserPresence {
             held: Pair::offline(),
             sequence,
             quiet_until: Millis::MIN,
+            person_first: true,
         }
     }
 
@@ -223,10 +240,19 @@ impl UserPresence {
         }
     }
 
-    /// The aggregate at `now` (call [`UserPresence::expire`] first).
+    /// The aggregate at `now` (call [`UserPresence::expire`] first). Among sources of equal
+    /// rank, the person's own client shows when `person_first` (see [`EqualRank`]), else the
+    /// most recently set.
     pub(crate) fn aggregate(&self, now: Millis) -> Pair {
-        let client = self.client.iter().map(|c| (c.state(), c.since()));
-        let apps = self.apps.values().map(|s| (s.effective(now), s.posted_at));
+        // (person's own, when set): the person's ranks above an application's of the same rank.
+        let client = self
+            .client
+            .iter()
+            .map(|c| (c.state(), (self.person_first, c.since())));
+        let apps = self
+            .apps
+            .values()
+            .map(|s| (s.effective(now), (false, s.posted_at)));
         let best = client
             .chain(apps)
             .max_by(|(a, at), (b, bt)| a.rank().cmp(&b.rank()).then(at.cmp(bt)));
@@ -270,6 +296,29 @@ pub(crate) fn describe(pairs: &[(&str, &str)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn by_default_the_persons_own_state_shows_over_an_applications_of_the_same_rank() {
+        let mut u = UserPresence::new("u", 0, 0);
+        let mut client = super::super::person::Client::signed_in(0);
+        client.set(super::super::person::Activity::Meeting, true, 5);
+        u.client = Some(client);
+        u.apps.insert(
+            "app".into(),
+            AppSession {
+                posted: Pair::new("Busy", "InACall"),
+                posted_at: 0,
+                expires_at: SESSION_MAX,
+            },
+        );
+        assert_eq!(u.aggregate(10), Pair::new("Busy", "InAMeeting"));
+        u.person_first = false;
+        assert_eq!(
+            u.aggregate(10),
+            Pair::new("Busy", "InACall"),
+            "the app's is newer"
+        );
+    }
 
     fn app(avail: &str, act: &str, at: Millis) -> AppSession {
         AppSession {
@@ -318,6 +367,7 @@ mod tests {
     #[test]
     fn an_active_client_beats_a_faded_session_and_equal_ranks_go_to_the_latest() {
         let mut u = UserPresence::new("u", 0, 0);
+        u.person_first = false;
         u.apps
             .insert("app".into(), app("Available", "Available", 0));
         assert_eq!(

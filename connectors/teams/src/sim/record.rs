@@ -62,6 +62,12 @@ pub struct PresenceChange {
     /// [`GraphSim::own_presence`]): whether the aggregate showed the person or an
     /// application's session over them.
     pub own: (String, String),
+    /// Whether `own` is the person's chosen status (their preferred presence), which shows over
+    /// every session, rather than their client.
+    pub own_preferred: bool,
+    /// Each application's session then (application id, the pair it shows, in the user's value
+    /// schema): whether what Teams shows of the person could be told from an application's.
+    pub apps: Vec<(String, (String, String))>,
 }
 
 /// The tenant's sequence counter and its change log.
@@ -69,6 +75,8 @@ pub struct PresenceChange {
 pub(crate) struct ChangeLog {
     last: u64,
     entries: Vec<PresenceChange>,
+    /// Every edit of a user's sources, changing the aggregate or not.
+    edits: Vec<PresenceChange>,
 }
 
 impl ChangeLog {
@@ -82,6 +90,50 @@ impl ChangeLog {
 /// A stamp as `sequenceNumber`: 20 zero-padded decimal digits.
 pub(crate) fn stamp(n: u64) -> String {
     format!("{n:020}")
+}
+
+/// The user `u` as it is at `now`, showing `held`, after `cause`.
+fn snapshot(
+    u: &super::presence::UserPresence,
+    held: &Pair,
+    now: Millis,
+    default_schema: ValueSchema,
+    cause: ChangeCause,
+) -> PresenceChange {
+    let schema = u.schema(default_schema);
+    PresenceChange {
+        user: u.id.clone(),
+        at: now,
+        shown: super::schema::show(held, schema).tuple(),
+        internal: held.tuple(),
+        schema,
+        sequence_number: stamp(u.sequence),
+        cause,
+        own: u.own().tuple(),
+        own_preferred: u.client.is_some() && u.preferred.is_some(),
+        apps: u
+            .apps
+            .iter()
+            .map(|(id, s)| {
+                let shown = super::schema::show(&s.effective(now), schema).tuple();
+                (id.clone(), shown)
+            })
+            .collect(),
+    }
+}
+
+/// Note an edit of `key`'s sources by `cause` (a person's action, an application's write),
+/// whether or not it changed what Teams shows, with the user as it is after it.
+pub(crate) fn note_edit(
+    st: &mut State,
+    key: &str,
+    now: Millis,
+    default_schema: ValueSchema,
+    cause: ChangeCause,
+) {
+    let Some(u) = st.user(key) else { return };
+    let edit = snapshot(u, &u.held, now, default_schema, cause);
+    st.log.edits.push(edit);
 }
 
 /// Stamp and record the `changes` [`State::settle`] returned (user key, new held aggregate),
@@ -99,17 +151,7 @@ pub(crate) fn record(
         let Some(u) = st.user_stamped(&key, n) else {
             continue;
         };
-        let schema = u.schema(default_schema);
-        out.push(PresenceChange {
-            user: u.id.clone(),
-            at: now,
-            shown: super::schema::show(&held, schema).tuple(),
-            internal: held.tuple(),
-            schema,
-            sequence_number: stamp(n),
-            cause: cause_of(&key),
-            own: u.own().tuple(),
-        });
+        out.push(snapshot(u, &held, now, default_schema, cause_of(&key)));
     }
     st.log.entries.extend(out.iter().cloned());
     out
@@ -123,6 +165,17 @@ impl GraphSim {
         let mut st = lock(&self.shared.state);
         self.shared.settle(&mut st);
         st.log.entries.clone()
+    }
+
+    /// Every edit of a user's sources so far, oldest first, whether or not it changed what
+    /// Teams shows, each with the user as it was after it: a person's action
+    /// ([`ChangeCause::Person`]) or an application's write ([`ChangeCause::App`]). A change
+    /// beneath an application's session shows here and not in [`Self::changes`]; so does an
+    /// application's write that leaves the aggregate as it was.
+    pub fn edits(&self) -> Vec<PresenceChange> {
+        let mut st = lock(&self.shared.state);
+        self.shared.settle(&mut st);
+        st.log.edits.clone()
     }
 
     /// How many changes so far: the index the next one will have in [`Self::changes`].

@@ -31,6 +31,9 @@ pub(crate) struct State {
     /// No user outside `touched` can change before this: the least `quiet_until` of all users
     /// at the last full settle, lowered by each settle of a touched user since.
     quiet_until: Millis,
+    /// Whether users added show their own client over an application's session of the same
+    /// rank ([`super::presence::EqualRank`]).
+    pub person_first: bool,
 }
 
 impl Default for State {
@@ -41,6 +44,7 @@ impl Default for State {
             log: ChangeLog::default(),
             touched: BTreeSet::new(),
             quiet_until: Millis::MIN,
+            person_first: true,
         }
     }
 }
@@ -62,8 +66,9 @@ impl State {
         if !self.users.contains_key(&key) {
             let ordinal = self.users.len();
             let stamp = self.log.next_stamp();
-            self.users
-                .insert(key.clone(), UserPresence::new(id, ordinal, stamp));
+            let mut user = UserPresence::new(id, ordinal, stamp);
+            user.person_first = self.person_first;
+            self.users.insert(key.clone(), user);
             self.touched.insert(key);
         }
     }

@@ -1,0 +1,90 @@
+//! One representative's day as text, for a failed check: what happened in each system, what
+//! presync wrote, what the router offered, and what the truth expected, in time order.
+
+use std::fmt::Write as _;
+
+use presync_engine::Millis;
+
+use super::{Conversations, Truth};
+use crate::harness::Harness;
+
+/// The day of representative `rep`, times in seconds from `start`.
+pub fn day(
+    h: &Harness,
+    truth: &Truth,
+    conversations: &Conversations,
+    rep: usize,
+    start: Millis,
+) -> String {
+    let r = &h.reps[rep];
+    let secs = |t: Millis| (t - start) as f64 / 1000.0;
+    let mut lines: Vec<(Millis, String)> = Vec::new();
+    for c in h.dv.changes() {
+        if c.agent_id.eq_ignore_ascii_case(&r.agent) {
+            lines.push((c.at_ms, format!("D365     {} ({:?})", c.base, c.cause)));
+        }
+    }
+    for c in h.graph.changes() {
+        if c.user.eq_ignore_ascii_case(&r.aad) {
+            lines.push((
+                c.at,
+                format!(
+                    "Teams    shows {}/{} (the person's own {}/{}{}) by {:?}",
+                    c.internal.0,
+                    c.internal.1,
+                    c.own.0,
+                    c.own.1,
+                    if c.own_preferred { ", chosen" } else { "" },
+                    c.cause
+                ),
+            ));
+        }
+    }
+    for q in h.graph.requests() {
+        if q.method == "POST"
+            && q.path
+                .to_ascii_lowercase()
+                .contains(&r.aad.to_ascii_lowercase())
+        {
+            let body = q.body.map(|b| b.to_string()).unwrap_or_default();
+            let action = q.path.rsplit('/').next().unwrap_or_default().to_owned();
+            lines.push((
+                q.at_ms,
+                format!("  write  teams {action} {body} -> {}", q.status),
+            ));
+        }
+    }
+    for o in h.dv.offers() {
+        if o.agent_id.eq_ignore_ascii_case(&r.agent) {
+            lines.push((
+                o.at_ms,
+                format!("Router   offered work (D365 showed {})", o.base),
+            ));
+        }
+    }
+    for (i, at, delta) in conversations {
+        if *i == rep {
+            let what = if *delta > 0 { "accepted" } else { "closed" };
+            lines.push((*at, format!("People   conversation {what} ({delta:+})")));
+        }
+    }
+    let t = &truth.reps[rep];
+    for (at, a) in t.d365.points() {
+        lines.push((*at, format!("  truth  D365 should show {a}")));
+    }
+    for (at, s) in t.session.points() {
+        lines.push((*at, format!("  truth  presync's Teams part should be {s}")));
+    }
+    for (at, held) in t.held.points() {
+        lines.push((*at, format!("  truth  held: {held}")));
+    }
+    lines.sort_by_key(|(at, _)| *at);
+    let mut out = format!(
+        "== {} (agent {}, user {}); times in seconds from {start} ms\n",
+        r.id, r.agent, r.aad
+    );
+    for (at, line) in lines {
+        let _ = writeln!(out, "{:>9.3} {line}", secs(at));
+    }
+    out
+}

@@ -1,0 +1,603 @@
+//! The replay: one representative's day, from the simulators' records, into what each system
+//! should show at each moment.
+//!
+//! The rules, as presync promises them (README, "What presync promises"), and nothing of how
+//! presync implements them:
+//!
+//! - A **genuine change** is one the person made, or a system's own automation: in D365 every
+//!   change not made through `CCaaS_ModifyAgentPresence`; in Teams a change of what Teams shows
+//!   caused by the person (Graph's record of every edit says who made it, and what Teams showed
+//!   after), while what Teams shows is the person's own state. A change Teams shows only because presync's own session or preferred
+//!   presence changed, or faded, is not genuine: it reveals the person's own state, which
+//!   counts for holds, and nothing else. Nor is one that looks just like presync's own session
+//!   (a Teams call under presync's Busy, both `Busy/InACall`): no one reading Teams can tell
+//!   the two apart.
+//! - **Last writer wins** among genuine changes: the newest is what the representative is
+//!   doing, and presync writes it to the other system (D365 takes nothing while signed out).
+//! - **Holds**: while what Teams last showed of the person is a holding state (a meeting, a
+//!   call, presenting), D365 should show the hold's presence, unless it shows a state of the
+//!   person's own (or of D365's automation) that is not routable. When the holding state ends
+//!   with the person back to Available, or when it ends unseen, D365 goes back to its own: that
+//!   state of the person's if there is one, else what its automation gives the person's
+//!   capacity. When it ends with a state the person chose, the last writer wins.
+//! - presync's Teams session (or preferred presence) says the canonical state when that comes
+//!   from D365, and is withdrawn when it comes from Teams (session mode); Offline is a
+//!   withdrawal.
+
+use presync_dataverse::sim::{ChangeCause as DvCause, SimChange, SystemReason};
+use presync_engine::config::state_matches;
+use presync_engine::{Availability, Millis, NativeState};
+use presync_teams::mapping::Mapping;
+use presync_teams::sim::{ChangeCause as TeamsCause, PresenceChange};
+
+use super::timeline::{Allowed, Timeline};
+
+/// The rules presync runs with, as far as the truth depends on them.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    /// The hold: Teams states that hold D365, and the availability it is held at.
+    pub hold: Option<(Vec<String>, Availability)>,
+    /// What presync takes for routable (`engine.rules.routable`): a state of the person's own
+    /// that is not is respected by a hold.
+    pub routable: Vec<Availability>,
+    /// presync's Teams write is its preferred presence (else a session of its own).
+    pub preferred_mode: bool,
+    /// Conversations that use a representative's capacity up (D365 gives Busy - DND then).
+    pub full_at_conversations: i64,
+    /// presync's application: its Teams session, showing the same pair as the person, hides
+    /// them (neither presync nor anyone reading Teams can tell the two apart).
+    pub app_id: String,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Rules {
+            hold: Some((
+                ["InAMeeting", "InACall", "Presenting"]
+                    .map(str::to_owned)
+                    .to_vec(),
+                Availability::DoNotDisturb,
+            )),
+            routable: vec![Availability::Available, Availability::Busy],
+            preferred_mode: false,
+            full_at_conversations: 2,
+            app_id: crate::harness::APP_ID.to_owned(),
+        }
+    }
+}
+
+/// What one representative's systems should show, over time.
+#[derive(Debug, Clone)]
+pub struct RepTruth {
+    /// D365's presence (its base status).
+    pub d365: Timeline<Allowed<Availability>>,
+    /// presync's own Teams session or preferred presence (`None`: none, withdrawn).
+    pub session: Timeline<Allowed<Option<Availability>>>,
+    /// Whether a hold holds D365.
+    pub held: Timeline<bool>,
+    /// The representative's canonical availability.
+    pub canonical: Timeline<Allowed<Availability>>,
+    /// Genuine changes: (in D365, in Teams).
+    pub genuine: (u64, u64),
+    /// Times presync could not know the order of a Teams change and a D365 change.
+    pub ambiguous: u64,
+}
+
+/// One representative's record.
+#[derive(Debug, Default)]
+pub struct RepRecord<'a> {
+    pub d365: Vec<&'a SimChange>,
+    pub teams: Vec<&'a PresenceChange>,
+    /// Conversations accepted (+1) and closed (-1), with when.
+    pub conversations: Vec<(Millis, i64)>,
+    /// When presync read the person's Teams presence (successfully), in order.
+    pub reads: Vec<Millis>,
+    /// When Graph delivered a change notification for the person that presync accepted.
+    pub notified: Vec<Millis>,
+}
+
+impl RepRecord<'_> {
+    /// When presync last saw the person's Teams presence before `t`.
+    fn seen_before(&self, t: Millis) -> Millis {
+        let i = self.reads.partition_point(|r| *r < t);
+        i.checked_sub(1).map_or(Millis::MIN, |i| self.reads[i])
+    }
+
+    /// When presync could first know of a Teams change at `t`: the first notification of it
+    /// delivered, or presync's first read after it.
+    fn known_at(&self, t: Millis) -> Millis {
+        let first = |v: &[Millis]| v.get(v.partition_point(|r| *r < t)).copied();
+        [first(&self.reads), first(&self.notified)]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(Millis::MAX)
+    }
+}
+
+enum Event<'a> {
+    D365(&'a SimChange),
+    Teams(&'a PresenceChange),
+}
+
+impl Event<'_> {
+    fn at(&self) -> Millis {
+        match self {
+            Event::D365(c) => c.at_ms,
+            Event::Teams(c) => c.at,
+        }
+    }
+}
+
+/// Where the canonical state comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    D365,
+    Teams,
+}
+
+/// The last genuine change, the one the canonical state comes from.
+#[derive(Debug, Clone, Copy)]
+struct Winner {
+    source: Source,
+    at: Millis,
+    availability: Availability,
+    /// For a Teams change: when presync could first know of it.
+    known_at: Millis,
+}
+
+struct Day<'r> {
+    rules: &'r Rules,
+    truth: RepTruth,
+    /// What D365 shows, and whether a genuine change put it there.
+    d365_shows: Availability,
+    d365_genuine: bool,
+    signed_in: bool,
+    /// The person's own Teams state, as Teams last showed it.
+    own_shown: (String, String),
+    /// What Teams showed last.
+    teams_shows: (String, String),
+    winner: Option<Winner>,
+}
+
+fn teams_availability(pair: &(String, String)) -> Availability {
+    Mapping::to_canonical(&NativeState::new(format!("{}/{}", pair.0, pair.1))).availability
+}
+
+/// Offline is written as a withdrawal.
+fn session_for(a: Availability) -> Option<Availability> {
+    (a != Availability::Offline).then_some(a)
+}
+
+/// What D365's automation gives a representative with `n` conversations (dataverse.md §2.4).
+fn automatic(n: i64, full: i64) -> Availability {
+    match n {
+        n if n <= 0 => Availability::Available,
+        n if n >= full => Availability::DoNotDisturb,
+        _ => Availability::Busy,
+    }
+}
+
+impl Day<'_> {
+    fn holding(&self) -> bool {
+        let code = format!("{}/{}", self.own_shown.0, self.own_shown.1);
+        self.rules
+            .hold
+            .as_ref()
+            .is_some_and(|(states, _)| states.iter().any(|s| state_matches(s, &code)))
+    }
+
+    fn respected(&self) -> bool {
+        self.d365_genuine && !self.rules.routable.contains(&self.d365_shows)
+    }
+
+    /// presync's Teams part when the canonical state `a` comes from `source`: its session (or
+    /// preferred presence) says a D365 state, and is withdrawn for a Teams one (a preferred
+    /// presence of presync's stays as it was).
+    fn session_of(&self, source: Source, a: Availability) -> Option<Allowed<Option<Availability>>> {
+        match source {
+            Source::D365 => Some(Allowed::one(session_for(a))),
+            Source::Teams if !self.rules.preferred_mode => Some(Allowed::one(None)),
+            Source::Teams => None,
+        }
+    }
+
+    fn canonical(&mut self, t: Millis, source: Source, a: Availability, known_at: Millis) {
+        self.winner = Some(Winner {
+            source,
+            at: t,
+            availability: a,
+            known_at,
+        });
+        self.truth.canonical.set(t, Allowed::one(a));
+        if let Some(s) = self.session_of(source, a) {
+            self.truth.session.set(t, s);
+        }
+    }
+
+    /// What D365 shows when presync writes `a` there: `a`, unless D365 is signed out.
+    fn written(&self, a: Availability) -> Availability {
+        if self.signed_in {
+            a
+        } else {
+            Availability::Offline
+        }
+    }
+
+    fn write_d365(&mut self, t: Millis, a: Availability) {
+        let shown = self.written(a);
+        self.truth.d365.set(t, Allowed::one(shown));
+    }
+
+    fn hold_at(&self) -> Availability {
+        self.rules
+            .hold
+            .as_ref()
+            .map_or(Availability::DoNotDisturb, |(_, a)| *a)
+    }
+
+    /// presync cannot know whether `other`, not `now`, is the newer of the two: either
+    /// winner's states are allowed from `t` on (D365 follows only when no hold decides it).
+    fn either(&mut self, t: Millis, other: Winner) {
+        self.truth.ambiguous += 1;
+        let widen = |line: &mut Timeline<Allowed<Availability>>, v: Availability| {
+            let wider = line.last().clone().or(&Allowed::one(v));
+            line.set(t, wider);
+        };
+        widen(&mut self.truth.canonical, other.availability);
+        if let Some(s) = self.session_of(other.source, other.availability) {
+            let wider = self.truth.session.last().clone().or(&s);
+            self.truth.session.set(t, wider);
+        }
+        if !*self.truth.held.last() {
+            let d365 = match other.source {
+                // D365's own genuine state stands.
+                Source::D365 => self.d365_shows,
+                Source::Teams => self.written(other.availability),
+            };
+            widen(&mut self.truth.d365, d365);
+        }
+    }
+
+    fn d365_change(&mut self, c: &SimChange) {
+        let t = c.at_ms;
+        self.d365_shows = c.base;
+        self.d365_genuine = c.cause.is_genuine();
+        match c.cause {
+            DvCause::System(SystemReason::SignedOut | SystemReason::Disconnected) => {
+                self.signed_in = false
+            }
+            _ => self.signed_in = true,
+        }
+        if !c.cause.is_genuine() {
+            return;
+        }
+        self.truth.genuine.0 += 1;
+        let before = self.winner;
+        self.canonical(t, Source::D365, c.base, t);
+        let held = *self.truth.held.last();
+        if held && !self.respected() {
+            let at = self.hold_at();
+            self.write_d365(t, at);
+        } else {
+            self.truth.d365.set(t, Allowed::one(c.base));
+        }
+        // A Teams change presync had not learnt of yet may come to it as the newer.
+        if let Some(w) = before.filter(|w| w.source == Source::Teams && t < w.known_at) {
+            self.either(t, w);
+        }
+    }
+
+    fn teams_change(&mut self, c: &PresenceChange, conversations: i64, rec: &RepRecord<'_>) {
+        let t = c.at;
+        // Teams shows the person's own state, unless it shows what presync's session says (or
+        // something that looks just like it: a call under presync's Busy, both Busy/InACall).
+        // Then the person's own state lies beneath it, of its rank or lower, and whatever the
+        // person was last seen doing that ranks higher (or the same: the person's would show
+        // first) is over.
+        let looks_like_ours = c
+            .apps
+            .iter()
+            .any(|(app, shown)| app.eq_ignore_ascii_case(&self.rules.app_id) && *shown == c.shown);
+        let visible = c.internal == c.own && !looks_like_ours;
+        if visible {
+            self.own_shown = c.own.clone();
+        } else if looks_like_ours && self.own_shown != c.internal {
+            let rank = |p: &(String, String)| teams_availability(p).aggregate_rank();
+            if rank(&self.own_shown) >= rank(&c.internal) {
+                self.own_shown = ("PresenceUnknown".to_owned(), "PresenceUnknown".to_owned());
+            }
+        }
+        let changed = c.internal != self.teams_shows;
+        self.teams_shows = c.internal.clone();
+        let genuine = c.cause == TeamsCause::Person && visible && changed;
+        let a = teams_availability(&c.internal);
+        let was = *self.truth.held.last();
+        let now = self.holding();
+        self.truth.held.set(t, now);
+        let known_at = rec.known_at(t);
+        let before = self.winner;
+        if genuine {
+            self.truth.genuine.1 += 1;
+            // The person's chosen status takes the slot presync's preferred presence was in.
+            if self.rules.preferred_mode && c.own_preferred {
+                self.truth.session.set(t, Allowed::one(None));
+            }
+        }
+        match (was, now) {
+            (_, true) => {
+                if genuine {
+                    self.canonical(t, Source::Teams, a, known_at);
+                }
+                if !self.respected() {
+                    let at = self.hold_at();
+                    self.write_d365(t, at);
+                }
+            }
+            (true, false) => {
+                if self.respected() {
+                    // The person's own state that is not routable: D365 keeps it.
+                    let own = self.d365_shows;
+                    self.canonical(t, Source::D365, own, t);
+                } else if genuine && a != Availability::Available {
+                    self.canonical(t, Source::Teams, a, known_at);
+                    self.write_d365(t, a);
+                } else {
+                    let resumed = automatic(conversations, self.rules.full_at_conversations);
+                    self.canonical(t, Source::D365, resumed, t);
+                    self.write_d365(t, resumed);
+                }
+            }
+            (false, false) if genuine => {
+                self.canonical(t, Source::Teams, a, known_at);
+                self.write_d365(t, a);
+            }
+            (false, false) => {}
+        }
+        // A D365 change made since presync last read Teams may be taken for the newer: Teams
+        // dates nothing, and a change presync finds by a read happened at some moment since.
+        let seen = rec.seen_before(t);
+        let changed_winner = self.winner.is_some_and(|w| w.at == t);
+        if let Some(w) =
+            before.filter(|w| changed_winner && w.source == Source::D365 && w.at > seen && w.at < t)
+        {
+            self.either(t, w);
+        }
+    }
+}
+
+/// Replay one representative's record: everyone starts signed in to both systems and
+/// Available, as the soak and the demo start them.
+pub fn replay(rec: &RepRecord<'_>, rules: &Rules, start: Millis) -> RepTruth {
+    let available = Availability::Available;
+    let mut day = Day {
+        rules,
+        truth: RepTruth {
+            d365: Timeline::new(start, Allowed::one(available)),
+            // presync adopts both systems' Available: with a session of its own, or none.
+            session: Timeline::new(start, Allowed::one(Some(available)).or(&Allowed::one(None))),
+            held: Timeline::new(start, false),
+            canonical: Timeline::new(start, Allowed::one(available)),
+            genuine: (0, 0),
+            ambiguous: 0,
+        },
+        d365_shows: available,
+        d365_genuine: true,
+        signed_in: true,
+        own_shown: ("Available".to_owned(), "Available".to_owned()),
+        teams_shows: ("Available".to_owned(), "Available".to_owned()),
+        winner: None,
+    };
+    let mut events: Vec<Event> = rec
+        .d365
+        .iter()
+        .map(|c| Event::D365(c))
+        .chain(rec.teams.iter().map(|c| Event::Teams(c)))
+        .filter(|e| e.at() >= start)
+        .collect();
+    // Stable: within one millisecond, each simulator's own order.
+    events.sort_by_key(Event::at);
+    for e in events {
+        match e {
+            Event::D365(c) => day.d365_change(c),
+            Event::Teams(c) => {
+                let open = rec
+                    .conversations
+                    .iter()
+                    .filter(|(at, _)| *at <= c.at)
+                    .map(|(_, d)| d)
+                    .sum();
+                day.teams_change(c, open, rec)
+            }
+        }
+    }
+    day.truth
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use presync_teams::sim::ValueSchema;
+    use Availability::*;
+
+    fn d365(at: Millis, base: Availability, cause: DvCause) -> SimChange {
+        SimChange {
+            agent_id: "agent".into(),
+            at_ms: at,
+            presence_id: base.as_str().into(),
+            base,
+            cause,
+        }
+    }
+
+    fn pair(s: &str) -> (String, String) {
+        let (a, b) = s.split_once('/').unwrap();
+        (a.to_owned(), b.to_owned())
+    }
+
+    fn teams(at: Millis, shown: &str, own: &str, cause: TeamsCause) -> PresenceChange {
+        PresenceChange {
+            user: "aad".into(),
+            at,
+            shown: pair(shown),
+            internal: pair(shown),
+            schema: ValueSchema::Legacy,
+            sequence_number: String::new(),
+            cause,
+            own: pair(own),
+            own_preferred: false,
+            apps: Vec::new(),
+        }
+    }
+
+    fn app() -> TeamsCause {
+        TeamsCause::App {
+            app_id: "presync".into(),
+        }
+    }
+
+    #[test]
+    fn a_break_revealing_the_teams_client_is_not_undone() {
+        let dv = [
+            d365(10, Busy, DvCause::System(SystemReason::Recalculated)),
+            d365(20, Away, DvCause::Agent),
+        ];
+        let tm = [
+            teams(12, "Busy/InACall", "Available/Available", app()),
+            // presync lowers its session to Away: the client's Available shows.
+            teams(22, "Available/Available", "Available/Available", app()),
+        ];
+        let rec = RepRecord {
+            d365: dv.iter().collect(),
+            teams: tm.iter().collect(),
+            conversations: vec![(10, 1)],
+            ..RepRecord::default()
+        };
+        let t = replay(&rec, &Rules::default(), 0);
+        assert_eq!(t.d365.last().values(), [Away]);
+        assert_eq!(t.canonical.last().values(), [Away]);
+        assert_eq!(t.session.last().values(), [Some(Away)]);
+        assert_eq!(t.genuine, (2, 0));
+    }
+
+    #[test]
+    fn a_meeting_holds_and_its_end_resumes_what_capacity_gives() {
+        let dv = [d365(5, Busy, DvCause::System(SystemReason::Recalculated))];
+        let tm = [
+            teams(10, "Busy/InAMeeting", "Busy/InAMeeting", TeamsCause::Person),
+            teams(
+                30,
+                "Busy/InACall",
+                "Available/Available",
+                TeamsCause::Person,
+            ),
+        ];
+        let rec = RepRecord {
+            d365: dv.iter().collect(),
+            teams: tm.iter().collect(),
+            conversations: vec![(5, 1)],
+            reads: vec![0, 12, 32],
+            ..RepRecord::default()
+        };
+        let t = replay(&rec, &Rules::default(), 0);
+        assert_eq!(t.d365.at(15).values(), [DoNotDisturb]);
+        assert!(*t.held.at(15));
+        // The meeting ended; Teams shows presync's session (Busy/InACall) over the client:
+        // unseen, and the last thing seen of the person was the meeting: still held.
+        assert!(*t.held.last());
+        let tm = [
+            teams(10, "Busy/InAMeeting", "Busy/InAMeeting", TeamsCause::Person),
+            teams(
+                30,
+                "Available/Available",
+                "Available/Available",
+                TeamsCause::Person,
+            ),
+        ];
+        let rec = RepRecord {
+            d365: dv.iter().collect(),
+            teams: tm.iter().collect(),
+            conversations: vec![(5, 1)],
+            reads: vec![0, 12, 32],
+            ..RepRecord::default()
+        };
+        let t = replay(&rec, &Rules::default(), 0);
+        assert!(!*t.held.last());
+        assert_eq!(t.d365.last().values(), [Busy], "one conversation open");
+        assert_eq!(t.session.last().values(), [Some(Busy)]);
+    }
+
+    #[test]
+    fn a_recalculation_during_a_hold_is_put_back_and_a_break_is_respected() {
+        let dv = [
+            d365(20, Available, DvCause::System(SystemReason::Recalculated)),
+            d365(40, Away, DvCause::Agent),
+        ];
+        let tm = [teams(
+            10,
+            "Busy/InAMeeting",
+            "Busy/InAMeeting",
+            TeamsCause::Person,
+        )];
+        let rec = RepRecord {
+            d365: dv.iter().collect(),
+            teams: tm.iter().collect(),
+            reads: vec![0, 12],
+            ..RepRecord::default()
+        };
+        let t = replay(&rec, &Rules::default(), 0);
+        assert_eq!(t.d365.at(25).values(), [DoNotDisturb]);
+        assert_eq!(t.d365.at(45).values(), [Away]);
+    }
+
+    #[test]
+    fn a_d365_change_before_presync_could_know_of_a_teams_one_allows_either_order() {
+        let dv = [d365(20, Away, DvCause::Agent)];
+        let tm = [teams(
+            10,
+            "DoNotDisturb/DoNotDisturb",
+            "DoNotDisturb/DoNotDisturb",
+            TeamsCause::Person,
+        )];
+        // The notification of the Teams change reached presync at 30: after D365's change.
+        let rec = RepRecord {
+            d365: dv.iter().collect(),
+            teams: tm.iter().collect(),
+            notified: vec![30],
+            ..RepRecord::default()
+        };
+        let t = replay(&rec, &Rules::default(), 0);
+        assert_eq!(t.canonical.last().values(), [Away, DoNotDisturb]);
+        assert_eq!(t.d365.last().values(), [Away, DoNotDisturb]);
+        assert_eq!(t.ambiguous, 1);
+        // Known before the D365 change: the order is known.
+        let rec = RepRecord {
+            notified: vec![15],
+            ..rec
+        };
+        let t = replay(&rec, &Rules::default(), 0);
+        assert_eq!(t.canonical.last().values(), [Away]);
+        assert_eq!(t.ambiguous, 0);
+    }
+
+    #[test]
+    fn a_teams_change_reaches_a_signed_in_d365_only() {
+        let dv = [d365(5, Offline, DvCause::System(SystemReason::SignedOut))];
+        let tm = [teams(
+            10,
+            "DoNotDisturb/DoNotDisturb",
+            "DoNotDisturb/DoNotDisturb",
+            TeamsCause::Person,
+        )];
+        let rec = RepRecord {
+            d365: dv.iter().collect(),
+            teams: tm.iter().collect(),
+            reads: vec![0, 7, 12],
+            ..RepRecord::default()
+        };
+        let t = replay(&rec, &Rules::default(), 0);
+        assert_eq!(t.d365.last().values(), [Offline]);
+        assert_eq!(t.canonical.last().values(), [DoNotDisturb]);
+        assert_eq!(t.session.last().values(), [None]);
+    }
+}
