@@ -291,6 +291,9 @@ pub struct Offers {
     pub offered: usize,
     /// (representative, when, unroutable since).
     pub while_unavailable: Vec<(usize, Millis, Millis)>,
+    /// Offers in that time to a representative presync had tried to make unroutable, but whose
+    /// write D365 refused or failed (an injected 429 or 5xx): not presync's doing.
+    pub while_d365_refused: Vec<(usize, Millis, Millis)>,
 }
 
 impl Offers {
@@ -298,6 +301,7 @@ impl Offers {
         json!({
             "offered": self.offered,
             "offers_while_unavailable": self.while_unavailable.len(),
+            "offers_while_d365_refused_presyncs_write": self.while_d365_refused.len(),
             "examples": self.while_unavailable.iter().take(10).map(|(r, at, since)| {
                 format!("rep {r} offered work at {at}, unroutable since {since}")
             }).collect::<Vec<_>>(),
@@ -330,6 +334,21 @@ pub fn offers(h: &Harness, truth: &Truth, routable: &[Availability], reaction_ms
             .last()
             .map(|(at, _)| *at)
     };
+    // presync's writes D365 refused or failed, per representative: (when, status).
+    let mut refused: HashMap<usize, Vec<Millis>> = HashMap::new();
+    for q in h.dv.requests() {
+        let refused_write =
+            q.path.ends_with("CCaaS_ModifyAgentPresence") && !(200..300).contains(&q.status);
+        let agent = q
+            .body
+            .as_ref()
+            .and_then(|b| b.get("AgentId"))
+            .and_then(|a| a.as_str())
+            .map(str::to_ascii_lowercase);
+        if let Some(&rep) = agent.as_ref().and_then(|a| by_agent.get(a)).filter(|_| refused_write) {
+            refused.entry(rep).or_default().push(q.at_ms);
+        }
+    }
     let mut out = Offers::default();
     for o in h.dv.offers() {
         out.offered += 1;
@@ -343,7 +362,15 @@ pub fn offers(h: &Harness, truth: &Truth, routable: &[Availability], reaction_ms
             continue;
         };
         let since = since.max(became_routable(rep, o.at_ms).unwrap_or(since));
-        if o.at_ms - since > reaction_ms {
+        if o.at_ms - since <= reaction_ms {
+            continue;
+        }
+        let d365_refused = refused
+            .get(&rep)
+            .is_some_and(|r| r.iter().any(|at| *at >= since && *at <= o.at_ms));
+        if d365_refused {
+            out.while_d365_refused.push((rep, o.at_ms, since));
+        } else {
             out.while_unavailable.push((rep, o.at_ms, since));
         }
     }

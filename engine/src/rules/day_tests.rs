@@ -84,6 +84,7 @@ impl Day {
             holds: vec![ResolvedHold {
                 rule: hold,
                 availability: DoNotDisturb,
+                lowest: Busy,
                 native: NativeState::new(IN_A_MEETING),
             }],
             natives,
@@ -290,10 +291,21 @@ impl Day {
         self.land(T0 + 30);
     }
 
-    /// D365 gives the representative a conversation: Busy, by its own automation, echoed to
-    /// Teams as presync's session (or preferred presence).
+    /// The reads of Teams decisions asked for, made at `t`: Teams shows `native` (`a`).
+    fn teams_reads(&mut self, a: Availability, native: &str, t: Millis) {
+        let asked = self.refresh.iter().any(|(s, _)| s.as_str() == TEAMS);
+        self.refresh.retain(|(s, _)| s.as_str() != TEAMS);
+        if asked {
+            self.teams_read(a, native, t);
+        }
+    }
+
+    /// D365 gives the representative a conversation: Busy, by its own automation. presync
+    /// looks at Teams first (a Busy session could hide a meeting), then writes its session (or
+    /// preferred presence), which Teams echoes.
     fn conversation(&mut self, t: Millis) {
         self.d365(Busy, "Busy", t, Busy);
+        self.teams_reads(Available, "Available/Available", t + 5);
         self.land(t + 10);
         let pair = match self
             .topology
@@ -362,6 +374,8 @@ fn a_break_in_d365_stays_in_preferred_mode() {
     day.morning();
     day.conversation(T0 + 1_000);
     day.d365(Away, "Away", T0 + 2_000, Busy);
+    // A preferred presence hides whatever the person shows: presync looks first.
+    day.teams_reads(Busy, "Busy/Busy", T0 + 2_005);
     day.land(T0 + 2_010);
     // The preferred presence shows presync's Away over the client: its echo.
     let d = day.sees(TEAMS, Away, "Away/Away", T0 + 2_100);

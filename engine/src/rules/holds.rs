@@ -41,6 +41,9 @@ pub struct ResolvedHold {
     pub rule: Hold,
     /// The presence's canonical availability (never routable).
     pub availability: Availability,
+    /// The lowest availability among the holding states (`Busy`, for a meeting): a part of
+    /// presync's of that rank or higher in the condition's system could hide one.
+    pub lowest: Availability,
     /// What presync writes to the held system: a native state of its own.
     pub native: NativeState,
 }
@@ -85,12 +88,15 @@ fn condition<'s>(
     h.rule.holds_on(&native.code).then_some((native, a))
 }
 
-/// presync is about to write what would hide the holding state (a session of presync's at the
-/// same rank or higher over a meeting, or any preferred presence): once hidden, its end cannot
-/// be seen until presync lowers its part again. Unless presync has just looked (this decision
-/// is on an observation of that system), it looks first: the write waits for a read
-/// ([`Decision::refresh`]), whose decision makes it. (Were the end of a meeting missed, a
-/// notification lost, and then hidden, D365 would stay held.)
+/// presync is about to write what could hide a holding state of the person's (a session of
+/// presync's at its rank or higher, or any preferred presence): once hidden, neither its start
+/// nor its end can be seen until presync lowers its part again, and a call under presync's
+/// Busy session (both `Busy/InACall`) cannot be told from it at all. Unless presync has just
+/// looked (this decision is on an observation of that system), it looks first: the write waits
+/// for a read ([`Decision::refresh`]), whose decision makes it. `holding` is the rank to guard:
+/// the holding state the person is in, or the lowest one that could start. (A meeting begun
+/// a moment before presync's Busy, whose notification is still on its way, would otherwise go
+/// unseen; an end of a meeting whose notification was lost would stay hidden, and D365 held.)
 fn look_before_hiding(
     obs: &Observation,
     d: &mut Decision,
@@ -167,11 +173,10 @@ pub(super) fn apply(
         let when = &h.rule.when.system;
         let before = condition(h, view.systems.get(when).and_then(|s| s.observed.as_ref()));
         let after = condition(h, state_after(when, obs, d, view)).map(|(n, a)| (n.clone(), a));
+        let guard = after.as_ref().map_or(h.lowest, |(_, holding)| *holding);
+        look_before_hiding(obs, d, when, guard, view, ctx);
         match (before.is_some(), after) {
-            (was, Some((native, holding))) => {
-                look_before_hiding(obs, d, when, holding, view, ctx);
-                hold(obs, d, h, &native, was, view, ctx)
-            }
+            (was, Some((native, _))) => hold(obs, d, h, &native, was, view, ctx),
             (true, None) => release(obs, a, d, h, view, ctx),
             (false, None) => {
                 // A read of the held system after a release: it still shows the hold, which
@@ -460,7 +465,7 @@ pub fn resolve(
             connectors.get(&h.when.system),
             connectors.get(&h.hold.system),
         );
-        let (Some(_), Some(held)) = (when, held) else {
+        let (Some(when), Some(held)) = (when, held) else {
             if *h != Hold::teams_meetings() {
                 for (sys, part) in [(&h.when.system, "when"), (&h.hold.system, "hold")] {
                     if !connectors.contains_key(sys) {
@@ -517,9 +522,17 @@ pub fn resolve(
             ));
             continue;
         }
+        let lowest = h
+            .when
+            .states
+            .iter()
+            .map(|s| when.to_canonical(&NativeState::new(s.as_str())).availability)
+            .min_by_key(|a| a.aggregate_rank())
+            .unwrap_or(Availability::Busy);
         resolved.push(ResolvedHold {
             rule: h.clone(),
             availability,
+            lowest,
             native,
         });
     }

@@ -129,6 +129,7 @@ fn record(shared: &Shared, req: &Req<'_>, path: &str, status: StatusCode) {
         prefer: header(req.headers, "prefer").map(str::to_owned),
         body,
         status: status.as_u16(),
+        at_ms: super::state::wall_ms(),
     });
 }
 

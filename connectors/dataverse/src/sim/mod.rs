@@ -124,6 +124,9 @@ pub struct RecordedRequest {
     pub body: Option<serde_json::Value>,
     /// The status answered.
     pub status: u16,
+    /// When it was answered (ms since the epoch, the simulator's clock, as in
+    /// [`DataverseSim::changes`]): a write that took effect had by then.
+    pub at_ms: i64,
 }
 
 /// The simulator. Cheap to clone; clones share one org.
