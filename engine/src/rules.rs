@@ -669,7 +669,10 @@ fn decide_by_rules(
         // The newer evidence becomes the source (same version: nothing is written), so that a
         // later, older report from the previous source is seen as drift there. Even when
         // presync's write has overwritten it since, it is the person's change at its time.
-        if changed > current.source_time {
+        // (Not when the aggregate shows presync's own contribution: the person's state, hidden
+        // beneath it, is not what agrees.)
+        let moved = changed > current.source_time && own.as_ref().is_none_or(|o| o.exact);
+        if moved {
             d.canonical = Some(Presence {
                 source: sys.clone(),
                 source_time: changed,
@@ -700,6 +703,9 @@ fn decide_by_rules(
                 target: sys.clone(),
                 if_in_flight: Desired::Set(current.clone()),
             });
+        }
+        if let Some(new) = d.canonical.clone().filter(|_| moved && !overwritten) {
+            follow_the_source(&mut d, view, &new, ctx);
         }
         return d;
     }
@@ -903,6 +909,37 @@ fn apply(
     d
 }
 
+/// The canonical state keeps its availability but comes from `new.source` now: where presync
+/// only contributes, its part follows the source as [`apply`] makes it (the state of the other
+/// system said there; withdrawn from the source's own aggregate, which shows the person).
+fn follow_the_source(d: &mut Decision, view: &RepView, new: &Presence, ctx: Context<'_>) {
+    let sys = &new.source;
+    let contributes = |s: &SystemId| {
+        ctx.topology
+            .capabilities(s)
+            .is_some_and(|c| c.write_semantics == WriteSemantics::Contribution)
+    };
+    for route in ctx.topology.routes_from(sys) {
+        if &route.to == sys || !route.allows(new.availability) || !contributes(&route.to) {
+            continue;
+        }
+        if let Some(op) = write_for(view, new, &route.to, ctx, false) {
+            d.outbox.push(op);
+        }
+    }
+    let part = view
+        .systems
+        .get(sys)
+        .and_then(|s| s.written.as_ref())
+        .is_some_and(|w| w.availability.is_some());
+    if contributes(sys) && part && view.external_ids.contains_key(sys) {
+        d.outbox.push(OutboxOp::Upsert {
+            target: sys.clone(),
+            desired: Desired::Withdraw,
+        });
+    }
+}
+
 /// Whether a write of presync's landed on `sys` after the person set this state there: either
 /// its echo was already seen (the system shows something newer and different), or its
 /// expectation is still open with a completion after this state's time.
@@ -999,7 +1036,23 @@ fn drift_repair(
     only_if_unwritten: bool,
 ) {
     let Some(c) = &view.canonical else { return };
-    if d.availability == c.availability {
+    // Where presync only contributes, what it sent there is its part, not what the aggregate
+    // shows: a Busy part of presync's deferred under a call (Busy too) is still to be written.
+    // (With no part of presync's there, the aggregate is all there is to compare.)
+    let contributes = ctx
+        .topology
+        .capabilities(sys)
+        .is_some_and(|caps| caps.write_semantics == WriteSemantics::Contribution);
+    let part = view
+        .systems
+        .get(sys)
+        .and_then(|s| s.written.as_ref())
+        .and_then(|w| w.availability);
+    let shows = match part {
+        Some(part) if contributes && &c.source != sys => part,
+        _ => d.availability,
+    };
+    if shows == c.availability {
         return;
     }
     // A withdrawal of presync's contribution at that version (the state came from `sys`
@@ -1015,11 +1068,7 @@ fn drift_repair(
     if &c.source == sys {
         // The source itself shows something else with no newer change of its own: presync's
         // write overwrote it. Put it back, unless presync only contributes there.
-        let overwrites = ctx
-            .topology
-            .capabilities(sys)
-            .is_some_and(|caps| caps.write_semantics != WriteSemantics::Contribution);
-        if !overwrites {
+        if contributes {
             return;
         }
     } else {

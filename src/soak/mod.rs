@@ -36,7 +36,7 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use crate::harness::{self, Harness, Ingress, Options};
-use crate::truth::{checks, Conversations, Rules, Truth};
+use crate::truth::{checks, Rules, Truth};
 use chaos::{inject, kill_and_restart, FaultRates, Fleet, Injected, REQUEST_TIMEOUT_MS};
 use people::{drive, Activity};
 
@@ -132,17 +132,15 @@ async fn soak(
         database_name(opts),
         args.duration
     );
-    let conversations: Arc<Mutex<Conversations>> = Arc::new(Mutex::new(Vec::new()));
     let done = Arc::new(Mutex::new(Activity::default()));
     let injected = Arc::new(Mutex::new(Injected::default()));
     let started = Instant::now();
-    activity(&h, &fleet, &conversations, &done, &injected, args).await;
+    activity(&h, &fleet, &done, &injected, args).await;
     eprintln!("presync soak: activity over; settling");
-    let conversations = conversations.lock().map(|c| c.clone()).unwrap_or_default();
-    let end = settle(&h, &fleet, &conversations, start).await?;
+    let end = settle(&h, &fleet, start).await?;
     let mut injected = injected.lock().map(|i| i.clone()).unwrap_or_default();
     injected.crashes += end.crashes;
-    let truth = Truth::of(&h, &conversations, Rules::default(), start);
+    let truth = Truth::of(&h, Rules::default(), start);
     let writes = checks::audit_writes(&h, &truth);
     let routable = [Availability::Available, Availability::Busy];
     let offers = checks::offers(&h, &truth, &routable, args.reaction_ms);
@@ -219,7 +217,7 @@ async fn soak(
             .chain(writes.iter().flat_map(|(_, w)| w.flagged.iter().copied()))
             .chain(offers.while_unavailable.iter().map(|(r, _, _)| *r))
             .collect();
-        let kept = keep_evidence(&h, &truth, &conversations, &flagged, start, &args.evidence);
+        let kept = keep_evidence(&h, &truth, &flagged, start, &args.evidence);
         eprintln!(
             "presync soak FAILED; evidence in {} ({})",
             args.evidence.display(),
@@ -267,7 +265,6 @@ async fn start_fleet(h: &Harness, instances: usize) -> anyhow::Result<Fleet> {
 async fn activity(
     h: &Arc<Harness>,
     fleet: &Fleet,
-    conversations: &Arc<Mutex<Conversations>>,
     done: &Arc<Mutex<Activity>>,
     injected: &Arc<Mutex<Injected>>,
     args: &SoakArgs,
@@ -275,13 +272,7 @@ async fn activity(
     let started = Instant::now();
     let run_for = Duration::from_secs(args.duration);
     let tasks = [
-        tokio::spawn(drive(
-            h.clone(),
-            conversations.clone(),
-            done.clone(),
-            args.seed,
-            run_for,
-        )),
+        tokio::spawn(drive(h.clone(), done.clone(), args.seed, run_for)),
         tokio::spawn(inject(
             h.clone(),
             args.faults.clone(),
@@ -330,14 +321,9 @@ struct End {
 
 /// Every instance up, the queues drained, one reconcile pass, and then until every
 /// representative shows the truth (or [`SETTLE`] is up).
-async fn settle(
-    h: &Harness,
-    fleet: &Fleet,
-    conversations: &Conversations,
-    start: presync_engine::Millis,
-) -> anyhow::Result<End> {
+async fn settle(h: &Harness, fleet: &Fleet, start: presync_engine::Millis) -> anyhow::Result<End> {
     // The truth follows what presync's writes reveal in Teams too: read it anew each time.
-    let truth = || Truth::of(h, conversations, Rules::default(), start);
+    let truth = || Truth::of(h, Rules::default(), start);
     {
         let mut f = fleet.lock().await;
         for (i, slot) in f.iter_mut().enumerate() {
@@ -452,7 +438,6 @@ async fn acknowledged_lost(h: &Harness, store: &Store) -> anyhow::Result<Vec<Str
 fn keep_evidence(
     h: &Harness,
     truth: &Truth,
-    conversations: &Conversations,
     flagged: &[usize],
     start: presync_engine::Millis,
     dir: &std::path::Path,
@@ -475,13 +460,7 @@ fn keep_evidence(
     let mut seen = std::collections::BTreeSet::new();
     let mut out = String::new();
     for &rep in flagged.iter().filter(|r| seen.insert(**r)).take(10) {
-        out.push_str(&crate::truth::evidence::day(
-            h,
-            truth,
-            conversations,
-            rep,
-            start,
-        ));
+        out.push_str(&crate::truth::evidence::day(h, truth, rep, start));
         out.push('\n');
     }
     std::fs::write(dir.join("timeline.txt"), out)?;

@@ -8,8 +8,7 @@
 //! recalculates) and closes it after a while, during a meeting or a break as it happens.
 //!
 //! What they did is in the simulators' own records, which the truth reads
-//! ([`crate::truth`]); the conversations, which D365 records only through their effect on a
-//! presence, are kept here.
+//! ([`crate::truth`]).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,7 +19,6 @@ use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 
 use crate::harness::Harness;
-use crate::truth::Conversations;
 
 /// What a person is doing in one system, until when.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,11 +57,6 @@ pub(super) struct Activity {
     pub conversations: u64,
 }
 
-/// The wall clock both simulators stamp their records with.
-fn wall_ms() -> presync_engine::Millis {
-    presync_engine::clock::Clock::now(&presync_engine::clock::SystemClock)
-}
-
 fn secs(rng: &mut StdRng, range: std::ops::Range<f64>) -> Duration {
     Duration::from_secs_f64(rng.random_range(range))
 }
@@ -71,7 +64,6 @@ fn secs(rng: &mut StdRng, range: std::ops::Range<f64>) -> Duration {
 /// The people at work until aborted; they start nothing new after `run_for` x 0.97.
 pub(super) async fn drive(
     h: Arc<Harness>,
-    conversations: Arc<Mutex<Conversations>>,
     activity: Arc<Mutex<Activity>>,
     seed: u64,
     run_for: Duration,
@@ -93,10 +85,8 @@ pub(super) async fn drive(
             f(&mut a);
         }
     };
-    let conversations_log = conversations.clone();
     let customers = tokio::spawn(customers(
         h.clone(),
-        conversations,
         activity.clone(),
         seed.wrapping_add(7),
         last_start,
@@ -139,13 +129,7 @@ pub(super) async fn drive(
                         match doing {
                             Some((d @ D365Doing::SignedOut, _)) => {
                                 // Signing out closes every conversation.
-                                let open = h.dv.capacity(agent).map_or(0, |(_, open)| open);
                                 h.dv.sign_out(agent);
-                                if open > 0 {
-                                    if let Ok(mut l) = conversations_log.lock() {
-                                        l.push((i, wall_ms(), -open));
-                                    }
-                                }
                                 p.d365 = Some(d);
                             }
                             Some((d @ D365Doing::Disconnected, _)) => {
@@ -247,20 +231,8 @@ pub(super) async fn drive(
 /// Customers, until `until`: every 250 ms the router offers one to the agent it finds
 /// routable and has offered least recently, who accepts it 0.2 to 0.6 s later (if D365 still
 /// lets them) and closes it 2 to 8 s after that.
-async fn customers(
-    h: Arc<Harness>,
-    conversations: Arc<Mutex<Conversations>>,
-    activity: Arc<Mutex<Activity>>,
-    seed: u64,
-    until: Instant,
-) {
+async fn customers(h: Arc<Harness>, activity: Arc<Mutex<Activity>>, seed: u64, until: Instant) {
     let mut rng = StdRng::seed_from_u64(seed);
-    let index: std::collections::HashMap<String, usize> = h
-        .reps
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (r.agent.to_ascii_lowercase(), i))
-        .collect();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut open = Vec::new();
     while Instant::now() < until {
@@ -271,29 +243,19 @@ async fn customers(
         if let Ok(mut a) = activity.lock() {
             a.offers += 1;
         }
-        let Some(&rep) = index.get(&agent.to_ascii_lowercase()) else {
-            continue;
-        };
         let (accept_in, close_in) = (secs(&mut rng, 0.2..0.6), secs(&mut rng, 2.0..8.0));
-        let (h, log, activity) = (h.clone(), conversations.clone(), activity.clone());
+        let (h, activity) = (h.clone(), activity.clone());
         open.push(tokio::spawn(async move {
             tokio::time::sleep(accept_in).await;
             if h.dv.accept(&agent).is_err() {
                 return;
-            }
-            if let Ok(mut l) = log.lock() {
-                l.push((rep, wall_ms(), 1));
             }
             if let Ok(mut a) = activity.lock() {
                 a.conversations += 1;
             }
             tokio::time::sleep(close_in).await;
             // Closed, unless D365 closed it already (a sign-out closes every conversation).
-            if h.dv.close(&agent).is_ok() {
-                if let Ok(mut l) = log.lock() {
-                    l.push((rep, wall_ms(), -1));
-                }
-            }
+            let _ = h.dv.close(&agent);
         }));
     }
     for c in open {

@@ -291,9 +291,11 @@ pub struct Offers {
     pub offered: usize,
     /// (representative, when, unroutable since).
     pub while_unavailable: Vec<(usize, Millis, Millis)>,
-    /// Offers in that time to a representative presync had tried to make unroutable, but whose
-    /// write D365 refused or failed (an injected 429 or 5xx): not presync's doing.
-    pub while_d365_refused: Vec<(usize, Millis, Millis)>,
+    /// Offers in that time while a service kept presync from learning or writing what would
+    /// have made the representative unroutable: it refused or failed presync's read or write
+    /// for them (an injected 429 or 5xx), or rate-limited presync as a whole, and its
+    /// `Retry-After` had not run out by then. Not presync's doing; counted apart.
+    pub while_refused: Vec<(usize, Millis, Millis)>,
 }
 
 impl Offers {
@@ -301,12 +303,73 @@ impl Offers {
         json!({
             "offered": self.offered,
             "offers_while_unavailable": self.while_unavailable.len(),
-            "offers_while_d365_refused_presyncs_write": self.while_d365_refused.len(),
+            "offers_while_a_service_refused_presync": self.while_refused.len(),
             "examples": self.while_unavailable.iter().take(10).map(|(r, at, since)| {
                 format!("rep {r} offered work at {at}, unroutable since {since}")
             }).collect::<Vec<_>>(),
         })
     }
+}
+
+/// Refusals of presync's requests, each as (when, until its `Retry-After` ran out): a rate
+/// limit keeps presync from everything on that service; a refused or failed read or write for
+/// one representative, from that one.
+#[derive(Debug, Default)]
+struct Refusals {
+    everyone: Vec<(Millis, Millis)>,
+    by_rep: HashMap<usize, Vec<(Millis, Millis)>>,
+}
+
+fn refusals(h: &Harness, by_agent: &HashMap<String, usize>) -> Refusals {
+    let mut out = Refusals::default();
+    let by_user: HashMap<String, usize> = h
+        .reps
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.aad.to_ascii_lowercase(), i))
+        .collect();
+    let mut note = |status: u16, at: Millis, retry: Option<i64>, reps: Vec<usize>| {
+        if (200..300).contains(&status) {
+            return;
+        }
+        let window = (at, at + retry.unwrap_or(0));
+        if status == 429 {
+            out.everyone.push(window);
+        }
+        for rep in reps {
+            out.by_rep.entry(rep).or_default().push(window);
+        }
+    };
+    for q in h.dv.requests() {
+        let agent = q
+            .body
+            .as_ref()
+            .and_then(|b| b.get("AgentId"))
+            .and_then(|a| a.as_str())
+            .map(str::to_ascii_lowercase);
+        let reps = agent.and_then(|a| by_agent.get(&a).copied());
+        note(
+            q.status,
+            q.at_ms,
+            q.retry_after_ms,
+            reps.into_iter().collect(),
+        );
+    }
+    for q in h.graph.requests() {
+        let text = format!(
+            "{} {}",
+            q.path,
+            q.body.as_ref().map(|b| b.to_string()).unwrap_or_default()
+        )
+        .to_ascii_lowercase();
+        let reps = by_user
+            .iter()
+            .filter(|(user, _)| text.contains(user.as_str()))
+            .map(|(_, rep)| *rep)
+            .collect();
+        note(q.status, q.at_ms, q.retry_after_ms, reps);
+    }
+    out
 }
 
 /// Every offer of D365's router against the truth: `routable` is the router's list.
@@ -334,21 +397,7 @@ pub fn offers(h: &Harness, truth: &Truth, routable: &[Availability], reaction_ms
             .last()
             .map(|(at, _)| *at)
     };
-    // presync's writes D365 refused or failed, per representative: (when, status).
-    let mut refused: HashMap<usize, Vec<Millis>> = HashMap::new();
-    for q in h.dv.requests() {
-        let refused_write =
-            q.path.ends_with("CCaaS_ModifyAgentPresence") && !(200..300).contains(&q.status);
-        let agent = q
-            .body
-            .as_ref()
-            .and_then(|b| b.get("AgentId"))
-            .and_then(|a| a.as_str())
-            .map(str::to_ascii_lowercase);
-        if let Some(&rep) = agent.as_ref().and_then(|a| by_agent.get(a)).filter(|_| refused_write) {
-            refused.entry(rep).or_default().push(q.at_ms);
-        }
-    }
+    let refused = refusals(h, &by_agent);
     let mut out = Offers::default();
     for o in h.dv.offers() {
         out.offered += 1;
@@ -361,15 +410,21 @@ pub fn offers(h: &Harness, truth: &Truth, routable: &[Availability], reaction_ms
         else {
             continue;
         };
+        let unroutable_since = since;
         let since = since.max(became_routable(rep, o.at_ms).unwrap_or(since));
         if o.at_ms - since <= reaction_ms {
             continue;
         }
-        let d365_refused = refused
-            .get(&rep)
-            .is_some_and(|r| r.iter().any(|at| *at >= since && *at <= o.at_ms));
-        if d365_refused {
-            out.while_d365_refused.push((rep, o.at_ms, since));
+        // A refusal whose wait overlaps the time the representative should have been
+        // unroutable (D365 may have gone routable again by itself meanwhile).
+        let blocked = |(at, until): &(Millis, Millis)| *at <= o.at_ms && *until >= unroutable_since;
+        let was_refused = refused.everyone.iter().any(blocked)
+            || refused
+                .by_rep
+                .get(&rep)
+                .is_some_and(|r| r.iter().any(blocked));
+        if was_refused {
+            out.while_refused.push((rep, o.at_ms, since));
         } else {
             out.while_unavailable.push((rep, o.at_ms, since));
         }

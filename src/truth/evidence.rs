@@ -5,17 +5,11 @@ use std::fmt::Write as _;
 
 use presync_engine::Millis;
 
-use super::{Conversations, Truth};
+use super::Truth;
 use crate::harness::Harness;
 
 /// The day of representative `rep`, times in seconds from `start`.
-pub fn day(
-    h: &Harness,
-    truth: &Truth,
-    conversations: &Conversations,
-    rep: usize,
-    start: Millis,
-) -> String {
+pub fn day(h: &Harness, truth: &Truth, rep: usize, start: Millis) -> String {
     let r = &h.reps[rep];
     let secs = |t: Millis| (t - start) as f64 / 1000.0;
     let mut lines: Vec<(Millis, String)> = Vec::new();
@@ -54,6 +48,35 @@ pub fn day(
             ));
         }
     }
+    // presync's reads of the person's Teams presence, and the notifications Graph sent it.
+    let aad = r.aad.to_ascii_lowercase();
+    for q in h.graph.requests() {
+        let path = q.path.to_ascii_lowercase();
+        let batch = path.ends_with("getpresencesbyuserid")
+            && q.body
+                .as_ref()
+                .is_some_and(|b| b.to_string().to_ascii_lowercase().contains(&aad));
+        let single = q.method == "GET" && path.ends_with(&format!("{aad}/presence"));
+        if batch || single {
+            lines.push((q.at_ms, format!("  read   teams -> {}", q.status)));
+        }
+    }
+    for n in h.graph.notifications() {
+        if n.user_id
+            .as_deref()
+            .is_some_and(|u| u.eq_ignore_ascii_case(&aad))
+        {
+            let answer = n.status.map_or("no answer".to_owned(), |s| s.to_string());
+            lines.push((
+                n.at_ms,
+                format!(
+                    "Graph    notified presync (attempt {}{}) -> {answer}",
+                    n.attempt,
+                    if n.duplicate { ", duplicate" } else { "" }
+                ),
+            ));
+        }
+    }
     for o in h.dv.offers() {
         if o.agent_id.eq_ignore_ascii_case(&r.agent) {
             lines.push((
@@ -62,10 +85,9 @@ pub fn day(
             ));
         }
     }
-    for (i, at, delta) in conversations {
-        if *i == rep {
-            let what = if *delta > 0 { "accepted" } else { "closed" };
-            lines.push((*at, format!("People   conversation {what} ({delta:+})")));
+    for c in h.dv.conversation_changes() {
+        if c.agent_id.eq_ignore_ascii_case(&r.agent) {
+            lines.push((c.at_ms, format!("D365     conversations open: {}", c.open)));
         }
     }
     let t = &truth.reps[rep];

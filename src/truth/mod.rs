@@ -28,13 +28,10 @@ pub struct Truth {
     pub rules: Rules,
 }
 
-/// Conversations the people accepted (+1) and closed (-1): (representative, when, +1 or -1).
-pub type Conversations = Vec<(usize, Millis, i64)>;
-
 impl Truth {
     /// Replay the simulators' records of `h` from `start` on: every representative starts
     /// signed in to both systems and Available then.
-    pub fn of(h: &Harness, conversations: &Conversations, rules: Rules, start: Millis) -> Truth {
+    pub fn of(h: &Harness, rules: Rules, start: Millis) -> Truth {
         let d365 = h.dv.changes();
         // Every edit of the people's Teams sources (theirs, and presync's writes, whether or not
         // Teams showed a change), and what time alone changed (fades, expiries).
@@ -69,9 +66,9 @@ impl Truth {
                 records[i].teams.push(c);
             }
         }
-        for &(i, at, delta) in conversations {
-            if let Some(r) = records.get_mut(i) {
-                r.conversations.push((at, delta));
+        for c in h.dv.conversation_changes() {
+            if let Some(&i) = by_agent.get(&c.agent_id.to_ascii_lowercase()) {
+                records[i].conversations.push((c.at_ms, c.open));
             }
         }
         // presync's reads of the people's Teams presence, and the notifications it took: when

@@ -22,7 +22,14 @@
 //!   capacity. When it ends with a state the person chose, the last writer wins.
 //! - presync's Teams session (or preferred presence) says the canonical state when that comes
 //!   from D365, and is withdrawn when it comes from Teams (session mode); Offline is a
-//!   withdrawal.
+//!   withdrawal. While a hold holds, a session that would hide the holding state (of its rank
+//!   or higher; any preferred presence) is withdrawn instead: Teams shows the person's meeting,
+//!   and its end.
+//! - **D365's automation** (dataverse.md §2.4) applies to what D365 should show as it does to
+//!   what it shows: at each accept or close, a presence that is not sticky (a hand-chosen or,
+//!   with `api_presence_is_manual`, API-set Away, Busy - DND or Offline is) becomes what the
+//!   capacity gives. So a release written a moment late, after a conversation closed, is right
+//!   to write what the capacity gives then.
 
 use presync_dataverse::sim::{ChangeCause as DvCause, SimChange, SystemReason};
 use presync_engine::config::state_matches;
@@ -44,6 +51,9 @@ pub struct Rules {
     pub preferred_mode: bool,
     /// Conversations that use a representative's capacity up (D365 gives Busy - DND then).
     pub full_at_conversations: i64,
+    /// Whether D365 keeps an API-set Away, Busy - DND or Offline through recalculations as it
+    /// keeps a hand-chosen one (the simulator's `api_presence_is_manual`, UNCONFIRMED).
+    pub api_presence_is_manual: bool,
     /// presync's application: its Teams session, showing the same pair as the person, hides
     /// them (neither presync nor anyone reading Teams can tell the two apart).
     pub app_id: String,
@@ -61,6 +71,7 @@ impl Default for Rules {
             routable: vec![Availability::Available, Availability::Busy],
             preferred_mode: false,
             full_at_conversations: 2,
+            api_presence_is_manual: true,
             app_id: crate::harness::APP_ID.to_owned(),
         }
     }
@@ -88,7 +99,7 @@ pub struct RepTruth {
 pub struct RepRecord<'a> {
     pub d365: Vec<&'a SimChange>,
     pub teams: Vec<&'a PresenceChange>,
-    /// Conversations accepted (+1) and closed (-1), with when.
+    /// Every change of the open conversations: (when, how many are open after it).
     pub conversations: Vec<(Millis, i64)>,
     /// When presync read the person's Teams presence (successfully), in order.
     pub reads: Vec<Millis>,
@@ -101,6 +112,20 @@ impl RepRecord<'_> {
     fn seen_before(&self, t: Millis) -> Millis {
         let i = self.reads.partition_point(|r| *r < t);
         i.checked_sub(1).map_or(Millis::MIN, |i| self.reads[i])
+    }
+
+    /// The conversations open at `t`.
+    fn open_at(&self, t: Millis) -> i64 {
+        let i = self.conversations.partition_point(|(at, _)| *at <= t);
+        i.checked_sub(1).map_or(0, |i| self.conversations[i].1)
+    }
+
+    /// Whether D365 recorded a change of its own with the conversations' change at `t` (a
+    /// recalculation, a sign-out closing them; stamped within a few milliseconds of it).
+    fn d365_changed_itself_at(&self, t: Millis) -> bool {
+        self.d365
+            .iter()
+            .any(|c| matches!(c.cause, DvCause::System(_)) && (t..=t + 5).contains(&c.at_ms))
     }
 
     /// When presync could first know of a Teams change at `t`: the first notification of it
@@ -118,6 +143,8 @@ impl RepRecord<'_> {
 enum Event<'a> {
     D365(&'a SimChange),
     Teams(&'a PresenceChange),
+    /// The conversations open changed: (when, how many now).
+    Conversations(Millis, i64),
 }
 
 impl Event<'_> {
@@ -125,8 +152,17 @@ impl Event<'_> {
         match self {
             Event::D365(c) => c.at_ms,
             Event::Teams(c) => c.at,
+            Event::Conversations(at, _) => *at,
         }
     }
+}
+
+/// Whether a presence with this base status, chosen by hand, lasts through recalculations.
+fn sticky_base(a: Availability) -> bool {
+    matches!(
+        a,
+        Availability::Away | Availability::DoNotDisturb | Availability::Offline
+    )
 }
 
 /// Where the canonical state comes from.
@@ -153,6 +189,8 @@ struct Day<'r> {
     d365_shows: Availability,
     d365_genuine: bool,
     signed_in: bool,
+    /// Whether what D365 should show lasts through recalculations.
+    expected_sticky: bool,
     /// The person's own Teams state, as Teams last showed it.
     own_shown: (String, String),
     /// What Teams showed last.
@@ -196,10 +234,20 @@ impl Day<'_> {
     /// presence of presync's stays as it was).
     fn session_of(&self, source: Source, a: Availability) -> Option<Allowed<Option<Availability>>> {
         match source {
-            Source::D365 => Some(Allowed::one(session_for(a))),
+            Source::D365 => Some(Allowed::one(self.in_sight(session_for(a)))),
             Source::Teams if !self.rules.preferred_mode => Some(Allowed::one(None)),
             Source::Teams => None,
         }
+    }
+
+    /// presync's Teams part `part`, unless a hold holds and it would hide the holding state:
+    /// then none.
+    fn in_sight(&self, part: Option<Availability>) -> Option<Availability> {
+        if !*self.truth.held.last() {
+            return part;
+        }
+        let holding = teams_availability(&self.own_shown);
+        part.filter(|p| !self.rules.preferred_mode && p.aggregate_rank() < holding.aggregate_rank())
     }
 
     fn canonical(&mut self, t: Millis, source: Source, a: Availability, known_at: Millis) {
@@ -226,7 +274,25 @@ impl Day<'_> {
 
     fn write_d365(&mut self, t: Millis, a: Availability) {
         let shown = self.written(a);
+        self.expected_sticky = self.rules.api_presence_is_manual && sticky_base(shown);
         self.truth.d365.set(t, Allowed::one(shown));
+    }
+
+    /// The conversations open changed at `t` and D365 recorded no recalculation of its own
+    /// (it showed a sticky presence of presync's, or presync's write is still to come): what
+    /// D365 should show recalculates all the same, unless it is sticky or held. That is D365's
+    /// own change.
+    fn conversations_change(&mut self, t: Millis, open: i64) {
+        if !self.signed_in || self.expected_sticky || *self.truth.held.last() {
+            return;
+        }
+        let auto = automatic(open, self.rules.full_at_conversations);
+        if self.truth.d365.last().values() == [auto] {
+            return;
+        }
+        self.truth.genuine.0 += 1;
+        self.canonical(t, Source::D365, auto, t);
+        self.truth.d365.set(t, Allowed::one(auto));
     }
 
     fn hold_at(&self) -> Availability {
@@ -263,6 +329,12 @@ impl Day<'_> {
         let t = c.at_ms;
         self.d365_shows = c.base;
         self.d365_genuine = c.cause.is_genuine();
+        // (presync's own writes make what D365 should show only as the truth has them.)
+        match &c.cause {
+            DvCause::Agent => self.expected_sticky = sticky_base(c.base),
+            DvCause::System(_) => self.expected_sticky = false,
+            DvCause::Api { .. } => {}
+        }
         match c.cause {
             DvCause::System(SystemReason::SignedOut | SystemReason::Disconnected) => {
                 self.signed_in = false
@@ -329,6 +401,8 @@ impl Day<'_> {
                 if genuine {
                     self.canonical(t, Source::Teams, a, known_at);
                 }
+                let capped = self.truth.session.last().map(|p| self.in_sight(*p));
+                self.truth.session.set(t, capped);
                 if !self.respected() {
                     let at = self.hold_at();
                     self.write_d365(t, at);
@@ -358,8 +432,8 @@ impl Day<'_> {
         // dates nothing, and a change presync finds by a read happened at some moment since.
         let seen = rec.seen_before(t);
         let changed_winner = self.winner.is_some_and(|w| w.at == t);
-        if let Some(w) =
-            before.filter(|w| changed_winner && w.source == Source::D365 && w.at > seen && w.at < t)
+        if let Some(w) = before
+            .filter(|w| changed_winner && w.source == Source::D365 && w.at > seen && w.at <= t)
         {
             self.either(t, w);
         }
@@ -384,6 +458,7 @@ pub fn replay(rec: &RepRecord<'_>, rules: &Rules, start: Millis) -> RepTruth {
         d365_shows: available,
         d365_genuine: true,
         signed_in: true,
+        expected_sticky: false,
         own_shown: ("Available".to_owned(), "Available".to_owned()),
         teams_shows: ("Available".to_owned(), "Available".to_owned()),
         winner: None,
@@ -393,6 +468,11 @@ pub fn replay(rec: &RepRecord<'_>, rules: &Rules, start: Millis) -> RepTruth {
         .iter()
         .map(|c| Event::D365(c))
         .chain(rec.teams.iter().map(|c| Event::Teams(c)))
+        .chain(
+            rec.conversations
+                .iter()
+                .map(|&(at, open)| Event::Conversations(at, open)),
+        )
         .filter(|e| e.at() >= start)
         .collect();
     // Stable: within one millisecond, each simulator's own order.
@@ -400,14 +480,11 @@ pub fn replay(rec: &RepRecord<'_>, rules: &Rules, start: Millis) -> RepTruth {
     for e in events {
         match e {
             Event::D365(c) => day.d365_change(c),
-            Event::Teams(c) => {
-                let open = rec
-                    .conversations
-                    .iter()
-                    .filter(|(at, _)| *at <= c.at)
-                    .map(|(_, d)| d)
-                    .sum();
-                day.teams_change(c, open, rec)
+            Event::Teams(c) => day.teams_change(c, rec.open_at(c.at), rec),
+            Event::Conversations(at, open) => {
+                if !rec.d365_changed_itself_at(at) {
+                    day.conversations_change(at, open);
+                }
             }
         }
     }
@@ -502,6 +579,9 @@ mod tests {
         let t = replay(&rec, &Rules::default(), 0);
         assert_eq!(t.d365.at(15).values(), [DoNotDisturb]);
         assert!(*t.held.at(15));
+        // presync's Busy session (D365's conversation) would hide the meeting's end: none.
+        assert_eq!(t.session.at(7).values(), [Some(Busy)]);
+        assert_eq!(t.session.at(15).values(), [None]);
         // The meeting ended; Teams shows presync's session (Busy/InACall) over the client:
         // unseen, and the last thing seen of the person was the meeting: still held.
         assert!(*t.held.last());
@@ -599,5 +679,55 @@ mod tests {
         assert_eq!(t.d365.last().values(), [Offline]);
         assert_eq!(t.canonical.last().values(), [DoNotDisturb]);
         assert_eq!(t.session.last().values(), [None]);
+    }
+
+    #[test]
+    fn a_conversation_closed_before_a_late_release_recalculates_what_d365_should_show() {
+        // A meeting, one conversation open; the meeting ends at 30 (release: Busy, what one
+        // conversation gives); the conversation closes at 40 while D365 still shows presync's
+        // hold, so D365 records nothing. D365 should show Available from 40: the release's
+        // API-set Busy would have been recalculated.
+        let dv = [
+            d365(5, Busy, DvCause::System(SystemReason::Recalculated)),
+            d365(
+                12,
+                DoNotDisturb,
+                DvCause::Api {
+                    caller: "app".into(),
+                },
+            ),
+        ];
+        let tm = [
+            teams(10, "Busy/InAMeeting", "Busy/InAMeeting", TeamsCause::Person),
+            teams(
+                30,
+                "Available/Available",
+                "Available/Available",
+                TeamsCause::Person,
+            ),
+        ];
+        let rec = RepRecord {
+            d365: dv.iter().collect(),
+            teams: tm.iter().collect(),
+            conversations: vec![(5, 1), (40, 0)],
+            reads: vec![0, 12, 32],
+            ..RepRecord::default()
+        };
+        let t = replay(&rec, &Rules::default(), 0);
+        assert_eq!(t.d365.at(35).values(), [Busy]);
+        assert_eq!(t.d365.last().values(), [Available]);
+        assert_eq!(t.session.last().values(), [Some(Available)]);
+        // A close while held changes nothing: the hold stands.
+        let rec = RepRecord {
+            conversations: vec![(5, 1), (20, 0)],
+            ..rec
+        };
+        let t = replay(&rec, &Rules::default(), 0);
+        assert_eq!(t.d365.at(25).values(), [DoNotDisturb]);
+        assert_eq!(
+            t.d365.last().values(),
+            [Available],
+            "released to no conversation"
+        );
     }
 }

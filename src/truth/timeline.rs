@@ -40,6 +40,18 @@ impl<T: Clone + PartialEq> Allowed<T> {
     pub fn values(&self) -> &[T] {
         &self.0
     }
+
+    /// Each value through `f` (merging those that become equal).
+    pub fn map(&self, f: impl Fn(&T) -> T) -> Allowed<T> {
+        let mut out = Allowed(Vec::with_capacity(self.0.len()));
+        for v in &self.0 {
+            let v = f(v);
+            if !out.0.contains(&v) {
+                out.0.push(v);
+            }
+        }
+        out
+    }
 }
 
 impl<T: std::fmt::Debug> std::fmt::Display for Allowed<T> {

@@ -45,10 +45,14 @@ pub(super) struct Own {
     /// change: not news from the person.
     pub explained: bool,
     /// presync's contribution did not change since the last observation, and the aggregate
-    /// shows the same availability: nothing the person did shows.
+    /// shows the same state (a meeting after a call is a change, both Busy): nothing the
+    /// person did shows.
     pub unchanged: bool,
     /// presync's contribution at the time, for people (`Away`, `none`, `Away or none`).
     pub contribution: String,
+    /// The aggregate shows the person's own state exactly, not what presync's contribution
+    /// says (beneath which the person's own is hidden).
+    pub exact: bool,
 }
 
 /// presync's contributions to `sys` in effect when the observation was made (`None`: none, or
@@ -203,8 +207,11 @@ pub(super) fn observe(
         // (Where the system dates its states, the same state set again is a change.)
         unchanged: !caps.source_timestamps
             && !c.changed
-            && prev.is_some_and(|p| p.availability == a),
+            && prev.is_some_and(|p| {
+                p.availability == a && p.native.code.eq_ignore_ascii_case(&obs.native.code)
+            }),
         contribution: describe(&c.now),
+        exact,
     })
 }
 

@@ -613,3 +613,151 @@ fn a_change_d365_made_before_the_holds_write_landed_is_not_put_back_twice() {
     let d = day.d365(DoNotDisturb, IN_A_MEETING, T0 + 1_010, Busy);
     assert_eq!(d.rule, Rule::Echo, "{}", d.detail);
 }
+
+#[test]
+fn while_a_call_holds_d365_presyncs_session_stays_below_it() {
+    let mut day = Day::new(WriteSemantics::Contribution);
+    day.morning();
+    // The person is in a call; D365 is held.
+    day.sees(TEAMS, Busy, "Busy/InACall", T0 + 1_000);
+    day.land(T0 + 1_010);
+    day.d365(DoNotDisturb, IN_A_MEETING, T0 + 1_020, Available);
+    // The person sets Available in D365 by hand: put back, and Teams is sent Available, which
+    // hides nothing of the call.
+    day.d365(Available, "Available", T0 + 1_500, Available);
+    day.land(T0 + 1_510);
+    day.d365(DoNotDisturb, IN_A_MEETING, T0 + 1_510, Available);
+    // D365 recalculates at an accept: Busy, put back. presync's session at Busy would hide the
+    // call's end (Teams may show either of two Busy states): presync looks first, and the
+    // call is still on, so its session goes rather than rise.
+    day.refresh.clear();
+    let from = day.made.len();
+    day.d365(Busy, "Busy", T0 + 2_000, Busy);
+    day.land(T0 + 2_010);
+    assert!(day.writes_to(TEAMS, from).is_empty(), "{:?}", day.made);
+    assert_eq!(
+        day.refresh,
+        vec![(SystemId::from(TEAMS), ExternalId::from("aad"))]
+    );
+    day.d365(DoNotDisturb, IN_A_MEETING, T0 + 2_010, Busy);
+    let d = day.teams_read(Busy, "Busy/InACall", T0 + 2_050);
+    day.land(T0 + 2_100);
+    assert_eq!(day.writes_to(TEAMS, from), vec![None], "{}", d.detail);
+    assert_eq!(day.canonical(), Busy);
+    // Another read changes nothing.
+    let from = day.made.len();
+    day.teams_read(Busy, "Busy/InACall", T0 + 3_000);
+    day.land(T0 + 3_010);
+    assert!(day.made[from..].is_empty(), "{:?}", day.made);
+    // The call ends: Teams shows the person's Available, and the hold is released to what the
+    // capacity gives (Busy), which presync's session says again.
+    day.teams_read(Available, "Available/Available", T0 + 4_000);
+    day.d365_read(DoNotDisturb, IN_A_MEETING, T0 + 2_010, T0 + 4_050, Busy);
+    day.land(T0 + 4_100);
+    assert_eq!(
+        day.writes_to(TEAMS, from),
+        vec![Some(Busy)],
+        "{:?}",
+        day.made
+    );
+    assert_eq!(
+        day.writes_to(D365, from),
+        vec![Some(Busy)],
+        "{:?}",
+        day.made
+    );
+}
+
+#[test]
+fn a_meeting_agreeing_with_a_busy_from_d365_withdraws_presyncs_session() {
+    let mut day = Day::new(WriteSemantics::Contribution);
+    day.morning();
+    day.conversation(T0 + 1_000);
+    // The person joins a meeting: Busy, as presync's session already says. The meeting is
+    // theirs now; presync's session, left at Busy, would hide its end.
+    let from = day.made.len();
+    let d = day.sees(TEAMS, Busy, "Busy/InAMeeting", T0 + 2_000);
+    day.land(T0 + 2_010);
+    assert_eq!(day.writes_to(TEAMS, from), vec![None], "{}", d.detail);
+    assert_eq!(day.writes_to(D365, from), vec![Some(DoNotDisturb)]);
+    assert_eq!(
+        day.view.canonical.as_ref().unwrap().source,
+        SystemId::from(TEAMS)
+    );
+}
+
+#[test]
+fn a_d365_choice_agreeing_with_a_teams_one_gives_presyncs_session_its_state() {
+    let mut day = Day::new(WriteSemantics::Contribution).without_holds();
+    day.morning();
+    // Do not disturb chosen in Teams, then in D365 as well: the newest choice is D365's, and
+    // presync's session says it, so that it outlasts a reset of the Teams status.
+    day.sees(TEAMS, DoNotDisturb, "DoNotDisturb/DoNotDisturb", T0 + 1_000);
+    day.land(T0 + 1_010);
+    day.d365(DoNotDisturb, "DoNotDisturb", T0 + 1_020, Available);
+    let from = day.made.len();
+    let d = day.d365(DoNotDisturb, "DoNotDisturb", T0 + 2_000, Available);
+    day.land(T0 + 2_010);
+    assert_eq!(
+        day.writes_to(TEAMS, from),
+        vec![Some(DoNotDisturb)],
+        "{}",
+        d.detail
+    );
+    assert!(day.writes_to(D365, from).is_empty(), "{:?}", day.made);
+}
+
+#[test]
+fn a_meeting_ending_on_the_canonical_state_leaves_presyncs_session_for_the_release() {
+    let mut day = Day::new(WriteSemantics::Contribution);
+    day.morning();
+    day.sees(TEAMS, Busy, "Busy/InAMeeting", T0 + 1_000);
+    day.land(T0 + 1_010);
+    day.d365(DoNotDisturb, IN_A_MEETING, T0 + 1_020, Available);
+    // Available chosen in D365 during the meeting: put back, and Teams is sent it.
+    day.d365(Available, "Available", T0 + 1_500, Available);
+    day.land(T0 + 1_510);
+    day.d365(DoNotDisturb, IN_A_MEETING, T0 + 1_510, Available);
+    day.sees(TEAMS, Busy, "Busy/InAMeeting", T0 + 1_520);
+    // The meeting ends on Available, the canonical state: the release reads D365, whose
+    // automation is the source then. presync's session is not withdrawn meanwhile.
+    let from = day.made.len();
+    day.refresh.clear();
+    let d = day.sees(TEAMS, Available, "Available/Available", T0 + 3_000);
+    day.land(T0 + 3_010);
+    assert!(day.made[from..].is_empty(), "{}: {:?}", d.detail, day.made);
+    assert_eq!(
+        day.refresh,
+        vec![(SystemId::from(D365), ExternalId::from("agent"))]
+    );
+    day.d365_read(
+        DoNotDisturb,
+        IN_A_MEETING,
+        T0 + 1_510,
+        T0 + 3_050,
+        Available,
+    );
+    day.land(T0 + 3_100);
+    assert_eq!(day.writes_to(D365, from), vec![Some(Available)]);
+    assert!(day.writes_to(TEAMS, from).is_empty(), "{:?}", day.made);
+}
+
+#[test]
+fn teams_showing_presyncs_own_session_over_a_sign_out_is_not_the_persons_agreement() {
+    let mut day = Day::new(WriteSemantics::Contribution);
+    day.morning();
+    // A break in D365: presync's session says Away; the Teams client's Available shows.
+    day.d365(Away, "Away", T0 + 1_000, Available);
+    day.land(T0 + 1_010);
+    day.sees(TEAMS, Available, "Available/Available", T0 + 1_100);
+    // The person signs out of Teams: presync's Away session is all Teams shows. It agrees with
+    // the canonical Away, but it is presync's own: the session stays.
+    let from = day.made.len();
+    let d = day.sees(TEAMS, Away, "Away/Away", T0 + 2_000);
+    day.land(T0 + 2_010);
+    assert!(day.made[from..].is_empty(), "{}: {:?}", d.detail, day.made);
+    assert_eq!(
+        day.view.canonical.as_ref().unwrap().source,
+        SystemId::from(D365)
+    );
+}

@@ -111,13 +111,7 @@ fn look_before_hiding(
     let Some(caps) = ctx.topology.capabilities(when) else {
         return;
     };
-    let hides = |a: Availability| match caps.write_semantics {
-        WriteSemantics::Override => a != Availability::Offline,
-        WriteSemantics::Contribution => {
-            a != Availability::Offline && a.aggregate_rank() >= holding.aggregate_rank()
-        }
-        WriteSemantics::Overwrite => false,
-    };
+    let hides = |a: Availability| hides(caps.write_semantics, a, holding);
     let before = d.outbox.len();
     d.outbox.retain(|op| match op {
         OutboxOp::Upsert {
@@ -130,6 +124,68 @@ fn look_before_hiding(
         if let Some(user) = view.external_ids.get(when) {
             d.refresh.push((when.clone(), user.clone()));
         }
+    }
+}
+
+/// Whether a part of presync's at `a` in a system of these semantics hides a state of the
+/// person's at `holding` (its start, or its end: at the same rank, Teams may show either).
+fn hides(semantics: WriteSemantics, a: Availability, holding: Availability) -> bool {
+    match semantics {
+        WriteSemantics::Override => a != Availability::Offline,
+        WriteSemantics::Contribution => {
+            a != Availability::Offline && a.aggregate_rank() >= holding.aggregate_rank()
+        }
+        WriteSemantics::Overwrite => false,
+    }
+}
+
+/// The condition holds at `holding`: presync's part in the condition's system stays below it,
+/// so that Teams shows the person's meeting (or call, or presentation) and presync sees it
+/// end. A part the other rules would write that would hide it is not written; one in effect
+/// that would is withdrawn. (What is held is in the held system; the canonical state comes
+/// back to the condition's system at the release.)
+fn keep_the_condition_in_sight(
+    d: &mut Decision,
+    when: &SystemId,
+    holding: Availability,
+    view: &RepView,
+    ctx: Context<'_>,
+) {
+    let Some(caps) = ctx.topology.capabilities(when) else {
+        return;
+    };
+    if !caps.write || !view.external_ids.contains_key(when) {
+        return;
+    }
+    let hides = |a: Availability| hides(caps.write_semantics, a, holding);
+    let hiding = |op: &OutboxOp| {
+        matches!(op, OutboxOp::Upsert { target, desired: Desired::Set(p) }
+            if target == when && hides(p.availability))
+    };
+    let dropped = d.outbox.iter().any(hiding);
+    d.outbox.retain(|op| !hiding(op));
+    let queued = d
+        .outbox
+        .iter()
+        .any(|op| matches!(op, OutboxOp::Upsert { target, .. } if target == when));
+    if queued {
+        return;
+    }
+    let written = view
+        .systems
+        .get(when)
+        .and_then(|s| s.written.as_ref())
+        .and_then(|w| w.availability);
+    let pending = view.outbox.get(when).map(|p| p.availability);
+    let in_effect_hides = match pending {
+        Some(p) => p.is_some_and(hides),
+        None => written.is_some_and(hides),
+    };
+    if in_effect_hides || dropped && (pending.is_some_and(|p| p.is_some()) || written.is_some()) {
+        d.outbox.push(OutboxOp::Upsert {
+            target: when.clone(),
+            desired: Desired::Withdraw,
+        });
     }
 }
 
@@ -176,7 +232,10 @@ pub(super) fn apply(
         let guard = after.as_ref().map_or(h.lowest, |(_, holding)| *holding);
         look_before_hiding(obs, d, when, guard, view, ctx);
         match (before.is_some(), after) {
-            (was, Some((native, _))) => hold(obs, d, h, &native, was, view, ctx),
+            (was, Some((native, holding))) => {
+                hold(obs, d, h, &native, was, view, ctx);
+                keep_the_condition_in_sight(d, when, holding, view, ctx);
+            }
             (true, None) => release(obs, a, d, h, view, ctx),
             (false, None) => {
                 // A read of the held system after a release: it still shows the hold, which
@@ -355,8 +414,12 @@ fn release(
         return;
     }
     // The held system stays as it is until it says what its automation gives now; the rest
-    // goes as the rules decided.
+    // goes as the rules decided, but for a withdrawal of presync's part in the condition's
+    // system: the held system's state is the source again once read, and that part says it.
     drop_writes(d, target);
+    d.outbox.retain(|op| {
+        !matches!(op, OutboxOp::Upsert { target, desired: Desired::Withdraw } if target == when)
+    });
     if let Some(user) = view.external_ids.get(target) {
         d.refresh.push((target.clone(), user.clone()));
     }
@@ -526,7 +589,10 @@ pub fn resolve(
             .when
             .states
             .iter()
-            .map(|s| when.to_canonical(&NativeState::new(s.as_str())).availability)
+            .map(|s| {
+                when.to_canonical(&NativeState::new(s.as_str()))
+                    .availability
+            })
             .min_by_key(|a| a.aggregate_rank())
             .unwrap_or(Availability::Busy);
         resolved.push(ResolvedHold {

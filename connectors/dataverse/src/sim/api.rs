@@ -103,14 +103,15 @@ async fn handle(
             e.into_response()
         }
     };
-    record(shared, &req, &path, response.status());
+    record(shared, &req, &path, &response);
     if let Some(d) = delay {
         tokio::time::sleep(d).await;
     }
     response
 }
 
-fn record(shared: &Shared, req: &Req<'_>, path: &str, status: StatusCode) {
+fn record(shared: &Shared, req: &Req<'_>, path: &str, response: &Response) {
+    let status = response.status();
     let caller = [CALLER_ID, CALLER_OBJECT_ID].iter().find_map(|name| {
         req.headers
             .get(*name)
@@ -129,8 +130,21 @@ fn record(shared: &Shared, req: &Req<'_>, path: &str, status: StatusCode) {
         prefer: header(req.headers, "prefer").map(str::to_owned),
         body,
         status: status.as_u16(),
+        retry_after_ms: retry_after_ms(response.headers()),
         at_ms: super::state::wall_ms(),
     });
+}
+
+/// The `Retry-After` a response carries, in ms (decimal seconds, or whole seconds).
+fn retry_after_ms(headers: &axum::http::HeaderMap) -> Option<i64> {
+    let secs: f64 = headers
+        .get(axum::http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some((secs * 1000.0).round() as i64)
 }
 
 fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {

@@ -89,7 +89,7 @@ use webhooks::Outbox;
 pub use activity::Activity;
 pub use config::{SimConfig, SimCredential, WebhookTarget};
 pub use faults::Fault;
-pub use record::{ChangeCause, SimChange, SimRefusal, SystemReason};
+pub use record::{ChangeCause, ConversationChange, SimChange, SimRefusal, SystemReason};
 pub use routing::Offer;
 pub use webhooks::Delivery;
 
@@ -124,6 +124,8 @@ pub struct RecordedRequest {
     pub body: Option<serde_json::Value>,
     /// The status answered.
     pub status: u16,
+    /// The `Retry-After` answered (429), in ms.
+    pub retry_after_ms: Option<i64>,
     /// When it was answered (ms since the epoch, the simulator's clock, as in
     /// [`DataverseSim::changes`]): a write that took effect had by then.
     pub at_ms: i64,
@@ -397,6 +399,12 @@ impl DataverseSim {
     /// presence is not in it either.
     pub fn changes(&self) -> Vec<SimChange> {
         lock(&self.shared.state).journal.clone()
+    }
+
+    /// Every change of an agent's open conversations so far, in order, timed like the
+    /// presence changes D365 makes of them ([`Self::changes`]).
+    pub fn conversation_changes(&self) -> Vec<ConversationChange> {
+        lock(&self.shared.state).conversation_log.clone()
     }
 
     /// The agent's free capacity units (`msdyn_availableunitscapacity`) and open conversations

@@ -20,6 +20,19 @@ pub struct SimChange {
     pub cause: ChangeCause,
 }
 
+/// A change of an agent's open conversations (`msdyn_assignedconversationcount`), as
+/// [`super::DataverseSim::conversation_changes`] lists them: an accept, a close, or a sign-out
+/// closing every one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationChange {
+    /// The agent's systemuserid.
+    pub agent_id: String,
+    /// `msdyn_capacitymodifiedon` of the change, ms since the epoch.
+    pub at_ms: i64,
+    /// The conversations open after it.
+    pub open: i64,
+}
+
 /// Who or what changed a presence.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChangeCause {

@@ -11,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use presync_engine::Availability;
 
-use super::record::SimChange;
+use super::record::{ConversationChange, SimChange};
 use super::routing::Offer;
 use super::session::Session;
 use crate::mapping::{Catalog, PresenceEntry};
@@ -121,6 +121,8 @@ pub(crate) struct State {
     pub(crate) journal: Vec<SimChange>,
     /// Every conversation the router offered, in order.
     pub(crate) offers: Vec<Offer>,
+    /// Every change of an agent's open conversations, in order.
+    pub(crate) conversation_log: Vec<ConversationChange>,
 }
 
 /// Milliseconds since the epoch, from the wall clock.
@@ -158,6 +160,7 @@ impl State {
             sessions: HashMap::new(),
             journal: Vec::new(),
             offers: Vec::new(),
+            conversation_log: Vec::new(),
         }
     }
 
@@ -338,6 +341,13 @@ impl State {
             row.modified_by = by.to_owned();
         }
         if let Some((open, available)) = w.conversations {
+            if open != row.assigned_conversations {
+                self.conversation_log.push(ConversationChange {
+                    agent_id: row.agent_id.clone(),
+                    at_ms: now,
+                    open,
+                });
+            }
             row.assigned_conversations = open;
             row.capacity = available;
             row.capacity_modified_on_ms = now;

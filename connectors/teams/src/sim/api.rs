@@ -85,6 +85,7 @@ async fn handle(
         query,
         body: recorded_body,
         status: response.status().as_u16(),
+        retry_after_ms: retry_after_ms(response.headers()),
         token,
         received,
         at_ms: shared.clock.now(),
@@ -93,6 +94,18 @@ async fn handle(
         tokio::time::sleep(d).await;
     }
     response
+}
+
+/// The `Retry-After` a response carries, in ms (decimal seconds, or whole seconds).
+fn retry_after_ms(headers: &axum::http::HeaderMap) -> Option<i64> {
+    let secs: f64 = headers
+        .get(axum::http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some((secs * 1000.0).round() as i64)
 }
 
 async fn process(
