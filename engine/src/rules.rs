@@ -345,13 +345,12 @@ fn decide_by_rules(
     // When the state was set, for ordering it against other systems' changes.
     let changed = change_time(obs, source_time, timed);
     let skew = cfg.max_clock_skew_ms;
-    let could_echo = |e: &Expectation| {
-        e.availability == a
-            && (!timed
-                || (source_time >= e.opened_at.saturating_sub(skew)
-                    && e.completed_at
-                        .is_none_or(|c| source_time <= c.saturating_add(skew))))
+    let within = |e: &Expectation, skew: i64| {
+        source_time >= e.opened_at.saturating_sub(skew)
+            && e.completed_at
+                .is_none_or(|c| source_time <= c.saturating_add(skew))
     };
+    let could_echo = |e: &Expectation| e.availability == a && (!timed || within(e, skew));
     let live: Vec<&Expectation> = view
         .expectations
         .iter()
@@ -402,9 +401,12 @@ fn decide_by_rules(
         // and versions every write, the same presence again included): the oldest write this
         // echo can be is the one it is, and a newer one's echo is still to come. A system that
         // dates nothing shows an aggregate, whose one change may echo several writes: the newest.
+        // (One whose time on the wire holds the echo's time without the skew allowance
+        // first: an attempt of unknown outcome that never landed has no echo, and its window
+        // only reaches the write that did land by that allowance.)
         let candidates = open.iter().filter(|e| could_echo(e));
         let hit = if timed {
-            candidates.min_by_key(|e| e.id)
+            candidates.min_by_key(|e| (!within(e, 0), e.id))
         } else {
             candidates.max_by_key(|e| e.id)
         };

@@ -959,3 +959,34 @@ fn each_write_to_a_system_that_dates_its_states_has_an_echo_of_its_own() {
     assert_eq!(d.rule, Rule::Echo, "{}", d.detail);
     assert!(d.canonical.is_none());
 }
+
+#[test]
+fn an_attempt_that_never_landed_does_not_take_the_echo_of_the_retry_that_did() {
+    // The hold's write failed with its outcome unknown (completed at T0 + 100), then its retry
+    // landed at T0 + 1_000. The echo (dated T0 + 999) is the retry's; the person's own Do not
+    // disturb two seconds later is news, not the failed attempt's echo.
+    let mut v = view();
+    v.canonical = Some(presence(TEAMS, Busy, T0, 3));
+    v.systems.entry(D365.into()).or_default().observed = Some(observed(Available, T0 - 10));
+    v.expectations = vec![
+        Expectation {
+            opened_at: T0,
+            ..expectation(1, D365, DoNotDisturb, Some(T0 + 100))
+        },
+        Expectation {
+            opened_at: T0 + 990,
+            ..expectation(2, D365, DoNotDisturb, Some(T0 + 1_000))
+        },
+    ];
+    let mut echo = obs(D365, DoNotDisturb, T0 + 999);
+    echo.observed_at = T0 + 1_010;
+    let d = decide_default(&echo, &v);
+    assert_eq!(d.rule, Rule::Echo, "{}", d.detail);
+    assert!(d.detail.contains("version"), "{}", d.detail);
+    fold(&mut v, &echo, &d);
+    let mut own = obs(D365, DoNotDisturb, T0 + 3_000);
+    own.origin = Origin::Manual;
+    own.observed_at = T0 + 3_010;
+    let d = decide_default(&own, &v);
+    assert_ne!(d.rule, Rule::Echo, "{}", d.detail);
+}

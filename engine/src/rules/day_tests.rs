@@ -761,3 +761,24 @@ fn teams_showing_presyncs_own_session_over_a_sign_out_is_not_the_persons_agreeme
         SystemId::from(D365)
     );
 }
+
+#[test]
+fn a_break_taken_before_the_holds_write_landed_is_not_overwritten_by_it() {
+    let mut day = Day::new(WriteSemantics::Contribution);
+    day.morning();
+    // The meeting is seen; the hold's write is queued (a Retry-After holds it back).
+    day.sees(TEAMS, Busy, "Busy/InAMeeting", T0 + 1_000);
+    assert!(day.queued.contains_key(&SystemId::from(D365)));
+    // The person takes a break in D365 meanwhile: theirs, not routable. The hold's write
+    // would replace it: it is not made.
+    let from = day.made.len();
+    let d = day.d365(Away, "Away", T0 + 1_050, Available);
+    day.land(T0 + 3_000);
+    assert!(
+        day.writes_to(D365, from).is_empty(),
+        "{}: {:?}",
+        d.detail,
+        day.made
+    );
+    assert_eq!(day.canonical(), Away);
+}

@@ -289,11 +289,21 @@ fn hold(
         .as_ref()
         .filter(|s| !s.by_presync && !ctx.config.is_routable(s.availability));
     if let Some(s) = respected {
-        // A write on its way there would replace the person's choice: at most with the hold.
-        if pending.is_some() && !pending_hold {
+        // A write on its way there (the hold's own included) would replace the person's
+        // choice: if it cannot be stopped, the choice is written back after it.
+        if pending.is_some() {
+            let own = Presence {
+                availability: s.availability,
+                native: s.native.clone(),
+                source: target.clone(),
+                source_time: s.source_time,
+                origin: Origin::Manual,
+                observed_at: ctx.now,
+                version,
+            };
             d.outbox.push(OutboxOp::Cancel {
                 target: target.clone(),
-                if_in_flight: write,
+                if_in_flight: Desired::Set(own),
             });
         }
         if !was_held {
