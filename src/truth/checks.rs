@@ -292,9 +292,10 @@ pub struct Offers {
     /// (representative, when, unroutable since).
     pub while_unavailable: Vec<(usize, Millis, Millis)>,
     /// Offers in that time while a service kept presync from learning or writing what would
-    /// have made the representative unroutable: it refused or failed presync's read or write
-    /// for them (an injected 429 or 5xx), or rate-limited presync as a whole, and its
-    /// `Retry-After` had not run out by then. Not presync's doing; counted apart.
+    /// have made the representative unroutable: it refused, failed or held back presync's read
+    /// or write for them (an injected 429, 5xx or slow answer, which a time-out may end), or
+    /// rate-limited presync as a whole, and its `Retry-After` or delay had not run out by
+    /// then. Not presync's doing; counted apart.
     pub while_refused: Vec<(usize, Millis, Millis)>,
 }
 
@@ -311,9 +312,9 @@ impl Offers {
     }
 }
 
-/// Refusals of presync's requests, each as (when, until its `Retry-After` ran out): a rate
-/// limit keeps presync from everything on that service; a refused or failed read or write for
-/// one representative, from that one.
+/// Refusals of presync's requests, each as (when, until its `Retry-After` or the injected
+/// delay of its answer ran out): a rate limit keeps presync from everything on that service; a
+/// refused, failed or slow read or write for one representative, from that one.
 #[derive(Debug, Default)]
 struct Refusals {
     everyone: Vec<(Millis, Millis)>,
@@ -328,11 +329,15 @@ fn refusals(h: &Harness, by_agent: &HashMap<String, usize>) -> Refusals {
         .enumerate()
         .map(|(i, r)| (r.aad.to_ascii_lowercase(), i))
         .collect();
-    let mut note = |status: u16, at: Millis, retry: Option<i64>, reps: Vec<usize>| {
-        if (200..300).contains(&status) {
+    let mut note = |status: u16,
+                    at: Millis,
+                    (retry, delayed): (Option<i64>, Option<i64>),
+                    reps: Vec<usize>| {
+        let refused = !(200..300).contains(&status);
+        if !refused && delayed.is_none() {
             return;
         }
-        let window = (at, at + retry.unwrap_or(0));
+        let window = (at, at + retry.unwrap_or(0) + delayed.unwrap_or(0));
         if status == 429 {
             out.everyone.push(window);
         }
@@ -348,12 +353,8 @@ fn refusals(h: &Harness, by_agent: &HashMap<String, usize>) -> Refusals {
             .and_then(|a| a.as_str())
             .map(str::to_ascii_lowercase);
         let reps = agent.and_then(|a| by_agent.get(&a).copied());
-        note(
-            q.status,
-            q.at_ms,
-            q.retry_after_ms,
-            reps.into_iter().collect(),
-        );
+        let waits = (q.retry_after_ms, q.delayed_ms);
+        note(q.status, q.at_ms, waits, reps.into_iter().collect());
     }
     for q in h.graph.requests() {
         let text = format!(
@@ -367,7 +368,7 @@ fn refusals(h: &Harness, by_agent: &HashMap<String, usize>) -> Refusals {
             .filter(|(user, _)| text.contains(user.as_str()))
             .map(|(_, rep)| *rep)
             .collect();
-        note(q.status, q.at_ms, q.retry_after_ms, reps);
+        note(q.status, q.at_ms, (q.retry_after_ms, q.delayed_ms), reps);
     }
     out
 }

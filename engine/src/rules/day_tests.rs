@@ -782,3 +782,30 @@ fn a_break_taken_before_the_holds_write_landed_is_not_overwritten_by_it() {
     );
     assert_eq!(day.canonical(), Away);
 }
+
+#[test]
+fn presyncs_write_putting_back_a_break_is_still_the_persons_break() {
+    let mut day = Day::new(WriteSemantics::Contribution);
+    day.morning();
+    day.sees(TEAMS, Busy, "Busy/InAMeeting", T0 + 1_000);
+    day.land(T0 + 1_010);
+    day.d365(DoNotDisturb, IN_A_MEETING, T0 + 1_020, Available);
+    day.d365(Away, "Away", T0 + 2_000, Available);
+    assert_eq!(day.canonical(), Away);
+    // presync writes the break back (after a write of its own whose outcome it did not know):
+    // its echo is presync's write, of the person's choice, which the hold respects still.
+    let mut away = day.view.canonical.clone().unwrap();
+    away.native = NativeState::new("Away");
+    day.queued.insert(D365.into(), Desired::Set(away));
+    day.land(T0 + 2_100);
+    let from = day.made.len();
+    let d = day.d365(Away, "Away", T0 + 2_100, Available);
+    assert_eq!(d.rule, Rule::Echo, "{}", d.detail);
+    day.land(T0 + 2_200);
+    assert!(
+        day.writes_to(D365, from).is_empty(),
+        "{}: {:?}",
+        d.detail,
+        day.made
+    );
+}

@@ -285,9 +285,16 @@ fn hold(
         cause.code,
         h.rule.describe()
     );
+    // The person's own: not presync's write, or presync's write of the person's own choice
+    // there (put back after a write of presync's that might have landed over it).
+    let canonical = d.canonical.as_ref().or(view.canonical.as_ref());
+    let persons = |s: &ObservedState| {
+        !s.by_presync
+            || canonical.is_some_and(|c| &c.source == target && c.availability == s.availability)
+    };
     let respected = shows
         .as_ref()
-        .filter(|s| !s.by_presync && !ctx.config.is_routable(s.availability));
+        .filter(|s| persons(s) && !ctx.config.is_routable(s.availability));
     if let Some(s) = respected {
         // A write on its way there (the hold's own included) would replace the person's
         // choice: if it cannot be stopped, the choice is written back after it.

@@ -103,14 +103,20 @@ async fn handle(
             e.into_response()
         }
     };
-    record(shared, &req, &path, &response);
+    record(shared, &req, &path, &response, delay);
     if let Some(d) = delay {
         tokio::time::sleep(d).await;
     }
     response
 }
 
-fn record(shared: &Shared, req: &Req<'_>, path: &str, response: &Response) {
+fn record(
+    shared: &Shared,
+    req: &Req<'_>,
+    path: &str,
+    response: &Response,
+    delay: Option<std::time::Duration>,
+) {
     let status = response.status();
     let caller = [CALLER_ID, CALLER_OBJECT_ID].iter().find_map(|name| {
         req.headers
@@ -131,6 +137,7 @@ fn record(shared: &Shared, req: &Req<'_>, path: &str, response: &Response) {
         body,
         status: status.as_u16(),
         retry_after_ms: retry_after_ms(response.headers()),
+        delayed_ms: delay.map(|d| d.as_millis() as i64),
         at_ms: super::state::wall_ms(),
     });
 }

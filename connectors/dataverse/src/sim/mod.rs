@@ -126,6 +126,8 @@ pub struct RecordedRequest {
     pub status: u16,
     /// The `Retry-After` answered (429), in ms.
     pub retry_after_ms: Option<i64>,
+    /// How long an injected [`Fault::Slow`] held the answer back after the operation, in ms.
+    pub delayed_ms: Option<i64>,
     /// When it was answered (ms since the epoch, the simulator's clock, as in
     /// [`DataverseSim::changes`]): a write that took effect had by then.
     pub at_ms: i64,

@@ -86,6 +86,7 @@ async fn handle(
         body: recorded_body,
         status: response.status().as_u16(),
         retry_after_ms: retry_after_ms(response.headers()),
+        delayed_ms: delay.map(|d| d.as_millis() as i64),
         token,
         received,
         at_ms: shared.clock.now(),

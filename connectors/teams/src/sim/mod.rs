@@ -147,6 +147,8 @@ pub struct RecordedRequest {
     pub status: u16,
     /// The `Retry-After` answered (429, and a 503 that sets one), in ms.
     pub retry_after_ms: Option<i64>,
+    /// How long an injected [`Fault::Slow`] held the answer back after the operation, in ms.
+    pub delayed_ms: Option<i64>,
     /// The kind of the valid bearer token presented; `None` when it was missing or refused.
     pub token: Option<TokenKind>,
     /// When the request arrived (the monotonic clock, before any processing), so a benchmark
