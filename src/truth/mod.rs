@@ -99,18 +99,23 @@ impl Truth {
             } else {
                 continue;
             };
+            // presync has what it read once the answer arrives.
+            let answered = q.at_ms + q.delayed_ms.unwrap_or(0);
             for u in users {
                 if let Some(&i) = by_user.get(&u) {
-                    records[i].reads.push(q.at_ms);
+                    records[i].reads.push((q.at_ms, answered));
                 }
             }
         }
+        // A notification tells presync the state only when it carries it (resource data); a
+        // basic one only makes it read.
         for n in h.graph.notifications() {
             let user = n.user_id.as_deref().map(str::to_ascii_lowercase);
+            let carries_the_state = n.body.contains("encryptedContent");
             if let Some(&i) = user
                 .as_ref()
                 .and_then(|u| by_user.get(u))
-                .filter(|_| n.accepted)
+                .filter(|_| n.accepted && carries_the_state)
             {
                 records[i].notified.push(n.at_ms);
             }

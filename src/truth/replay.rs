@@ -30,6 +30,9 @@
 //!   with `api_presence_is_manual`, API-set Away, Busy - DND or Offline is) becomes what the
 //!   capacity gives. So a release written a moment late, after a conversation closed, is right
 //!   to write what the capacity gives then.
+//! - presync learns a Teams change when a read of its completes (or a notification carrying
+//!   the state arrives); until it can know that a hold ended, D365 may still show the hold, and
+//!   presync's part what it was.
 
 use presync_dataverse::sim::{ChangeCause as DvCause, SimChange, SystemReason};
 use presync_engine::config::state_matches;
@@ -101,8 +104,9 @@ pub struct RepRecord<'a> {
     pub teams: Vec<&'a PresenceChange>,
     /// Every change of the open conversations: (when, how many are open after it).
     pub conversations: Vec<(Millis, i64)>,
-    /// When presync read the person's Teams presence (successfully), in order.
-    pub reads: Vec<Millis>,
+    /// presync's successful reads of the person's Teams presence, in order: (when the read
+    /// took its snapshot, when its answer reached presync).
+    pub reads: Vec<(Millis, Millis)>,
     /// When Graph delivered a change notification for the person that presync accepted.
     pub notified: Vec<Millis>,
 }
@@ -110,8 +114,8 @@ pub struct RepRecord<'a> {
 impl RepRecord<'_> {
     /// When presync last saw the person's Teams presence before `t`.
     fn seen_before(&self, t: Millis) -> Millis {
-        let i = self.reads.partition_point(|r| *r < t);
-        i.checked_sub(1).map_or(Millis::MIN, |i| self.reads[i])
+        let i = self.reads.partition_point(|(r, _)| *r < t);
+        i.checked_sub(1).map_or(Millis::MIN, |i| self.reads[i].0)
     }
 
     /// The conversations open at `t`.
@@ -128,11 +132,18 @@ impl RepRecord<'_> {
             .any(|c| matches!(c.cause, DvCause::System(_)) && (t..=t + 5).contains(&c.at_ms))
     }
 
-    /// When presync could first know of a Teams change at `t`: the first notification of it
-    /// delivered, or presync's first read after it.
+    /// When presync could first know of a Teams change at `t`: the first notification carrying
+    /// it delivered, or the completion of presync's first read after it.
     fn known_at(&self, t: Millis) -> Millis {
-        let first = |v: &[Millis]| v.get(v.partition_point(|r| *r < t)).copied();
-        [first(&self.reads), first(&self.notified)]
+        let read = self.reads[self.reads.partition_point(|(r, _)| *r < t)..]
+            .iter()
+            .map(|(_, answered)| *answered)
+            .min();
+        let notified = self
+            .notified
+            .get(self.notified.partition_point(|n| *n < t))
+            .copied();
+        [read, notified]
             .into_iter()
             .flatten()
             .min()
@@ -196,6 +207,16 @@ struct Day<'r> {
     /// What Teams showed last.
     teams_shows: (String, String),
     winner: Option<Winner>,
+    /// A release presync cannot know of yet: from when it can, D365 and presync's part should
+    /// show only what the release gives.
+    unseen_release: Option<UnseenRelease>,
+}
+
+/// What each line allowed while a release was unseen, and what it narrows to once seen.
+struct UnseenRelease {
+    known_at: Millis,
+    d365: (Allowed<Availability>, Allowed<Availability>),
+    session: (Allowed<Option<Availability>>, Allowed<Option<Availability>>),
 }
 
 fn teams_availability(pair: &(String, String)) -> Availability {
@@ -409,17 +430,13 @@ impl Day<'_> {
                 }
             }
             (true, false) => {
-                if self.respected() {
-                    // The person's own state that is not routable: D365 keeps it.
-                    let own = self.d365_shows;
-                    self.canonical(t, Source::D365, own, t);
-                } else if genuine && a != Availability::Available {
-                    self.canonical(t, Source::Teams, a, known_at);
-                    self.write_d365(t, a);
-                } else {
-                    let resumed = automatic(conversations, self.rules.full_at_conversations);
-                    self.canonical(t, Source::D365, resumed, t);
-                    self.write_d365(t, resumed);
+                let held = (
+                    self.truth.d365.last().clone(),
+                    self.truth.session.last().clone(),
+                );
+                self.release(t, a, genuine, known_at, conversations);
+                if known_at > t {
+                    self.unseen(t, known_at, held);
                 }
             }
             (false, false) if genuine => {
@@ -436,6 +453,68 @@ impl Day<'_> {
             .filter(|w| changed_winner && w.source == Source::D365 && w.at > seen && w.at <= t)
         {
             self.either(t, w);
+        }
+    }
+
+    /// The holding state ended at `t` with `a` in Teams.
+    fn release(
+        &mut self,
+        t: Millis,
+        a: Availability,
+        genuine: bool,
+        known_at: Millis,
+        conversations: i64,
+    ) {
+        if self.respected() {
+            // The person's own state that is not routable: D365 keeps it.
+            let own = self.d365_shows;
+            self.canonical(t, Source::D365, own, t);
+        } else if genuine && a != Availability::Available {
+            self.canonical(t, Source::Teams, a, known_at);
+            self.write_d365(t, a);
+        } else {
+            let resumed = automatic(conversations, self.rules.full_at_conversations);
+            self.canonical(t, Source::D365, resumed, t);
+            self.write_d365(t, resumed);
+        }
+    }
+
+    /// A release at `t` that presync can know of only at `known_at`: until then what D365 and
+    /// presync's part showed while held is allowed too.
+    fn unseen(
+        &mut self,
+        t: Millis,
+        known_at: Millis,
+        (d365, session): (Allowed<Availability>, Allowed<Option<Availability>>),
+    ) {
+        let released = (
+            self.truth.d365.last().clone(),
+            self.truth.session.last().clone(),
+        );
+        let wide = (
+            released.0.clone().or(&d365),
+            released.1.clone().or(&session),
+        );
+        self.truth.d365.set(t, wide.0.clone());
+        self.truth.session.set(t, wide.1.clone());
+        self.unseen_release = Some(UnseenRelease {
+            known_at,
+            d365: (wide.0, released.0),
+            session: (wide.1, released.1),
+        });
+    }
+
+    /// Narrow what an unseen release allowed, once presync can know of it (by `now`): unless
+    /// something changed either line since.
+    fn catch_up(&mut self, now: Millis) {
+        let Some(u) = self.unseen_release.take_if(|u| u.known_at <= now) else {
+            return;
+        };
+        if *self.truth.d365.last() == u.d365.0 {
+            self.truth.d365.set(u.known_at, u.d365.1);
+        }
+        if *self.truth.session.last() == u.session.0 {
+            self.truth.session.set(u.known_at, u.session.1);
         }
     }
 }
@@ -462,6 +541,7 @@ pub fn replay(rec: &RepRecord<'_>, rules: &Rules, start: Millis) -> RepTruth {
         own_shown: ("Available".to_owned(), "Available".to_owned()),
         teams_shows: ("Available".to_owned(), "Available".to_owned()),
         winner: None,
+        unseen_release: None,
     };
     let mut events: Vec<Event> = rec
         .d365
@@ -478,6 +558,7 @@ pub fn replay(rec: &RepRecord<'_>, rules: &Rules, start: Millis) -> RepTruth {
     // Stable: within one millisecond, each simulator's own order.
     events.sort_by_key(Event::at);
     for e in events {
+        day.catch_up(e.at());
         match e {
             Event::D365(c) => day.d365_change(c),
             Event::Teams(c) => day.teams_change(c, rec.open_at(c.at), rec),
@@ -488,6 +569,7 @@ pub fn replay(rec: &RepRecord<'_>, rules: &Rules, start: Millis) -> RepTruth {
             }
         }
     }
+    day.catch_up(Millis::MAX);
     day.truth
 }
 
@@ -505,6 +587,11 @@ mod tests {
             base,
             cause,
         }
+    }
+
+    /// Reads answered at once.
+    fn reads(at: &[Millis]) -> Vec<(Millis, Millis)> {
+        at.iter().map(|t| (*t, *t)).collect()
     }
 
     fn pair(s: &str) -> (String, String) {
@@ -573,7 +660,7 @@ mod tests {
             d365: dv.iter().collect(),
             teams: tm.iter().collect(),
             conversations: vec![(5, 1)],
-            reads: vec![0, 12, 32],
+            reads: reads(&[0, 12, 32]),
             ..RepRecord::default()
         };
         let t = replay(&rec, &Rules::default(), 0);
@@ -598,7 +685,7 @@ mod tests {
             d365: dv.iter().collect(),
             teams: tm.iter().collect(),
             conversations: vec![(5, 1)],
-            reads: vec![0, 12, 32],
+            reads: reads(&[0, 12, 32]),
             ..RepRecord::default()
         };
         let t = replay(&rec, &Rules::default(), 0);
@@ -622,7 +709,7 @@ mod tests {
         let rec = RepRecord {
             d365: dv.iter().collect(),
             teams: tm.iter().collect(),
-            reads: vec![0, 12],
+            reads: reads(&[0, 12]),
             ..RepRecord::default()
         };
         let t = replay(&rec, &Rules::default(), 0);
@@ -672,7 +759,7 @@ mod tests {
         let rec = RepRecord {
             d365: dv.iter().collect(),
             teams: tm.iter().collect(),
-            reads: vec![0, 7, 12],
+            reads: reads(&[0, 7, 12]),
             ..RepRecord::default()
         };
         let t = replay(&rec, &Rules::default(), 0);
@@ -710,7 +797,7 @@ mod tests {
             d365: dv.iter().collect(),
             teams: tm.iter().collect(),
             conversations: vec![(5, 1), (40, 0)],
-            reads: vec![0, 12, 32],
+            reads: reads(&[0, 12, 32]),
             ..RepRecord::default()
         };
         let t = replay(&rec, &Rules::default(), 0);
@@ -729,5 +816,32 @@ mod tests {
             [Available],
             "released to no conversation"
         );
+    }
+
+    #[test]
+    fn a_release_presync_cannot_know_of_yet_allows_the_hold_until_it_can() {
+        let dv = [d365(5, Busy, DvCause::System(SystemReason::Recalculated))];
+        let tm = [
+            teams(10, "Busy/InAMeeting", "Busy/InAMeeting", TeamsCause::Person),
+            teams(
+                30,
+                "Available/Available",
+                "Available/Available",
+                TeamsCause::Person,
+            ),
+        ];
+        // The read after the meeting's end started at 32 and was answered at 40.
+        let rec = RepRecord {
+            d365: dv.iter().collect(),
+            teams: tm.iter().collect(),
+            conversations: vec![(5, 1)],
+            reads: vec![(0, 0), (12, 12), (32, 40)],
+            ..RepRecord::default()
+        };
+        let t = replay(&rec, &Rules::default(), 0);
+        assert_eq!(t.d365.at(35).values(), [Busy, DoNotDisturb]);
+        assert_eq!(t.d365.at(45).values(), [Busy]);
+        assert_eq!(t.session.at(35).values(), [Some(Busy), None]);
+        assert_eq!(t.session.last().values(), [Some(Busy)]);
     }
 }

@@ -34,7 +34,7 @@ use presync_engine::{
     ExternalId, Millis, NativeState, Observation, ObservationKind, Origin, SystemId,
 };
 use serde_json::json;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tracing::{debug, error, warn};
 
 use crate::connector::TeamsConnector;
@@ -220,6 +220,9 @@ fn change(ingress: &TeamsIngress, mut c: ChangeItem) -> Option<Observation> {
 /// into one `getPresencesByUserId` call per 650, and store what is read. Each state read is
 /// known to have been set by the time its user's last notification arrived
 /// ([`Observation::changed_by`]), however late the read (after a throttled or failed one).
+///
+/// Up to [`READS_IN_FLIGHT`] reads run at once, so that one slow answer does not hold back the
+/// users notified after it; a `Retry-After` holds back every read until it has passed.
 pub fn spawn_reader(
     engine: Engine,
     system: SystemId,
@@ -228,11 +231,11 @@ pub fn spawn_reader(
     window: Duration,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        // Users read while a write of presync's to them was landing, or whose read failed:
-        // read again next round. Each with when its last notification arrived.
-        let mut again: BTreeMap<String, Millis> = BTreeMap::new();
-        // Failed reads in a row, for the backoff.
-        let mut failures: u32 = 0;
+        // Users to read again (read while a write of presync's to them was landing, or whose
+        // read failed), each with when its last notification arrived.
+        let (again_tx, mut again) = mpsc::unbounded_channel::<(String, Millis)>();
+        let reads = Arc::new(tokio::sync::Semaphore::new(READS_IN_FLIGHT));
+        let shared = Arc::new(ReadState::default());
         // Ids come lowercased from the notifications and from the read alike.
         let notified = |users: &mut BTreeMap<String, Millis>, (user, at): (String, Millis)| {
             users
@@ -241,75 +244,142 @@ pub fn spawn_reader(
                 .or_insert(at);
         };
         loop {
-            let mut users = std::mem::take(&mut again);
-            if users.is_empty() {
-                match queue.recv().await {
+            let mut users = BTreeMap::new();
+            tokio::select! {
+                first = queue.recv() => match first {
                     Some(first) => notified(&mut users, first),
                     None => return,
-                }
+                },
+                Some(first) = again.recv() => notified(&mut users, first),
             }
             let deadline = tokio::time::Instant::now() + window;
-            while let Ok(Some(u)) = tokio::time::timeout_at(deadline, queue.recv()).await {
-                notified(&mut users, u);
-            }
-            let ids: Vec<ExternalId> = users.keys().cloned().map(ExternalId).collect();
-            match connector.read_dated(&ids).await {
-                Ok(read) => {
-                    for u in read.racing {
-                        if let Some((user, at)) = users.remove_entry(u.as_str()) {
-                            again.insert(user, at);
-                        }
-                    }
-                    let now = engine.now();
-                    let observations = read
-                        .states
-                        .into_iter()
-                        .map(|s| Observation {
-                            changed_by: users.get(s.external_id.as_str()).copied(),
-                            automatic: None,
-                            system: system.clone(),
-                            delivery_key: format!(
-                                "teams:read:{}:{}",
-                                s.external_id,
-                                uuid::Uuid::new_v4().simple()
-                            ),
-                            external_id: s.external_id,
-                            native: s.native,
-                            source_time: read.read_at,
-                            sequence: None,
-                            origin: Origin::Unknown,
-                            kind: ObservationKind::Event,
-                            observed_at: now,
-                        })
-                        .collect::<Vec<_>>();
-                    let n = observations.len();
-                    if let Err(e) = engine.ingest_batch(observations).await {
-                        error!(error = %e, "Could not store presences read after notifications");
-                    } else {
-                        debug!(users = n, "Presences read after notifications");
-                    }
-                }
-                // Throttled or failed for now: read the same users again once the wait is
-                // over, with what else was notified meanwhile. Left to the reconciler, a
-                // meeting would reach D365 only at its next pass.
-                Err(e) if e.is_transient() => {
-                    failures = failures.saturating_add(1);
-                    let wait = e
-                        .retry_after()
-                        .unwrap_or_else(|| reread_backoff(failures))
-                        .min(MAX_REREAD_WAIT);
-                    warn!(error = %e, users = ids.len(), retry_in_ms = wait.as_millis() as u64, "Read after notifications failed; reading again");
-                    again.extend(users);
-                    tokio::time::sleep(wait).await;
-                    continue;
-                }
-                Err(e) => {
-                    warn!(error = %e, users = ids.len(), "Read after notifications refused; the reconciler will repair")
+            loop {
+                tokio::select! {
+                    Some(u) = queue.recv() => notified(&mut users, u),
+                    Some(u) = again.recv() => notified(&mut users, u),
+                    _ = tokio::time::sleep_until(deadline) => break,
                 }
             }
-            failures = 0;
+            if let Some(until) = shared.paused_until() {
+                tokio::time::sleep_until(until).await;
+            }
+            let Ok(permit) = reads.clone().acquire_owned().await else {
+                return;
+            };
+            let task = ReadTask {
+                engine: engine.clone(),
+                system: system.clone(),
+                connector: connector.clone(),
+                again: again_tx.clone(),
+                shared: shared.clone(),
+            };
+            tokio::spawn(async move {
+                task.read(users, permit).await;
+            });
         }
     })
+}
+
+/// Reads after notifications that may run at once.
+pub const READS_IN_FLIGHT: usize = 4;
+
+/// What the reads of [`spawn_reader`] share: failures in a row (for the backoff) and a
+/// `Retry-After` in force.
+#[derive(Debug, Default)]
+struct ReadState {
+    failures: AtomicU64,
+    paused_until: std::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+impl ReadState {
+    fn paused_until(&self) -> Option<tokio::time::Instant> {
+        let until = *self.paused_until.lock().ok()?;
+        until.filter(|u| *u > tokio::time::Instant::now())
+    }
+
+    fn pause(&self, wait: Duration) {
+        if let Ok(mut p) = self.paused_until.lock() {
+            let until = tokio::time::Instant::now() + wait;
+            *p = Some(p.map_or(until, |p| p.max(until)));
+        }
+    }
+}
+
+/// One read after notifications, run on its own.
+struct ReadTask {
+    engine: Engine,
+    system: SystemId,
+    connector: Arc<TeamsConnector>,
+    again: mpsc::UnboundedSender<(String, Millis)>,
+    shared: Arc<ReadState>,
+}
+
+impl ReadTask {
+    async fn read(self, mut users: BTreeMap<String, Millis>, permit: OwnedSemaphorePermit) {
+        let ids: Vec<ExternalId> = users.keys().cloned().map(ExternalId).collect();
+        match self.connector.read_dated(&ids).await {
+            Ok(read) => {
+                drop(permit);
+                self.shared.failures.store(0, Ordering::Relaxed);
+                for u in read.racing {
+                    if let Some(entry) = users.remove_entry(u.as_str()) {
+                        let _ = self.again.send(entry);
+                    }
+                }
+                let now = self.engine.now();
+                let observations = read
+                    .states
+                    .into_iter()
+                    .map(|s| Observation {
+                        changed_by: users.get(s.external_id.as_str()).copied(),
+                        automatic: None,
+                        system: self.system.clone(),
+                        delivery_key: format!(
+                            "teams:read:{}:{}",
+                            s.external_id,
+                            uuid::Uuid::new_v4().simple()
+                        ),
+                        external_id: s.external_id,
+                        native: s.native,
+                        source_time: read.read_at,
+                        sequence: None,
+                        origin: Origin::Unknown,
+                        kind: ObservationKind::Event,
+                        observed_at: now,
+                    })
+                    .collect::<Vec<_>>();
+                let n = observations.len();
+                if let Err(e) = self.engine.ingest_batch(observations).await {
+                    error!(error = %e, "Could not store presences read after notifications");
+                } else {
+                    debug!(users = n, "Presences read after notifications");
+                }
+            }
+            // Throttled or failed for now: read the same users again once the wait is over,
+            // with what else was notified meanwhile. Left to the reconciler, a meeting would
+            // reach D365 only at its next pass.
+            Err(e) if e.is_transient() => {
+                drop(permit);
+                let failures = self.shared.failures.fetch_add(1, Ordering::Relaxed) + 1;
+                let wait = match e.retry_after() {
+                    Some(wait) => {
+                        let wait = wait.min(MAX_REREAD_WAIT);
+                        self.shared.pause(wait);
+                        wait
+                    }
+                    None => reread_backoff(u32::try_from(failures).unwrap_or(u32::MAX)),
+                };
+                warn!(error = %e, users = ids.len(), retry_in_ms = wait.as_millis() as u64, "Read after notifications failed; reading again");
+                tokio::time::sleep(wait).await;
+                for entry in users {
+                    let _ = self.again.send(entry);
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, users = ids.len(), "Read after notifications refused; the reconciler will repair")
+            }
+        }
+    }
 }
 
 /// The longest the notification reader waits before reading failed users again.

@@ -317,3 +317,45 @@ async fn presync_teams_connector(w: &World) -> Arc<TeamsConnector> {
     config.graph_url = format!("{base}/v1.0");
     Arc::new(TeamsConnector::new(config, client, w.clock.clone()).unwrap())
 }
+
+/// Found by `presync soak`: one slow answer to a read after notifications held back every
+/// read after it, so a meeting that ended meanwhile stayed unseen (and D365 held) for seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_read_after_notifications_does_not_hold_back_the_next() {
+    const OTHER: &str = "cccccccc-0000-4000-8000-000000000002";
+    let w = world().await;
+    w.sim.add_user(OTHER);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let connector = presync_teams_connector(&w).await;
+    let reader = presync_teams::webhook::spawn_reader(
+        w.engine.clone(),
+        "teams".into(),
+        connector,
+        rx,
+        Duration::from_millis(20),
+    );
+    let reads = || {
+        w.sim
+            .requests()
+            .iter()
+            .filter(|r| r.path.ends_with("getPresencesByUserId"))
+            .count()
+    };
+    w.sim.inject(Fault::Slow(Duration::from_secs(20)));
+    tx.send((AAD.to_owned(), w.engine.now())).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while reads() == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "no read");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The first read's answer is 20 s away; the next notification is read now.
+    tx.send((OTHER.to_owned(), w.engine.now())).unwrap();
+    while reads() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the second read waited for the first's answer"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    reader.abort();
+}
