@@ -898,7 +898,7 @@ fn apply(
             target: sys.clone(),
             desired: Desired::Withdraw,
         });
-    } else if view.outbox.contains_key(sys) {
+    } else if view.outbox.contains_key(sys) && !landed_before(view, sys, timed, ctx) {
         d.outbox.push(OutboxOp::Cancel {
             target: sys.clone(),
             if_in_flight: Desired::Set(presence.clone()),
@@ -940,6 +940,31 @@ fn follow_the_source(d: &mut Decision, view: &RepView, new: &Presence, ctx: Cont
             desired: Desired::Withdraw,
         });
     }
+}
+
+/// Whether the write of presync's on the wire to `sys` (a system that dates its states) has
+/// landed before the state now seen there: its echo came already, so its answer is all that is
+/// still to come, and nothing needs writing after it. (Writing the newer state again would
+/// turn a state D365's automation gave into one set through the API, which D365 may keep
+/// through its recalculations.)
+fn landed_before(view: &RepView, sys: &SystemId, timed: bool, ctx: Context<'_>) -> bool {
+    let Some(pending) = view.outbox.get(sys).filter(|p| p.in_flight) else {
+        return false;
+    };
+    let Some(a) = pending.availability else {
+        return false;
+    };
+    // The last thing seen there is that write's echo (and no newer write replaced it since).
+    let echoed = view
+        .systems
+        .get(sys)
+        .and_then(|s| s.observed.as_ref())
+        .is_some_and(|o| o.by_presync && o.availability == a);
+    timed
+        && echoed
+        && !view.expectations.iter().any(|e| {
+            &e.system == sys && e.availability == a && !e.superseded && e.expires_at > ctx.now
+        })
 }
 
 /// Whether a write of presync's landed on `sys` after the person set this state there: either

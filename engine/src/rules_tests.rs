@@ -990,3 +990,42 @@ fn an_attempt_that_never_landed_does_not_take_the_echo_of_the_retry_that_did() {
     let d = decide_default(&own, &v);
     assert_ne!(d.rule, Rule::Echo, "{}", d.detail);
 }
+
+#[test]
+fn a_change_after_the_echo_of_a_write_still_on_the_wire_is_not_written_back_after_it() {
+    // presync's Busy to D365 landed at T0 + 10 (its echo came) while its answer is still on
+    // the wire. D365 then recalculates Do not disturb: nothing needs writing after the Busy,
+    // and writing Do not disturb through the API would make D365 keep it.
+    let mut v = view();
+    v.canonical = Some(presence(TEAMS, Busy, T0, 5));
+    v.systems.entry(D365.into()).or_default().observed = Some(ObservedState {
+        by_presync: true,
+        ..observed(Busy, T0 + 10)
+    });
+    v.outbox.insert(
+        D365.into(),
+        PendingWrite {
+            availability: Some(Busy),
+            in_flight: true,
+        },
+    );
+    let d = decide_default(&obs(D365, DoNotDisturb, T0 + 900), &v);
+    assert_eq!(d.rule, Rule::LastWriterWins, "{}", d.detail);
+    assert!(
+        !d.outbox
+            .iter()
+            .any(|op| matches!(op, OutboxOp::Cancel { target, .. } if target.as_str() == D365)),
+        "{:?}",
+        d.outbox
+    );
+    // Its echo not seen yet, the write may land after the change: it is followed by the change.
+    v.systems.get_mut(&SystemId::from(D365)).unwrap().observed = Some(observed(Available, T0));
+    let d = decide_default(&obs(D365, DoNotDisturb, T0 + 900), &v);
+    assert!(
+        d.outbox
+            .iter()
+            .any(|op| matches!(op, OutboxOp::Cancel { target, .. } if target.as_str() == D365)),
+        "{:?}",
+        d.outbox
+    );
+}

@@ -58,7 +58,11 @@ pub fn day(h: &Harness, truth: &Truth, rep: usize, start: Millis) -> String {
                 .is_some_and(|b| b.to_string().to_ascii_lowercase().contains(&aad));
         let single = q.method == "GET" && path.ends_with(&format!("{aad}/presence"));
         if batch || single {
-            lines.push((q.at_ms, format!("  read   teams -> {}", q.status)));
+            let slow = q
+                .delayed_ms
+                .map(|d| format!(" (answered {d} ms later)"))
+                .unwrap_or_default();
+            lines.push((q.at_ms, format!("  read   teams -> {}{slow}", q.status)));
         }
     }
     for n in h.graph.notifications() {

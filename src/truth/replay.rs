@@ -375,6 +375,15 @@ impl Day<'_> {
         } else {
             self.truth.d365.set(t, Allowed::one(c.base));
         }
+        // A routable change while presync cannot know yet that the hold is over: it may be
+        // put back as held still, until presync can know.
+        if !held && !self.respected() && self.unseen_release.is_some() {
+            let wide = Allowed::one(c.base).or(&Allowed::one(self.written(self.hold_at())));
+            self.truth.d365.set(t, wide.clone());
+            if let Some(u) = self.unseen_release.as_mut() {
+                u.d365 = (wide, Allowed::one(c.base));
+            }
+        }
         // A Teams change presync had not learnt of yet may come to it as the newer.
         if let Some(w) = before.filter(|w| w.source == Source::Teams && t < w.known_at) {
             self.either(t, w);
