@@ -217,6 +217,9 @@ struct UnseenRelease {
     known_at: Millis,
     d365: (Allowed<Availability>, Allowed<Availability>),
     session: (Allowed<Option<Availability>>, Allowed<Option<Availability>>),
+    /// A routable choice made in D365 meanwhile: presync, taking it for one made during the
+    /// hold, may release to what D365's automation gives instead.
+    chose_routable: bool,
 }
 
 fn teams_availability(pair: &(String, String)) -> Availability {
@@ -382,6 +385,7 @@ impl Day<'_> {
             self.truth.d365.set(t, wide.clone());
             if let Some(u) = self.unseen_release.as_mut() {
                 u.d365 = (wide, Allowed::one(c.base));
+                u.chose_routable = true;
             }
         }
         // A Teams change presync had not learnt of yet may come to it as the newer.
@@ -510,20 +514,35 @@ impl Day<'_> {
             known_at,
             d365: (wide.0, released.0),
             session: (wide.1, released.1),
+            chose_routable: false,
         });
     }
 
     /// Narrow what an unseen release allowed, once presync can know of it (by `now`): unless
     /// something changed either line since.
-    fn catch_up(&mut self, now: Millis) {
+    fn catch_up(&mut self, now: Millis, rec: &RepRecord<'_>) {
         let Some(u) = self.unseen_release.take_if(|u| u.known_at <= now) else {
             return;
         };
+        let (mut d365, mut session) = (u.d365.1, u.session.1);
+        if u.chose_routable {
+            let open = rec.open_at(u.known_at);
+            let resumed = self.written(automatic(open, self.rules.full_at_conversations));
+            d365 = d365.or(&Allowed::one(resumed));
+            session = session.or(&Allowed::one(self.in_sight(session_for(resumed))));
+            let canonical = self
+                .truth
+                .canonical
+                .last()
+                .clone()
+                .or(&Allowed::one(resumed));
+            self.truth.canonical.set(u.known_at, canonical);
+        }
         if *self.truth.d365.last() == u.d365.0 {
-            self.truth.d365.set(u.known_at, u.d365.1);
+            self.truth.d365.set(u.known_at, d365);
         }
         if *self.truth.session.last() == u.session.0 {
-            self.truth.session.set(u.known_at, u.session.1);
+            self.truth.session.set(u.known_at, session);
         }
     }
 }
@@ -567,7 +586,7 @@ pub fn replay(rec: &RepRecord<'_>, rules: &Rules, start: Millis) -> RepTruth {
     // Stable: within one millisecond, each simulator's own order.
     events.sort_by_key(Event::at);
     for e in events {
-        day.catch_up(e.at());
+        day.catch_up(e.at(), rec);
         match e {
             Event::D365(c) => day.d365_change(c),
             Event::Teams(c) => day.teams_change(c, rec.open_at(c.at), rec),
@@ -578,7 +597,7 @@ pub fn replay(rec: &RepRecord<'_>, rules: &Rules, start: Millis) -> RepTruth {
             }
         }
     }
-    day.catch_up(Millis::MAX);
+    day.catch_up(Millis::MAX, rec);
     day.truth
 }
 

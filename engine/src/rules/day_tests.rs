@@ -809,3 +809,53 @@ fn presyncs_write_putting_back_a_break_is_still_the_persons_break() {
         day.made
     );
 }
+
+#[test]
+fn a_release_to_do_not_disturb_at_full_capacity_follows_the_capacity_after() {
+    let mut day = Day::new(WriteSemantics::Contribution);
+    day.morning();
+    day.sees(TEAMS, Busy, "Busy/InAMeeting", T0 + 1_000);
+    day.land(T0 + 1_010);
+    day.d365(DoNotDisturb, IN_A_MEETING, T0 + 1_020, Available);
+    // The meeting ends with two conversations open: D365's automation gives Busy - DND, which
+    // presync writes (through the API, which D365 may keep through its recalculations).
+    day.sees(TEAMS, Available, "Available/Available", T0 + 3_000);
+    day.d365_read(
+        DoNotDisturb,
+        IN_A_MEETING,
+        T0 + 1_020,
+        T0 + 3_050,
+        DoNotDisturb,
+    );
+    day.land(T0 + 3_100);
+    day.d365(DoNotDisturb, "DoNotDisturb", T0 + 3_100, DoNotDisturb);
+    // A conversation closes; D365 keeps the API-set presence. Without the hold it would have
+    // recalculated: once presync reads D365 (a reconcile pass), it writes what the capacity
+    // gives.
+    let from = day.made.len();
+    let d = day.d365_read(DoNotDisturb, "DoNotDisturb", T0 + 3_100, T0 + 5_000, Busy);
+    day.land(T0 + 5_010);
+    assert_eq!(day.writes_to(D365, from), vec![Some(Busy)], "{}", d.detail);
+    assert_eq!(day.canonical(), Busy);
+}
+
+#[test]
+fn a_holds_write_still_waiting_when_the_meeting_ends_is_not_made() {
+    let mut day = Day::new(WriteSemantics::Contribution);
+    day.morning();
+    // The meeting is seen; the hold's write waits out a Retry-After.
+    day.sees(TEAMS, Busy, "Busy/InAMeeting", T0 + 1_000);
+    assert!(day.queued.contains_key(&SystemId::from(D365)));
+    // The meeting ends before it is made: it is not made, and presync reads D365.
+    day.sees(TEAMS, Available, "Available/Available", T0 + 2_000);
+    assert!(
+        !day.queued.contains_key(&SystemId::from(D365)),
+        "{:?}",
+        day.queued
+    );
+    // A break taken then is the person's, and stays.
+    let from = day.made.len();
+    day.d365(Away, "Away", T0 + 2_500, Available);
+    day.land(T0 + 3_000);
+    assert!(day.writes_to(D365, from).is_empty(), "{:?}", day.made);
+}

@@ -248,8 +248,28 @@ pub(super) fn apply(
                     && !view.outbox.contains_key(target)
                     && canonical.is_none_or(|c| c.availability != h.availability)
                     && shows.is_some_and(|s| s.by_presync && h.shown_by(s));
+                // Or it shows what presync wrote there at a release for what its automation
+                // gave then (Busy - DND at full capacity, which D365 may keep through its
+                // recalculations), and its automation gives something else now.
+                let stand_in = &obs.system == target
+                    && !view.outbox.contains_key(target)
+                    && canonical.is_some_and(|c| {
+                        &c.source == target
+                            && c.origin == Origin::Automatic
+                            && shows.is_some_and(|s| {
+                                s.by_presync
+                                    && s.availability == c.availability
+                                    && s.automatic.is_some_and(|a| a != s.availability)
+                            })
+                    });
                 if residue {
                     let why = format!("{target} still shows the hold ({})", h.rule.describe());
+                    resume(obs, d, h, shows.cloned().as_ref(), view, ctx, why);
+                } else if stand_in {
+                    let why = format!(
+                        "{target} shows what presync wrote at a release for what its automation \
+                         gave then"
+                    );
                     resume(obs, d, h, shows.cloned().as_ref(), view, ctx, why);
                 }
             }
@@ -437,6 +457,15 @@ fn release(
     d.outbox.retain(|op| {
         !matches!(op, OutboxOp::Upsert { target, desired: Desired::Withdraw } if target == when)
     });
+    // A write of the hold still waiting (a Retry-After) is not made now. (One on the wire is
+    // found by the read: the held system still shows the hold.)
+    if view.outbox.get(target).is_some_and(|p| !p.in_flight) {
+        let version = view.canonical.as_ref().map_or(0, |c| c.version);
+        d.outbox.push(OutboxOp::Cancel {
+            target: target.clone(),
+            if_in_flight: Desired::Set(h.presence(version, ctx.now)),
+        });
+    }
     if let Some(user) = view.external_ids.get(target) {
         d.refresh.push((target.clone(), user.clone()));
     }
@@ -460,6 +489,25 @@ fn resume(
     why: String,
 ) {
     let target = &h.rule.hold.system;
+    // A choice of the person's there that is not routable (a break taken while a write of the
+    // hold was on its way) is what it goes back to.
+    let canonical = d.canonical.as_ref().or(view.canonical.as_ref());
+    if let Some(c) = canonical.filter(|c| {
+        &c.source == target
+            && !ctx.config.is_routable(c.availability)
+            && c.availability != h.availability
+            && c.origin != Origin::Automatic
+    }) {
+        let (a, native) = (c.availability, c.native.clone());
+        let presence = resumed_presence(a, native, Origin::Manual, obs, h, view);
+        follow(d, presence, true, view, ctx);
+        d.notes.push(Note::hold(
+            "released",
+            Some(target.clone()),
+            format!("{why}; {target} back to {a}, the person's own"),
+        ));
+        return;
+    }
     let Some(automatic) = shows.and_then(|s| s.automatic) else {
         d.notes.push(Note::hold(
             "released",
