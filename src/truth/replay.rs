@@ -489,6 +489,9 @@ impl Day<'_> {
             let resumed = automatic(conversations, self.rules.full_at_conversations);
             self.canonical(t, Source::D365, resumed, t);
             self.write_d365(t, resumed);
+            // What D365's automation gives it goes on giving (presync follows it where D365
+            // would keep what it wrote).
+            self.expected_sticky = false;
         }
     }
 
