@@ -81,6 +81,31 @@ pub fn day(h: &Harness, truth: &Truth, rep: usize, start: Millis) -> String {
             ));
         }
     }
+    for q in h.dv.requests() {
+        let agent = q
+            .body
+            .as_ref()
+            .and_then(|b| b.get("AgentId"))
+            .and_then(|a| a.as_str());
+        if q.path.ends_with("CCaaS_ModifyAgentPresence")
+            && agent.is_some_and(|a| a.eq_ignore_ascii_case(&r.agent))
+        {
+            let presence = q
+                .body
+                .as_ref()
+                .and_then(|b| b.get("PresenceId"))
+                .map(|p| p.to_string())
+                .unwrap_or_default();
+            let slow = q
+                .delayed_ms
+                .map(|d| format!(" (answered {d} ms later)"))
+                .unwrap_or_default();
+            lines.push((
+                q.at_ms,
+                format!("  write  d365 {presence} -> {}{slow}", q.status),
+            ));
+        }
+    }
     for o in h.dv.offers() {
         if o.agent_id.eq_ignore_ascii_case(&r.agent) {
             lines.push((
