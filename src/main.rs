@@ -80,7 +80,8 @@ struct Cli {
 enum Command {
     /// The whole service on this machine: both simulators on loopback, a SQLite database,
     /// simulated representatives at work, a few faults; live progress, then a summary. Exits 0
-    /// only if every representative converged.
+    /// only if every system shows what the people's own actions call for and no one was routed
+    /// a customer they should not have been.
     Demo(demo::DemoArgs),
     /// Benchmarks: the real service against both simulators on loopback, with its own load
     /// generator and same-run baselines; writes a Markdown report (BENCHMARKS.md).
@@ -345,7 +346,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sim(command) => sim::run(*command).await?,
         Command::Demo(args) => {
             if !demo::run(args).await? {
-                anyhow::bail!("not every representative converged");
+                anyhow::bail!(
+                    "the demo failed: not every representative follows the people (see the summary)"
+                );
             }
         }
         Command::Bench(args) => {

@@ -406,7 +406,7 @@ fn reps_import_list_and_explain_work_on_a_database() {
 }
 
 #[test]
-fn the_demo_converges_and_prints_its_summary_as_json() {
+fn the_demo_follows_the_people_and_prints_its_summary_as_json() {
     let out = presync()
         .args(["demo", "--reps", "8", "--duration", "6", "--json"])
         .output()
@@ -419,17 +419,14 @@ fn the_demo_converges_and_prints_its_summary_as_json() {
     );
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(s["reps"], 8);
-    assert_eq!(s["converged"], true, "{s}");
-    for key in [
-        "events",
-        "writes",
-        "echoes_suppressed",
-        "conflicts",
-        "drift_repaired",
-    ] {
-        assert!(s[key].is_u64(), "{key} in {s}");
+    assert_eq!(s["passed"], true, "{s}");
+    assert_eq!(s["checks"]["follows_the_people"], true, "{s}");
+    assert_eq!(s["routing"]["offers_while_unavailable"], 0, "{s}");
+    assert!(s["people"]["d365_actions"].as_u64().unwrap() > 0, "{s}");
+    assert!(s["people"]["teams_actions"].as_u64().unwrap() > 0, "{s}");
+    for system in ["d365", "teams"] {
+        assert!(s["writes"][system]["writes"].is_u64(), "{system} in {s}");
     }
-    assert!(s["events"].as_u64().unwrap() > 0, "{s}");
-    assert!(s["writes"].as_u64().unwrap() > 0, "{s}");
+    assert!(s["latency_ms"]["samples"].as_u64().unwrap() > 0, "{s}");
     assert!(s["latency_ms"]["p50"].is_number() && s["latency_ms"]["p99"].is_number());
 }

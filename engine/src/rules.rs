@@ -38,7 +38,7 @@
 //!
 //! Two more concerns run beside the chain:
 //!
-//! - **Genuine changes only** ([`contribution`]). Where presync only contributes to what a system
+//! - **Genuine changes only** (the `contribution` module). Where presync only contributes to what a system
 //!   shows (a Teams presence session), a change that presync's own write or withdrawal there
 //!   explains is not news from the person: it is recorded as `revealed` and changes nothing
 //!   else (rule 2b, after the stale check). A person on a break in D365 whose Teams client stays

@@ -1,5 +1,5 @@
 //! `presync scenario run FILE`: a day of a few representatives, written in a file
-//! ([`format`]), played against both simulators and the real service, with what each system
+//! ([`mod@format`]), played against both simulators and the real service, with what each system
 //! must show checked as it goes. Used to try a policy (a hold, a one-way sync) before it runs
 //! for real, and in CI for every rule presync promises (`fixtures/scenarios/`).
 //!

@@ -39,13 +39,29 @@ pub(super) struct FaultRates {
     pub(super) kill_every_secs: f64,
 }
 
+impl FaultRates {
+    /// The demo's faults: a few of each that presync absorbs, no time-outs, no kills.
+    pub(super) fn gentle() -> FaultRates {
+        FaultRates {
+            rate_limited_per_min: 2.0,
+            server_errors_per_min: 2.0,
+            slow_per_min: 2.0,
+            timeouts_per_min: 0.0,
+            dropped_per_min: 2.0,
+            duplicated_per_min: 4.0,
+            reordered_per_min: 2.0,
+            kill_every_secs: 0.0,
+        }
+    }
+}
+
 /// presync's request timeout toward both systems during a soak, so that timeouts happen.
 pub(super) const REQUEST_TIMEOUT_MS: u64 = 2_000;
 
 /// What was injected, counted.
 #[derive(Debug, Default, Clone, serde::Serialize)]
-pub(super) struct Injected {
-    pub(super) rate_limited: u64,
+pub(crate) struct Injected {
+    pub(crate) rate_limited: u64,
     pub(super) server_errors: u64,
     pub(super) slow: u64,
     pub(super) timeouts: u64,

@@ -24,6 +24,7 @@
 
 mod chaos;
 mod people;
+mod watch;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -36,9 +37,10 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use crate::harness::{self, Harness, Ingress, Options};
-use crate::truth::{checks, Rules, Truth};
+use crate::truth::{checks, latency, Rules, Truth};
 use chaos::{inject, kill_and_restart, FaultRates, Fleet, Injected, REQUEST_TIMEOUT_MS};
 use people::{drive, Activity};
+pub(crate) use watch::{Progress, Watch};
 
 #[derive(Debug, Args)]
 pub struct SoakArgs {
@@ -79,6 +81,25 @@ pub struct SoakArgs {
 /// How long the soak waits for everything to settle after the reconcile.
 const SETTLE: Duration = Duration::from_secs(120);
 
+impl SoakArgs {
+    /// The day `presync demo` plays: the soak's people, gentler faults (no kills, no
+    /// timeouts), and no evidence kept.
+    pub(crate) fn demo(reps: usize, duration: u64, seed: u64) -> SoakArgs {
+        SoakArgs {
+            duration,
+            reps,
+            database: None,
+            instances: Some(1),
+            seed,
+            max_amplification: 1.5,
+            reaction_ms: 1_000,
+            json: false,
+            evidence: std::path::PathBuf::new(),
+            faults: FaultRates::gentle(),
+        }
+    }
+}
+
 pub async fn run(args: SoakArgs) -> anyhow::Result<bool> {
     anyhow::ensure!(args.reps > 0, "--reps must be at least 1");
     anyhow::ensure!(args.duration > 0, "--duration must be at least 1 second");
@@ -100,7 +121,7 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<bool> {
     opts.dataverse_toml = format!("request_timeout_ms = {REQUEST_TIMEOUT_MS}");
     opts.teams_graph_toml = format!("request_timeout_ms = {REQUEST_TIMEOUT_MS}");
     opts.extra_toml = "[engine.pipeline]\npoll_interval_ms = 50\nlease_ms = 5000\n".to_owned();
-    let outcome = soak(&args, &opts, instances).await;
+    let outcome = play(&args, &opts, instances, &mut watch::Lines).await;
     if let Some(pg) = pg {
         pg.drop_database().await;
     }
@@ -113,30 +134,28 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<bool> {
     Ok(passed)
 }
 
-async fn soak(
+/// Play the soak's day with `args` on a harness built from `opts`: the people and the faults
+/// for `args.duration`, then settle and check against the truth. `watch` sees the progress as it
+/// goes. Returns whether every check passed, and the figures.
+pub(crate) async fn play(
     args: &SoakArgs,
     opts: &Options,
     instances: usize,
+    watch: &mut dyn Watch,
 ) -> anyhow::Result<(bool, serde_json::Value)> {
     let h = Arc::new(Harness::start(opts, instances).await?);
-    let fleet = start_fleet(&h, instances).await?;
+    let fleet = start_fleet(&h, instances, opts.ingress).await?;
     h.wait_adopted(&h.instance_url(0), Duration::from_secs(60))
         .await?;
     // Everyone is signed in to both systems and Available, and presync knows it: the truth
     // starts now.
     let start = wall_ms();
-    eprintln!(
-        "presync soak: {} reps, {} instance(s) on {}, {} s",
-        args.reps,
-        instances,
-        database_name(opts),
-        args.duration
-    );
+    watch.begin(&h, instances, database_name(opts), args.duration);
     let done = Arc::new(Mutex::new(Activity::default()));
     let injected = Arc::new(Mutex::new(Injected::default()));
     let started = Instant::now();
-    activity(&h, &fleet, &done, &injected, args).await;
-    eprintln!("presync soak: activity over; settling");
+    activity(&h, &fleet, &done, &injected, args, start, watch).await;
+    watch.settling();
     let end = settle(&h, &fleet, start).await?;
     let mut injected = injected.lock().map(|i| i.clone()).unwrap_or_default();
     injected.crashes += end.crashes;
@@ -165,6 +184,7 @@ async fn soak(
     let dv_status: Vec<u16> = h.dv.requests().iter().map(|r| r.status).collect();
     let graph_status: Vec<u16> = h.graph.requests().iter().map(|r| r.status).collect();
     let (genuine_d365, genuine_teams) = truth.genuine();
+    let follow = crate::truth::latency::follow(&h, &truth);
     let did = done.lock().map(|d| *d).unwrap_or_default();
     let summary = json!({
         "passed": passed,
@@ -182,6 +202,9 @@ async fn soak(
         },
         "genuine_changes": { "d365": genuine_d365, "teams": genuine_teams },
         "held_at_the_end": truth.held(),
+        "latency_ms": latency::summary(&follow.all()),
+        "latency_ms_to_d365": latency::summary(&follow.to_d365),
+        "latency_ms_to_teams": latency::summary(&follow.to_teams),
         "routing": offers.json(),
         "webhooks": {
             "sent": deliveries.len(),
@@ -209,7 +232,7 @@ async fn soak(
         "diverged": end.diverged.iter().map(|(_, d)| d).collect::<Vec<_>>(),
         "acknowledged_but_lost": end.lost.iter().take(20).collect::<Vec<_>>(),
     });
-    if !passed {
+    if !passed && !args.evidence.as_os_str().is_empty() {
         let flagged: Vec<usize> = end
             .diverged
             .iter()
@@ -241,8 +264,9 @@ fn database_name(opts: &Options) -> &'static str {
     }
 }
 
-/// Start every instance and wait until presync has its Teams subscriptions.
-async fn start_fleet(h: &Harness, instances: usize) -> anyhow::Result<Fleet> {
+/// Start every instance and wait until presync has its Teams subscriptions (when it learns of
+/// Teams changes by them).
+async fn start_fleet(h: &Harness, instances: usize, ingress: Ingress) -> anyhow::Result<Fleet> {
     let fleet: Fleet = Arc::new(tokio::sync::Mutex::new(Vec::new()));
     for i in 0..instances {
         let inst = h.spawn(i)?;
@@ -250,7 +274,7 @@ async fn start_fleet(h: &Harness, instances: usize) -> anyhow::Result<Fleet> {
         fleet.lock().await.push(Some(inst));
     }
     let until = Instant::now() + Duration::from_secs(30);
-    while h.graph.subscriptions().is_empty() {
+    while ingress == Ingress::Subscriptions && h.graph.subscriptions().is_empty() {
         anyhow::ensure!(
             Instant::now() < until,
             "presync created no Teams subscription"
@@ -260,14 +284,15 @@ async fn start_fleet(h: &Harness, instances: usize) -> anyhow::Result<Fleet> {
     Ok(fleet)
 }
 
-/// The people at work, the faults and the kills, for `--duration`, with a progress line every
-/// 10 s.
+/// The people at work, the faults and the kills, for `--duration`, shown to `watch` as it goes.
 async fn activity(
     h: &Arc<Harness>,
     fleet: &Fleet,
     done: &Arc<Mutex<Activity>>,
     injected: &Arc<Mutex<Injected>>,
     args: &SoakArgs,
+    start: presync_engine::Millis,
+    watch: &mut dyn Watch,
 ) {
     let started = Instant::now();
     let run_for = Duration::from_secs(args.duration);
@@ -287,21 +312,21 @@ async fn activity(
             args.seed.wrapping_add(2),
         )),
     ];
-    let mut tick =
-        tokio::time::interval_at(started + Duration::from_secs(10), Duration::from_secs(10));
+    let every = watch.every();
+    let mut tick = tokio::time::interval_at(started + every, every);
     while started.elapsed() < run_for {
         tokio::select! {
             _ = tick.tick() => {}
             _ = tokio::time::sleep_until(started + run_for) => break,
         }
-        let d = done.lock().map(|d| *d).unwrap_or_default();
-        let i = injected.lock().map(|i| i.clone()).unwrap_or_default();
-        eprintln!(
-            "  {:>4.0} s: {} D365 and {} Teams actions, {} conversations; kills {}, 429 {}, 5xx {}, slow {}, timeouts {}, dropped {}, duplicated {}, reordered {}",
-            started.elapsed().as_secs_f64(),
-            d.d365, d.teams, d.conversations,
-            i.kills, i.rate_limited, i.server_errors, i.slow, i.timeouts, i.dropped, i.duplicated, i.reordered
-        );
+        let progress = Progress {
+            elapsed: started.elapsed(),
+            run_for,
+            start,
+            done: done.lock().map(|d| *d).unwrap_or_default(),
+            injected: injected.lock().map(|i| i.clone()).unwrap_or_default(),
+        };
+        watch.tick(h, &progress);
     }
     for t in tasks {
         t.abort();
@@ -491,6 +516,7 @@ fn print_summary(s: &serde_json::Value) {
         "genuine_changes",
         "held_at_the_end",
         "routing",
+        "latency_ms",
         "webhooks",
         "notifications",
         "responses",

@@ -50,7 +50,7 @@ struct Person {
 
 /// Counts of what the people did, for the progress line.
 #[derive(Debug, Default, Clone, Copy)]
-pub(super) struct Activity {
+pub(crate) struct Activity {
     pub d365: u64,
     pub teams: u64,
     pub offers: u64,

@@ -9,6 +9,7 @@
 
 pub mod checks;
 pub mod evidence;
+pub mod latency;
 pub mod replay;
 mod timeline;
 

@@ -2,7 +2,7 @@
 //! in one system is one of a set (a Teams meeting, call or presentation), another system (D365)
 //! is held at a presence that is not routable, however often it recalculates.
 //!
-//! [`apply`] runs after the other rules on every decision, so that whichever rule decided, the
+//! `apply` runs after the other rules on every decision, so that whichever rule decided, the
 //! held system is written what the hold says and nothing else:
 //!
 //! - **Start and hold.** While the condition lasts, every write the other rules decided for the
