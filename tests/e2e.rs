@@ -98,6 +98,17 @@ async fn setup_with(agents: usize, database: Option<String>) -> Setup {
 /// [`setup`] with `agents` agents (1..=agents), when given that database instead of a SQLite
 /// file, and Teams read by polling or change notifications.
 async fn setup_full(agents: usize, database: Option<String>, teams: TeamsIngress) -> Setup {
+    setup_roles(agents, database, teams, true).await
+}
+
+/// [`setup_full`], with presync's application user holding the Omnichannel Supervisor role
+/// (which `CCaaS_ModifyAgentPresence` needs since 2026-05-07) or not.
+async fn setup_roles(
+    agents: usize,
+    database: Option<String>,
+    teams: TeamsIngress,
+    supervisor: bool,
+) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let presync_url = format!("http://127.0.0.1:{port}");
@@ -115,6 +126,7 @@ async fn setup_full(agents: usize, database: Option<String>, teams: TeamsIngress
             value: HOOK_SECRET.into(),
         },
     ));
+    dv_cfg.app_user_is_supervisor = supervisor;
     let dv = DataverseSim::new(dv_cfg);
     for i in 1..=agents {
         let (a, aad) = agent(i);
@@ -249,14 +261,16 @@ async fn presence_flows_both_ways_through_the_real_binary() {
             .is_some_and(|s| s.posted_availability == "Available")
     })
     .await;
+    // A meeting holds D365 at Busy - DND (the default hold), so no customer is routed to it.
     graph.person_joins_meeting(AAD);
-    wait_for("Busy in D365", || {
-        dv.presence(AGENT).as_deref() == Some(builtin::BUSY)
+    wait_for("Busy - DND in D365", || {
+        dv.presence(AGENT).as_deref() == Some(builtin::BUSY_DND)
     })
     .await;
 
     // presync's own writes echoed back and were not propagated: D365 got one write (the
-    // meeting), Teams two session writes (D365's Busy, then Available).
+    // meeting's hold, which never echoes into Teams), Teams two session writes (D365's Busy,
+    // then Available).
     tokio::time::sleep(Duration::from_secs(3)).await;
     let d365_writes = dv
         .requests()
@@ -742,10 +756,10 @@ async fn teams_change_notifications_drive_d365_through_the_real_binary() {
     .await;
     let sub = st.graph.subscriptions().remove(0);
     assert_eq!(sub.user_ids, vec![AAD.to_owned()]);
-    // A meeting in Teams is notified, read and written to D365.
+    // A meeting in Teams is notified, read, and holds D365 at Busy - DND.
     st.graph.person_joins_meeting(AAD);
-    wait_for("Busy in D365", || {
-        st.dv.presence(AGENT).as_deref() == Some(builtin::BUSY)
+    wait_for("Busy - DND in D365", || {
+        st.dv.presence(AGENT).as_deref() == Some(builtin::BUSY_DND)
     })
     .await;
     st.graph.person_leaves_meeting(AAD);
@@ -769,7 +783,7 @@ async fn teams_change_notifications_drive_d365_through_the_real_binary() {
         .count();
     assert_eq!(
         d365_writes, 2,
-        "meeting Busy, then Available; no echo written back"
+        "the meeting's hold, then its release; no echo written back"
     );
     let notified = st
         .metric("presync_notifications_total{system=\"teams\",outcome=\"reread_queued\"} ")
@@ -834,4 +848,85 @@ async fn the_service_returns_freed_memory_promptly_unless_told_otherwise() {
     let own = st.run_with("presync-e2e-purge-own.log", &[(NAME, "250")]);
     st.ready().await;
     assert_eq!(purge_delay(&own).as_deref(), Some("250"));
+}
+
+/// Since 2026-05-07 `CCaaS_ModifyAgentPresence` needs the Omnichannel Supervisor role. Without
+/// it no write to D365 will ever land, which is a configuration problem, not an event's: the
+/// instance stays ready (webhooks are still stored) but `/readyz` says degraded and what to
+/// grant, a metric counts the refusals, one ERROR is logged however many writes are refused,
+/// and `explain` says why D365 was not changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_supervisor_role_is_reported_once_counted_and_explained() {
+    let st = setup_roles(1, None, TeamsIngress::Polling, false).await;
+    let (dv, graph) = (&st.dv, &st.graph);
+    let log = std::env::temp_dir().join(format!("presync-e2e-role-{}.log", std::process::id()));
+    let _presync = st.run(log.file_name().unwrap().to_str().unwrap());
+    st.ready().await;
+    dv.system_sets(AGENT, builtin::AVAILABLE);
+    wait_for("Available in Teams", || {
+        graph
+            .session(AAD, APP)
+            .is_some_and(|s| s.posted_availability == "Available")
+    })
+    .await;
+
+    // Two meetings: each would hold D365 at Busy - DND, and each write is refused.
+    let modify = || {
+        dv.requests()
+            .iter()
+            .filter(|r| {
+                r.path.ends_with("CCaaS_ModifyAgentPresence") && matches!(r.status, 403 | 405)
+            })
+            .count()
+    };
+    graph.person_joins_meeting(AAD);
+    wait_for("a refused write to D365", || modify() >= 1).await;
+    graph.person_leaves_meeting(AAD);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    graph.person_joins_meeting(AAD);
+    wait_for("a second refused write to D365", || modify() >= 2).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        dv.presence(AGENT).as_deref(),
+        Some(builtin::AVAILABLE),
+        "the simulator let a write without the role land"
+    );
+
+    let r = reqwest::get(format!("{}/readyz", st.presync_url))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "webhooks are still stored: still ready");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["status"], "degraded", "{body}");
+    let why = body["connectors"]["dataverse"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("writes refused") && why.contains("Omnichannel Supervisor"),
+        "{body}"
+    );
+    let refused = st
+        .metric("presync_target_writes_total{target=\"dataverse\",outcome=\"forbidden\"}")
+        .await
+        .unwrap_or(0.0);
+    assert!(refused >= 2.0, "refusals counted: {refused}");
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    let errors: Vec<&str> = text.lines().filter(|l| l.contains("ERROR")).collect();
+    assert_eq!(errors.len(), 1, "one ERROR, not one per write:\n{text}");
+    assert!(
+        errors[0].contains("Omnichannel Supervisor"),
+        "{}",
+        errors[0]
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_presync"))
+        .args(["explain", "agent-one", "--database", &st.db])
+        .output()
+        .unwrap();
+    let explained = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{explained}");
+    assert!(
+        explained.contains("write forbidden") && explained.contains("Omnichannel Supervisor"),
+        "{explained}"
+    );
+    let _ = std::fs::remove_file(&log);
 }
