@@ -521,6 +521,73 @@ fn decide_by_rules(
             d.supersede_expectations = supersede;
             return d;
         }
+        // A change of the person's that arrives after presync already saw a newer, different
+        // state there and took it for what its own part revealed (unchanged since the sight
+        // before): the person changed in between, so that newer state was theirs, set after
+        // this one. It is decided as their change, at its time; this older one is passed over.
+        let unmasked = !prev.by_presync
+            && prev.genuine_time.is_some_and(|g| g < prev.source_time)
+            && source_time < prev.source_time
+            && prev.availability != a
+            && own.is_some()
+            // (A late echo of a write of presync's there proves nothing of the person.)
+            && !view
+                .expectations
+                .iter()
+                .any(|e| &e.system == sys && e.availability == a);
+        if unmasked {
+            let later = Observation {
+                native: prev.native.clone(),
+                source_time: prev.source_time,
+                sequence: prev.sequence,
+                ..obs.clone()
+            };
+            let theirs = ObservedState {
+                genuine_time: Some(prev.source_time),
+                genuine_sequence: prev.sequence,
+                own: own.as_ref().map(|o| o.state.clone()),
+                ..prev.clone()
+            };
+            let at = change_time(&later, prev.source_time, timed);
+            let current = view.canonical.as_ref();
+            let newer = current.is_none_or(|c| match at.cmp(&c.source_time) {
+                Ordering::Greater => true,
+                Ordering::Less => false,
+                Ordering::Equal => &c.source == sys || rank(cfg, sys) < rank(cfg, &c.source),
+            });
+            let mut d = if newer && current.is_none_or(|c| c.availability != prev.availability) {
+                apply(
+                    &later,
+                    prev.availability,
+                    theirs,
+                    (close, supersede),
+                    view,
+                    ctx,
+                    current,
+                )
+            } else {
+                let mut d = Decision::new(
+                    Rule::Superseded,
+                    Outcome::Recorded,
+                    prev.availability,
+                    format!(
+                        "{} from {sys} at {}, the person's change, is not newer than the \
+                         canonical state",
+                        prev.availability, prev.source_time
+                    ),
+                );
+                d.observed = Some(record(state.observed.as_ref(), theirs));
+                d.close_expectations = close;
+                d.supersede_expectations = supersede;
+                d
+            };
+            d.detail = format!(
+                "{} (unmasked: {sys} showed {a} before it, so {} was the person's change, not \
+                 what presync's part revealed)",
+                d.detail, prev.availability
+            );
+            return d;
+        }
         let raw_equal = raw_order(&observed_now, prev) == Ordering::Equal;
         if raw_equal && same_state && obs.kind == ObservationKind::Event {
             let mut d = Decision::new(
@@ -598,7 +665,10 @@ fn decide_by_rules(
         let _ = own;
         return d;
     }
-    if let Some(own) = own.as_ref().filter(|o| o.explained) {
+    // Where the canonical state already comes from this system, presync's part there is being
+    // withdrawn to follow it, and what shows beneath is the person's own, now: news of them.
+    let source_here = view.canonical.as_ref().is_some_and(|c| &c.source == sys);
+    if let Some(own) = own.as_ref().filter(|o| o.explained && !source_here) {
         let mut d = Decision::new(
             Rule::Revealed,
             Outcome::Recorded,

@@ -180,11 +180,37 @@ pub(super) fn observe(
     }
     // A state the person may have had at the last sight, or taken since beneath one of
     // presync's contributions, unseen: shown now because presync changed its own.
+    // And only where one of presync's contributions in effect now lets the aggregate show
+    // it: beneath presync's Do not disturb session a person's Away cannot show, unless they
+    // chose it as their status, which beats every session (and is news).
+    let shows_through = |w: &Option<Availability>| match (w, semantics) {
+        (None, _) => true,
+        (Some(w), WriteSemantics::Override) => *w == a,
+        (Some(w), _) => a.aggregate_rank() >= w.aggregate_rank(),
+    };
     let explained = c.changed
+        && c.now.iter().any(shows_through)
         && before.as_ref().is_some_and(|b| {
+            // A change of the person's is unseen beneath a contribution of presync's only if
+            // their own state lay beneath it already: from a state that showed (their Busy over
+            // presync's Available, or a status they chose over it), any change shows.
+            let unseen_beneath = |hides: AvailabilitySet| {
+                if b.possible.single().is_some() || b.possible.and(hides).is_empty() {
+                    AvailabilitySet::EMPTY
+                } else {
+                    hides
+                }
+            };
+            let since = c
+                .since
+                .iter()
+                .flatten()
+                .fold(AvailabilitySet::EMPTY, |set, w| {
+                    set.or(unseen_beneath(beneath(*w)))
+                });
             b.possible
-                .or(b.hideable)
-                .or(hidden_by(&c.since))
+                .or(unseen_beneath(b.hideable))
+                .or(since)
                 .contains(a)
         });
     let shown = if exact {
