@@ -691,6 +691,30 @@ fn decide_by_rules(
         return d;
     }
 
+    // A state of the person's that they may have set unseen beneath presync's part, at any
+    // moment since presync last saw the system (the state its withdrawal at the source shows,
+    // or one that shows now that presync's part changed): it is dated at the earliest, so that
+    // a dated change elsewhere since then holds against it.
+    let dated;
+    let (obs, observed_now, changed) = match state.observed.as_ref() {
+        Some(prev) if own.as_ref().is_some_and(|o| o.explained || o.undated) => {
+            // (A read knows the system showed the last state when it was read.)
+            let seen = prev.source_time.max(prev.observed_at);
+            let at = seen.saturating_add(1).min(source_time);
+            dated = Observation {
+                source_time: at,
+                ..obs.clone()
+            };
+            let observed = ObservedState {
+                source_time: at,
+                genuine_time: Some(at),
+                ..observed_now
+            };
+            (&dated, observed, change_time(&dated, at, timed))
+        }
+        _ => (obs, observed_now, changed),
+    };
+
     let Some(current) = &view.canonical else {
         return apply(obs, a, observed_now, (close, supersede), view, ctx, None);
     };

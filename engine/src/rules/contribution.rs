@@ -53,6 +53,9 @@ pub(super) struct Own {
     /// The aggregate shows the person's own state exactly, not what presync's contribution
     /// says (beneath which the person's own is hidden).
     pub exact: bool,
+    /// The person may have set this state unseen, beneath a contribution of presync's, at any
+    /// moment since presync last saw the system: its time is not the time of their change.
+    pub undated: bool,
 }
 
 /// presync's contributions to `sys` in effect when the observation was made (`None`: none, or
@@ -178,41 +181,51 @@ pub(super) fn observe(
             _ => possible = possible.or(AvailabilitySet::only(a)),
         }
     }
-    // A state the person may have had at the last sight, or taken since beneath one of
-    // presync's contributions, unseen: shown now because presync changed its own.
-    // And only where one of presync's contributions in effect now lets the aggregate show
-    // it: beneath presync's Do not disturb session a person's Away cannot show, unless they
-    // chose it as their status, which beats every session (and is news).
+    // Whether the aggregate can show `a` through a contribution of presync's: beneath
+    // presync's Do not disturb session a person's Away cannot show, unless they chose it as
+    // their status, which beats every session (and is news).
     let shows_through = |w: &Option<Availability>| match (w, semantics) {
         (None, _) => true,
         (Some(w), WriteSemantics::Override) => *w == a,
         (Some(w), _) => a.aggregate_rank() >= w.aggregate_rank(),
     };
+    // What the person may have set, unseen, beneath a contribution of presync's since the
+    // last sight. A change of theirs is unseen beneath one only if their own state lay beneath
+    // it already: from a state that showed (their Busy over presync's Available, or a status
+    // they chose over it), any change shows.
+    let unseen = before.as_ref().map_or(AvailabilitySet::EMPTY, |b| {
+        let unseen_beneath = |hides: AvailabilitySet| {
+            if b.possible.single().is_some() || b.possible.and(hides).is_empty() {
+                AvailabilitySet::EMPTY
+            } else {
+                hides
+            }
+        };
+        c.since
+            .iter()
+            .flatten()
+            .fold(unseen_beneath(b.hideable), |set, w| {
+                set.or(unseen_beneath(beneath(*w)))
+            })
+    });
+    // A state the person may have had at the last sight, or taken since beneath one of
+    // presync's contributions, unseen: shown now because presync changed its own.
     let explained = c.changed
         && c.now.iter().any(shows_through)
-        && before.as_ref().is_some_and(|b| {
-            // A change of the person's is unseen beneath a contribution of presync's only if
-            // their own state lay beneath it already: from a state that showed (their Busy over
-            // presync's Available, or a status they chose over it), any change shows.
-            let unseen_beneath = |hides: AvailabilitySet| {
-                if b.possible.single().is_some() || b.possible.and(hides).is_empty() {
-                    AvailabilitySet::EMPTY
-                } else {
-                    hides
-                }
-            };
-            let since = c
-                .since
-                .iter()
-                .flatten()
-                .fold(AvailabilitySet::EMPTY, |set, w| {
-                    set.or(unseen_beneath(beneath(*w)))
-                });
-            b.possible
-                .or(unseen_beneath(b.hideable))
-                .or(since)
-                .contains(a)
-        });
+        && before
+            .as_ref()
+            .is_some_and(|b| b.possible.or(unseen).contains(a));
+    // A status the person chose over every contribution of presync's in effect (it cannot show
+    // through any of them) showed the moment they chose it.
+    let chosen_over = c.now.iter().all(|w| !shows_through(w));
+    // Its time is the person's only if it showed the moment they set it. A state they may
+    // have set beneath a contribution of presync's since the last sight may have been set any
+    // time since (even from a state that showed, whose change's notification can be lost).
+    let hidden_since = before
+        .as_ref()
+        .map_or(AvailabilitySet::EMPTY, |b| b.hideable)
+        .or(hidden_by(&c.since));
+    let undated = c.changed && !chosen_over && hidden_since.contains(a);
     let shown = if exact {
         Some(OwnShown {
             availability: a,
@@ -238,6 +251,7 @@ pub(super) fn observe(
             }),
         contribution: describe(&c.now),
         exact,
+        undated,
     })
 }
 
