@@ -890,7 +890,12 @@ fn unplaced_since(
     // later and that the read contradicts (the system showed something else after it: a change
     // since). Where presync only contributes, the person's own state may outrank its write
     // without a change: only the last observation counts.
-    let observed = state.observed.as_ref()?.source_time;
+    // (A read knows the system showed the last state when it was read: a poll's state has no
+    // time of its own.)
+    let observed = state
+        .observed
+        .as_ref()
+        .map(|o| o.source_time.max(o.observed_at))?;
     let contributes = ctx
         .topology
         .capabilities(&obs.system)

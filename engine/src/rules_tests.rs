@@ -622,6 +622,26 @@ fn a_missed_undated_change_after_the_last_sight_wins_over_an_older_dated_change(
     assert_eq!(upserts(&d), vec![(D365.into(), Some(Available))]);
 }
 
+/// Found by a scenario: Teams was last seen by a poll, whose state has no time of its own
+/// (source time 0), after D365's change; the person's status picked after that poll and read by
+/// a reconcile pass was taken for a change of unknown time "after 0" and lost to D365's older
+/// one. The poll saw Teams when it read it.
+#[test]
+fn a_poll_is_a_sight_of_the_system_at_its_read() {
+    let mut v = view();
+    v.canonical = Some(presence(D365, Available, T0 + 50, 3));
+    let mut polled = observed(Available, 0);
+    polled.observed_at = T0 + 60;
+    v.systems.entry(TEAMS.into()).or_default().observed = Some(polled);
+    v.systems.entry(D365.into()).or_default().observed = Some(observed(Available, T0 + 50));
+    let d = decide_untimed(
+        &reconcile_read(TEAMS, DoNotDisturb, T0 + 1_000, T0 + 1_000),
+        &v,
+    );
+    assert_eq!(d.rule, Rule::LastWriterWins, "{}", d.detail);
+    assert_eq!(upserts(&d), vec![(D365.into(), Some(DoNotDisturb))]);
+}
+
 #[test]
 fn a_change_at_a_contribution_system_withdraws_presyncs_contribution_there() {
     // presync holds a Busy session in Teams (from D365). The person sets DND by hand in Teams:
