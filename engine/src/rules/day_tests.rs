@@ -465,6 +465,28 @@ fn a_break_taken_during_a_meeting_is_respected_and_stays_after_it() {
     assert_eq!(day.canonical(), Away);
 }
 
+/// Found by the soak: the meeting's end was notified at 3 s and read at 6 s; the release kept
+/// the person's break in D365, dated by the read. The person's own Available in D365 at 4 s,
+/// read by the reconcile pass, then looked older than the break and was put back to Away. The
+/// release is when the meeting ended.
+#[test]
+fn a_release_is_dated_when_the_condition_ended_not_when_presync_read_it() {
+    let mut day = Day::new(WriteSemantics::Contribution);
+    day.morning();
+    day.d365(Away, "Away", T0 + 500, Available);
+    day.sees(TEAMS, Busy, "Busy/InAMeeting", T0 + 1_000);
+    day.land(T0 + 1_010);
+    let mut o = day.observation(TEAMS, Available, "Available/Available", T0 + 6_000, None);
+    o.changed_by = Some(T0 + 3_000);
+    day.decide(o, Available);
+    day.land(T0 + 6_010);
+    assert_eq!(day.canonical(), Away);
+    let from = day.made.len();
+    day.d365_read(Available, "Available", T0 + 4_000, T0 + 7_000, Available);
+    assert_eq!(day.canonical(), Available, "{:?}", day.rules);
+    assert!(day.writes_to(D365, from).is_empty(), "{:?}", day.made);
+}
+
 #[test]
 fn presyncs_own_busy_session_never_starts_a_hold() {
     let mut day = Day::new(WriteSemantics::Contribution);

@@ -540,7 +540,12 @@ fn resumed_presence(
         availability,
         native,
         source: h.rule.hold.system.clone(),
-        source_time: obs.source_time.max(current.map_or(0, |c| c.source_time)),
+        // When the condition ended (a read after a notification: when it was notified), not
+        // when presync read it: a change the person made in between is newer.
+        source_time: obs
+            .changed_by
+            .map_or(obs.source_time, |by| by.min(obs.source_time))
+            .max(current.map_or(0, |c| c.source_time)),
         origin,
         observed_at: obs.observed_at,
         version: current.map_or(1, |c| c.version + 1),
