@@ -303,11 +303,12 @@ mod tests {
         let mut client = super::super::person::Client::signed_in(0);
         client.set(super::super::person::Activity::Meeting, true, 5);
         u.client = Some(client);
+        // The application posted its Busy after the person's meeting began.
         u.apps.insert(
             "app".into(),
             AppSession {
                 posted: Pair::new("Busy", "InACall"),
-                posted_at: 0,
+                posted_at: 7,
                 expires_at: SESSION_MAX,
             },
         );
