@@ -414,6 +414,10 @@ pub struct OwnState {
     /// call), while that is still possible.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shown: Option<OwnShown>,
+    /// [`shown`](Self::shown) is a status the person chose: it showed over a contribution of
+    /// presync's it cannot show through, and it shows over any while they keep it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub chosen: bool,
 }
 
 impl Default for OwnState {
@@ -422,6 +426,7 @@ impl Default for OwnState {
             possible: AvailabilitySet::ANY,
             hideable: AvailabilitySet::EMPTY,
             shown: None,
+            chosen: false,
         }
     }
 }

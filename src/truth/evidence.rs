@@ -18,7 +18,14 @@ pub fn day(h: &Harness, truth: &Truth, rep: usize, start: Millis) -> String {
             lines.push((c.at_ms, format!("D365     {} ({:?})", c.base, c.cause)));
         }
     }
-    for c in h.graph.changes() {
+    // Every edit of the person's Teams sources (a change beneath a session included) and what
+    // time alone changed: what the truth replays.
+    let timer = h
+        .graph
+        .changes()
+        .into_iter()
+        .filter(|c| c.cause == presync_teams::sim::ChangeCause::Timer);
+    for c in h.graph.edits().into_iter().chain(timer) {
         if c.user.eq_ignore_ascii_case(&r.aad) {
             lines.push((
                 c.at,

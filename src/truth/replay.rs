@@ -202,6 +202,9 @@ struct Day<'r> {
     signed_in: bool,
     /// Whether what D365 should show lasts through recalculations.
     expected_sticky: bool,
+    /// Whether the presence D365 showed at a disconnect lasted through recalculations: its
+    /// restore brings that back too.
+    sticky_before_disconnect: bool,
     /// The person's own Teams state, as Teams last showed it.
     own_shown: (String, String),
     /// What Teams showed last.
@@ -356,6 +359,13 @@ impl Day<'_> {
         // (presync's own writes make what D365 should show only as the truth has them.)
         match &c.cause {
             DvCause::Agent => self.expected_sticky = sticky_base(c.base),
+            DvCause::System(SystemReason::Disconnected) => {
+                self.sticky_before_disconnect = self.expected_sticky;
+                self.expected_sticky = false;
+            }
+            DvCause::System(SystemReason::Restored) => {
+                self.expected_sticky = self.sticky_before_disconnect;
+            }
             DvCause::System(_) => self.expected_sticky = false,
             DvCause::Api { .. } => {}
         }
@@ -569,6 +579,7 @@ pub fn replay(rec: &RepRecord<'_>, rules: &Rules, start: Millis) -> RepTruth {
         d365_genuine: true,
         signed_in: true,
         expected_sticky: false,
+        sticky_before_disconnect: false,
         own_shown: ("Available".to_owned(), "Available".to_owned()),
         teams_shows: ("Available".to_owned(), "Available".to_owned()),
         winner: None,
@@ -874,5 +885,43 @@ mod tests {
         assert_eq!(t.d365.at(45).values(), [Busy]);
         assert_eq!(t.session.at(35).values(), [Some(Busy), None]);
         assert_eq!(t.session.last().values(), [Some(Busy)]);
+    }
+
+    #[test]
+    fn a_presence_restored_after_a_disconnect_keeps_its_stickiness() {
+        // Held in a call, D365 at the hold's Busy - DND (API-set: sticky by default); the agent
+        // is disconnected, the call ends, D365 restores the Busy - DND it had (its own doing,
+        // newer), which a close later does not recalculate: D365 keeps what it restored.
+        let dv = [
+            d365(
+                12,
+                DoNotDisturb,
+                DvCause::Api {
+                    caller: "app".into(),
+                },
+            ),
+            d365(20, Offline, DvCause::System(SystemReason::Disconnected)),
+            d365(40, DoNotDisturb, DvCause::System(SystemReason::Restored)),
+        ];
+        let tm = [
+            teams(10, "Busy/InACall", "Busy/InACall", TeamsCause::Person),
+            teams(
+                30,
+                "Available/Available",
+                "Available/Available",
+                TeamsCause::Person,
+            ),
+        ];
+        let rec = RepRecord {
+            d365: dv.iter().collect(),
+            teams: tm.iter().collect(),
+            conversations: vec![(5, 1), (50, 0)],
+            reads: reads(&[0, 12, 32, 42]),
+            ..RepRecord::default()
+        };
+        let t = replay(&rec, &Rules::default(), 0);
+        assert_eq!(t.d365.at(45).values(), [DoNotDisturb]);
+        assert_eq!(t.d365.last().values(), [DoNotDisturb]);
+        assert_eq!(t.canonical.last().values(), [DoNotDisturb]);
     }
 }

@@ -165,6 +165,7 @@ pub(super) fn observe(
             },
             hideable: AvailabilitySet::EMPTY,
             shown: None,
+            chosen: false,
         })
     });
     let c = contributions(view, sys, prev.map(|p| p.source_time), ctx.now);
@@ -208,16 +209,27 @@ pub(super) fn observe(
                 set.or(unseen_beneath(beneath(*w)))
             })
     });
-    // A state the person may have had at the last sight, or taken since beneath one of
-    // presync's contributions, unseen: shown now because presync changed its own.
-    let explained = c.changed
-        && c.now.iter().any(shows_through)
-        && before
-            .as_ref()
-            .is_some_and(|b| b.possible.or(unseen).contains(a));
     // A status the person chose over every contribution of presync's in effect (it cannot show
     // through any of them) showed the moment they chose it.
     let chosen_over = c.now.iter().all(|w| !shows_through(w));
+    // The status the person chose, seen last, still shows exactly as it did: over whatever
+    // presync's contribution is now (a session of presync's does not hide it).
+    let still_chosen = semantics != WriteSemantics::Override
+        && before.as_ref().is_some_and(|b| {
+            b.chosen
+                && b.shown.as_ref().is_some_and(|s| {
+                    s.availability == a && s.native.code.eq_ignore_ascii_case(&obs.native.code)
+                })
+        });
+    // A state the person may have had at the last sight, or taken since beneath one of
+    // presync's contributions, unseen: shown now because presync changed its own; or their
+    // chosen status, showing over presync's changed contribution as it did before.
+    let explained = c.changed
+        && (still_chosen
+            || c.now.iter().any(shows_through)
+                && before
+                    .as_ref()
+                    .is_some_and(|b| b.possible.or(unseen).contains(a)));
     // Its time is the person's only if it showed the moment they set it. A state they may
     // have set beneath a contribution of presync's since the last sight may have been set any
     // time since (even from a state that showed, whose change's notification can be lost).
@@ -225,7 +237,7 @@ pub(super) fn observe(
         .as_ref()
         .map_or(AvailabilitySet::EMPTY, |b| b.hideable)
         .or(hidden_by(&c.since));
-    let undated = c.changed && !chosen_over && hidden_since.contains(a);
+    let undated = c.changed && !chosen_over && !still_chosen && hidden_since.contains(a);
     let shown = if exact {
         Some(OwnShown {
             availability: a,
@@ -241,6 +253,7 @@ pub(super) fn observe(
             possible,
             hideable: hidden_by(&c.now),
             shown,
+            chosen: exact && semantics != WriteSemantics::Override && (still_chosen || chosen_over),
         },
         explained,
         // (Where the system dates its states, the same state set again is a change.)
@@ -291,6 +304,7 @@ mod tests {
                 possible: AvailabilitySet::up_to(Busy),
                 hideable: AvailabilitySet::up_to(Busy),
                 shown: None,
+                chosen: false,
             }),
             ..super::super::tests::observed(Busy, T0)
         });
@@ -312,6 +326,7 @@ mod tests {
                 possible: AvailabilitySet::only(Available),
                 hideable: AvailabilitySet::up_to(Away),
                 shown: None,
+                chosen: false,
             }),
             ..super::super::tests::observed(Available, T0)
         });
@@ -334,6 +349,7 @@ mod tests {
                 possible: AvailabilitySet::only(DoNotDisturb),
                 hideable: AvailabilitySet::EMPTY,
                 shown: None,
+                chosen: false,
             }),
             ..super::super::tests::observed(DoNotDisturb, T0)
         });

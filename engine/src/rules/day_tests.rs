@@ -881,3 +881,81 @@ fn a_holds_write_still_waiting_when_the_meeting_ends_is_not_made() {
     day.land(T0 + 3_000);
     assert!(day.writes_to(D365, from).is_empty(), "{:?}", day.made);
 }
+
+#[test]
+fn a_status_chosen_in_teams_still_showing_over_presyncs_new_session_is_not_news() {
+    let mut day = Day::new(WriteSemantics::Contribution);
+    day.morning();
+    day.conversation(T0 + 1_000);
+    // The person picks Away in Teams: it shows over presync's Busy session, so it is a status
+    // they chose, and it reaches D365; presync withdraws its session.
+    let d = day.sees(TEAMS, Away, "Away/Away", T0 + 2_000);
+    assert_eq!(d.rule, Rule::LastWriterWins, "{}", d.detail);
+    day.land(T0 + 2_010);
+    day.teams_read(Away, "Away/Away", T0 + 2_020);
+    // Then they choose Busy - DND in D365, newer: presync's session says it in Teams, where
+    // the chosen Away still shows over it.
+    day.d365(DoNotDisturb, "DoNotDisturb", T0 + 3_000, Busy);
+    day.teams_reads(Away, "Away/Away", T0 + 3_005);
+    day.land(T0 + 3_010);
+    let from = day.made.len();
+    let d = day.teams_read(Away, "Away/Away", T0 + 5_000);
+    day.land(T0 + 5_010);
+    assert!(
+        day.writes_to(D365, from).is_empty(),
+        "{}: {:?}",
+        d.detail,
+        day.made
+    );
+    assert_eq!(day.canonical(), DoNotDisturb);
+}
+
+#[test]
+fn a_status_chosen_over_presyncs_new_session_from_the_clients_own_is_news() {
+    let mut day = Day::new(WriteSemantics::Contribution);
+    day.morning();
+    day.conversation(T0 + 1_000);
+    // The client presents (over presync's Busy session, by rank: not a chosen status), then
+    // goes Away by itself once presync has withdrawn its session.
+    day.sees(TEAMS, DoNotDisturb, "DoNotDisturb/Presenting", T0 + 1_500);
+    day.land(T0 + 1_510);
+    day.sees(TEAMS, Away, "Away/Away", T0 + 2_000);
+    day.land(T0 + 2_010);
+    // Available chosen in D365, newer: presync's session says it.
+    day.d365(Available, "Available", T0 + 3_000, Busy);
+    day.teams_read(Away, "Away/Away", T0 + 3_005);
+    day.land(T0 + 3_010);
+    // presync's Available session would show over the client's Away: Away showing now is a
+    // status the person chose since.
+    let from = day.made.len();
+    let d = day.teams_read(Away, "Away/Away", T0 + 5_000);
+    day.land(T0 + 5_010);
+    assert_eq!(
+        day.writes_to(D365, from),
+        vec![Some(Away)],
+        "{}: {:?}",
+        d.detail,
+        day.made
+    );
+}
+
+#[test]
+fn a_teams_read_before_the_holds_echo_does_not_write_the_hold_again() {
+    let mut day = Day::new(WriteSemantics::Contribution);
+    day.morning();
+    day.sees(TEAMS, Busy, "Busy/InAMeeting", T0 + 1_000);
+    day.land(T0 + 1_010);
+    // presync reads Teams again (the meeting, unchanged) before D365's echo of the hold's
+    // write arrives: D365 is held already.
+    let from = day.made.len();
+    let d = day.teams_read(Busy, "Busy/InAMeeting", T0 + 1_015);
+    day.land(T0 + 1_020);
+    assert!(
+        day.writes_to(D365, from).is_empty(),
+        "{}: {:?}",
+        d.detail,
+        day.made
+    );
+    let d = day.d365(DoNotDisturb, IN_A_MEETING, T0 + 1_008, Busy);
+    assert_eq!(d.rule, Rule::Echo, "{}", d.detail);
+}

@@ -345,16 +345,22 @@ fn hold(
         }
         return;
     }
-    // A write of the hold that landed after the state this observation reports (or is still on
-    // the wire) has put it back already: its echo is to come.
-    let written_since = &obs.system == target
-        && view.expectations.iter().any(|e| {
-            &e.system == target
-                && e.availability == h.availability
-                && !e.superseded
-                && e.expires_at > ctx.now
-                && e.completed_at.is_none_or(|c| c > obs.source_time)
-        });
+    // A write of the hold that landed after the state the held system was last seen in (this
+    // observation's, or the one before another system's) or is still on the wire has put it
+    // back already: its echo is to come.
+    let seen_at = if &obs.system == target {
+        Some(obs.source_time)
+    } else {
+        shows.as_ref().map(|s| s.source_time)
+    };
+    let written_since = view.expectations.iter().any(|e| {
+        &e.system == target
+            && e.availability == h.availability
+            && !e.superseded
+            && e.expires_at > ctx.now
+            && e.completed_at
+                .is_none_or(|c| seen_at.is_none_or(|seen| c > seen))
+    });
     if pending_hold
         || written_since
         || shows.as_ref().is_some_and(|s| h.shown_by(s)) && pending.is_none()
