@@ -414,10 +414,10 @@ pub struct OwnState {
     /// call), while that is still possible.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shown: Option<OwnShown>,
-    /// [`shown`](Self::shown) is a status the person chose: it showed over a contribution of
-    /// presync's it cannot show through, and it shows over any while they keep it.
+    /// The sight this was made from showed [`shown`](Self::shown) itself (the person's own
+    /// state exactly, not a contribution of presync's), set when presync took it to be.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub chosen: bool,
+    pub exact: bool,
 }
 
 impl Default for OwnState {
@@ -426,7 +426,7 @@ impl Default for OwnState {
             possible: AvailabilitySet::ANY,
             hideable: AvailabilitySet::EMPTY,
             shown: None,
-            chosen: false,
+            exact: false,
         }
     }
 }

@@ -165,7 +165,7 @@ pub(super) fn observe(
             },
             hideable: AvailabilitySet::EMPTY,
             shown: None,
-            chosen: false,
+            exact: false,
         })
     });
     let c = contributions(view, sys, prev.map(|p| p.source_time), ctx.now);
@@ -212,20 +212,26 @@ pub(super) fn observe(
     // A status the person chose over every contribution of presync's in effect (it cannot show
     // through any of them) showed the moment they chose it.
     let chosen_over = c.now.iter().all(|w| !shows_through(w));
-    // The status the person chose, seen last, still shows exactly as it did: over whatever
-    // presync's contribution is now (a session of presync's does not hide it).
-    let still_chosen = semantics != WriteSemantics::Override
+    // The person's own state, shown exactly at the last sight, still shows exactly as it did,
+    // though presync's contribution changed: Teams showed no change at all, so the person
+    // made none (even where it could only show over presync's new contribution as a status
+    // they chose: they chose it before). Where presync is not told of every change (polling),
+    // a status chosen since, the same as what their client showed before, is missed: a change
+    // in between that presync saw (its contribution showing) makes it news.
+    // (Only a state whose time presync knew: one it took for set unseen at some moment since
+    // the sight before may have been set after the change presync's contribution says.)
+    let still_shown = semantics != WriteSemantics::Override
         && before.as_ref().is_some_and(|b| {
-            b.chosen
+            b.exact
                 && b.shown.as_ref().is_some_and(|s| {
                     s.availability == a && s.native.code.eq_ignore_ascii_case(&obs.native.code)
                 })
         });
     // A state the person may have had at the last sight, or taken since beneath one of
-    // presync's contributions, unseen: shown now because presync changed its own; or their
-    // chosen status, showing over presync's changed contribution as it did before.
+    // presync's contributions, unseen: shown now because presync changed its own; or what
+    // showed of them before, shown still.
     let explained = c.changed
-        && (still_chosen
+        && (still_shown
             || c.now.iter().any(shows_through)
                 && before
                     .as_ref()
@@ -237,7 +243,7 @@ pub(super) fn observe(
         .as_ref()
         .map_or(AvailabilitySet::EMPTY, |b| b.hideable)
         .or(hidden_by(&c.since));
-    let undated = c.changed && !chosen_over && !still_chosen && hidden_since.contains(a);
+    let undated = c.changed && !chosen_over && !still_shown && hidden_since.contains(a);
     let shown = if exact {
         Some(OwnShown {
             availability: a,
@@ -253,7 +259,7 @@ pub(super) fn observe(
             possible,
             hideable: hidden_by(&c.now),
             shown,
-            chosen: exact && semantics != WriteSemantics::Override && (still_chosen || chosen_over),
+            exact: exact && !undated,
         },
         explained,
         // (Where the system dates its states, the same state set again is a change.)
@@ -304,7 +310,7 @@ mod tests {
                 possible: AvailabilitySet::up_to(Busy),
                 hideable: AvailabilitySet::up_to(Busy),
                 shown: None,
-                chosen: false,
+                exact: false,
             }),
             ..super::super::tests::observed(Busy, T0)
         });
@@ -326,7 +332,7 @@ mod tests {
                 possible: AvailabilitySet::only(Available),
                 hideable: AvailabilitySet::up_to(Away),
                 shown: None,
-                chosen: false,
+                exact: false,
             }),
             ..super::super::tests::observed(Available, T0)
         });
@@ -349,7 +355,7 @@ mod tests {
                 possible: AvailabilitySet::only(DoNotDisturb),
                 hideable: AvailabilitySet::EMPTY,
                 shown: None,
-                chosen: false,
+                exact: false,
             }),
             ..super::super::tests::observed(DoNotDisturb, T0)
         });

@@ -883,7 +883,7 @@ fn a_holds_write_still_waiting_when_the_meeting_ends_is_not_made() {
 }
 
 #[test]
-fn a_status_chosen_in_teams_still_showing_over_presyncs_new_session_is_not_news() {
+fn a_state_teams_still_shows_exactly_over_presyncs_new_session_is_not_news() {
     let mut day = Day::new(WriteSemantics::Contribution);
     day.morning();
     day.conversation(T0 + 1_000);
@@ -911,7 +911,7 @@ fn a_status_chosen_in_teams_still_showing_over_presyncs_new_session_is_not_news(
 }
 
 #[test]
-fn a_status_chosen_over_presyncs_new_session_from_the_clients_own_is_news() {
+fn a_status_chosen_over_presyncs_session_once_it_showed_is_news() {
     let mut day = Day::new(WriteSemantics::Contribution);
     day.morning();
     day.conversation(T0 + 1_000);
@@ -925,8 +925,9 @@ fn a_status_chosen_over_presyncs_new_session_from_the_clients_own_is_news() {
     day.d365(Available, "Available", T0 + 3_000, Busy);
     day.teams_read(Away, "Away/Away", T0 + 3_005);
     day.land(T0 + 3_010);
-    // presync's Available session would show over the client's Away: Away showing now is a
-    // status the person chose since.
+    // Teams shows presync's Available session over the client's Away (its notification);
+    // Away showing again is a status the person chose since.
+    day.sees(TEAMS, Available, "Available/Available", T0 + 3_020);
     let from = day.made.len();
     let d = day.teams_read(Away, "Away/Away", T0 + 5_000);
     day.land(T0 + 5_010);
@@ -958,4 +959,30 @@ fn a_teams_read_before_the_holds_echo_does_not_write_the_hold_again() {
     );
     let d = day.d365(DoNotDisturb, IN_A_MEETING, T0 + 1_008, Busy);
     assert_eq!(d.rule, Rule::Echo, "{}", d.detail);
+}
+
+#[test]
+fn a_busy_chosen_in_teams_still_showing_over_presyncs_new_session_is_not_news() {
+    let mut day = Day::new(WriteSemantics::Contribution);
+    day.morning();
+    day.conversation(T0 + 1_000);
+    // The person picks Busy in Teams, over presync's Busy session of the same rank (so
+    // presync cannot tell it was chosen); presync withdraws its session.
+    day.sees(TEAMS, Busy, "Busy/Busy", T0 + 2_000);
+    day.land(T0 + 2_010);
+    day.teams_read(Busy, "Busy/Busy", T0 + 2_020);
+    // Busy - DND chosen in D365: presync's session says it; Teams still shows Busy/Busy.
+    day.d365(DoNotDisturb, "DoNotDisturb", T0 + 3_000, Busy);
+    day.teams_reads(Busy, "Busy/Busy", T0 + 3_005);
+    day.land(T0 + 3_010);
+    let from = day.made.len();
+    let d = day.teams_read(Busy, "Busy/Busy", T0 + 5_000);
+    day.land(T0 + 5_010);
+    assert!(
+        day.writes_to(D365, from).is_empty(),
+        "{}: {:?}",
+        d.detail,
+        day.made
+    );
+    assert_eq!(day.canonical(), DoNotDisturb);
 }
