@@ -71,6 +71,9 @@ pub(crate) struct Injected {
     pub(super) kills: u64,
     pub(super) restarts: u64,
     pub(super) crashes: u64,
+    /// When no instance was up: (from the kill, to the restarted one's readiness).
+    #[serde(skip)]
+    pub(crate) outages: Vec<(presync_engine::Millis, presync_engine::Millis)>,
 }
 
 /// The instances, by index; `None` while one is down.
@@ -193,12 +196,16 @@ pub(super) async fn kill_and_restart(
             continue;
         }
         let i = rng.random_range(0..f.len());
+        let mut killed_at = None;
         if let Some(inst) = f[i].take() {
             inst.kill();
             if let Ok(mut n) = injected.lock() {
                 n.kills += 1;
             }
+            killed_at = Some(super::wall_ms());
         }
+        // No other instance takes the work meanwhile.
+        let alone = f.iter().all(Option::is_none);
         // Down for a moment, as a supervisor's restart takes.
         tokio::time::sleep(Duration::from_secs_f64(rng.random_range(0.2..2.0))).await;
         if let Ok(inst) = h.spawn(i) {
@@ -206,6 +213,9 @@ pub(super) async fn kill_and_restart(
             f[i] = Some(inst);
             if let Ok(mut n) = injected.lock() {
                 n.restarts += 1;
+                if let (Some(at), true) = (killed_at, alone) {
+                    n.outages.push((at, super::wall_ms()));
+                }
             }
         }
         next_kill =

@@ -162,7 +162,7 @@ pub(crate) async fn play(
     let truth = Truth::of(&h, Rules::default(), start);
     let writes = checks::audit_writes(&h, &truth);
     let routable = [Availability::Available, Availability::Busy];
-    let offers = checks::offers(&h, &truth, &routable, args.reaction_ms);
+    let offers = checks::offers(&h, &truth, &routable, args.reaction_ms, &injected.outages);
     let amplification_ok = writes
         .iter()
         .all(|(_, w)| w.amplification() <= args.max_amplification);

@@ -297,7 +297,15 @@ pub struct Offers {
     /// rate-limited presync as a whole, and its `Retry-After` or delay had not run out by
     /// then. Not presync's doing; counted apart.
     pub while_refused: Vec<(usize, Millis, Millis)>,
+    /// Offers in that time when the representative became unroutable while no instance of
+    /// presync was up (a single instance killed and restarting), before the restarted one
+    /// could catch up: the change reached no one. Counted apart too.
+    pub while_presync_was_down: Vec<(usize, Millis, Millis)>,
 }
+
+/// How long a restarted instance may take, once ready, to catch up with what changed while
+/// no instance was up (its catch-up reconcile reads every representative in both systems).
+pub const CATCH_UP_MS: Millis = 5_000;
 
 impl Offers {
     pub fn json(&self) -> serde_json::Value {
@@ -305,6 +313,7 @@ impl Offers {
             "offered": self.offered,
             "offers_while_unavailable": self.while_unavailable.len(),
             "offers_while_a_service_refused_presync": self.while_refused.len(),
+            "offers_while_presync_was_down": self.while_presync_was_down.len(),
             "examples": self.while_unavailable.iter().take(10).map(|(r, at, since)| {
                 format!("rep {r} offered work at {at}, unroutable since {since}")
             }).collect::<Vec<_>>(),
@@ -373,8 +382,15 @@ fn refusals(h: &Harness, by_agent: &HashMap<String, usize>) -> Refusals {
     out
 }
 
-/// Every offer of D365's router against the truth: `routable` is the router's list.
-pub fn offers(h: &Harness, truth: &Truth, routable: &[Availability], reaction_ms: i64) -> Offers {
+/// Every offer of D365's router against the truth: `routable` is the router's list; `outages`
+/// the times no instance of presync was up (from a kill to the restarted one's readiness).
+pub fn offers(
+    h: &Harness,
+    truth: &Truth,
+    routable: &[Availability],
+    reaction_ms: i64,
+    outages: &[(Millis, Millis)],
+) -> Offers {
     let by_agent: HashMap<String, usize> = h
         .reps
         .iter()
@@ -424,8 +440,13 @@ pub fn offers(h: &Harness, truth: &Truth, routable: &[Availability], reaction_ms
                 .by_rep
                 .get(&rep)
                 .is_some_and(|r| r.iter().any(blocked));
+        let unseen = outages.iter().any(|(down, up)| {
+            (*down..=*up).contains(&since) && o.at_ms <= up + reaction_ms + CATCH_UP_MS
+        });
         if was_refused {
             out.while_refused.push((rep, o.at_ms, since));
+        } else if unseen {
+            out.while_presync_was_down.push((rep, o.at_ms, since));
         } else {
             out.while_unavailable.push((rep, o.at_ms, since));
         }

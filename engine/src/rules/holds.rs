@@ -262,7 +262,36 @@ pub(super) fn apply(
                                     && s.automatic.is_some_and(|a| a != s.availability)
                             })
                     });
-                if residue {
+                // Or the hold's presence, last seen there, was replaced by a state of its own
+                // that presync did not see (a break taken while presync was down): what it
+                // goes back to after the release that waited for this read.
+                let before = view.systems.get(target).and_then(|s| s.observed.as_ref());
+                let replaced = (&obs.system == target && !view.outbox.contains_key(target))
+                    .then_some(shows)
+                    .flatten()
+                    .filter(|s| {
+                        !s.by_presync
+                            && before.is_some_and(|p| p.by_presync && h.shown_by(p))
+                            && canonical.is_some_and(|c| &c.source == when)
+                    });
+                if let Some(s) = replaced {
+                    let (a, native) = (s.availability, s.native.clone());
+                    let origin = if ctx.config.is_routable(a) {
+                        Origin::Automatic
+                    } else {
+                        Origin::Manual
+                    };
+                    let presence = resumed_presence(a, native, origin, obs, h, view);
+                    follow(d, presence, false, view, ctx);
+                    d.notes.push(Note::hold(
+                        "released",
+                        None,
+                        format!(
+                            "{target} shows {a}, its own, in place of the hold ({}): kept",
+                            h.rule.describe()
+                        ),
+                    ));
+                } else if residue {
                     let why = format!("{target} still shows the hold ({})", h.rule.describe());
                     resume(obs, d, h, shows.cloned().as_ref(), view, ctx, why);
                 } else if stand_in {
