@@ -114,6 +114,12 @@ pub async fn final_states(
     Ok(out)
 }
 
+/// How far apart the two simulators' clocks may be when a write is placed on the truth's
+/// timeline: D365's stamps never share a millisecond, so under a burst of changes they run a
+/// few milliseconds ahead of the wall clock Graph stamps with, and a write answering a D365
+/// change can carry a time just before that change's.
+const CLOCKS_APART_MS: Millis = 20;
+
 /// presync's writes into one system, each against the truth.
 #[derive(Debug, Default)]
 pub struct WriteAudit {
@@ -176,11 +182,12 @@ fn audit<T: Clone + PartialEq + std::fmt::Debug>(
             continue;
         };
         let from = followed.get(rep).copied().unwrap_or(0);
+        let by = at.saturating_add(CLOCKS_APART_MS);
         let next = line
             .iter()
             .enumerate()
             .skip(from)
-            .take_while(|(_, (t, _))| t <= at)
+            .take_while(|(_, (t, _))| *t <= by)
             .find(|(_, (_, v))| v.contains(value))
             .map(|(k, _)| k);
         match next {
@@ -196,7 +203,7 @@ fn audit<T: Clone + PartialEq + std::fmt::Debug>(
                     let since: Vec<String> = line
                         .iter()
                         .skip(from)
-                        .take_while(|(t, _)| t <= at)
+                        .take_while(|(t, _)| *t <= by)
                         .map(|(_, v)| v.to_string())
                         .collect();
                     a.examples.push(format!(
@@ -295,7 +302,8 @@ pub struct Offers {
     /// have made the representative unroutable: it refused, failed or held back presync's read
     /// or write for them (an injected 429, 5xx or slow answer, which a time-out may end), or
     /// rate-limited presync as a whole, and its `Retry-After` or delay had not run out by
-    /// then. Not presync's doing; counted apart.
+    /// then; or D365 dropped the webhook of their change, and had sent none since. Not
+    /// presync's doing; counted apart.
     pub while_refused: Vec<(usize, Millis, Millis)>,
     /// Offers in that time when the representative became unroutable while no instance of
     /// presync was up (a single instance killed and restarting), before the restarted one
@@ -323,7 +331,8 @@ impl Offers {
 
 /// Refusals of presync's requests, each as (when, until its `Retry-After` or the injected
 /// delay of its answer ran out): a rate limit keeps presync from everything on that service; a
-/// refused, failed or slow read or write for one representative, from that one.
+/// refused, failed or slow read or write for one representative, from that one; a webhook
+/// D365 dropped, from that representative until their next change in D365.
 #[derive(Debug, Default)]
 struct Refusals {
     everyone: Vec<(Millis, Millis)>,
@@ -332,6 +341,24 @@ struct Refusals {
 
 fn refusals(h: &Harness, by_agent: &HashMap<String, usize>) -> Refusals {
     let mut out = Refusals::default();
+    // A webhook D365 never sent keeps presync from learning of that change until the agent's
+    // next one.
+    let mut d365_changes: HashMap<usize, Vec<Millis>> = HashMap::new();
+    for c in h.dv.changes() {
+        if let Some(&rep) = by_agent.get(&c.agent_id.to_ascii_lowercase()) {
+            d365_changes.entry(rep).or_default().push(c.at_ms);
+        }
+    }
+    for d in h.dv.dropped_webhook_changes() {
+        let Some(&rep) = by_agent.get(&d.agent_id.to_ascii_lowercase()) else {
+            continue;
+        };
+        let next = d365_changes
+            .get(&rep)
+            .and_then(|at| at.iter().find(|t| **t > d.at_ms).copied())
+            .unwrap_or(Millis::MAX);
+        out.by_rep.entry(rep).or_default().push((d.at_ms, next));
+    }
     let by_user: HashMap<String, usize> = h
         .reps
         .iter()
@@ -471,25 +498,28 @@ mod tests {
     #[test]
     fn writes_must_follow_the_truth_in_order() {
         let mut line = Timeline::new(0, Allowed::one(Available));
-        line.set(10, Allowed::one(Busy));
-        line.set(20, Allowed::one(Available));
+        line.set(1_000, Allowed::one(Busy));
+        line.set(2_000, Allowed::one(Available));
         let expected = |_| Some(line.clone());
         let ok = audit(
-            &[(0, 11, Busy), (0, 12, Busy), (0, 21, Available)],
+            &[(0, 1_100, Busy), (0, 1_200, Busy), (0, 2_100, Available)],
             expected,
             2,
         );
         assert_eq!((ok.writes, ok.unjustified), (3, 0));
         // Busy again after Available: going back.
         let back = audit(
-            &[(0, 11, Busy), (0, 21, Available), (0, 22, Busy)],
+            &[(0, 1_100, Busy), (0, 2_100, Available), (0, 2_200, Busy)],
             expected,
             2,
         );
         assert_eq!(back.unjustified, 1);
         assert_eq!(back.flagged, vec![0]);
         // A write before the truth called for it.
-        let early = audit(&[(0, 5, Busy)], expected, 2);
+        let early = audit(&[(0, 500, Busy)], expected, 2);
         assert_eq!(early.unjustified, 1);
+        // One stamped a moment before the D365 change it answers: the clocks are apart.
+        let skewed = audit(&[(0, 998, Busy)], expected, 2);
+        assert_eq!(skewed.unjustified, 0);
     }
 }

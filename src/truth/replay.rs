@@ -393,8 +393,11 @@ impl Day<'_> {
         if !held && !self.respected() && self.unseen_release.is_some() {
             let wide = Allowed::one(c.base).or(&Allowed::one(self.written(self.hold_at())));
             self.truth.d365.set(t, wide.clone());
+            // presync's part follows either: this choice, or what the release gives.
+            let session = self.truth.session.last().clone();
             if let Some(u) = self.unseen_release.as_mut() {
                 u.d365 = (wide, Allowed::one(c.base));
+                u.session = (session.clone(), session);
                 u.chose_routable = true;
             }
         }
@@ -923,5 +926,35 @@ mod tests {
         assert_eq!(t.d365.at(45).values(), [DoNotDisturb]);
         assert_eq!(t.d365.last().values(), [DoNotDisturb]);
         assert_eq!(t.canonical.last().values(), [DoNotDisturb]);
+    }
+
+    #[test]
+    fn a_routable_choice_in_d365_before_presync_knows_a_hold_ended_allows_either_part() {
+        // A meeting with a conversation open; it ends at 30, which presync reads at 40; the
+        // person chooses Available in D365 at 35. presync, putting it back as held still and
+        // then releasing, may write what the capacity gives (Busy) or follow the choice.
+        let dv = [
+            d365(5, Busy, DvCause::System(SystemReason::Recalculated)),
+            d365(35, Available, DvCause::Agent),
+        ];
+        let tm = [
+            teams(10, "Busy/InAMeeting", "Busy/InAMeeting", TeamsCause::Person),
+            teams(
+                30,
+                "Available/Available",
+                "Available/Available",
+                TeamsCause::Person,
+            ),
+        ];
+        let rec = RepRecord {
+            d365: dv.iter().collect(),
+            teams: tm.iter().collect(),
+            conversations: vec![(5, 1)],
+            reads: vec![(0, 0), (12, 12), (39, 40)],
+            ..RepRecord::default()
+        };
+        let t = replay(&rec, &Rules::default(), 0);
+        assert_eq!(t.d365.at(45).values(), [Available, Busy]);
+        assert_eq!(t.session.at(45).values(), [Some(Available), Some(Busy)]);
     }
 }

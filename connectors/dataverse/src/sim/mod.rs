@@ -91,7 +91,7 @@ pub use config::{SimConfig, SimCredential, WebhookTarget};
 pub use faults::Fault;
 pub use record::{ChangeCause, ConversationChange, SimChange, SimRefusal, SystemReason};
 pub use routing::Offer;
-pub use webhooks::Delivery;
+pub use webhooks::{Delivery, DroppedWebhook};
 
 /// An agent's `msdyn_agentstatus` row, as the simulator holds it (the truth tests compare to).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -483,6 +483,12 @@ impl DataverseSim {
 
     /// The `seq` of every event a [`Fault::DropWebhooks`] swallowed.
     pub fn dropped_webhooks(&self) -> Vec<u64> {
+        self.shared.outbox.dropped().iter().map(|d| d.seq).collect()
+    }
+
+    /// Every webhook a [`Fault::DropWebhooks`] swallowed, with the agent and the time of the
+    /// change it was for.
+    pub fn dropped_webhook_changes(&self) -> Vec<DroppedWebhook> {
         self.shared.outbox.dropped()
     }
 

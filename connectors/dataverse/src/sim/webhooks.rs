@@ -82,8 +82,18 @@ pub(crate) struct Outbox {
     pub(crate) wake: Arc<Notify>,
     pending: watch::Sender<usize>,
     deliveries: Mutex<Vec<Delivery>>,
-    dropped: Mutex<Vec<u64>>,
+    dropped: Mutex<Vec<DroppedWebhook>>,
     started: AtomicBool,
+}
+
+/// A webhook a [`super::Fault::DropWebhooks`] swallowed, and the change it was for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DroppedWebhook {
+    pub seq: u64,
+    /// The agent's systemuserid.
+    pub agent_id: String,
+    /// When the change was made (ms since the epoch).
+    pub at_ms: i64,
 }
 
 impl Outbox {
@@ -172,7 +182,7 @@ impl Outbox {
         lock(&self.deliveries).clone()
     }
 
-    pub(crate) fn dropped(&self) -> Vec<u64> {
+    pub(crate) fn dropped(&self) -> Vec<DroppedWebhook> {
         lock(&self.dropped).clone()
     }
 
@@ -218,7 +228,11 @@ async fn deliver(shared: &Shared, http: &reqwest::Client, ev: WebhookEvent, fate
     };
     if fate.dropped {
         tracing::debug!(seq = ev.seq, "Simulated webhook dropped");
-        lock(&shared.outbox.dropped).push(ev.seq);
+        lock(&shared.outbox.dropped).push(DroppedWebhook {
+            seq: ev.seq,
+            agent_id: ev.change.row.agent_id.clone(),
+            at_ms: ev.change.at_ms,
+        });
         return;
     }
     let body = ev.render(&shared.ids, fate.size_exceeded);
