@@ -187,6 +187,7 @@ pub async fn list(store: &Store) -> anyhow::Result<String> {
 /// Why a representative's presence is what it is: the canonical state, each system's observed
 /// and written state, and the last decisions with their rules.
 pub async fn explain(store: &Store, rep: &RepId, limit: i64) -> anyhow::Result<String> {
+    use presync_engine::time::to_rfc3339_millis;
     let Some(r) = store.representative(rep).await? else {
         bail!("no representative {rep} in the directory");
     };
@@ -195,7 +196,10 @@ pub async fn explain(store: &Store, rep: &RepId, limit: i64) -> anyhow::Result<S
     match &view.canonical {
         Some(c) => out.push_str(&format!(
             "canonical: {} (version {}) from {} at {}\n",
-            c.availability, c.version, c.source, c.source_time
+            c.availability,
+            c.version,
+            c.source,
+            to_rfc3339_millis(c.source_time)
         )),
         None => out.push_str("canonical: not known yet\n"),
     }
@@ -231,7 +235,11 @@ pub async fn explain(store: &Store, rep: &RepId, limit: i64) -> anyhow::Result<S
         } else {
             "holding (since"
         };
-        out.push_str(&format!("hold: {state} at {}: {})\n", h.at, h.detail));
+        out.push_str(&format!(
+            "hold: {state} at {}: {})\n",
+            to_rfc3339_millis(h.at),
+            h.detail
+        ));
     }
     out.push_str("recent decisions (newest first):\n");
     for h in &history {
@@ -247,7 +255,9 @@ pub async fn explain(store: &Store, rep: &RepId, limit: i64) -> anyhow::Result<S
         };
         out.push_str(&format!(
             "  {} {} {rule}: {}{writes}\n",
-            h.at, h.system, h.detail
+            to_rfc3339_millis(h.at),
+            h.system,
+            h.detail
         ));
     }
     Ok(out)

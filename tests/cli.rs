@@ -30,6 +30,24 @@ fn migrate_creates_the_sqlite_schema_and_is_idempotent() {
 }
 
 #[test]
+fn logs_written_to_a_file_or_a_pipe_carry_no_colour_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", dir.path().join("p.db").display());
+    let out = presync()
+        .args(["migrate", "--database", &url])
+        .env("RUST_LOG", "debug")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("DEBUG"), "the log lines to check: {log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "ANSI escapes in a piped log: {log:?}"
+    );
+}
+
+#[test]
 fn migrate_refuses_an_unknown_scheme_without_echoing_the_password() {
     let out = presync()
         .args(["migrate", "--database", "mysql://app:hunter2@db/presync"])

@@ -928,5 +928,16 @@ async fn a_missing_supervisor_role_is_reported_once_counted_and_explained() {
         explained.contains("write forbidden") && explained.contains("Omnichannel Supervisor"),
         "{explained}"
     );
+    // Times are RFC 3339, not milliseconds since the epoch.
+    let epoch_ms = explained
+        .split(|c: char| !c.is_ascii_digit())
+        .any(|t| t.len() >= 12);
+    assert!(!epoch_ms, "{explained}");
+    assert!(
+        explained
+            .lines()
+            .any(|l| l.contains('T') && l.contains("Z ")),
+        "{explained}"
+    );
     let _ = std::fs::remove_file(&log);
 }
