@@ -1169,15 +1169,13 @@ fn drift_repair(
         .topology
         .capabilities(sys)
         .is_some_and(|caps| caps.write_semantics == WriteSemantics::Contribution);
-    let written_part = view.systems.get(sys).and_then(|s| s.written.as_ref());
-    let part = written_part.and_then(|w| w.availability);
-    // A part presync withdrew, while the canonical state comes from elsewhere, says nothing of
-    // it (unless it is Offline, written as a withdrawal): Teams may show the same state as the
-    // person's own chosen status, which a reset of theirs would take away.
-    let withdrawn = contributes && &c.source != sys && written_part.is_some() && part.is_none();
+    let part = view
+        .systems
+        .get(sys)
+        .and_then(|s| s.written.as_ref())
+        .and_then(|w| w.availability);
     let shows = match part {
         Some(part) if contributes && &c.source != sys => part,
-        None if withdrawn => Availability::Offline,
         _ => d.availability,
     };
     if shows == c.availability {
@@ -1225,18 +1223,10 @@ fn drift_repair(
     }
     if let Some(op) = write_for(view, c, sys, ctx, true) {
         d.rule = Rule::Drift;
-        d.detail = if withdrawn {
-            format!(
-                "presync's part in {sys} is withdrawn but the canonical state is {} from {}: \
-                 writing it",
-                c.availability, c.source
-            )
-        } else {
-            format!(
-                "{sys} shows {} but the canonical state is {} from {}: repairing",
-                d.availability, c.availability, c.source
-            )
-        };
+        d.detail = format!(
+            "{sys} shows {} but the canonical state is {} from {}: repairing",
+            d.availability, c.availability, c.source
+        );
         d.outbox.push(op);
     }
 }

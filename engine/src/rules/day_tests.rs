@@ -1034,26 +1034,3 @@ fn a_break_taken_during_a_presentation_that_presync_missed_is_kept_at_the_releas
     );
     assert_eq!(day.canonical(), Away);
 }
-
-#[test]
-fn a_d365_choice_agreeing_with_a_teams_one_gives_presyncs_session_its_state_after_a_look() {
-    // As without holds, but presync looks at Teams before writing a session that would hide a
-    // meeting: the read, showing the person's Do not disturb still, leads to the write.
-    let mut day = Day::new(WriteSemantics::Contribution);
-    day.morning();
-    day.sees(TEAMS, DoNotDisturb, "DoNotDisturb/DoNotDisturb", T0 + 1_000);
-    day.land(T0 + 1_010);
-    day.d365(DoNotDisturb, "DoNotDisturb", T0 + 1_020, Available);
-    let from = day.made.len();
-    day.d365(DoNotDisturb, "DoNotDisturb", T0 + 2_000, Available);
-    day.land(T0 + 2_005);
-    day.teams_reads(DoNotDisturb, "DoNotDisturb/DoNotDisturb", T0 + 2_010);
-    day.land(T0 + 2_020);
-    assert_eq!(
-        day.writes_to(TEAMS, from),
-        vec![Some(DoNotDisturb)],
-        "{:?}",
-        day.rules
-    );
-    assert!(day.writes_to(D365, from).is_empty(), "{:?}", day.made);
-}
