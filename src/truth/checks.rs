@@ -339,23 +339,21 @@ struct Refusals {
     by_rep: HashMap<usize, Vec<(Millis, Millis)>>,
 }
 
-fn refusals(h: &Harness, by_agent: &HashMap<String, usize>) -> Refusals {
+fn refusals(
+    h: &Harness,
+    by_agent: &HashMap<String, usize>,
+    d365_changes: &HashMap<usize, Vec<(Millis, Availability)>>,
+) -> Refusals {
     let mut out = Refusals::default();
     // A webhook D365 never sent keeps presync from learning of that change until the agent's
     // next one.
-    let mut d365_changes: HashMap<usize, Vec<Millis>> = HashMap::new();
-    for c in h.dv.changes() {
-        if let Some(&rep) = by_agent.get(&c.agent_id.to_ascii_lowercase()) {
-            d365_changes.entry(rep).or_default().push(c.at_ms);
-        }
-    }
     for d in h.dv.dropped_webhook_changes() {
         let Some(&rep) = by_agent.get(&d.agent_id.to_ascii_lowercase()) else {
             continue;
         };
         let next = d365_changes
             .get(&rep)
-            .and_then(|at| at.iter().find(|t| **t > d.at_ms).copied())
+            .and_then(|line| line.iter().map(|(at, _)| *at).find(|at| *at > d.at_ms))
             .unwrap_or(Millis::MAX);
         out.by_rep.entry(rep).or_default().push((d.at_ms, next));
     }
@@ -441,7 +439,7 @@ pub fn offers(
             .last()
             .map(|(at, _)| *at)
     };
-    let refused = refusals(h, &by_agent);
+    let refused = refusals(h, &by_agent, &changes);
     let mut out = Offers::default();
     for o in h.dv.offers() {
         out.offered += 1;

@@ -266,14 +266,13 @@ pub(super) fn apply(
                 // that presync did not see (a break taken while presync was down): what it
                 // goes back to after the release that waited for this read.
                 let before = view.systems.get(target).and_then(|s| s.observed.as_ref());
-                let replaced = (&obs.system == target && !view.outbox.contains_key(target))
-                    .then_some(shows)
-                    .flatten()
-                    .filter(|s| {
-                        !s.by_presync
-                            && before.is_some_and(|p| p.by_presync && h.shown_by(p))
-                            && canonical.is_some_and(|c| &c.source == when)
-                    });
+                let replaced = shows.filter(|s| {
+                    &obs.system == target
+                        && !view.outbox.contains_key(target)
+                        && !s.by_presync
+                        && before.is_some_and(|p| p.by_presync && h.shown_by(p))
+                        && canonical.is_some_and(|c| &c.source == when)
+                });
                 if let Some(s) = replaced {
                     let (a, native) = (s.availability, s.native.clone());
                     let origin = if ctx.config.is_routable(a) {
