@@ -410,6 +410,19 @@ fn decide_by_rules(
         } else {
             candidates.max_by_key(|e| e.id)
         };
+        // A state of the same value that the system set just before the write was sent (D365
+        // recalculating to Do not disturb as the hold's write of it leaves) was taken for the
+        // write's echo through the clock-skew allowance alone; the echo proper, dated after the
+        // write was sent, comes after it and is this one. What shows now is presync's write.
+        let hit = hit.or_else(|| {
+            let prev = state.observed.as_ref().filter(|p| {
+                timed && p.by_presync && p.availability == a && order == Ordering::Greater
+            })?;
+            live.iter()
+                .filter(|e| e.superseded && could_echo(e))
+                .filter(|e| prev.source_time < e.opened_at && source_time >= e.opened_at)
+                .max_by_key(|e| e.id)
+        });
         if let Some(hit) = hit {
             // The hit is retired too: the same echo may still arrive by another path (a
             // webhook after a reconcile read saw it).
@@ -469,10 +482,11 @@ fn decide_by_rules(
     if order != Ordering::Less && obs.kind == ObservationKind::Event {
         // The system moved away from what presync wrote, after the write landed: a later return
         // to that state is the person's own. A write that landed after this state was set
-        // overwrote it, and its echo is still to come, so it stays open.
+        // overwrote it, and its echo is still to come, so it stays open. (A state dated the
+        // very millisecond the write's answer came may have been set just before it landed.)
         retire(
             open.iter()
-                .filter(|e| e.completed_at.is_some_and(|c| c <= source_time))
+                .filter(|e| e.completed_at.is_some_and(|c| c < source_time))
                 .map(|e| e.id)
                 .collect(),
             &mut close,
@@ -668,17 +682,24 @@ fn decide_by_rules(
     // Where the canonical state already comes from this system, presync's part there is being
     // withdrawn to follow it, and what shows beneath is the person's own, now: news of them.
     let source_here = view.canonical.as_ref().is_some_and(|c| &c.source == sys);
-    if let Some(own) = own.as_ref().filter(|o| o.explained && !source_here) {
-        let mut d = Decision::new(
-            Rule::Revealed,
-            Outcome::Recorded,
-            a,
+    if let Some(own) = own
+        .as_ref()
+        .filter(|o| (o.explained || o.shows_presyncs) && !source_here)
+    {
+        let detail = if own.shows_presyncs {
+            format!(
+                "{sys} shows presync's own contribution there ({}), beneath which the \
+                 person's own state is hidden: not a change of theirs",
+                own.contribution
+            )
+        } else {
             format!(
                 "{sys} shows the person's own {a}, revealed by presync's contribution there \
                  ({}) changing: not a change of theirs",
                 own.contribution
-            ),
-        );
+            )
+        };
+        let mut d = Decision::new(Rule::Revealed, Outcome::Recorded, a, detail);
         let revealed = ObservedState {
             genuine_time: None,
             genuine_sequence: None,

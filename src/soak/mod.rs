@@ -37,7 +37,7 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use crate::harness::{self, Harness, Ingress, Options};
-use crate::truth::{checks, latency, Rules, Truth};
+use crate::truth::{checks, latency, offers, Rules, Truth};
 use chaos::{inject, kill_and_restart, FaultRates, Fleet, Injected, REQUEST_TIMEOUT_MS};
 use people::{drive, Activity};
 pub(crate) use watch::{Progress, Watch};
@@ -162,7 +162,13 @@ pub(crate) async fn play(
     let truth = Truth::of(&h, Rules::default(), start);
     let writes = checks::audit_writes(&h, &truth);
     let routable = [Availability::Available, Availability::Busy];
-    let offers = checks::offers(&h, &truth, &routable, args.reaction_ms, &injected.outages);
+    let offers = offers::offers(
+        &offers::Records::of(&h),
+        &truth,
+        &routable,
+        args.reaction_ms,
+        &injected.outages,
+    );
     let amplification_ok = writes
         .iter()
         .all(|(_, w)| w.amplification() <= args.max_amplification);

@@ -10,8 +10,9 @@
 pub mod checks;
 pub mod evidence;
 pub mod latency;
+pub mod offers;
 pub mod replay;
-mod timeline;
+pub(crate) mod timeline;
 
 use std::collections::HashMap;
 

@@ -207,6 +207,9 @@ struct Day<'r> {
     sticky_before_disconnect: bool,
     /// The person's own Teams state, as Teams last showed it.
     own_shown: (String, String),
+    /// The person's own Teams state as their last edit left it (whether or not it showed),
+    /// and when they made that edit.
+    own_edit: ((String, String), Millis),
     /// What Teams showed last.
     teams_shows: (String, String),
     winner: Option<Winner>,
@@ -419,6 +422,18 @@ impl Day<'_> {
             .iter()
             .any(|(app, shown)| app.eq_ignore_ascii_case(&self.rules.app_id) && *shown == c.shown);
         let visible = c.internal == c.own && !looks_like_ours;
+        if c.cause == TeamsCause::Person && c.own != self.own_edit.0 {
+            self.own_edit = (c.own.clone(), t);
+        }
+        // A state the person set while it could not be told from presync's own part (a status
+        // chosen just like presync's session), shown as theirs once presync's part changed: a
+        // change of theirs, made when they made it, which presync learns now. It is news if it
+        // is newer than the change the canonical state comes from.
+        let revealed = c.cause != TeamsCause::Person
+            && visible
+            && c.own != self.own_shown
+            && c.own == self.own_edit.0
+            && self.winner.is_some_and(|w| self.own_edit.1 > w.at);
         if visible {
             self.own_shown = c.own.clone();
         } else if looks_like_ours && self.own_shown != c.internal {
@@ -429,7 +444,7 @@ impl Day<'_> {
         }
         let changed = c.internal != self.teams_shows;
         self.teams_shows = c.internal.clone();
-        let genuine = c.cause == TeamsCause::Person && visible && changed;
+        let genuine = c.cause == TeamsCause::Person && visible && changed || revealed;
         let a = teams_availability(&c.internal);
         let was = *self.truth.held.last();
         let now = self.holding();
@@ -470,6 +485,12 @@ impl Day<'_> {
                 self.write_d365(t, a);
             }
             (false, false) => {}
+        }
+        if revealed {
+            // Dated when the person made it.
+            if let Some(w) = self.winner.as_mut().filter(|w| w.source == Source::Teams) {
+                w.at = self.own_edit.1;
+            }
         }
         // A D365 change made since presync last read Teams may be taken for the newer: Teams
         // dates nothing, and a change presync finds by a read happened at some moment since.
@@ -584,6 +605,7 @@ pub fn replay(rec: &RepRecord<'_>, rules: &Rules, start: Millis) -> RepTruth {
         expected_sticky: false,
         sticky_before_disconnect: false,
         own_shown: ("Available".to_owned(), "Available".to_owned()),
+        own_edit: (("Available".to_owned(), "Available".to_owned()), start),
         teams_shows: ("Available".to_owned(), "Available".to_owned()),
         winner: None,
         unseen_release: None,
@@ -686,6 +708,60 @@ mod tests {
         assert_eq!(t.d365.last().values(), [Away]);
         assert_eq!(t.canonical.last().values(), [Away]);
         assert_eq!(t.session.last().values(), [Some(Away)]);
+        assert_eq!(t.genuine, (2, 0));
+    }
+
+    #[test]
+    fn a_status_chosen_just_like_presyncs_session_is_the_persons_once_it_shows_as_theirs() {
+        let ours = |shown: &str| vec![(crate::harness::APP_ID.to_owned(), pair(shown))];
+        let chosen =
+            |at: Millis, apps: Vec<(String, (String, String))>, cause: TeamsCause| PresenceChange {
+                own_preferred: true,
+                apps,
+                ..teams(at, "Away/Away", "Away/Away", cause)
+            };
+        let dv = [
+            d365(10, Away, DvCause::Agent),
+            d365(20, Available, DvCause::Agent),
+        ];
+        let tm = [
+            // presync's Away session beneath the person's client (Available shows).
+            PresenceChange {
+                apps: ours("Away/Away"),
+                ..teams(12, "Available/Available", "Available/Available", app())
+            },
+            // The person chooses Away while presync's session is Away: nothing shows.
+            chosen(30, ours("Away/Away"), TeamsCause::Person),
+            // presync's session goes to Available (D365's change at 20): the chosen Away still
+            // shows, and is now told from presync's part.
+            chosen(35, ours("Available/Available"), app()),
+        ];
+        let rec = RepRecord {
+            d365: dv.iter().collect(),
+            teams: tm.iter().collect(),
+            reads: reads(&[0, 13, 31, 36]),
+            ..RepRecord::default()
+        };
+        let t = replay(&rec, &Rules::default(), 0);
+        // Not news while it looked like presync's own.
+        assert_eq!(t.canonical.at(32).values(), [Available]);
+        assert_eq!(t.session.at(32).values(), [Some(Available)]);
+        // The person's, made at 30, after D365's change at 20: the last writer.
+        assert_eq!(t.canonical.at(36).values(), [Away]);
+        assert_eq!(t.d365.at(36).values(), [Away]);
+        assert_eq!(t.session.at(36).values(), [None]);
+        assert_eq!(t.genuine, (2, 1));
+        // Made before D365's change, it is not.
+        let dv = [
+            d365(10, Away, DvCause::Agent),
+            d365(33, Available, DvCause::Agent),
+        ];
+        let rec = RepRecord {
+            d365: dv.iter().collect(),
+            ..rec
+        };
+        let t = replay(&rec, &Rules::default(), 0);
+        assert_eq!(t.canonical.at(36).values(), [Available]);
         assert_eq!(t.genuine, (2, 0));
     }
 

@@ -53,6 +53,11 @@ pub(super) struct Own {
     /// The aggregate shows the person's own state exactly, not what presync's contribution
     /// says (beneath which the person's own is hidden).
     pub exact: bool,
+    /// The aggregate shows what a contribution of presync's in effect says, as presync writes
+    /// it: whatever the person did beneath it (a sign-out of Teams under presync's Away), what
+    /// shows is presync's, not theirs. (A status they chose that looks just like it cannot be
+    /// told apart from it.)
+    pub shows_presyncs: bool,
     /// The person may have set this state unseen, beneath a contribution of presync's, at any
     /// moment since presync last saw the system: its time is not the time of their change.
     pub undated: bool,
@@ -270,6 +275,7 @@ pub(super) fn observe(
             }),
         contribution: describe(&c.now),
         exact,
+        shows_presyncs: !exact,
         undated,
     })
 }

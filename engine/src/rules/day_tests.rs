@@ -1022,3 +1022,138 @@ fn a_break_taken_during_a_meeting_that_presync_missed_is_kept_at_the_release() {
         );
     }
 }
+
+#[test]
+fn a_recalculation_taken_for_the_holds_echo_leaves_the_echo_proper_to_presync() {
+    let mut day = Day::new(WriteSemantics::Contribution);
+    day.morning();
+    day.sees(TEAMS, Busy, "Busy/InAMeeting", T0 + 1_000);
+    day.land(T0 + 1_010);
+    day.d365(DoNotDisturb, IN_A_MEETING, T0 + 1_008, Busy);
+    day.sees(TEAMS, DoNotDisturb, "DoNotDisturb/Presenting", T0 + 1_500);
+    day.land(T0 + 1_510);
+    // The person picks Available in D365 during the presentation: the hold puts it back, and
+    // the write leaves late (a Retry-After).
+    day.d365(Available, "Available", T0 + 2_000, Busy);
+    day.land(T0 + 2_900);
+    // Meanwhile D365 recalculated to Do not disturb (a second conversation: full capacity),
+    // just before the write was sent; its webhook comes first and is taken for the echo.
+    let mut o = day.observation(
+        D365,
+        DoNotDisturb,
+        "DoNotDisturb",
+        T0 + 2_500,
+        Some(DoNotDisturb),
+    );
+    o.observed_at = T0 + 2_950;
+    let d = day.decide(o, DoNotDisturb);
+    assert_eq!(d.rule, Rule::Echo, "{}", d.detail);
+    // The write's own echo, dated after it was sent, is presync's too.
+    let mut o = day.observation(
+        D365,
+        DoNotDisturb,
+        IN_A_MEETING,
+        T0 + 2_900,
+        Some(DoNotDisturb),
+    );
+    o.observed_at = T0 + 2_960;
+    let d = day.decide(o, DoNotDisturb);
+    assert_eq!(d.rule, Rule::Echo, "{}", d.detail);
+    // A conversation closes (D365 keeps the hold's presence); the meeting ends. D365 shows
+    // presync's hold, not a state of the person's: it goes back to what its automation gives.
+    let from = day.made.len();
+    day.sees(TEAMS, Available, "Available/Available", T0 + 4_000);
+    day.land(T0 + 4_010);
+    assert!(
+        day.refresh.iter().any(|(s, _)| s.as_str() == D365),
+        "{:?}",
+        day.rules
+    );
+    day.d365_read(DoNotDisturb, IN_A_MEETING, T0 + 2_900, T0 + 4_050, Busy);
+    day.land(T0 + 4_100);
+    assert_eq!(
+        day.writes_to(D365, from),
+        vec![Some(Busy)],
+        "{:?}",
+        day.made
+    );
+    assert_eq!(day.canonical(), Busy);
+}
+
+#[test]
+fn a_choice_made_in_d365_before_a_release_that_presync_learns_after_it_stands() {
+    let mut day = Day::new(WriteSemantics::Contribution);
+    day.morning();
+    // A break in D365, then a meeting: the hold respects the break.
+    day.d365(Away, "Away", T0 + 1_000, Available);
+    day.land(T0 + 1_010);
+    day.sees(TEAMS, Away, "Away/Away", T0 + 1_020);
+    day.sees(TEAMS, Busy, "Busy/InAMeeting", T0 + 2_000);
+    day.land(T0 + 2_010);
+    // The person picks Available in D365 at T0 + 3_000 (its webhook is slow) and the meeting
+    // ends at T0 + 3_500: presync learns the release first and keeps the break.
+    day.sees(TEAMS, Available, "Available/Available", T0 + 3_500);
+    day.land(T0 + 3_510);
+    let from = day.made.len();
+    let mut o = day.observation(D365, Available, "Available", T0 + 3_000, Some(Available));
+    o.observed_at = T0 + 3_600;
+    let d = day.decide(o, Available);
+    day.land(T0 + 3_610);
+    assert!(
+        day.writes_to(D365, from).is_empty(),
+        "{}: {:?}",
+        d.detail,
+        day.made
+    );
+    assert_eq!(day.canonical(), Available, "{}", d.detail);
+}
+
+#[test]
+fn signing_out_of_teams_beneath_presyncs_session_is_not_news() {
+    let mut day = Day::new(WriteSemantics::Contribution);
+    day.morning();
+    // A break in D365: presync's session says Away beneath the person's own Available.
+    day.d365(Away, "Away", T0 + 1_000, Available);
+    day.land(T0 + 1_010);
+    day.sees(TEAMS, Available, "Available/Available", T0 + 1_100);
+    // Back from the break, a conversation: Busy in D365. presync's Busy session waits (a
+    // Retry-After).
+    day.d365(Busy, "Busy", T0 + 2_000, Busy);
+    // The person signs out of Teams: the aggregate shows presync's Away session, beneath which
+    // their own state is hidden. Teams shows Away only because of presync's write.
+    let from = day.made.len();
+    // (presync's Busy session, asked for by the conversation, is written as drift repair.)
+    let d = day.sees(TEAMS, Away, "Away/Away", T0 + 2_500);
+    assert!(
+        matches!(d.rule, Rule::Revealed | Rule::Drift),
+        "{:?}: {}",
+        d.rule,
+        d.detail
+    );
+    assert_eq!(day.canonical(), Busy, "{}", d.detail);
+    day.land(T0 + 2_600);
+    assert!(day.writes_to(D365, from).is_empty(), "{:?}", day.made);
+    assert_eq!(
+        day.writes_to(TEAMS, from),
+        vec![Some(Busy)],
+        "{:?}",
+        day.made
+    );
+}
+
+#[test]
+fn a_recalculation_dated_the_millisecond_the_holds_write_landed_leaves_its_echo_to_come() {
+    let mut day = Day::new(WriteSemantics::Contribution);
+    day.morning();
+    day.sees(TEAMS, Busy, "Busy/InAMeeting", T0 + 1_000);
+    day.land(T0 + 1_010);
+    day.d365(DoNotDisturb, IN_A_MEETING, T0 + 1_008, Busy);
+    // The person picks Available in D365 during the meeting: the hold puts it back.
+    day.d365(Available, "Available", T0 + 2_000, Available);
+    day.land(T0 + 2_590);
+    // A conversation is accepted: D365 recalculates to Busy, dated the millisecond presync's
+    // write was answered, and the write lands just after it.
+    day.d365(Busy, "Busy", T0 + 2_590, Busy);
+    let d = day.d365(DoNotDisturb, IN_A_MEETING, T0 + 2_591, Busy);
+    assert_eq!(d.rule, Rule::Echo, "{}", d.detail);
+}

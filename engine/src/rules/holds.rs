@@ -454,7 +454,7 @@ fn release(
         .filter(|s| !s.by_presync && !ctx.config.is_routable(s.availability));
     if let Some(s) = own {
         let what = format!("{target} keeps {}, the person's own", s.availability);
-        let presence = resumed_presence(
+        let mut presence = resumed_presence(
             s.availability,
             s.native.clone(),
             Origin::Manual,
@@ -462,6 +462,12 @@ fn release(
             h,
             view,
         );
+        // It is the held system's own state, as old as it is there: a change of the person's
+        // there since (not yet delivered when the condition ended) is newer than it.
+        if s.genuine_time.is_some() {
+            let current = view.canonical.as_ref().map_or(0, |c| c.source_time);
+            presence.source_time = s.source_time.max(current);
+        }
         follow(d, presence, false, view, ctx);
         d.notes
             .push(Note::hold("released", None, format!("{why}; {what}")));

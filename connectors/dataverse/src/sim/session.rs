@@ -334,7 +334,7 @@ impl State {
             .parked
             .take()
             .ok_or(SimRefusal::NotDisconnected)?;
-        let now = self.now_ms();
+        let now = self.now_ms(&key(agent));
         if now - parked.at_ms <= rules.restore_window_ms {
             return Ok(self.put(
                 agent,

@@ -114,7 +114,8 @@ pub(crate) struct State {
     /// The org-wide row-version counter: like SQL Server `rowversion`, one sequence for the whole
     /// database, so a row's version grows by one per change only when nothing else changed.
     version: i64,
-    last_ms: i64,
+    /// systemuserid -> the time of the agent's last change (see [`State::now_ms`]).
+    last_ms: HashMap<String, i64>,
     /// systemuserid -> what D365 remembers beside the row (stickiness, a disconnect).
     pub(crate) sessions: HashMap<String, Session>,
     /// Every presence write, in order (see `session.rs`).
@@ -156,7 +157,7 @@ impl State {
             agents: HashMap::new(),
             presences,
             version: FIRST_VERSION,
-            last_ms: 0,
+            last_ms: HashMap::new(),
             sessions: HashMap::new(),
             journal: Vec::new(),
             offers: Vec::new(),
@@ -164,10 +165,14 @@ impl State {
         }
     }
 
-    /// The wall clock, made strictly increasing so two changes never share a millisecond.
-    pub(crate) fn now_ms(&mut self) -> i64 {
-        self.last_ms = wall_ms().max(self.last_ms + 1);
-        self.last_ms
+    /// The wall clock, made strictly increasing per agent so two changes of one agent's row
+    /// never share a millisecond. (Per agent, not for the whole org: under a burst of changes
+    /// to many agents an org-wide sequence would run ahead of the wall clock, and a stamp
+    /// would tell an observer a change came later than it did.)
+    pub(crate) fn now_ms(&mut self, agent: &str) -> i64 {
+        let last = self.last_ms.entry(agent.to_owned()).or_insert(0);
+        *last = wall_ms().max(*last + 1);
+        *last
     }
 
     fn next_version(&mut self) -> i64 {
@@ -258,7 +263,7 @@ impl State {
         if let Some(existing) = self.agents.get(&id) {
             return Ok((existing.status_id.clone(), None));
         }
-        let now = self.now_ms();
+        let now = self.now_ms(&id);
         let row = AgentRow {
             status_id: new_guid(),
             agent_id: id.clone(),
@@ -331,7 +336,7 @@ impl State {
         if !self.agents.contains_key(&id) {
             return Err(SetError::UnknownAgent);
         }
-        let now = self.now_ms();
+        let now = self.now_ms(&id);
         let version = self.next_version();
         let row = self.agents.get_mut(&id).ok_or(SetError::UnknownAgent)?;
         let presence_written = presence.is_some();

@@ -108,7 +108,7 @@ use tokens::TokenStore;
 
 pub use config::GraphSimConfig;
 pub use faults::Fault;
-pub use notify::{NotificationKind, SentNotification};
+pub use notify::{DroppedNotification, NotificationKind, SentNotification};
 pub use presence::EqualRank;
 pub use record::{ChangeCause, PresenceChange};
 pub use schema::ValueSchema;
@@ -451,6 +451,11 @@ impl GraphSim {
 
     /// The `seq` of every notification a [`Fault::DropNotifications`] swallowed.
     pub fn dropped_notifications(&self) -> Vec<u64> {
+        self.shared.outbox.dropped().iter().map(|d| d.seq).collect()
+    }
+
+    /// Every notification a [`Fault::DropNotifications`] swallowed, with its user and when.
+    pub fn dropped_notification_records(&self) -> Vec<DroppedNotification> {
         self.shared.outbox.dropped()
     }
 

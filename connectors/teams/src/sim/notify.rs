@@ -40,6 +40,17 @@ pub enum NotificationKind {
     Lifecycle,
 }
 
+/// A notification a [`super::Fault::DropNotifications`] swallowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DroppedNotification {
+    /// The notification's emission number.
+    pub seq: u64,
+    /// The user whose presence changed (change notifications).
+    pub user_id: Option<String>,
+    /// When it was dropped instead of sent (milliseconds since the epoch).
+    pub at_ms: i64,
+}
+
 /// One POST the simulator made, as sent, with the receiver's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SentNotification {
@@ -105,7 +116,7 @@ pub(crate) struct Outbox {
     pub(crate) wake: Arc<Notify>,
     pending: watch::Sender<usize>,
     sent: Mutex<Vec<SentNotification>>,
-    dropped: Mutex<Vec<u64>>,
+    dropped: Mutex<Vec<DroppedNotification>>,
     started: AtomicBool,
 }
 
@@ -187,7 +198,7 @@ impl Outbox {
         lock(&self.sent).clone()
     }
 
-    pub(crate) fn dropped(&self) -> Vec<u64> {
+    pub(crate) fn dropped(&self) -> Vec<DroppedNotification> {
         lock(&self.dropped).clone()
     }
 
@@ -355,7 +366,11 @@ pub(crate) async fn ticker(shared: Weak<Shared>) {
 async fn deliver(shared: &Shared, item: Item, fate: Fate) {
     if fate.dropped {
         tracing::debug!(seq = item.seq, "Simulated Graph notification dropped");
-        lock(&shared.outbox.dropped).push(item.seq);
+        lock(&shared.outbox.dropped).push(DroppedNotification {
+            seq: item.seq,
+            user_id: item.user_id.clone(),
+            at_ms: shared.clock.now(),
+        });
         return;
     }
     let cfg = &shared.cfg;
