@@ -368,13 +368,14 @@ fn decide_by_rules(
     };
 
     // Rule 2 (first part): a system without timestamps is dated by when presync read it. A
-    // read that started before presync's last write there landed may show the state from before
-    // that write; it says nothing about what the system shows now (the next read will).
+    // read that started before presync's last write there landed (or the same millisecond)
+    // may show the state from before that write; it says nothing about what the system shows
+    // now (the next read will).
     if !timed && source_time > 0 {
         if let Some(w) = state
             .written
             .as_ref()
-            .filter(|w| w.written_at > source_time)
+            .filter(|w| w.written_at >= source_time)
         {
             let mut d = Decision::new(
                 Rule::Stale,

@@ -147,6 +147,10 @@ pub struct Offers {
     /// presync had not heard of them since, or only within the reaction time. Not presync's
     /// doing; counted apart.
     pub while_refused: Vec<(usize, Millis, Millis)>,
+    /// Offers that would count, but for the time presync could not yet know of the Teams
+    /// change that made the representative unroutable (a notification Graph delivered late,
+    /// a read of theirs not answered yet): counted from when it could. Shown, not failed.
+    pub before_presync_could_know: Vec<(usize, Millis, Millis)>,
     /// Offers in that time when the representative became unroutable while no instance of
     /// presync was up (a single instance killed and restarting), before the restarted one
     /// could catch up: the change reached no one. Counted apart too.
@@ -160,6 +164,7 @@ impl Offers {
             "offers_while_unavailable": self.while_unavailable.len(),
             "offers_while_a_service_refused_presync": self.while_refused.len(),
             "offers_while_presync_was_down": self.while_presync_was_down.len(),
+            "offers_before_presync_could_know": self.before_presync_could_know.len(),
             "examples": self.while_unavailable.iter().take(10).map(|(r, at, since)| {
                 format!("rep {r} offered work at {at}, unroutable since {since}")
             }).collect::<Vec<_>>(),
@@ -291,6 +296,12 @@ pub fn offers(
         if at - since <= reaction_ms {
             continue;
         }
+        // A Teams change made them unroutable: presync can act once it can know of it.
+        let known = truth.reps[rep].known_at(unroutable_since);
+        if known.is_some_and(|k| at - k <= reaction_ms) {
+            out.before_presync_could_know.push((rep, at, since));
+            continue;
+        }
         // A refusal whose wait overlaps the time the representative should have been
         // unroutable (D365 may have gone routable again by itself meanwhile), and ended less
         // than the reaction time before the offer.
@@ -339,6 +350,7 @@ mod tests {
             canonical: Timeline::new(0, Allowed::one(Available)),
             genuine: (0, 0),
             ambiguous: 0,
+            learnt: vec![(10_000, 10_000)],
         };
         let records = Records {
             reps: vec![(AGENT.into(), USER.into())],
@@ -370,6 +382,19 @@ mod tests {
         let mut soon = r.clone();
         soon.offers = vec![(AGENT.into(), 10_900)];
         assert_eq!(check(&soon, &truth, &[]), (0, 0, 0));
+    }
+
+    #[test]
+    fn an_offer_before_presync_could_know_of_the_teams_change_is_counted_apart() {
+        let (r, mut truth) = meeting();
+        // Graph delivered the meeting's notification 2 s late.
+        truth.reps[0].learnt = vec![(10_000, 12_000)];
+        let o = offers(&r, &truth, &[Available, Busy], 1_000, &[]);
+        assert_eq!(o.before_presync_could_know.len(), 1);
+        assert_eq!(o.while_unavailable.len(), 0);
+        // Known at once: presync had the time.
+        truth.reps[0].learnt = vec![(10_000, 10_050)];
+        assert_eq!(check(&r, &truth, &[]), (1, 0, 0));
     }
 
     #[test]

@@ -95,6 +95,18 @@ pub struct RepTruth {
     pub genuine: (u64, u64),
     /// Times presync could not know the order of a Teams change and a D365 change.
     pub ambiguous: u64,
+    /// Every Teams change, with when presync could first know of it: (when, known at).
+    pub learnt: Vec<(Millis, Millis)>,
+}
+
+impl RepTruth {
+    /// When presync could first know of the Teams change made at `t`, if one was.
+    pub fn known_at(&self, t: Millis) -> Option<Millis> {
+        self.learnt
+            .iter()
+            .find(|(at, _)| *at == t)
+            .map(|(_, known)| *known)
+    }
 }
 
 /// One representative's record.
@@ -450,6 +462,7 @@ impl Day<'_> {
         let now = self.holding();
         self.truth.held.set(t, now);
         let known_at = rec.known_at(t);
+        self.truth.learnt.push((t, known_at));
         let before = self.winner;
         if genuine {
             self.truth.genuine.1 += 1;
@@ -598,6 +611,7 @@ pub fn replay(rec: &RepRecord<'_>, rules: &Rules, start: Millis) -> RepTruth {
             canonical: Timeline::new(start, Allowed::one(available)),
             genuine: (0, 0),
             ambiguous: 0,
+            learnt: Vec::new(),
         },
         d365_shows: available,
         d365_genuine: true,

@@ -1157,3 +1157,25 @@ fn a_recalculation_dated_the_millisecond_the_holds_write_landed_leaves_its_echo_
     let d = day.d365(DoNotDisturb, IN_A_MEETING, T0 + 2_591, Busy);
     assert_eq!(d.rule, Rule::Echo, "{}", d.detail);
 }
+
+#[test]
+fn a_teams_read_dated_the_millisecond_presyncs_write_landed_may_predate_it() {
+    let mut day = Day::new(WriteSemantics::Contribution);
+    day.morning();
+    // Busy - DND chosen in D365: presync's Do not disturb session lands at T0 + 1_010, the
+    // very millisecond a read of Teams is dated that may have been answered before it.
+    day.d365(DoNotDisturb, "DoNotDisturb", T0 + 1_000, Busy);
+    day.teams_read(Available, "Available/Available", T0 + 1_005);
+    day.land(T0 + 1_010);
+    let from = day.made.len();
+    let d = day.teams_read(Available, "Available/Available", T0 + 1_010);
+    day.land(T0 + 1_020);
+    assert!(
+        day.writes_to(D365, from).is_empty(),
+        "{:?}: {}: {:?}",
+        d.rule,
+        d.detail,
+        day.made
+    );
+    assert_eq!(day.canonical(), DoNotDisturb);
+}
