@@ -593,8 +593,9 @@ discovery = false
 
 # What the reconciler reads: agent_status_query (one paged query) or get_presence (per agent).
 reconcile_source = "agent_status_query"
-# How CCaaS_GetPresence is called: function (with ApiVersion) or bare. UNCONFIRMED: see README.
-get_presence_form = "function"
+# How CCaaS_GetPresence is called: bare (as documented) or function (with ApiVersion).
+# UNCONFIRMED: see README.
+get_presence_form = "bare"
 
 [dataverse.entra]
 tenant_id = "00000000-0000-0000-0000-000000000000"
@@ -680,14 +681,14 @@ mod tests {
                 "reconcile_source = \"get_presence\"",
             )
             .replace(
-                "get_presence_form = \"function\"",
                 "get_presence_form = \"bare\"",
+                "get_presence_form = \"function\"",
             );
         let f = write(&text);
         let c = load(Some(f.path())).unwrap();
         let dv = c.dataverse.unwrap().connector_config().unwrap();
         assert_eq!(dv.reconcile_source, ReconcileSource::GetPresence);
-        assert_eq!(dv.get_presence_form, GetPresenceForm::Bare);
+        assert_eq!(dv.get_presence_form, GetPresenceForm::Function);
     }
 
     #[test]

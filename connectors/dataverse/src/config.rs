@@ -205,10 +205,11 @@ pub enum Caller {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum GetPresenceForm {
-    /// `CCaaS_GetPresence(ApiVersion=@p1)?@p1='1.0'`
-    #[default]
+    /// `CCaaS_GetPresence(ApiVersion=@p1)?@p1='1.0'`, the OData function form (in case the
+    /// documented URL needs `ApiVersion`).
     Function,
     /// `CCaaS_GetPresence` as the page documents it.
+    #[default]
     Bare,
 }
 

@@ -31,6 +31,10 @@ struct Env {
 }
 
 async fn env(agents: usize, page_size: u32, secret: &str) -> Env {
+    env_with(agents, secret, |c| c.page_size = page_size).await
+}
+
+async fn env_with(agents: usize, secret: &str, tune: impl FnOnce(&mut DataverseConfig)) -> Env {
     let sim = DataverseSim::new(SimConfig::new(
         TENANT,
         CLIENT,
@@ -52,7 +56,7 @@ async fn env(agents: usize, page_size: u32, secret: &str) -> Env {
         base.clone(),
         WebhookConfig::header("x-presync-secret", "0123456789abcdef0123"),
     );
-    config.page_size = page_size;
+    tune(&mut config);
     let entra = EntraConfig::new(
         TENANT,
         CLIENT,
@@ -259,4 +263,40 @@ async fn the_catalog_refresh_reads_custom_presences() {
         env.connector.to_canonical(&states[0].native).availability,
         Availability::DoNotDisturb
     );
+}
+
+#[tokio::test]
+async fn get_presence_is_called_in_its_documented_bare_form_unless_told_otherwise() {
+    use presync_dataverse::config::{GetPresenceForm, ReconcileSource};
+    for (form, path) in [
+        (None, "/CCaaS_GetPresence"),
+        (
+            Some(GetPresenceForm::Function),
+            "/CCaaS_GetPresence(ApiVersion=@p1)",
+        ),
+    ] {
+        let env = env_with(2, SECRET, |c| {
+            c.reconcile_source = ReconcileSource::GetPresence;
+            if let Some(form) = form {
+                c.get_presence_form = form;
+            }
+        })
+        .await;
+        let users: Vec<ExternalId> = (0..2).map(|i| ExternalId(agent(i))).collect();
+        let states = env.connector.read_all(&users).await.unwrap();
+        assert_eq!(states.len(), 2, "{form:?}");
+        let calls: Vec<_> = env
+            .sim
+            .requests()
+            .into_iter()
+            .filter(|r| r.path.contains("CCaaS_GetPresence"))
+            .collect();
+        assert_eq!(calls.len(), 2, "{form:?}");
+        assert!(
+            calls
+                .iter()
+                .all(|r| r.path.ends_with(path) && r.status == 200),
+            "{form:?}: {calls:?}"
+        );
+    }
 }

@@ -150,11 +150,12 @@ impl GraphClient {
         .map(drop)
     }
 
-    /// `clearUserPreferredPresence`. The action takes no parameters: the OpenAPI description
-    /// declares no request body (graph.md shows `{}`), so none is sent.
+    /// `clearUserPreferredPresence`. The action takes no parameters; its documentation page
+    /// sends an empty JSON object (graph.md §2), which presync sends with a JSON content type
+    /// (the OpenAPI description declares no body at all, which Graph accepts as well).
     pub async fn clear_preferred(&self, user: &str) -> Result<(), ConnectorError> {
         let path = format!("/users/{}/presence/clearUserPreferredPresence", id(user)?);
-        self.send(&self.inner.app, Method::POST, &path, None)
+        self.send(&self.inner.app, Method::POST, &path, Some(&json!({})))
             .await
             .map(drop)
     }
