@@ -222,6 +222,9 @@ struct Day<'r> {
     /// The person's own Teams state as their last edit left it (whether or not it showed),
     /// and when they made that edit.
     own_edit: ((String, String), Millis),
+    /// Since when Teams has not shown the person's own state (presync's part hid it, or looked
+    /// just like it); `None` while it shows.
+    own_hidden_since: Option<Millis>,
     /// What Teams showed last.
     teams_shows: (String, String),
     winner: Option<Winner>,
@@ -441,11 +444,23 @@ impl Day<'_> {
         // chosen just like presync's session), shown as theirs once presync's part changed: a
         // change of theirs, made when they made it, which presync learns now. It is news if it
         // is newer than the change the canonical state comes from.
-        let revealed = c.cause != TeamsCause::Person
+        let candidate = c.cause != TeamsCause::Person
             && visible
             && c.own != self.own_shown
-            && c.own == self.own_edit.0
-            && self.winner.is_some_and(|w| self.own_edit.1 > w.at);
+            && c.own == self.own_edit.0;
+        let revealed = candidate && self.winner.is_some_and(|w| self.own_edit.1 > w.at);
+        // Made before that change, but hidden since before it: presync, which saw the person
+        // last before both, cannot tell which came first, and may take it for the newer.
+        let unordered = candidate
+            && !revealed
+            && self
+                .winner
+                .zip(self.own_hidden_since)
+                .is_some_and(|(w, hidden)| w.at > hidden);
+        self.own_hidden_since = match visible {
+            true => None,
+            false => self.own_hidden_since.or(Some(t)),
+        };
         if visible {
             self.own_shown = c.own.clone();
         } else if looks_like_ours && self.own_shown != c.internal {
@@ -504,6 +519,15 @@ impl Day<'_> {
             if let Some(w) = self.winner.as_mut().filter(|w| w.source == Source::Teams) {
                 w.at = self.own_edit.1;
             }
+        }
+        if unordered {
+            let other = Winner {
+                source: Source::Teams,
+                at: self.own_edit.1,
+                availability: a,
+                known_at,
+            };
+            self.either(t, other);
         }
         // A D365 change made since presync last read Teams may be taken for the newer: Teams
         // dates nothing, and a change presync finds by a read happened at some moment since.
@@ -620,6 +644,7 @@ pub fn replay(rec: &RepRecord<'_>, rules: &Rules, start: Millis) -> RepTruth {
         sticky_before_disconnect: false,
         own_shown: ("Available".to_owned(), "Available".to_owned()),
         own_edit: (("Available".to_owned(), "Available".to_owned()), start),
+        own_hidden_since: None,
         teams_shows: ("Available".to_owned(), "Available".to_owned()),
         winner: None,
         unseen_release: None,
@@ -765,7 +790,9 @@ mod tests {
         assert_eq!(t.d365.at(36).values(), [Away]);
         assert_eq!(t.session.at(36).values(), [None]);
         assert_eq!(t.genuine, (2, 1));
-        // Made before D365's change, it is not.
+        // Made before D365's change, it is not; but it was hidden (looking just like
+        // presync's session) from the moment it was made, so presync cannot order it against
+        // that change, and may take it for the newer: either.
         let dv = [
             d365(10, Away, DvCause::Agent),
             d365(33, Available, DvCause::Agent),
@@ -775,7 +802,9 @@ mod tests {
             ..rec
         };
         let t = replay(&rec, &Rules::default(), 0);
-        assert_eq!(t.canonical.at(36).values(), [Available]);
+        assert_eq!(t.canonical.at(34).values(), [Available]);
+        assert_eq!(t.canonical.at(36).values(), [Available, Away]);
+        assert_eq!(t.ambiguous, 1);
         assert_eq!(t.genuine, (2, 0));
     }
 
