@@ -141,11 +141,106 @@ fn default_schedule() -> String {
 }
 
 /// A secret, by reference: `{ env = "NAME" }` or `{ file = "/path" }`.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
+///
+/// Whatever stands where a reference belongs may be the secret itself, written inline or set
+/// through a `PRESYNC_SECTION__KEY` variable: an error never repeats it, and says how to write
+/// the reference instead.
+#[derive(Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum SecretRef {
     Env(String),
     File(PathBuf),
+}
+
+/// How a secret reference is written, for errors.
+const SECRET_REF_SHAPE: &str = "a secret is written as a reference, { env = \"NAME\" } or      { file = \"/path\" }, never inline (a PRESYNC_SECTION__KEY variable cannot carry one: set      the key in the file and the secret in the variable it names)";
+
+impl<'de> Deserialize<'de> for SecretRef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(SecretRefVisitor)
+    }
+}
+
+struct SecretRefVisitor;
+
+impl SecretRefVisitor {
+    fn refuse<E: serde::de::Error>(&self) -> Result<SecretRef, E> {
+        Err(E::custom(SECRET_REF_SHAPE))
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for SecretRefVisitor {
+    type Value = SecretRef;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(SECRET_REF_SHAPE)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<SecretRef, A::Error> {
+        use serde::de::Error;
+        let mut found = None;
+        while let Some(key) = map.next_key::<String>()? {
+            let value = match key.as_str() {
+                "env" => map
+                    .next_value::<String>()
+                    .map(SecretRef::Env)
+                    .map_err(|_| A::Error::custom("env: the name of an environment variable"))?,
+                "file" => map
+                    .next_value::<PathBuf>()
+                    .map(SecretRef::File)
+                    .map_err(|_| A::Error::custom("file: the path of a file"))?,
+                other => {
+                    // Its value may be the secret: not read, not repeated.
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    return Err(A::Error::custom(format!(
+                        "`{other}` is not a way to refer to a secret: {SECRET_REF_SHAPE}"
+                    )));
+                }
+            };
+            if found.replace(value).is_some() {
+                return Err(A::Error::custom(SECRET_REF_SHAPE));
+            }
+        }
+        found.ok_or_else(|| A::Error::custom(SECRET_REF_SHAPE))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<SecretRef, E> {
+        self.refuse()
+    }
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<SecretRef, E> {
+        self.refuse()
+    }
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<SecretRef, E> {
+        self.refuse()
+    }
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<SecretRef, E> {
+        self.refuse()
+    }
+    fn visit_i128<E: serde::de::Error>(self, _: i128) -> Result<SecretRef, E> {
+        self.refuse()
+    }
+    fn visit_u128<E: serde::de::Error>(self, _: u128) -> Result<SecretRef, E> {
+        self.refuse()
+    }
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<SecretRef, E> {
+        self.refuse()
+    }
+    fn visit_char<E: serde::de::Error>(self, _: char) -> Result<SecretRef, E> {
+        self.refuse()
+    }
+    fn visit_bytes<E: serde::de::Error>(self, _: &[u8]) -> Result<SecretRef, E> {
+        self.refuse()
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<SecretRef, E> {
+        self.refuse()
+    }
+    fn visit_none<E: serde::de::Error>(self) -> Result<SecretRef, E> {
+        self.refuse()
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<SecretRef, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        self.refuse()
+    }
 }
 
 impl std::fmt::Debug for SecretRef {

@@ -150,7 +150,8 @@ enum Command {
     Inspect {
         /// The system the payload comes from.
         system: InspectSystem,
-        /// The captured body.
+        /// The captured body: a Dataverse webhook; a Graph notification delivery, presence
+        /// resource (`GET /users/{id}/presence`) or presence collection (`getPresencesByUserId`).
         file: PathBuf,
         /// The delivery carried `x-ms-dynamics-msg-size-exceeded` (Dataverse).
         #[arg(long)]
@@ -320,6 +321,13 @@ async fn open_store(url: &str) -> anyhow::Result<Store> {
         .with_context(|| format!("opening {}", redact_url(url)))
 }
 
+/// [`open_store`] for a command that only reads: a database that is not there is refused.
+async fn open_existing_store(url: &str) -> anyhow::Result<Store> {
+    Store::open_existing(url)
+        .await
+        .with_context(|| format!("opening {}", redact_url(url)))
+}
+
 #[tokio::main]
 async fn run(cli: Cli) -> anyhow::Result<()> {
     // The demo draws on the terminal: only errors interrupt it unless RUST_LOG asks for more.
@@ -400,7 +408,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{n} representative(s) imported from {}", file.display());
         }
         Command::Reps(RepsCommand::List { database }) => {
-            let store = open_store(&database).await?;
+            let store = open_existing_store(&database).await?;
             print!("{}", reps::list(&store).await?);
         }
         Command::Explain {
@@ -408,7 +416,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             last,
             database,
         } => {
-            let store = open_store(&database).await?;
+            let store = open_existing_store(&database).await?;
             print!(
                 "{}",
                 reps::explain(&store, &presync_engine::RepId(rep), last).await?

@@ -172,16 +172,34 @@ pub async fn list(store: &Store) -> anyhow::Result<String> {
         let ids: Vec<String> = rep
             .external_ids
             .iter()
-            .map(|(s, e)| format!("{s}={e}"))
+            .map(|(s, e)| format!("{}={}", printable(s.as_str()), printable(e.as_str())))
             .collect();
         out.push_str(&format!(
             "{}\t{}\t{}\n",
-            rep.id,
-            rep.display_name,
+            printable(rep.id.as_str()),
+            printable(&rep.display_name),
             ids.join(" ")
         ));
     }
     Ok(out)
+}
+
+/// `s` with its control characters escaped (a newline as `\n`, an escape as `\u{1b}`), so that
+/// a value taken from a file or a remote system prints on its own line and can neither forge
+/// another line nor drive a terminal.
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// Why a representative's presence is what it is: the canonical state, each system's observed
@@ -192,7 +210,11 @@ pub async fn explain(store: &Store, rep: &RepId, limit: i64) -> anyhow::Result<S
         bail!("no representative {rep} in the directory");
     };
     let view = store.rep_view(rep).await?;
-    let mut out = format!("{} ({})\n", r.display_name, r.id);
+    let mut out = format!(
+        "{} ({})\n",
+        printable(&r.display_name),
+        printable(r.id.as_str())
+    );
     match &view.canonical {
         Some(c) => out.push_str(&format!(
             "canonical: {} (version {}) from {} at {}\n",
@@ -224,7 +246,8 @@ pub async fn explain(store: &Store, rep: &RepId, limit: i64) -> anyhow::Result<S
                 .map_or("withdrawn".to_owned(), |a| a.to_string())
         });
         out.push_str(&format!(
-            "{system}: observed {observed}, written {written}\n"
+            "{system}: observed {}, written {written}\n",
+            printable(&observed)
         ));
     }
     let history = store.history(rep, limit).await?;
@@ -238,7 +261,7 @@ pub async fn explain(store: &Store, rep: &RepId, limit: i64) -> anyhow::Result<S
         out.push_str(&format!(
             "hold: {state} at {}: {})\n",
             to_rfc3339_millis(h.at),
-            h.detail
+            printable(&h.detail)
         ));
     }
     out.push_str("recent decisions (newest first):\n");
@@ -257,7 +280,7 @@ pub async fn explain(store: &Store, rep: &RepId, limit: i64) -> anyhow::Result<S
             "  {} {} {rule}: {}{writes}\n",
             to_rfc3339_millis(h.at),
             h.system,
-            h.detail
+            printable(&h.detail)
         ));
     }
     Ok(out)
@@ -266,6 +289,16 @@ pub async fn explain(store: &Store, rep: &RepId, limit: i64) -> anyhow::Result<S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_print_escaped_on_one_line() {
+        assert_eq!(printable("Ann Lee"), "Ann Lee");
+        assert_eq!(
+            printable("Ann\nbob\tBob Forged\u{1b}[31m"),
+            "Ann\\nbob\\tBob Forged\\u{1b}[31m"
+        );
+        assert_eq!(printable("Zoë\u{85}"), "Zoë\\u{85}");
+    }
 
     #[test]
     fn csv_with_one_column_per_system() {

@@ -254,6 +254,35 @@ fn inspect_teams_prints_one_entry_per_item() {
 }
 
 #[test]
+fn inspect_teams_reads_a_presence_collection() {
+    let file = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/teams/presences-by-user-id.json"
+    );
+    let out = presync().args(["inspect", "teams", file]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let canonical: Vec<_> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["canonical"].clone())
+        .collect();
+    assert_eq!(
+        canonical,
+        [
+            serde_json::json!("Busy"),
+            serde_json::json!("Busy"),
+            serde_json::Value::Null
+        ]
+    );
+}
+
+#[test]
 fn inspect_teams_decrypts_a_rich_notification_with_the_key() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures");
     let out = presync()
@@ -358,6 +387,46 @@ fn config_default_prints_an_example_that_config_check_accepts() {
 }
 
 #[test]
+fn a_secret_written_where_its_reference_belongs_is_never_repeated() {
+    let out = presync().args(["config", "default"]).output().unwrap();
+    let example = String::from_utf8(out.stdout).unwrap();
+    let reference = "webhook_secret = { env = \"PRESYNC_DATAVERSE_WEBHOOK_SECRET\" }";
+    assert!(example.contains(reference), "{example}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("presync.toml");
+    // Inline in the file, in a map under an unknown key, and through a PRESYNC_ variable.
+    for (text, var) in [
+        (
+            example.replace(reference, "webhook_secret = \"inline-s3cr3t-value-4711\""),
+            None,
+        ),
+        (
+            example.replace(
+                reference,
+                "webhook_secret = { value = \"inline-s3cr3t-value-4711\" }",
+            ),
+            None,
+        ),
+        (
+            example.clone(),
+            Some(("PRESYNC_HTTP__ADMIN_TOKEN", "inline-s3cr3t-value-4711")),
+        ),
+    ] {
+        std::fs::write(&file, &text).unwrap();
+        let mut cmd = presync();
+        cmd.args(["config", "check", "-c"]).arg(&file);
+        if let Some((k, v)) = var {
+            cmd.env(k, v);
+        }
+        let out = with_example_secrets(&mut cmd).output().unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("s3cr3t"), "{err}");
+        assert!(err.contains("{ env = \"NAME\" }"), "{err}");
+    }
+}
+
+#[test]
 fn config_check_reports_every_problem_with_its_key_path() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("bad.toml");
@@ -421,6 +490,95 @@ fn reps_import_list_and_explain_work_on_a_database() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no representative nobody"));
+}
+
+#[test]
+fn a_display_name_with_control_characters_cannot_forge_a_line_of_reps_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite:{}", dir.path().join("p.db").display());
+    let file = dir.path().join("reps.json");
+    std::fs::write(
+        &file,
+        r#"[{"id": "ann", "display_name": "Ann\nmallory\tMallory\u001b[31m", "external_ids": {"teams": "aad-1"}}]"#,
+    )
+    .unwrap();
+    let out = presync()
+        .args(["reps", "import"])
+        .arg(&file)
+        .env("PRESYNC_DATABASE_URL", &db)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = presync()
+        .args(["reps", "list"])
+        .env("PRESYNC_DATABASE_URL", &db)
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(listing.lines().count(), 1, "{listing}");
+    assert!(!listing.contains('\u{1b}'), "{listing}");
+    assert!(
+        listing.contains("Ann\\nmallory\\tMallory\\u{1b}[31m"),
+        "{listing}"
+    );
+}
+
+#[test]
+fn read_commands_refuse_a_database_that_is_not_there_and_create_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("missing.db");
+    let db = format!("sqlite:{}", file.display());
+    for args in [vec!["reps", "list"], vec!["explain", "ann"]] {
+        let out = presync()
+            .args(&args)
+            .env("PRESYNC_DATABASE_URL", &db)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("no database at"), "{args:?}: {err}");
+        assert!(
+            std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+            "{args:?} created a file"
+        );
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn the_database_files_are_readable_by_their_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite:{}", dir.path().join("p.db").display());
+    let csv = dir.path().join("reps.csv");
+    std::fs::write(&csv, "id,display_name,teams\nann,Ann Lee,aad-1\n").unwrap();
+    let out = presync()
+        .args(["reps", "import"])
+        .arg(&csv)
+        .env("PRESYNC_DATABASE_URL", &db)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut files = 0;
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path == csv {
+            continue;
+        }
+        files += 1;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", path.display());
+    }
+    // The database and its intake, at least (and their WAL files while open).
+    assert!(files >= 2, "{files}");
 }
 
 #[test]

@@ -461,8 +461,17 @@ impl Day<'_> {
             true => None,
             false => self.own_hidden_since.or(Some(t)),
         };
+        // presync's part covers a state of the person's that looks just like it (a call under
+        // presync's Busy session) before presync could know of that state: to presync it is
+        // its own part, and the person's own is hidden beneath it.
+        let covered_unseen = looks_like_ours
+            && c.cause != TeamsCause::Person
+            && self.own_shown == c.internal
+            && rec.known_at(self.own_edit.1) > t;
         if visible {
             self.own_shown = c.own.clone();
+        } else if covered_unseen {
+            self.own_shown = ("PresenceUnknown".to_owned(), "PresenceUnknown".to_owned());
         } else if looks_like_ours && self.own_shown != c.internal {
             let rank = |p: &(String, String)| teams_availability(p).aggregate_rank();
             if rank(&self.own_shown) >= rank(&c.internal) {
@@ -806,6 +815,44 @@ mod tests {
         assert_eq!(t.canonical.at(36).values(), [Available, Away]);
         assert_eq!(t.ambiguous, 1);
         assert_eq!(t.genuine, (2, 0));
+    }
+
+    #[test]
+    fn a_call_presyncs_busy_session_covers_before_presync_could_know_of_it_holds_nothing() {
+        let ours = |shown: &str| vec![(crate::harness::APP_ID.to_owned(), pair(shown))];
+        let dv = [d365(20, Busy, DvCause::System(SystemReason::Recalculated))];
+        let tm = [
+            // The person's call starts; 2 ms later presync's Busy session (a conversation in
+            // D365) covers it, looking just like it.
+            PresenceChange {
+                apps: ours("Available/Available"),
+                ..teams(21, "Busy/InACall", "Busy/InACall", TeamsCause::Person)
+            },
+            PresenceChange {
+                apps: ours("Busy/InACall"),
+                ..teams(23, "Busy/InACall", "Busy/InACall", app())
+            },
+        ];
+        let rec = RepRecord {
+            d365: dv.iter().collect(),
+            teams: tm.iter().collect(),
+            conversations: vec![(20, 1)],
+            // presync's first read after the call was answered after its session landed.
+            reads: reads(&[0, 25]),
+            ..RepRecord::default()
+        };
+        let t = replay(&rec, &Rules::default(), 0);
+        assert!(!*t.held.at(30));
+        assert_eq!(t.d365.at(30).values(), [Busy]);
+        assert_eq!(t.session.at(30).values(), [Some(Busy)]);
+        // Read before presync's session covered it: presync saw the call, which holds.
+        let rec = RepRecord {
+            reads: reads(&[0, 22]),
+            ..rec
+        };
+        let t = replay(&rec, &Rules::default(), 0);
+        assert!(*t.held.at(30));
+        assert_eq!(t.d365.at(30).values(), [DoNotDisturb]);
     }
 
     #[test]

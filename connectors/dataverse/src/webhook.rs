@@ -131,7 +131,7 @@ async fn handle(
         Derived::Change(c) => c,
         Derived::Ignored { reason, entity } => {
             stats.ignored.fetch_add(1, Ordering::Relaxed);
-            info!(entity = %entity, reason = %reason, "Webhook acknowledged and ignored");
+            info!(entity = ?entity, reason = ?reason, "Webhook acknowledged and ignored");
             return Ok((
                 StatusCode::OK,
                 Json(json!({ "ignored": reason, "entity": entity })),
@@ -172,7 +172,7 @@ async fn handle(
     let Some(observation) = observation(ingress, &change) else {
         stats.ignored.fetch_add(1, Ordering::Relaxed);
         let reason = "the event carries no current presence";
-        info!(agent = %change.agent_id, reason, "Webhook acknowledged and ignored");
+        info!(agent = ?change.agent_id, reason, "Webhook acknowledged and ignored");
         return Ok((
             StatusCode::OK,
             Json(json!({ "ignored": reason, "entity": context::AGENT_STATUS_ENTITY })),
@@ -187,7 +187,7 @@ async fn handle(
     match ingress.engine.ingest(observation).await {
         Ok(Enqueued::Accepted) => {
             stats.accepted.fetch_add(1, Ordering::Relaxed);
-            debug!(key = %change.delivery_key, "Webhook stored");
+            debug!(key = ?change.delivery_key, "Webhook stored");
             Ok((
                 StatusCode::ACCEPTED,
                 Json(json!({ "accepted": change.delivery_key })),
@@ -307,7 +307,7 @@ async fn discover(ingress: &Ingress, discovery: &Discovery, agent_id: &str) -> R
         .aad_object_id(agent.as_str())
         .await
         .map_err(|e| {
-            warn!(error = %e, agent = %agent, "Could not read the new agent's Entra object id");
+            warn!(error = %e, agent = ?agent, "Could not read the new agent's Entra object id");
             unavailable(&ingress.stats, "could not read the new agent; retry")
         })?;
     let mut external_ids = std::collections::BTreeMap::new();
@@ -334,7 +334,7 @@ async fn discover(ingress: &Ingress, discovery: &Discovery, agent_id: &str) -> R
         }
         // Someone else's id: keep the directory as it is and let the event be recorded.
         Err(presync_engine::store::StoreError::ExternalIdTaken { .. }) => {
-            warn!(agent = %agent, "Discovered agent's Entra id already belongs to another representative");
+            warn!(agent = ?agent, "Discovered agent's Entra id already belongs to another representative");
             Ok(())
         }
         Err(e) => {

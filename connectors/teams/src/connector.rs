@@ -307,7 +307,10 @@ impl Connector for TeamsConnector {
                 external_id: ExternalId(p.id.to_ascii_lowercase()),
                 native: NativeState::new(Pair::normalized(&p.availability, &p.activity).code()),
                 source_time: None,
-                sequence: None,
+                sequence: p
+                    .sequence_number
+                    .as_deref()
+                    .and_then(crate::mapping::sequence_order),
                 origin: Origin::Unknown,
                 automatic: None,
             })

@@ -260,9 +260,46 @@ impl Mapping {
     }
 }
 
+/// Graph's `sequenceNumber` as an order presync can compare: "the lexicographically sortable
+/// String stamp that represents the version of a presence object" (graph.md). presync reads a
+/// stamp of up to 16 hexadecimal digits (decimal digits included) as the number it spells,
+/// which sorts as the stamps do when they have one length, as a version stamp's do; any other
+/// form is left out, and the observation is ordered as if it had none (by when presync saw
+/// it). What real stamps look like is UNCONFIRMED (graph.md §3.1).
+pub fn sequence_order(stamp: &str) -> Option<i64> {
+    let stamp = stamp.trim();
+    if stamp.is_empty() || stamp.len() > 16 || !stamp.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let n = u64::from_str_radix(stamp, 16).ok()?;
+    // Shifted into i64's range without changing the order.
+    Some((n ^ (1 << 63)) as i64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sequence_numbers_of_one_length_keep_their_order() {
+        let stamps = [
+            "0000000000000000",
+            "0000000000000009",
+            "000000000000000A",
+            "00000000000000FF",
+            "8000000000000000",
+            "FFFFFFFFFFFFFFFF",
+        ];
+        let orders: Vec<_> = stamps.iter().map(|s| sequence_order(s).unwrap()).collect();
+        let mut sorted = orders.clone();
+        sorted.sort_unstable();
+        assert_eq!(orders, sorted);
+        assert_eq!(sequence_order("00ff"), sequence_order("00FF"));
+        // Forms presync cannot order by: left out.
+        for s in ["", "C1A2B3D4E5F607080", "2026-12-07T10:00:00Z", "abc-1"] {
+            assert_eq!(sequence_order(s), None, "{s}");
+        }
+    }
 
     #[test]
     fn default_pairs_are_ones_each_mode_accepts() {

@@ -78,7 +78,7 @@ impl Poller {
                 external_id: s.external_id,
                 native: s.native,
                 source_time,
-                sequence: None,
+                sequence: s.sequence,
                 origin: Origin::Unknown,
                 kind,
                 observed_at: now,

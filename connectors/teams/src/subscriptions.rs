@@ -159,7 +159,7 @@ impl SubscriptionManager {
     pub async fn on_lifecycle(&self, item: &LifecycleItem) -> LifecycleAction {
         let mut subs = self.subs.lock().await;
         let Some(sub) = subs.iter_mut().find(|s| s.id == item.subscription_id) else {
-            warn!(subscription = %item.subscription_id, event = %item.lifecycle_event, "Lifecycle event for an unknown subscription");
+            warn!(subscription = ?item.subscription_id, event = ?item.lifecycle_event, "Lifecycle event for an unknown subscription");
             return LifecycleAction::None;
         };
         match item.lifecycle_event.as_str() {

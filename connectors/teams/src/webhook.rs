@@ -178,7 +178,7 @@ fn change(ingress: &TeamsIngress, mut c: ChangeItem) -> Option<Observation> {
             Ok(data) => c.apply_resource_data(data),
             Err(e) => {
                 ingress.stats.undecryptable.fetch_add(1, Ordering::Relaxed);
-                warn!(error = %e, subscription = %c.subscription_id, "Rich notification could not be decrypted; reading instead");
+                warn!(error = %e, subscription = ?c.subscription_id, "Rich notification could not be decrypted; reading instead");
             }
         }
     }
@@ -193,11 +193,14 @@ fn change(ingress: &TeamsIngress, mut c: ChangeItem) -> Option<Observation> {
                     crate::mapping::Pair::normalized(a, activity.unwrap_or(a)).code(),
                 ),
                 source_time: now,
-                sequence: None,
+                sequence: c
+                    .sequence_number
+                    .as_deref()
+                    .and_then(crate::mapping::sequence_order),
                 origin: Origin::Unknown,
                 kind: ObservationKind::Event,
-                // Graph's sequence number is an opaque string and not always present, so a
-                // redelivery is not recognised by key; the rules see it as a duplicate state.
+                // Graph's sequence number is not always present, so a redelivery is not
+                // recognised by key; the rules see it as a duplicate state.
                 delivery_key: format!(
                     "teams:{}:{user}:{}",
                     c.subscription_id,
@@ -342,7 +345,7 @@ impl ReadTask {
                         external_id: s.external_id,
                         native: s.native,
                         source_time: read.read_at,
-                        sequence: None,
+                        sequence: s.sequence,
                         origin: Origin::Unknown,
                         kind: ObservationKind::Event,
                         observed_at: now,

@@ -1,10 +1,10 @@
-//! `inspect::inspect`, the engine of `presync inspect teams FILE`: one entry per item with exactly
-//! the documented keys, rich items decrypted when keys are given.
+//! `inspect::inspect`, the engine of `presync inspect teams FILE`: one entry per notification item
+//! or presence with exactly the documented keys, rich items decrypted when keys are given.
 
 use std::path::PathBuf;
 
 use presync_teams::crypto::DecryptionKeys;
-use presync_teams::inspect::{inspect, ENTRY_KEYS};
+use presync_teams::inspect::{inspect, ENTRY_KEYS, PRESENCE_KEYS};
 use serde_json::{json, Value};
 
 const FIXTURES: [&str; 5] = [
@@ -50,6 +50,9 @@ fn every_entry_has_exactly_the_documented_keys() {
                     .collect();
                 found.sort_unstable();
                 let mut want = ENTRY_KEYS.to_vec();
+                if entry["kind"] == "change" {
+                    want.extend(["sequence_number", "canonical"]);
+                }
                 want.sort_unstable();
                 assert_eq!(found, want, "{name}");
             }
@@ -65,10 +68,12 @@ fn basic_and_batch_fixtures_show_users_without_availability() {
         json!([
             {"kind": "change", "subscription_id": "7e1d2c3b-4a59-4687-9a1b-0c2d3e4f5a6b",
              "user_id": "0b6f1e2d-7c3a-4f5e-8d9c-2a1b3c4d5e60", "availability": null,
-             "activity": null, "lifecycle_event": null},
+             "activity": null, "lifecycle_event": null, "sequence_number": null,
+             "canonical": null},
             {"kind": "change", "subscription_id": "1a2b3c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d",
              "user_id": "c3d4e5f6-a7b8-49c0-8d1e-2f3a4b5c6d7e", "availability": null,
-             "activity": null, "lifecycle_event": null},
+             "activity": null, "lifecycle_event": null, "sequence_number": null,
+             "canonical": null},
         ])
     );
 }
@@ -97,7 +102,8 @@ fn rich_fixture_shows_availability_only_when_keys_are_given() {
         with,
         json!([{"kind": "change", "subscription_id": "1a2b3c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d",
                 "user_id": "c3d4e5f6-a7b8-49c0-8d1e-2f3a4b5c6d7e", "availability": "DoNotDisturb",
-                "activity": "Presenting", "lifecycle_event": null}])
+                "activity": "Presenting", "lifecycle_event": null,
+                "sequence_number": "C1A2B3D4E5F60708", "canonical": "DoNotDisturb"}])
     );
 }
 
@@ -126,5 +132,44 @@ fn malformed_fixtures_give_a_one_line_error_with_a_location() {
         assert!(text.contains(location), "{name}: {text}");
         assert!(!text.contains('\n'), "{name}: {text}");
         assert!(!text.contains("presync-test-state"), "{name}: {text}");
+    }
+}
+
+#[test]
+fn a_presence_resource_and_a_collection_show_each_presence_and_its_canonical_state() {
+    let resource = inspect(&fixture("rich-presence-resource.json"), None).expect("inspects");
+    assert_eq!(
+        resource,
+        json!([{"user_id": "c3d4e5f6-a7b8-49c0-8d1e-2f3a4b5c6d7e", "availability": "DoNotDisturb",
+                "activity": "Presenting", "sequence_number": "C1A2B3D4E5F60708",
+                "canonical": "DoNotDisturb"}])
+    );
+    // Both value sets, with and without `sequenceNumber`; a value presync does not know
+    // maps to nothing.
+    let collection = inspect(&fixture("presences-by-user-id.json"), None).expect("inspects");
+    assert_eq!(
+        collection,
+        json!([
+            {"user_id": "0b6f1e2d-7c3a-4f5e-8d9c-2a1b3c4d5e60", "availability": "InAMeeting",
+             "activity": "Busy", "sequence_number": "C1A2B3D4E5F60709", "canonical": "Busy"},
+            {"user_id": "c3d4e5f6-a7b8-49c0-8d1e-2f3a4b5c6d7e", "availability": "Busy",
+             "activity": "InAMeeting", "sequence_number": null, "canonical": "Busy"},
+            {"user_id": "5a6b7c8d-9e0f-4a1b-8c2d-3e4f5a6b7c8d",
+             "availability": "PresenceUnknown", "activity": "PresenceUnknown",
+             "sequence_number": "C1A2B3D4E5F6070A", "canonical": null},
+        ])
+    );
+    for entry in entries(&collection) {
+        let found: Vec<&str> = entry
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut want = PRESENCE_KEYS.to_vec();
+        want.sort_unstable();
+        let mut found = found;
+        found.sort_unstable();
+        assert_eq!(found, want);
     }
 }

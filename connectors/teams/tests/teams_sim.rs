@@ -215,6 +215,29 @@ async fn a_persons_own_dnd_outranks_presyncs_session() {
 }
 
 #[tokio::test]
+async fn reads_carry_graphs_sequence_number_in_the_order_of_the_changes() {
+    let env = env(1).await;
+    let u = ExternalId(user(0));
+    env.sim.person_signs_in(&user(0));
+    let mut seen = Vec::new();
+    for (availability, activity) in [("Busy", "Busy"), ("Away", "Away"), ("Busy", "Busy")] {
+        env.sim
+            .person_sets_preferred(&user(0), availability, activity);
+        let states = env
+            .connector
+            .read_all(std::slice::from_ref(&u))
+            .await
+            .unwrap();
+        seen.push(
+            states[0]
+                .sequence
+                .expect("the simulator emits sequenceNumber"),
+        );
+    }
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
+}
+
+#[tokio::test]
 async fn reads_are_batched_650_ids_at_a_time() {
     let env = env(651).await;
     let ids: Vec<ExternalId> = (0..651).map(|i| ExternalId(user(i))).collect();

@@ -1179,3 +1179,23 @@ fn a_teams_read_dated_the_millisecond_presyncs_write_landed_may_predate_it() {
     );
     assert_eq!(day.canonical(), DoNotDisturb);
 }
+
+#[test]
+fn a_teams_answer_with_an_older_sequence_number_is_stale_whenever_it_arrives() {
+    let mut day = Day::new(WriteSemantics::Contribution);
+    day.morning();
+    // The person picks Busy in Teams: a notification with sequence 5.
+    let mut o = day.observation(TEAMS, Busy, "Busy/Busy", T0 + 1_000, None);
+    o.sequence = Some(5);
+    let d = day.decide(o, Busy);
+    assert_eq!(d.rule, Rule::LastWriterWins, "{}", d.detail);
+    day.land(T0 + 1_010);
+    // A read answered later, but taken before that change (sequence 4): stale, though Teams
+    // dates nothing and presync saw it last.
+    let mut o = day.observation(TEAMS, Available, "Available/Available", T0 + 1_100, None);
+    o.sequence = Some(4);
+    o.kind = ObservationKind::Reconcile;
+    let d = day.decide(o, Available);
+    assert_eq!(d.rule, Rule::Stale, "{}", d.detail);
+    assert_eq!(day.canonical(), Busy);
+}

@@ -57,6 +57,14 @@ pub enum StoreError {
     },
     #[error("representative {0} is not in the directory")]
     UnknownRepresentative(RepId),
+    #[error("no database at {0}: `presync run` or `presync reps import` creates it")]
+    Missing(String),
+    #[error("cannot create the database file {path}")]
+    Create {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("external id {external_id} of {system} already belongs to representative {owner}")]
     ExternalIdTaken {
         system: String,
@@ -214,6 +222,17 @@ impl Store {
         Ok(store)
     }
 
+    /// [`Store::open`] a database that must exist already (for the commands that only read):
+    /// a SQLite file that is not there is refused, not created empty.
+    pub async fn open_existing(url: &str) -> Result<Store> {
+        if let Some(path) = intake::store_path(url) {
+            if !std::path::Path::new(path).exists() {
+                return Err(StoreError::Missing(path.to_owned()));
+            }
+        }
+        Store::open(url).await
+    }
+
     /// Connect without migrating.
     pub async fn connect(url: &str) -> Result<Store> {
         Store::connect_with(url, &StoreOptions::default()).await
@@ -244,6 +263,11 @@ impl Store {
                 let intake_file = intake_path(&url);
                 let intake_url = intake_file.as_ref().map(|f| format!("sqlite:{f}?mode=rwc"));
                 let store_file = intake::store_path(&url);
+                // Readable by the service's own user only (SQLite gives its WAL and shared
+                // memory files the mode of the database file).
+                for file in store_file.iter().copied().chain(intake_file.as_deref()) {
+                    create_private(file)?;
+                }
                 // The store's connection attaches the intake file (creating it if need be) to
                 // move its rows into the inbox.
                 let attach = intake_file.clone().map(|f| (f, "intake", INTAKE_CACHE_KIB));
@@ -864,5 +888,22 @@ mod tests {
             shaped_tuples(2, 2, 2, |p| format!("({}, $1, {}, 0)", p[0], p[1])),
             "($2, $1, $3, 0), ($4, $1, $5, 0)"
         );
+    }
+}
+
+/// Create `path` empty (an empty file is an empty SQLite database), readable and writable by
+/// its owner only, unless it exists already (its mode is then left as the operator set it).
+fn create_private(path: &str) -> Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(source) => Err(StoreError::Create {
+            path: path.to_owned(),
+            source,
+        }),
     }
 }

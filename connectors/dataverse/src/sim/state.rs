@@ -116,6 +116,8 @@ pub(crate) struct State {
     version: i64,
     /// systemuserid -> the time of the agent's last change (see [`State::now_ms`]).
     last_ms: HashMap<String, i64>,
+    /// The time of the router's last offer (see [`State::offer_ms`]).
+    last_offer_ms: i64,
     /// systemuserid -> what D365 remembers beside the row (stickiness, a disconnect).
     pub(crate) sessions: HashMap<String, Session>,
     /// Every presence write, in order (see `session.rs`).
@@ -158,6 +160,7 @@ impl State {
             presences,
             version: FIRST_VERSION,
             last_ms: HashMap::new(),
+            last_offer_ms: 0,
             sessions: HashMap::new(),
             journal: Vec::new(),
             offers: Vec::new(),
@@ -173,6 +176,13 @@ impl State {
         let last = self.last_ms.entry(agent.to_owned()).or_insert(0);
         *last = wall_ms().max(*last + 1);
         *last
+    }
+
+    /// The wall clock for the router's offers, strictly increasing across the org: the router
+    /// offers to the agent offered least recently, and two offers must not tie.
+    pub(crate) fn offer_ms(&mut self) -> i64 {
+        self.last_offer_ms = wall_ms().max(self.last_offer_ms + 1);
+        self.last_offer_ms
     }
 
     fn next_version(&mut self) -> i64 {

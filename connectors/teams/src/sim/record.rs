@@ -4,7 +4,7 @@
 //!
 //! Sequence stamps are per tenant: a counter that every change of any user's aggregate
 //! advances (adding a user takes one too, the version of its first, signed-out presence),
-//! written as a 20-digit zero-padded decimal (`00000000000000000042`), so that the stamps of
+//! written as 16 upper-case hexadecimal digits (`000000000000002A`), so that the stamps of
 //! one user sort lexicographically in the order of its changes (and so do those of the whole
 //! tenant). Whether real payloads carry `sequenceNumber`, and what it looks like, is
 //! UNCONFIRMED (graph.md §3.1); [`super::GraphSimConfig::emit_sequence_number`] leaves it out.
@@ -87,9 +87,9 @@ impl ChangeLog {
     }
 }
 
-/// A stamp as `sequenceNumber`: 20 zero-padded decimal digits.
+/// A stamp as `sequenceNumber`: 16 zero-padded upper-case hexadecimal digits.
 pub(crate) fn stamp(n: u64) -> String {
-    format!("{n:020}")
+    format!("{n:016X}")
 }
 
 /// The user `u` as it is at `now`, showing `held`, after `cause`.
@@ -219,10 +219,10 @@ mod tests {
 
     #[test]
     fn stamps_sort_lexicographically_in_counter_order() {
-        let stamps: Vec<String> = [1, 9, 10, 99, 100, u64::MAX].map(stamp).into();
+        let stamps: Vec<String> = [1, 9, 10, 15, 16, 99, 100, u64::MAX].map(stamp).into();
         let mut sorted = stamps.clone();
         sorted.sort();
         assert_eq!(stamps, sorted);
-        assert_eq!(stamp(42), "00000000000000000042");
+        assert_eq!(stamp(42), "000000000000002A");
     }
 }
