@@ -106,21 +106,16 @@ async fn import(State(admin): State<Admin>, headers: HeaderMap, body: Bytes) -> 
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
     let name = if json { "body.json" } else { "body.csv" };
-    let reps = match crate::reps::parse(Path::new(name), text) {
+    let entries = match crate::reps::parse(Path::new(name), text) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e:#}")),
     };
     let now = admin.engine.now();
-    for rep in &reps {
-        match admin.engine.store().upsert_representative(rep, now).await {
-            Ok(()) => {}
-            Err(e @ StoreError::ExternalIdTaken { .. }) => {
-                return error(StatusCode::CONFLICT, format!("{}: {e}", rep.id))
-            }
-            Err(e) => return internal(e),
-        }
+    match crate::reps::import_entries(admin.engine.store(), &entries, now).await {
+        Ok(()) => Json(json!({ "imported": entries.len() })).into_response(),
+        Err(e @ crate::reps::ImportError::Clash(_)) => error(StatusCode::CONFLICT, e.to_string()),
+        Err(crate::reps::ImportError::Store(e)) => internal(e),
     }
-    Json(json!({ "imported": reps.len() })).into_response()
 }
 
 #[derive(Debug, Deserialize)]
@@ -139,7 +134,7 @@ async fn show(
     Query(q): Query<HistoryQuery>,
 ) -> Response {
     let store = admin.engine.store();
-    let rep = RepId(id);
+    let rep = RepId(crate::reps::normalise_id(&id));
     let r = match store.representative(&rep).await {
         Ok(Some(r)) => r,
         Ok(None) => {
@@ -187,8 +182,20 @@ async fn update(State(admin): State<Admin>, UrlPath(id): UrlPath<String>, body: 
             )
         }
     };
-    if id.trim().is_empty() {
+    let id = crate::reps::normalise_id(&id);
+    if id.is_empty() {
         return error(StatusCode::BAD_REQUEST, "the id is empty");
+    }
+    let unknown: Vec<String> = parsed
+        .external_ids
+        .keys()
+        .filter_map(|s| crate::reps::unknown_system(s))
+        .collect();
+    if !unknown.is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("external_ids: {}", unknown.join("; ")),
+        );
     }
     let rep = Representative {
         id: RepId(id),
@@ -212,7 +219,7 @@ async fn update(State(admin): State<Admin>, UrlPath(id): UrlPath<String>, body: 
 }
 
 async fn remove(State(admin): State<Admin>, UrlPath(id): UrlPath<String>) -> Response {
-    let rep = RepId(id);
+    let rep = RepId(crate::reps::normalise_id(&id));
     match admin.engine.store().delete_representative(&rep).await {
         Ok(true) => StatusCode::NO_CONTENT.into_response(),
         Ok(false) => error(

@@ -419,7 +419,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let store = open_existing_store(&database).await?;
             print!(
                 "{}",
-                reps::explain(&store, &presync_engine::RepId(rep), last).await?
+                reps::explain(
+                    &store,
+                    &presync_engine::RepId(reps::normalise_id(&rep)),
+                    last
+                )
+                .await?
             );
         }
         Command::Config(ConfigCommand::Check { config: path }) => {

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use crate::service::SYSTEMS;
 
 /// Why `name` cannot be a system column or key; `None` when it can.
-fn unknown_system(name: &str) -> Option<String> {
+pub fn unknown_system(name: &str) -> Option<String> {
     (!SYSTEMS.contains(&name)).then(|| {
         format!(
             "unknown system `{name}`; the systems are {}",
@@ -30,70 +30,131 @@ struct JsonRep {
     external_ids: BTreeMap<String, String>,
 }
 
+/// A representative read from an import, with where it stands there (`reps.csv:3`,
+/// `reps.json[2]`), for errors.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub rep: Representative,
+    pub at: String,
+}
+
+/// A representative's id as stored: trimmed, in lower case (`REP-002` and `rep-002` are one).
+pub fn normalise_id(id: &str) -> String {
+    id.trim().to_lowercase()
+}
+
+/// The checks every entry gets, whatever its format: an id, known systems, no id twice.
+fn check(
+    at: &str,
+    id: &str,
+    systems: impl Iterator<Item = String>,
+    seen: &mut BTreeMap<String, String>,
+    problems: &mut Vec<String>,
+) {
+    if id.is_empty() {
+        problems.push(format!("{at}: id is empty"));
+        return;
+    }
+    if let Some(first) = seen.insert(id.to_owned(), at.to_owned()) {
+        problems.push(format!("{at}: id `{id}` is also at {first}"));
+    }
+    for system in systems {
+        if let Some(why) = unknown_system(&system) {
+            problems.push(format!("{at}: external_ids: {why}"));
+        }
+    }
+}
+
 /// Parse an import file: JSON (an array of `{id, display_name, external_ids}`) or CSV with the
-/// header `id,display_name,<system>,<system>...` (one column per system; empty cells skipped).
-/// Every problem is reported with its line or index.
-pub fn parse(path: &Path, text: &str) -> anyhow::Result<Vec<Representative>> {
+/// header `id,display_name,<system>,<system>...` (one column per system; empty cells skipped;
+/// cells may be quoted, `"Hopper, Grace"`; a byte-order mark, as Excel writes "CSV UTF-8", is
+/// skipped). Ids are stored in lower case. Every problem is reported with its line or index.
+pub fn parse(path: &Path, text: &str) -> anyhow::Result<Vec<Entry>> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let json = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("json"))
         || text.trim_start().starts_with('[');
     if json {
-        let reps: Vec<JsonRep> = serde_json::from_str(text)
-            .with_context(|| format!("{}: not a JSON array of representatives", path.display()))?;
-        let mut seen = BTreeMap::new();
-        let mut problems = Vec::new();
-        let mut out = Vec::new();
-        for (i, r) in reps.into_iter().enumerate() {
-            let at = format!("{}[{i}]", path.display());
-            if r.id.trim().is_empty() {
-                problems.push(format!("{at}: id is empty"));
-                continue;
-            }
-            if let Some(first) = seen.insert(r.id.clone(), i) {
-                problems.push(format!("{at}: id `{}` is also at [{first}]", r.id));
-            }
-            for system in r.external_ids.keys() {
-                if let Some(why) = unknown_system(system) {
-                    problems.push(format!("{at}: external_ids: {why}"));
-                }
-            }
-            out.push(Representative {
-                id: RepId(r.id),
-                display_name: r.display_name,
-                external_ids: r
-                    .external_ids
-                    .into_iter()
-                    .map(|(s, e)| (SystemId(s), ExternalId(e.to_ascii_lowercase())))
-                    .collect(),
-            });
-        }
-        if !problems.is_empty() {
-            bail!("{}", problems.join("\n"));
-        }
-        return Ok(out);
+        parse_json(path, text)
+    } else {
+        parse_csv(path, text)
     }
-    let mut lines = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty());
-    let Some((_, header)) = lines.next() else {
+}
+
+fn parse_json(path: &Path, text: &str) -> anyhow::Result<Vec<Entry>> {
+    let reps: Vec<JsonRep> = serde_json::from_str(text)
+        .with_context(|| format!("{}: not a JSON array of representatives", path.display()))?;
+    let mut seen = BTreeMap::new();
+    let mut problems = Vec::new();
+    let mut out = Vec::new();
+    for (i, r) in reps.into_iter().enumerate() {
+        let at = format!("{}[{i}]", path.display());
+        let id = normalise_id(&r.id);
+        let systems = r.external_ids.keys().cloned();
+        check(&at, &id, systems, &mut seen, &mut problems);
+        let external_ids = r
+            .external_ids
+            .into_iter()
+            .filter(|(_, e)| !e.trim().is_empty())
+            .map(|(s, e)| (SystemId(s), ExternalId(e.trim().to_ascii_lowercase())))
+            .collect();
+        out.push(Entry {
+            rep: Representative {
+                id: RepId(id),
+                display_name: r.display_name,
+                external_ids,
+            },
+            at,
+        });
+    }
+    if !problems.is_empty() {
+        bail!("{}", problems.join("\n"));
+    }
+    Ok(out)
+}
+
+fn parse_csv(path: &Path, text: &str) -> anyhow::Result<Vec<Entry>> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(text.as_bytes());
+    let mut records = Vec::new();
+    for record in reader.records() {
+        let record = record.map_err(|e| {
+            let line = e.position().map_or(0, |p| p.line());
+            anyhow::anyhow!("{}:{line}: {e}", path.display())
+        })?;
+        // Blank lines are skipped.
+        if record.iter().all(str::is_empty) {
+            continue;
+        }
+        let line = record.position().map_or(0, |p| line_at(text, p.byte()));
+        records.push((line, record));
+    }
+    let mut records = records.into_iter();
+    let Some((header_line, header)) = records.next() else {
         bail!("{}: empty file", path.display());
     };
-    let columns: Vec<&str> = header.split(',').map(str::trim).collect();
+    let columns: Vec<&str> = header.iter().collect();
     if columns.len() < 3 || columns[0] != "id" || columns[1] != "display_name" {
         bail!(
-            "{}:1: the header must be id,display_name,<system>[,<system>...], e.g. id,display_name,dataverse,teams",
+            "{}:{header_line}: the header must be id,display_name,<system>[,<system>...], e.g. id,display_name,dataverse,teams",
             path.display()
         );
     }
     let mut problems = Vec::new();
     for (i, column) in columns.iter().enumerate().skip(2) {
         if let Some(why) = unknown_system(column) {
-            problems.push(format!("{}:1: column {}: {why}", path.display(), i + 1));
+            problems.push(format!(
+                "{}:{header_line}: column {}: {why}",
+                path.display(),
+                i + 1
+            ));
         } else if columns[2..i].contains(column) {
             problems.push(format!(
-                "{}:1: column {}: `{column}` is a column already",
+                "{}:{header_line}: column {}: `{column}` is a column already",
                 path.display(),
                 i + 1
             ));
@@ -104,30 +165,19 @@ pub fn parse(path: &Path, text: &str) -> anyhow::Result<Vec<Representative>> {
     }
     let mut out = Vec::new();
     let mut seen = BTreeMap::new();
-    for (n, line) in lines {
-        let cells: Vec<&str> = line.split(',').map(str::trim).collect();
+    for (line, record) in records {
+        let at = format!("{}:{line}", path.display());
+        let cells: Vec<&str> = record.iter().collect();
         if cells.len() != columns.len() {
             problems.push(format!(
-                "{}:{}: {} cells, the header has {}",
-                path.display(),
-                n + 1,
+                "{at}: {} cells, the header has {}",
                 cells.len(),
                 columns.len()
             ));
             continue;
         }
-        if cells[0].is_empty() {
-            problems.push(format!("{}:{}: id is empty", path.display(), n + 1));
-            continue;
-        }
-        if let Some(first) = seen.insert(cells[0], n + 1) {
-            problems.push(format!(
-                "{}:{}: id `{}` is also on line {first}",
-                path.display(),
-                n + 1,
-                cells[0]
-            ));
-        }
+        let id = normalise_id(cells[0]);
+        check(&at, &id, std::iter::empty(), &mut seen, &mut problems);
         let external_ids = columns[2..]
             .iter()
             .zip(&cells[2..])
@@ -139,10 +189,13 @@ pub fn parse(path: &Path, text: &str) -> anyhow::Result<Vec<Representative>> {
                 )
             })
             .collect();
-        out.push(Representative {
-            id: RepId(cells[0].to_owned()),
-            display_name: cells[1].to_owned(),
-            external_ids,
+        out.push(Entry {
+            rep: Representative {
+                id: RepId(id),
+                display_name: cells[1].to_owned(),
+                external_ids,
+            },
+            at,
         });
     }
     if !problems.is_empty() {
@@ -151,18 +204,80 @@ pub fn parse(path: &Path, text: &str) -> anyhow::Result<Vec<Representative>> {
     Ok(out)
 }
 
-/// Import a file into the directory; returns how many representatives were written.
+/// The line (from 1) of the record that starts at byte `at`. (The reader's own line count
+/// lags by one after a `\r\n`: it can place a record's start on the line ending before it.)
+fn line_at(text: &str, at: u64) -> u64 {
+    let bytes = text.as_bytes();
+    let mut at = usize::try_from(at).unwrap_or(usize::MAX).min(bytes.len());
+    while matches!(bytes.get(at), Some(b'\r' | b'\n')) {
+        at += 1;
+    }
+    bytes[..at].iter().filter(|b| **b == b'\n').count() as u64 + 1
+}
+
+/// Why an import failed.
+#[derive(Debug)]
+pub enum ImportError {
+    /// An external id belongs to another representative (in the directory, or earlier in the
+    /// same import): nothing was imported. The message names the entry.
+    Clash(String),
+    Store(presync_engine::store::StoreError),
+}
+
+impl std::fmt::Display for ImportError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ImportError::Clash(m) => f.write_str(m),
+            ImportError::Store(e) => write!(f, "store: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ImportError {}
+
+/// Write `entries` to the directory in one transaction: all of them, or none (an external id
+/// that belongs to another representative names the entry that brought it).
+pub async fn import_entries(store: &Store, entries: &[Entry], now: i64) -> Result<(), ImportError> {
+    use presync_engine::store::StoreError;
+    let reps: Vec<Representative> = entries.iter().map(|e| e.rep.clone()).collect();
+    match store.upsert_representatives(&reps, now).await {
+        Ok(()) => Ok(()),
+        Err(e @ StoreError::ExternalIdTaken { .. }) => {
+            let StoreError::ExternalIdTaken {
+                system,
+                external_id,
+                owner,
+            } = &e
+            else {
+                unreachable!("matched above")
+            };
+            let at = entries
+                .iter()
+                .find(|entry| {
+                    entry.rep.id != *owner
+                        && entry
+                            .rep
+                            .external_ids
+                            .get(&SystemId(system.clone()))
+                            .is_some_and(|x| x.as_str() == external_id)
+                })
+                .map_or("the import".to_owned(), |entry| entry.at.clone());
+            Err(ImportError::Clash(format!(
+                "{at}: {e}; nothing was imported"
+            )))
+        }
+        Err(e) => Err(ImportError::Store(e)),
+    }
+}
+
+/// Import a file into the directory, all or nothing; returns how many representatives were
+/// written.
 pub async fn import(store: &Store, path: &Path, now: i64) -> anyhow::Result<usize> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let reps = parse(path, &text)?;
-    for rep in &reps {
-        store
-            .upsert_representative(rep, now)
-            .await
-            .with_context(|| format!("importing {}", rep.id))?;
-    }
-    Ok(reps.len())
+    let entries = parse(path, &text)?;
+    import_entries(store, &entries, now).await?;
+    Ok(entries.len())
 }
 
 /// The directory as lines: id, name, and each system's id.
@@ -310,13 +425,14 @@ mod tests {
         assert_eq!(reps.len(), 2);
         assert_eq!(
             reps[0]
+                .rep
                 .external_ids
                 .get(&SystemId::from("dataverse"))
                 .unwrap()
                 .as_str(),
             "aaaa-1"
         );
-        assert_eq!(reps[1].external_ids.len(), 1, "an empty cell is no id");
+        assert_eq!(reps[1].rep.external_ids.len(), 1, "an empty cell is no id");
     }
 
     #[test]
@@ -358,7 +474,7 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert_eq!(err, "r.csv:4: id `ann` is also on line 2");
+        assert_eq!(err, "r.csv:4: id `ann` is also at r.csv:2");
         let err = parse(
             Path::new("r.json"),
             r#"[{"id":"ann","display_name":"Ann","external_ids":{"temas":"x"}},
@@ -370,7 +486,10 @@ mod tests {
             err.contains("r.json[0]: external_ids: unknown system `temas`"),
             "{err}"
         );
-        assert!(err.contains("r.json[1]: id `ann` is also at [0]"), "{err}");
+        assert!(
+            err.contains("r.json[1]: id `ann` is also at r.json[0]"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -380,7 +499,74 @@ mod tests {
             r#"[{"id":"ann","display_name":"Ann","external_ids":{"dataverse":"X","teams":"y"}}]"#,
         )
         .unwrap();
-        assert_eq!(reps[0].external_ids.len(), 2);
+        assert_eq!(reps[0].rep.external_ids.len(), 2);
         assert!(parse(Path::new("r.json"), r#"[{"id":"a","name":"A"}]"#).is_err());
+    }
+
+    #[test]
+    fn a_csv_saved_by_excel_with_a_byte_order_mark_and_quoted_cells_is_read() {
+        let reps = parse(
+            Path::new("r.csv"),
+            "\u{feff}id,display_name,teams\r\nrep-1,\"Hopper, Grace\",AAD-1\r\n",
+        )
+        .unwrap();
+        assert_eq!(reps.len(), 1);
+        assert_eq!(reps[0].rep.display_name, "Hopper, Grace");
+        assert_eq!(reps[0].at, "r.csv:2");
+    }
+
+    #[test]
+    fn ids_are_one_whatever_their_case() {
+        let reps = parse(
+            Path::new("r.csv"),
+            "id,display_name,teams\n REP-002 ,Ann,a\n",
+        )
+        .unwrap();
+        assert_eq!(reps[0].rep.id.as_str(), "rep-002");
+        let err = parse(
+            Path::new("r.csv"),
+            "id,display_name,teams\nREP-002,Ann,a\nrep-002,Bob,b\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(err, "r.csv:3: id `rep-002` is also at r.csv:2");
+    }
+
+    #[tokio::test]
+    async fn an_import_with_a_clash_imports_nothing_and_names_the_line() {
+        let store = Store::open("sqlite::memory:").await.unwrap();
+        let first = parse(Path::new("a.csv"), "id,display_name,teams\nann,Ann,aad-1\n").unwrap();
+        import_entries(&store, &first, 1).await.unwrap();
+        // Line 2 is fine; line 3 takes Ann's Teams id.
+        let second = parse(
+            Path::new("b.csv"),
+            "id,display_name,teams\nbob,Bob,aad-2\ncyd,Cyd,AAD-1\n",
+        )
+        .unwrap();
+        let err = import_entries(&store, &second, 2)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("b.csv:3: "), "{err}");
+        assert!(err.contains("nothing was imported"), "{err}");
+        let ids: Vec<String> = store
+            .representatives()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id.as_str().to_owned())
+            .collect();
+        assert_eq!(ids, ["ann"], "line 2 was not kept");
+        // Two lines of one import clash with each other: the later one is named.
+        let third = parse(
+            Path::new("c.csv"),
+            "id,display_name,teams\ndee,Dee,aad-9\neve,Eve,aad-9\n",
+        )
+        .unwrap();
+        let err = import_entries(&store, &third, 3)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("c.csv:3: "), "{err}");
     }
 }

@@ -506,6 +506,29 @@ async fn bad_requests_are_refused_with_a_clear_message_and_store_nothing() {
         .await
         .unwrap();
     assert_eq!(r.status(), 409);
+    // Ids in any case are one; a system that is not configured is refused.
+    let one = json(admin(Method::GET, "reps/AGENT-ONE").send().await.unwrap()).await;
+    assert_eq!(one["representative"]["id"], "agent-one", "{one}");
+    let r = admin(Method::PUT, "reps/agent-three")
+        .json(&serde_json::json!({"display_name": "Three", "external_ids": {"team": "x"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("unknown system `team`"));
+    // An import is all or nothing: its line 3 takes agent-one's Teams id, so line 2 is not
+    // kept either, and the answer names line 3.
+    let r = admin(Method::POST, "reps")
+        .body(format!(
+            "id,display_name,teams\nagent-four,Four,aad-four\nagent-five,Five,{AAD}\n"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    assert!(r.text().await.unwrap().contains("body.csv:3"));
+    let r = admin(Method::GET, "reps/agent-four").send().await.unwrap();
+    assert_eq!(r.status(), 404);
     let r = admin(Method::GET, "reps/nobody").send().await.unwrap();
     assert_eq!(r.status(), 404);
     let report = json(admin(Method::POST, "reconcile").send().await.unwrap()).await;
