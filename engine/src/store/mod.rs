@@ -750,6 +750,23 @@ fn insert_history(rows: &[HistoryRow]) -> Vec<Statement<'_>> {
         .collect()
 }
 
+/// Create `path` empty (an empty file is an empty SQLite database), readable and writable by
+/// its owner only, unless it exists already (its mode is then left as the operator set it).
+fn create_private(path: &str) -> Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(source) => Err(StoreError::Create {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -888,22 +905,5 @@ mod tests {
             shaped_tuples(2, 2, 2, |p| format!("({}, $1, {}, 0)", p[0], p[1])),
             "($2, $1, $3, 0), ($4, $1, $5, 0)"
         );
-    }
-}
-
-/// Create `path` empty (an empty file is an empty SQLite database), readable and writable by
-/// its owner only, unless it exists already (its mode is then left as the operator set it).
-fn create_private(path: &str) -> Result<()> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    match options.open(path) {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(source) => Err(StoreError::Create {
-            path: path.to_owned(),
-            source,
-        }),
     }
 }
