@@ -466,6 +466,7 @@ async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
             ("lifecycle", &i.stats.lifecycle),
             ("malformed", &i.stats.malformed),
             ("undecryptable", &i.stats.undecryptable),
+            ("plain_values_ignored", &i.stats.plain_values_ignored),
         ] {
             let _ = writeln!(
                 out,

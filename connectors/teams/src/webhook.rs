@@ -58,6 +58,9 @@ pub struct TeamsIngressStats {
     pub lifecycle: AtomicU64,
     pub malformed: AtomicU64,
     pub undecryptable: AtomicU64,
+    /// Change items that carried presence values in plain text (not sealed in a rich
+    /// notification whose signature was checked): the values are not used, the user is read.
+    pub plain_values_ignored: AtomicU64,
 }
 
 /// Everything the ingress needs.
@@ -171,16 +174,31 @@ fn refuse(status: StatusCode, message: String) -> Response {
     (status, Json(json!({ "error": message }))).into_response()
 }
 
-/// A change item: an observation when it carries the presence, else a queued read.
+/// A change item: an observation when it carries the presence sealed in a rich notification
+/// (decrypted, so it comes from Graph), else a queued read. Values in plain text (old-style
+/// basic notifications) rest on `clientState` alone, which anyone who learnt it could forge:
+/// they are not used, the user is read instead.
 fn change(ingress: &TeamsIngress, mut c: ChangeItem) -> Option<Observation> {
+    let mut sealed = false;
     if let (Some(enc), Some(keys)) = (c.encrypted.clone(), ingress.keys.as_ref()) {
         match keys.decrypt(&enc) {
-            Ok(data) => c.apply_resource_data(data),
+            Ok(data) => {
+                c.apply_resource_data(data);
+                sealed = true;
+            }
             Err(e) => {
                 ingress.stats.undecryptable.fetch_add(1, Ordering::Relaxed);
                 warn!(error = %e, subscription = ?c.subscription_id, "Rich notification could not be decrypted; reading instead");
             }
         }
+    }
+    if !sealed && c.availability.is_some() {
+        ingress
+            .stats
+            .plain_values_ignored
+            .fetch_add(1, Ordering::Relaxed);
+        c.availability = None;
+        c.activity = None;
     }
     let user = c.user_id.clone()?;
     match (c.availability.as_deref(), c.activity.as_deref()) {

@@ -410,6 +410,36 @@ async fn a_wrong_client_state_is_refused_per_item_and_nothing_is_stored() {
     let _ = Clock::now(&ManualClock::new(0));
 }
 
+/// Presence values in plain text rest on `clientState` alone: whoever learnt it could make a
+/// representative Available. They are not used; the user is read.
+#[tokio::test]
+async fn presence_values_in_plain_text_are_not_trusted_the_user_is_read() {
+    let (url, ingress, _dir) = receiver("the-right-state").await;
+    let u = user(0);
+    let forged = serde_json::json!({ "value": [{
+        "subscriptionId": "s1", "clientState": "the-right-state", "changeType": "updated",
+        "tenantId": "t", "resource": format!("communications/presences/{u}"),
+        "resourceData": {"@odata.id": format!("users/{u}/presence"),
+            "@odata.type": "#microsoft.graph.presence", "id": u,
+            "availability": "Available", "activity": "Available"}
+    }]});
+    let r = reqwest::Client::new()
+        .post(&url)
+        .json(&forged)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(load(&ingress.stats.plain_values_ignored), 1);
+    assert_eq!(load(&ingress.stats.rereads_queued), 1);
+    assert_eq!(
+        ingress.engine.store().queue_depths().await.unwrap().inbox,
+        0,
+        "nothing taken from the plain values"
+    );
+}
+
 #[tokio::test]
 async fn a_rich_notification_is_decrypted_and_stored_as_the_persons_presence() {
     let key = include_str!("../../../fixtures/entra/test-only-key.pem");
