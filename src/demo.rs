@@ -63,6 +63,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
             .ok_or_else(|| anyhow::anyhow!("--database: {url:?} is not sqlite:PATH"))?;
         // The service runs in a directory of its own: the path is made absolute here.
         let path = std::path::absolute(path.trim_start_matches("//"))?;
+        // The day starts from new simulators: a database that remembers another day would
+        // meet people it has never seen under ids it already knows.
+        anyhow::ensure!(
+            !path.exists(),
+            "--database: {} exists already (an earlier demo's state); the demo starts a new \
+             day on a new database: remove the file or name another",
+            path.display()
+        );
         opts.database = Some(format!("sqlite:{}?mode=rwc", path.display()));
     }
     let play = SoakArgs::demo(args.reps, args.duration, args.seed);

@@ -528,6 +528,21 @@ fn a_display_name_with_control_characters_cannot_forge_a_line_of_reps_list() {
 }
 
 #[test]
+fn the_demo_refuses_a_database_an_earlier_day_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("demo.db");
+    std::fs::write(&file, b"").unwrap();
+    let out = presync()
+        .args(["demo", "--reps", "2", "--duration", "1", "--database"])
+        .arg(format!("sqlite:{}", file.display()))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("exists already"), "{err}");
+}
+
+#[test]
 fn read_commands_refuse_a_database_that_is_not_there_and_create_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("missing.db");
