@@ -163,6 +163,15 @@ impl<'de> Deserialize<'de> for SecretRef {
 
 struct SecretRefVisitor;
 
+/// Visitor methods that refuse a value of their type without repeating it.
+macro_rules! refuse_values {
+    ($($name:ident($ty:ty)),* $(,)?) => {
+        $(fn $name<E: serde::de::Error>(self, _: $ty) -> Result<SecretRef, E> {
+            self.refuse()
+        })*
+    };
+}
+
 impl SecretRefVisitor {
     fn refuse<E: serde::de::Error>(&self) -> Result<SecretRef, E> {
         Err(E::custom(SECRET_REF_SHAPE))
@@ -204,32 +213,16 @@ impl<'de> serde::de::Visitor<'de> for SecretRefVisitor {
         found.ok_or_else(|| A::Error::custom(SECRET_REF_SHAPE))
     }
 
-    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<SecretRef, E> {
-        self.refuse()
-    }
-    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<SecretRef, E> {
-        self.refuse()
-    }
-    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<SecretRef, E> {
-        self.refuse()
-    }
-    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<SecretRef, E> {
-        self.refuse()
-    }
-    fn visit_i128<E: serde::de::Error>(self, _: i128) -> Result<SecretRef, E> {
-        self.refuse()
-    }
-    fn visit_u128<E: serde::de::Error>(self, _: u128) -> Result<SecretRef, E> {
-        self.refuse()
-    }
-    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<SecretRef, E> {
-        self.refuse()
-    }
-    fn visit_char<E: serde::de::Error>(self, _: char) -> Result<SecretRef, E> {
-        self.refuse()
-    }
-    fn visit_bytes<E: serde::de::Error>(self, _: &[u8]) -> Result<SecretRef, E> {
-        self.refuse()
+    refuse_values! {
+        visit_str(&str),
+        visit_bool(bool),
+        visit_i64(i64),
+        visit_u64(u64),
+        visit_i128(i128),
+        visit_u128(u128),
+        visit_f64(f64),
+        visit_char(char),
+        visit_bytes(&[u8]),
     }
     fn visit_unit<E: serde::de::Error>(self) -> Result<SecretRef, E> {
         self.refuse()

@@ -31,6 +31,22 @@ pub struct Request {
 }
 
 impl Request {
+    /// A recorded request of either simulator, `about` whom.
+    fn of(
+        at_ms: Millis,
+        status: u16,
+        (retry_after_ms, delayed_ms): (Option<i64>, Option<i64>),
+        about: String,
+    ) -> Request {
+        Request {
+            at_ms,
+            status,
+            retry_after_ms,
+            delayed_ms,
+            about,
+        }
+    }
+
     fn answered_ok(&self) -> bool {
         (200..300).contains(&self.status)
     }
@@ -84,30 +100,20 @@ impl Records {
                 .dv
                 .requests()
                 .iter()
-                .map(|q| Request {
-                    at_ms: q.at_ms,
-                    status: q.status,
-                    retry_after_ms: q.retry_after_ms,
-                    delayed_ms: q.delayed_ms,
-                    about: q
-                        .body
-                        .as_ref()
-                        .and_then(|b| b.get("AgentId"))
-                        .and_then(|a| a.as_str())
-                        .map(lower)
-                        .unwrap_or_default(),
+                .map(|q| {
+                    let agent = q.body.as_ref().and_then(|b| b.get("AgentId"));
+                    let about = agent.and_then(|a| a.as_str()).map(lower);
+                    let waits = (q.retry_after_ms, q.delayed_ms);
+                    Request::of(q.at_ms, q.status, waits, about.unwrap_or_default())
                 })
                 .collect(),
             graph_requests: h
                 .graph
                 .requests()
                 .iter()
-                .map(|q| Request {
-                    at_ms: q.at_ms,
-                    status: q.status,
-                    retry_after_ms: q.retry_after_ms,
-                    delayed_ms: q.delayed_ms,
-                    about: graph_text(&q.path, &q.body),
+                .map(|q| {
+                    let waits = (q.retry_after_ms, q.delayed_ms);
+                    Request::of(q.at_ms, q.status, waits, graph_text(&q.path, &q.body))
                 })
                 .collect(),
             dropped_webhooks: h
@@ -221,6 +227,27 @@ fn refusals(r: &Records, d365_changes: &HashMap<usize, Vec<(Millis, Availability
             .unwrap_or(Millis::MAX);
         out.by_rep.entry(rep).or_default().push((*at, until));
     }
+    // Whom a request was for: D365's names its agent, Graph's mentions users in its path or
+    // body (a batch read, many).
+    let agents: HashMap<&str, usize> = r
+        .reps
+        .iter()
+        .enumerate()
+        .filter(|(_, (agent, _))| !agent.is_empty())
+        .map(|(rep, (agent, _))| (agent.as_str(), rep))
+        .collect();
+    let about = |q: &Request, graph: bool| -> Vec<usize> {
+        match graph {
+            false => agents.get(q.about.as_str()).copied().into_iter().collect(),
+            true => r
+                .reps
+                .iter()
+                .enumerate()
+                .filter(|(_, (_, user))| !user.is_empty() && q.about.contains(user.as_str()))
+                .map(|(rep, _)| rep)
+                .collect(),
+        }
+    };
     let requests = r
         .d365_requests
         .iter()
@@ -237,14 +264,8 @@ fn refusals(r: &Records, d365_changes: &HashMap<usize, Vec<(Millis, Availability
         if q.status == 429 {
             out.everyone.push(window);
         }
-        for (rep, (agent, user)) in r.reps.iter().enumerate() {
-            let about = match graph {
-                true => !user.is_empty() && q.about.contains(user.as_str()),
-                false => !agent.is_empty() && q.about == *agent,
-            };
-            if about {
-                out.by_rep.entry(rep).or_default().push(window);
-            }
+        for rep in about(q, graph) {
+            out.by_rep.entry(rep).or_default().push(window);
         }
     }
     out
