@@ -135,11 +135,12 @@ async fn run_all(engines: &[Engine]) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "needs PostgreSQL: set PRESYNC_TEST_POSTGRES_URL"
+)]
 async fn two_engines_process_each_row_once_and_end_where_one_engine_does() {
-    let Some(pg) = TestDb::postgres().await else {
-        eprintln!("skipped: {} is not set", common::POSTGRES_ENV);
-        return;
-    };
+    let pg = TestDb::postgres().await;
     let single_db = TestDb::sqlite();
     let seed = 20_261_121;
     let two = play(&pg.url(), true, seed).await;
@@ -192,11 +193,12 @@ async fn two_engines_process_each_row_once_and_end_where_one_engine_does() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "needs PostgreSQL: set PRESYNC_TEST_POSTGRES_URL"
+)]
 async fn a_stopped_engines_claimed_work_is_taken_over_by_the_other() {
-    let Some(pg) = TestDb::postgres().await else {
-        eprintln!("skipped: {} is not set", common::POSTGRES_ENV);
-        return;
-    };
+    let pg = TestDb::postgres().await;
     let clock = Arc::new(ManualClock::new(T0));
     let systems = vec![
         MemorySystem::new("d365", clock.clone()),
