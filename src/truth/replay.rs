@@ -461,22 +461,24 @@ impl Day<'_> {
             true => None,
             false => self.own_hidden_since.or(Some(t)),
         };
-        // presync's part covers a state of the person's that looks just like it (a call under
-        // presync's Busy session) before presync could know of that state: to presync it is
-        // its own part, and the person's own is hidden beneath it.
+        // presync's part covers a state of the person's of its rank or lower (a call under
+        // presync's Busy session, a meeting under its Do not disturb) before presync could
+        // know of that state: a read of Teams shows presync its own part, and the person's
+        // own is hidden beneath it.
+        let rank = |p: &(String, String)| teams_availability(p).aggregate_rank();
         let covered_unseen = looks_like_ours
             && c.cause != TeamsCause::Person
-            && self.own_shown == c.internal
+            && rank(&c.internal) >= rank(&self.own_shown)
             && rec.known_at(self.own_edit.1) > t;
+        // Or presync's part shows where the person's own state, of its rank or higher, was:
+        // that state is over, and what replaced it is hidden beneath presync's part.
+        let replaced_unseen = looks_like_ours
+            && self.own_shown != c.internal
+            && rank(&self.own_shown) >= rank(&c.internal);
         if visible {
             self.own_shown = c.own.clone();
-        } else if covered_unseen {
+        } else if covered_unseen || replaced_unseen {
             self.own_shown = ("PresenceUnknown".to_owned(), "PresenceUnknown".to_owned());
-        } else if looks_like_ours && self.own_shown != c.internal {
-            let rank = |p: &(String, String)| teams_availability(p).aggregate_rank();
-            if rank(&self.own_shown) >= rank(&c.internal) {
-                self.own_shown = ("PresenceUnknown".to_owned(), "PresenceUnknown".to_owned());
-            }
         }
         let changed = c.internal != self.teams_shows;
         self.teams_shows = c.internal.clone();
@@ -853,6 +855,50 @@ mod tests {
         let t = replay(&rec, &Rules::default(), 0);
         assert!(*t.held.at(30));
         assert_eq!(t.d365.at(30).values(), [DoNotDisturb]);
+    }
+
+    #[test]
+    fn a_meeting_presyncs_do_not_disturb_covers_before_presync_could_know_of_it_holds_nothing() {
+        let ours = |shown: &str| vec![(crate::harness::APP_ID.to_owned(), pair(shown))];
+        let dv = [
+            d365(
+                20,
+                DoNotDisturb,
+                DvCause::System(SystemReason::Recalculated),
+            ),
+            d365(40, Busy, DvCause::System(SystemReason::Recalculated)),
+        ];
+        let tm = [
+            // The person's meeting starts; presync's Do not disturb session (D365 at full
+            // capacity), held back by a Retry-After, lands over it before presync reads Teams.
+            PresenceChange {
+                apps: ours("Available/Available"),
+                ..teams(21, "Busy/InAMeeting", "Busy/InAMeeting", TeamsCause::Person)
+            },
+            PresenceChange {
+                apps: ours("DoNotDisturb/Presenting"),
+                ..teams(23, "DoNotDisturb/Presenting", "Busy/InAMeeting", app())
+            },
+        ];
+        let rec = RepRecord {
+            d365: dv.iter().collect(),
+            teams: tm.iter().collect(),
+            conversations: vec![(20, 2), (40, 1)],
+            reads: reads(&[0, 25]),
+            ..RepRecord::default()
+        };
+        let t = replay(&rec, &Rules::default(), 0);
+        assert!(!*t.held.at(30), "presync's read showed it its own session");
+        assert_eq!(t.session.at(45).values(), [Some(Busy)]);
+        // Read before presync's session covered it: the meeting holds, and presync's part
+        // stays below it.
+        let rec = RepRecord {
+            reads: reads(&[0, 22]),
+            ..rec
+        };
+        let t = replay(&rec, &Rules::default(), 0);
+        assert!(*t.held.at(30));
+        assert_eq!(t.session.at(45).values(), [None]);
     }
 
     #[test]

@@ -195,3 +195,26 @@ async fn changes_record_who_made_each_presence_change() {
         "the two API writes are presync's"
     );
 }
+
+/// Changes made faster than the clock ticks are stamped a millisecond apart, past the wall
+/// clock; an offer after them saw the last one, and is stamped no earlier (the soak flagged
+/// an offer recorded a millisecond before the restore that made the agent routable).
+#[tokio::test]
+async fn an_offer_is_stamped_no_earlier_than_the_change_it_saw() {
+    let env = start(|_| {}).await;
+    for _ in 0..50 {
+        env.sim.agent_sets(ANN, builtin::AWAY).unwrap();
+        env.sim.agent_sets(ANN, builtin::AVAILABLE).unwrap();
+    }
+    assert!(env.sim.offer(ANN));
+    let last = env
+        .sim
+        .changes()
+        .into_iter()
+        .filter(|c| c.agent_id == ANN)
+        .map(|c| c.at_ms)
+        .max()
+        .unwrap();
+    let offer = env.sim.offers()[0].at_ms;
+    assert!(offer >= last, "offer at {offer}, last change at {last}");
+}

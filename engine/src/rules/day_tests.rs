@@ -1199,3 +1199,43 @@ fn a_teams_answer_with_an_older_sequence_number_is_stale_whenever_it_arrives() {
     assert_eq!(d.rule, Rule::Stale, "{}", d.detail);
     assert_eq!(day.canonical(), Busy);
 }
+
+/// From the soak: a call starts during a break taken in D365 (respected), Available is then
+/// chosen in D365 during the call (put back), and the call ends before the put-back is made.
+/// D365 keeps the person's Available, and presync's Teams session says it: the person's own
+/// Teams state is Available now, but their Away later must not show over D365's Available.
+#[test]
+fn a_d365_choice_made_during_a_call_reaches_teams_when_the_call_ends_first() {
+    let mut day = Day::new(WriteSemantics::Contribution);
+    day.morning();
+    day.conversation(T0 + 1_000);
+    day.d365(Away, "Away", T0 + 2_000, Busy);
+    day.land(T0 + 2_010);
+    day.sees(TEAMS, Available, "Available/Available", T0 + 2_020);
+    // The call: held, with the break respected; presync's session withdrawn.
+    day.sees(TEAMS, Busy, "Busy/InACall", T0 + 3_000);
+    day.land(T0 + 3_010);
+    day.sees(TEAMS, Busy, "Busy/InACall", T0 + 3_020);
+    // Available chosen in D365: put back, and Teams sent it; both writes wait (a Retry-After),
+    // and the call ends first.
+    day.d365(Available, "Available", T0 + 4_000, Available);
+    assert!(
+        day.queued.contains_key(&SystemId::from(TEAMS)),
+        "{:?}",
+        day.queued
+    );
+    let from = day.made.len();
+    day.refresh.clear();
+    day.sees(TEAMS, Available, "Available/Available", T0 + 4_600);
+    day.land(T0 + 4_610);
+    if day.refresh.iter().any(|(s, _)| s.as_str() == D365) {
+        day.d365_read(Available, "Available", T0 + 4_000, T0 + 4_700, Available);
+        day.land(T0 + 4_710);
+    }
+    assert!(day.writes_to(D365, from).is_empty(), "{:?}", day.made);
+    let part = day.view.systems[&SystemId::from(TEAMS)]
+        .written
+        .as_ref()
+        .and_then(|w| w.availability);
+    assert_eq!(part, Some(Available), "{:?} {:?}", day.made, day.rules);
+}

@@ -481,6 +481,39 @@ fn release(
         ));
         return;
     }
+    // The held system shows a routable state of its own, not the hold (a change made while
+    // held whose put-back was not made before the condition ended): it goes to what its
+    // automation gives, and presync's part elsewhere says so. The condition's system showing
+    // the same now is not the source: its state was the condition, and ended.
+    let routable_own = shows
+        .as_ref()
+        .filter(|s| !s.by_presync && !h.shown_by(s) && ctx.config.is_routable(s.availability));
+    if let Some((s, automatic)) = routable_own.and_then(|s| Some((s, s.automatic?))) {
+        let native = if automatic == s.availability {
+            s.native.clone()
+        } else {
+            NativeState::new(automatic.as_str())
+        };
+        let presence = resumed_presence(automatic, native, Origin::Automatic, obs, h, view);
+        let write_held = automatic != s.availability;
+        follow(d, presence, write_held, view, ctx);
+        if !write_held {
+            cancel_waiting_hold(d, h, view, ctx);
+        }
+        // What it showed last may be old: read it (a change since arrives as news).
+        if let Some(user) = view.external_ids.get(target) {
+            d.refresh.push((target.clone(), user.clone()));
+        }
+        d.notes.push(Note::hold(
+            "released",
+            None,
+            format!(
+                "{why}; {target} shows {}, its own: {automatic} is what its automation gives",
+                s.availability
+            ),
+        ));
+        return;
+    }
     let readable = ctx
         .topology
         .capabilities(target)
@@ -497,15 +530,7 @@ fn release(
     d.outbox.retain(|op| {
         !matches!(op, OutboxOp::Upsert { target, desired: Desired::Withdraw } if target == when)
     });
-    // A write of the hold still waiting (a Retry-After) is not made now. (One on the wire is
-    // found by the read: the held system still shows the hold.)
-    if view.outbox.get(target).is_some_and(|p| !p.in_flight) {
-        let version = view.canonical.as_ref().map_or(0, |c| c.version);
-        d.outbox.push(OutboxOp::Cancel {
-            target: target.clone(),
-            if_in_flight: Desired::Set(h.presence(version, ctx.now)),
-        });
-    }
+    cancel_waiting_hold(d, h, view, ctx);
     if let Some(user) = view.external_ids.get(target) {
         d.refresh.push((target.clone(), user.clone()));
     }
@@ -514,6 +539,19 @@ fn release(
         None,
         format!("{why}; reading {target} for what its own automation gives"),
     ));
+}
+
+/// A write of the hold still waiting (a Retry-After) when the condition ends is not made. (One
+/// on the wire is found by the read that follows: the held system still shows the hold.)
+fn cancel_waiting_hold(d: &mut Decision, h: &ResolvedHold, view: &RepView, ctx: Context<'_>) {
+    let target = &h.rule.hold.system;
+    if view.outbox.get(target).is_some_and(|p| !p.in_flight) {
+        let version = view.canonical.as_ref().map_or(0, |c| c.version);
+        d.outbox.push(OutboxOp::Cancel {
+            target: target.clone(),
+            if_in_flight: Desired::Set(h.presence(version, ctx.now)),
+        });
+    }
 }
 
 /// The held system shows the hold's presence, written by presync, and no hold holds it: it goes

@@ -49,7 +49,7 @@ impl State {
             return false;
         };
         let (agent_id, presence_id) = (row.agent_id.clone(), row.presence_id.clone());
-        let at_ms = self.offer_ms();
+        let at_ms = self.offer_ms(&key(agent));
         self.offers.push(Offer {
             agent_id,
             at_ms,

@@ -180,8 +180,13 @@ impl State {
 
     /// The wall clock for the router's offers, strictly increasing across the org: the router
     /// offers to the agent offered least recently, and two offers must not tie.
-    pub(crate) fn offer_ms(&mut self) -> i64 {
-        self.last_offer_ms = wall_ms().max(self.last_offer_ms + 1);
+    ///
+    /// An offer to `agent` is also no earlier than the agent's last change: the router saw
+    /// that change, whose stamp [`State::now_ms`] may have put a millisecond or two past the
+    /// wall clock.
+    pub(crate) fn offer_ms(&mut self, agent: &str) -> i64 {
+        let seen = self.last_ms.get(agent).copied().unwrap_or(0);
+        self.last_offer_ms = wall_ms().max(self.last_offer_ms + 1).max(seen);
         self.last_offer_ms
     }
 
