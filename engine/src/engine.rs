@@ -211,6 +211,8 @@ struct Inner {
     unmapped_logged: Mutex<HashSet<(SystemId, String)>>,
     /// Targets whose writes are refused for a missing permission, with the refusal.
     forbidden: Mutex<BTreeMap<SystemId, String>>,
+    /// The store's last write failed, with why; cleared when a write succeeds.
+    write_failure: Mutex<Option<String>>,
     stats: Stats,
     /// Set when shutdown starts: passes stop taking new work.
     stopping: AtomicBool,
@@ -371,6 +373,7 @@ impl Engine {
                 natives,
                 unmapped_logged: Mutex::new(HashSet::new()),
                 forbidden: Mutex::new(BTreeMap::new()),
+                write_failure: Mutex::new(None),
                 stats: Stats::default(),
                 stopping: AtomicBool::new(false),
                 ingest: GroupCommit::default(),
@@ -471,6 +474,7 @@ impl Engine {
         };
         match self.inner.store.enqueue(&all, now).await {
             Ok(out) => {
+                self.store_wrote();
                 stored(&all, &out);
                 let mut rest = out.into_iter();
                 for (n, done) in waiters {
@@ -478,6 +482,7 @@ impl Engine {
                 }
             }
             Err(e) if waiters.len() == 1 => {
+                self.store_failed(&e);
                 if let Some((_, done)) = waiters.pop() {
                     let _ = done.send(Err(e.into()));
                 }
@@ -488,8 +493,12 @@ impl Engine {
                     let obs = &all[from..from + n];
                     from += n;
                     let one = self.inner.store.enqueue(obs, now).await;
-                    if let Ok(out) = &one {
-                        stored(obs, out);
+                    match &one {
+                        Ok(out) => {
+                            self.store_wrote();
+                            stored(obs, out);
+                        }
+                        Err(e) => self.store_failed(e),
                     }
                     let _ = done.send(one.map_err(EngineError::from));
                 }
@@ -1276,6 +1285,44 @@ impl Engine {
 
     /// Targets whose writes are refused for a permission presync lacks, with the last refusal:
     /// what `/readyz` reports as degraded.
+    /// Whether the store can write: `Err` with why while its writes fail. After a failure the
+    /// store is probed ([`Store::probe_write`]) each time this is asked, so that an instance
+    /// nobody sends work to (a load balancer took it out) is seen to recover.
+    pub async fn store_can_write(&self) -> std::result::Result<(), String> {
+        if self.write_failure().is_none() {
+            return Ok(());
+        }
+        match self.inner.store.probe_write().await {
+            Ok(()) => {
+                self.store_wrote();
+                Ok(())
+            }
+            Err(e) => {
+                let why = with_causes(&e);
+                self.store_failed(&e);
+                Err(why)
+            }
+        }
+    }
+
+    fn write_failure(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.inner
+            .write_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn store_failed(&self, e: &dyn std::error::Error) {
+        *self.write_failure() = Some(with_causes(e));
+    }
+
+    fn store_wrote(&self) {
+        let mut failure = self.write_failure();
+        if failure.take().is_some() {
+            info!("The store writes again");
+        }
+    }
+
     pub fn degraded(&self) -> BTreeMap<SystemId, String> {
         self.inner
             .forbidden
@@ -1598,6 +1645,19 @@ pub struct SystemReconcile {
     /// Directory users the read did not return.
     pub missing: usize,
     pub error: Option<String>,
+}
+
+/// An error with its causes, `: `-separated (the store's errors say "database error" and keep
+/// what the database said in their source).
+pub fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@
 use std::time::Duration;
 
 use sqlx::AnyPool;
-use tracing::warn;
+use tracing::{debug, info, warn};
 
 use super::Result;
 
@@ -75,12 +75,24 @@ impl Drop for Checkpointer {
 async fn run(pools: Vec<AnyPool>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A failure is logged once until a checkpoint succeeds again (a full disk fails every
+    // one, ten times a second).
+    let mut failing = vec![false; pools.len()];
     loop {
         tick.tick().await;
-        for pool in &pools {
+        for (pool, failing) in pools.iter().zip(failing.iter_mut()) {
             let checkpoint = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(pool);
-            if let Err(e) = checkpoint.await {
-                warn!(error = %e, "A checkpoint failed; the next one tries again");
+            match checkpoint.await {
+                Err(e) if !*failing => {
+                    *failing = true;
+                    warn!(error = %e, "A checkpoint failed; trying again until one succeeds");
+                }
+                Err(e) => debug!(error = %e, "A checkpoint failed again"),
+                Ok(_) if *failing => {
+                    *failing = false;
+                    info!("Checkpoints succeed again");
+                }
+                Ok(_) => {}
             }
         }
     }

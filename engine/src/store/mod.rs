@@ -45,7 +45,7 @@ use script::{Script, Statement};
 pub enum StoreError {
     #[error("unsupported store URL scheme in {0:?}: expected sqlite: or postgres://")]
     UnsupportedUrl(String),
-    #[error("database error")]
+    #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -204,7 +204,12 @@ pub struct Store {
     intake: Option<Arc<Intake>>,
     /// On SQLite with a database file, unless turned off: the task that checkpoints its files.
     checkpointer: Option<Arc<Checkpointer>>,
+    /// On SQLite, the database file: [`Store::probe_write`] writes beside it.
+    file: Option<std::path::PathBuf>,
 }
+
+/// What [`Store::probe_write`] writes: a checkpoint's worth of SQLite log pages.
+const PROBE_BYTES: usize = 256 * 1024;
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../schema/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../schema/postgres");
@@ -317,6 +322,7 @@ impl Store {
             pipeline: Arc::default(),
             intake,
             checkpointer,
+            file: intake::store_path(url).map(std::path::PathBuf::from),
         })
     }
 
@@ -352,6 +358,36 @@ impl Store {
     pub async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    /// Whether the store can write again after a write failed. On SQLite, a file of a WAL
+    /// segment's size is written and synced beside the database (SQLite reuses its log's space,
+    /// so a small write can succeed on a full disk, and fail on the next that needs a page
+    /// more); on PostgreSQL, which reports its own failures on the next write, the server must
+    /// answer.
+    pub async fn probe_write(&self) -> Result<()> {
+        let Some(file) = self.file.clone() else {
+            return self.ping().await;
+        };
+        let probe = {
+            let mut name = file.into_os_string();
+            name.push("-probe");
+            std::path::PathBuf::from(name)
+        };
+        let written = tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let result = (|| {
+                let mut f = std::fs::File::create(&probe)?;
+                f.write_all(&[0u8; PROBE_BYTES])?;
+                f.sync_all()
+            })();
+            let _ = std::fs::remove_file(&probe);
+            result
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r);
+        written.map_err(|e| StoreError::Database(sqlx::Error::Io(e)))
     }
 
     /// Close the pools, waiting for connections to be returned. Moved intake rows are deleted
@@ -480,6 +516,29 @@ const INTAKE_CACHE_KIB: u32 = 512;
 /// keys up in the inbox.
 const STORE_IN_INTAKE_CACHE_KIB: u32 = 1_024;
 
+/// Whether a connection coming back to the pool may be used again. A COMMIT that fails with
+/// SQLITE_FULL (or an I/O error) has SQLite roll the transaction back by itself; sqlx's
+/// ROLLBACK then fails ("no transaction is active") and sqlx goes on counting a transaction
+/// open. Its next transaction is then a savepoint, whose rollback leaves a real transaction open
+/// that nothing ever commits: the pipeline saw neither new webhooks nor its own writes after a
+/// disk had been full and freed, until a restart. Such a connection is closed, and the pool
+/// opens a new one.
+async fn consistent(conn: &mut sqlx::AnyConnection) -> bool {
+    use sqlx::Connection;
+    if !conn.is_in_transaction() {
+        return true;
+    }
+    // A rollback queued by a transaction dropped unfinished runs first.
+    if conn.ping().await.is_err() {
+        return false;
+    }
+    let consistent = !conn.is_in_transaction();
+    if !consistent {
+        tracing::debug!("A database connection lost track of its transaction (after a failed commit); replacing it");
+    }
+    consistent
+}
+
 /// A pool of one connection to a SQLite file, in WAL mode with `synchronous` and `pragmas`,
 /// that attaches `attach`'s file (each time it connects).
 async fn sqlite_pool(
@@ -496,6 +555,7 @@ async fn sqlite_pool(
         // connection to a local file has no peer that can hang up. (sqlx still pings on each
         // release, which also finishes a rollback left by a cancelled transaction.)
         .test_before_acquire(false)
+        .after_release(|conn, _meta| Box::pin(async move { Ok(consistent(conn).await) }))
         .after_connect(move |conn, _meta| {
             let attach = attach.clone();
             let pragmas = pragmas.clone();
