@@ -94,6 +94,24 @@ pub struct Http {
     /// Bearer token of the admin API.
     #[serde(default)]
     pub admin_token: Option<SecretRef>,
+    /// Seconds a connection may take to send a request's headers, counted from when it opens
+    /// or its previous answer was sent: idle and slow connections are closed after it.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout_secs: u64,
+    /// Seconds a webhook's body may take to arrive after its headers (answered 408 past it).
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout_secs: u64,
+    /// Bytes all webhook bodies being received at once may hold; a body that would take more
+    /// is answered 503 with `Retry-After`.
+    #[serde(default = "default_body_memory")]
+    pub body_memory_bytes: usize,
+    /// Connections open at once; more are closed as they arrive. Lowered, with a warning, to
+    /// fit the process's open-file limit (raised to its hard limit at start).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Seconds shutdown waits for requests in flight before it closes their connections.
+    #[serde(default = "default_shutdown_deadline")]
+    pub shutdown_deadline_secs: u64,
 }
 
 impl Default for Http {
@@ -101,8 +119,33 @@ impl Default for Http {
         Http {
             listen: default_listen(),
             admin_token: None,
+            header_timeout_secs: default_header_timeout(),
+            body_timeout_secs: default_body_timeout(),
+            body_memory_bytes: default_body_memory(),
+            max_connections: default_max_connections(),
+            shutdown_deadline_secs: default_shutdown_deadline(),
         }
     }
+}
+
+fn default_header_timeout() -> u64 {
+    10
+}
+
+fn default_body_timeout() -> u64 {
+    10
+}
+
+fn default_body_memory() -> usize {
+    16 * 1024 * 1024
+}
+
+fn default_max_connections() -> usize {
+    4_096
+}
+
+fn default_shutdown_deadline() -> u64 {
+    10
 }
 
 fn default_listen() -> String {
@@ -136,7 +179,7 @@ fn default_true() -> bool {
     true
 }
 
-fn default_schedule() -> String {
+pub fn default_schedule() -> String {
     "0 */5 * * * *".to_owned()
 }
 
@@ -373,6 +416,15 @@ pub struct TeamsSection {
     /// presence); renewed when a third of it remains.
     #[serde(default = "default_subscription_lifetime")]
     pub subscription_lifetime_secs: u64,
+    /// Subscriptions: notification deliveries larger than this are refused (413). Graph's
+    /// deliveries are small (a rich presence item is a few KiB); its largest batch is not
+    /// documented (UNCONFIRMED), so this is a setting.
+    #[serde(default = "default_teams_max_body")]
+    pub max_body_bytes: usize,
+}
+
+fn default_teams_max_body() -> usize {
+    1024 * 1024
 }
 
 fn default_subscription_lifetime() -> u64 {
@@ -384,6 +436,21 @@ fn default_ingress() -> String {
 }
 fn default_poll() -> u64 {
     30
+}
+
+/// A problem of the Dataverse connector's own configuration, with the key of the `[dataverse]`
+/// section that sets it (the connector's `webhook.auth.value` is `webhook_secret` here).
+fn section_key(problem: &str) -> String {
+    const KEYS: [(&str, &str); 2] = [
+        ("webhook.auth.value:", "webhook_secret:"),
+        ("webhook.auth.name:", "webhook_name:"),
+    ];
+    for (inner, outer) in KEYS {
+        if let Some(rest) = problem.strip_prefix(inner) {
+            return format!("{outer}{rest}");
+        }
+    }
+    problem.to_owned()
 }
 
 /// `http://` on a loopback address: Graph itself requires HTTPS, but the simulator on this
@@ -431,6 +498,16 @@ impl Config {
                 self.http.listen
             ));
         }
+        for (key, value) in [
+            ("http.header_timeout_secs", self.http.header_timeout_secs),
+            ("http.body_timeout_secs", self.http.body_timeout_secs),
+            ("http.max_connections", self.http.max_connections as u64),
+            ("http.body_memory_bytes", self.http.body_memory_bytes as u64),
+        ] {
+            if value == 0 {
+                p.push(format!("{key}: must be more than 0"));
+            }
+        }
         if let Some(t) = &self.http.admin_token {
             if let Err(e) = t.resolve() {
                 p.push(format!("http.admin_token: {e}"));
@@ -444,7 +521,11 @@ impl Config {
         }
         if let Some(d) = &self.dataverse {
             match d.connector_config() {
-                Ok(c) => p.extend(c.validate().into_iter().map(|m| format!("dataverse.{m}"))),
+                Ok(c) => p.extend(
+                    c.validate()
+                        .into_iter()
+                        .map(|m| format!("dataverse.{}", section_key(&m))),
+                ),
                 Err(e) => p.push(e),
             }
             entra_problems("dataverse.entra", &d.entra, &mut p);

@@ -36,6 +36,8 @@ use tokio_cron_scheduler::{Job, JobScheduler};
 use tracing::{debug, info, warn};
 
 use crate::config::{Config, Entra};
+use crate::listener::{ConnectionLimits, ListenerStats};
+use crate::webhook_bodies::{BodyBudget, BodyLimit};
 
 /// The names `presync run` gives its connectors: the systems of its directory, its history and
 /// its metrics.
@@ -48,6 +50,7 @@ pub const SYSTEMS: [&str; 2] = [DATAVERSE, TEAMS];
 pub struct Service {
     pub engine: Engine,
     pub router: Router,
+    listener: Arc<ListenerStats>,
     dataverse: Option<Arc<DataverseConnector>>,
     teams: Option<Arc<TeamsConnector>>,
     teams_polling: Option<Duration>,
@@ -61,6 +64,8 @@ struct Shared {
     health: Arc<Vec<(&'static str, Arc<dyn Credentials>)>>,
     dataverse: Option<Arc<Ingress>>,
     teams: Option<Arc<TeamsIngress>>,
+    listener: Arc<ListenerStats>,
+    bodies: Arc<BodyBudget>,
 }
 
 /// Change-notification mode: the subscription manager, and the ingress's queues of users to
@@ -217,16 +222,36 @@ pub async fn build(config: &Config) -> anyhow::Result<Service> {
             keys: None,
             reread,
             lifecycle,
+            max_body: config
+                .teams
+                .as_ref()
+                .map_or(presync_teams::webhook::MAX_BODY, |t| t.max_body_bytes),
             stats: TeamsIngressStats::default(),
         });
         teams_channels = Some((reread_rx, lifecycle_rx, connector.clone()));
         teams_ingress = Some(ingress);
     }
+    let bodies = BodyBudget::new(
+        config.http.body_memory_bytes,
+        Duration::from_secs(config.http.body_timeout_secs),
+    );
+    let listener = Arc::new(ListenerStats::default());
     let shared = Shared {
         health: Arc::new(health),
         engine: engine.clone(),
         dataverse: ingress.clone(),
         teams: teams_ingress.clone(),
+        listener: listener.clone(),
+        bodies: bodies.clone(),
+    };
+    let bounded = |max_bytes: usize| {
+        axum::middleware::from_fn_with_state(
+            BodyLimit {
+                max_bytes,
+                budget: bodies.clone(),
+            },
+            crate::webhook_bodies::guard,
+        )
     };
     let mut router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -234,10 +259,12 @@ pub async fn build(config: &Config) -> anyhow::Result<Service> {
         .route("/metrics", get(metrics))
         .with_state(shared);
     if let Some(i) = ingress {
-        router = router.merge(presync_dataverse::webhook::router(i));
+        let max = i.config.max_body_bytes;
+        router = router.merge(presync_dataverse::webhook::router(i).layer(bounded(max)));
     }
     if let Some(i) = teams_ingress {
-        router = router.merge(presync_teams::webhook::router(i));
+        let max = i.max_body;
+        router = router.merge(presync_teams::webhook::router(i).layer(bounded(max)));
     }
     let admin_token = match &config.http.admin_token {
         Some(t) => Some(presync_entra::Secret::new(
@@ -259,6 +286,7 @@ pub async fn build(config: &Config) -> anyhow::Result<Service> {
     Ok(Service {
         engine,
         router,
+        listener,
         dataverse,
         teams,
         teams_polling,
@@ -272,10 +300,16 @@ pub async fn build(config: &Config) -> anyhow::Result<Service> {
 async fn readyz(State(s): State<Shared>) -> impl IntoResponse {
     let mut ready = true;
     let store = match s.engine.store().ping().await {
-        Ok(()) => "ok".to_owned(),
+        Ok(()) => match s.engine.store_can_write().await {
+            Ok(()) => "ok".to_owned(),
+            Err(why) => {
+                ready = false;
+                format!("cannot write: {why}")
+            }
+        },
         Err(e) => {
             ready = false;
-            format!("unreachable: {e}")
+            format!("unreachable: {}", presync_engine::engine::with_causes(&e))
         }
     };
     let mut connectors = serde_json::Map::new();
@@ -465,6 +499,7 @@ async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
             ("reread_queued", &i.stats.rereads_queued),
             ("lifecycle", &i.stats.lifecycle),
             ("malformed", &i.stats.malformed),
+            ("too_large", &i.stats.too_large),
             ("undecryptable", &i.stats.undecryptable),
             ("plain_values_ignored", &i.stats.plain_values_ignored),
         ] {
@@ -474,6 +509,29 @@ async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
                 v.load(Ordering::Relaxed)
             );
         }
+    }
+    let _ = writeln!(out, "# HELP presync_http_connections_total Connections accepted, and closed at once because http.max_connections were open.\n# TYPE presync_http_connections_total counter");
+    for (outcome, v) in [
+        ("accepted", &s.listener.accepted),
+        ("refused", &s.listener.refused),
+        ("cut_at_shutdown", &s.listener.cut_at_shutdown),
+    ] {
+        let _ = writeln!(
+            out,
+            "presync_http_connections_total{{outcome=\"{outcome}\"}} {}",
+            v.load(Ordering::Relaxed)
+        );
+    }
+    let _ = writeln!(out, "# HELP presync_http_bodies_refused_total Webhook bodies refused before their handler: too slow, or over the memory all bodies may hold.\n# TYPE presync_http_bodies_refused_total counter");
+    for (reason, v) in [
+        ("timed_out", &s.bodies.stats.timed_out),
+        ("shed", &s.bodies.stats.shed),
+    ] {
+        let _ = writeln!(
+            out,
+            "presync_http_bodies_refused_total{{reason=\"{reason}\"}} {}",
+            v.load(Ordering::Relaxed)
+        );
     }
     if let Ok(d) = s.engine.store().queue_depths().await {
         let _ = writeln!(
@@ -755,11 +813,21 @@ pub async fn serve(
             .await
     });
     let mut http_stop = stop_rx;
-    axum::serve(listener, service.router)
-        .with_graceful_shutdown(async move {
+    let limits = ConnectionLimits {
+        header_timeout: Duration::from_secs(config.http.header_timeout_secs),
+        max_connections: crate::listener::connections_that_fit(config.http.max_connections),
+        shutdown_deadline: Duration::from_secs(config.http.shutdown_deadline_secs),
+    };
+    crate::listener::serve(
+        listener,
+        service.router,
+        limits,
+        service.listener.clone(),
+        async move {
             let _ = http_stop.changed().await;
-        })
-        .await?;
+        },
+    )
+    .await;
     for b in background {
         b.abort();
     }

@@ -45,8 +45,9 @@ use crate::notifications::{self, client_state_matches, ChangeItem, LifecycleItem
 pub const PATH: &str = "/webhooks/teams";
 /// The lifecycle notification URL path.
 pub const LIFECYCLE_PATH: &str = "/webhooks/teams/lifecycle";
-/// Deliveries larger than this are refused.
-pub const MAX_BODY: usize = 4 * 1024 * 1024;
+/// Deliveries larger than this are refused unless configured otherwise
+/// ([`TeamsIngress::max_body`]): Graph's are small, a rich presence item a few KiB.
+pub const MAX_BODY: usize = 1024 * 1024;
 
 /// Counters by outcome; the service exports them as metrics.
 #[derive(Debug, Default)]
@@ -57,6 +58,8 @@ pub struct TeamsIngressStats {
     pub rereads_queued: AtomicU64,
     pub lifecycle: AtomicU64,
     pub malformed: AtomicU64,
+    /// Deliveries over the size limit.
+    pub too_large: AtomicU64,
     pub undecryptable: AtomicU64,
     /// Change items that carried presence values in plain text (not sealed in a rich
     /// notification whose signature was checked): the values are not used, the user is read.
@@ -77,6 +80,8 @@ pub struct TeamsIngress {
     pub reread: mpsc::UnboundedSender<(String, Millis)>,
     /// Lifecycle events for the subscription manager.
     pub lifecycle: mpsc::UnboundedSender<LifecycleItem>,
+    /// Deliveries larger than this many bytes are refused (413).
+    pub max_body: usize,
     pub stats: TeamsIngressStats,
 }
 
@@ -91,6 +96,7 @@ pub fn router(ingress: Arc<TeamsIngress>) -> Router {
 async fn receive(
     State(ingress): State<Arc<TeamsIngress>>,
     RawQuery(query): RawQuery,
+    headers: header::HeaderMap,
     body: Body,
 ) -> Response {
     if let Some(token) = notifications::validation_response(query.as_deref()) {
@@ -102,11 +108,24 @@ async fn receive(
         )
             .into_response();
     }
-    let Ok(bytes) = to_bytes(body, MAX_BODY).await else {
-        return refuse(
+    let limit = ingress.max_body;
+    let too_large = || {
+        ingress.stats.too_large.fetch_add(1, Ordering::Relaxed);
+        refuse(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("body is larger than {MAX_BODY} bytes"),
-        );
+            format!("body is larger than the configured limit of {limit} bytes"),
+        )
+    };
+    // A declared length over the limit is refused before a byte of the body is read.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return too_large();
+    }
+    let Ok(bytes) = to_bytes(body, limit).await else {
+        return too_large();
     };
     let batch = match notifications::parse(&bytes) {
         Ok(b) => b,
@@ -116,6 +135,14 @@ async fn receive(
         }
     };
     let total = batch.items.len();
+    if total == 0 {
+        // Nothing to authenticate: not a delivery Graph sends.
+        ingress.stats.malformed.fetch_add(1, Ordering::Relaxed);
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "the delivery carries no notification (an empty `value`)".to_owned(),
+        );
+    }
     let mut observations = Vec::new();
     let mut refused = 0;
     for item in batch.items {

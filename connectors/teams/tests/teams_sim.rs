@@ -320,6 +320,7 @@ async fn receiver_with(
         keys,
         reread,
         lifecycle,
+        max_body: presync_teams::webhook::MAX_BODY,
         stats: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
