@@ -11,14 +11,17 @@ use std::process::ExitCode;
 mod admin;
 mod bench;
 mod config;
+mod config_check;
 mod demo;
 mod harness;
+mod listener;
 mod reps;
 mod scenario;
 mod service;
 mod sim;
 mod soak;
 mod truth;
+mod webhook_bodies;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -321,6 +324,21 @@ async fn open_store(url: &str) -> anyhow::Result<Store> {
         .with_context(|| format!("opening {}", redact_url(url)))
 }
 
+/// The configuration in `path`, or every problem it has.
+fn checked(path: &std::path::Path) -> anyhow::Result<config::Config> {
+    config_check::check(path).map_err(|problems| {
+        let lines: Vec<String> = problems
+            .iter()
+            .map(|p| format!("{}: {p}", path.display()))
+            .collect();
+        anyhow::anyhow!(
+            "{} problem(s) in the configuration:\n{}",
+            problems.len(),
+            lines.join("\n")
+        )
+    })
+}
+
 /// [`open_store`] for a command that only reads: a database that is not there is refused.
 async fn open_existing_store(url: &str) -> anyhow::Result<Store> {
     Store::open_existing(url)
@@ -384,21 +402,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if !once {
                 anyhow::bail!("give --once: the service (presync run) reconciles on its schedule");
             }
-            let cfg = config::load(Some(&path)).map_err(|e| anyhow::anyhow!(e.join("\n")))?;
-            let problems = cfg.validate();
-            if !problems.is_empty() {
-                anyhow::bail!("{}:\n{}", path.display(), problems.join("\n"));
-            }
+            let cfg = checked(&path)?;
             if !service::reconcile_once(cfg).await? {
                 anyhow::bail!("drift remains after the reconcile");
             }
         }
         Command::Run { config: path } => {
-            let cfg = config::load(Some(&path)).map_err(|e| anyhow::anyhow!(e.join("\n")))?;
-            let problems = cfg.validate();
-            if !problems.is_empty() {
-                anyhow::bail!("{}:\n{}", path.display(), problems.join("\n"));
-            }
+            let cfg = checked(&path)?;
             service::run(cfg).await?;
         }
         Command::Reps(RepsCommand::Import { file, database }) => {
@@ -428,11 +438,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Command::Config(ConfigCommand::Check { config: path }) => {
-            let problems = match config::load(Some(&path)) {
-                Ok(c) => c.validate(),
-                Err(errors) => errors,
-            };
-            if !problems.is_empty() {
+            if let Err(problems) = config_check::check(&path) {
                 for p in &problems {
                     eprintln!("{}: {p}", path.display());
                 }
