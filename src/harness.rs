@@ -82,6 +82,10 @@ pub struct Options {
     pub d365_supervisor: bool,
     /// The Graph value set the Teams simulator answers in (its default when `None`: 2025).
     pub teams_schema: Option<presync_teams::sim::ValueSchema>,
+    /// `presync sim up`: build in this directory, for an operator to run presync from it: the
+    /// configuration listens on a free port of its own, the representatives are written to
+    /// `reps.csv` (not imported), and no copy of the binary is made.
+    pub operator_dir: Option<PathBuf>,
 }
 
 impl Options {
@@ -104,6 +108,7 @@ impl Options {
             d365_api_presence_is_manual: None,
             d365_supervisor: true,
             teams_schema: None,
+            operator_dir: None,
         }
     }
 }
@@ -145,9 +150,22 @@ pub struct SimRep {
     pub aad: String,
 }
 
+/// Where a harness keeps its files: a temporary directory, or the operator's (`sim up`).
+#[derive(Debug)]
+pub struct Workdir {
+    path: PathBuf,
+    _temporary: Option<tempfile::TempDir>,
+}
+
+impl Workdir {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
 /// Both simulators, the load balancer and the configuration; instances are spawned from it.
 pub struct Harness {
-    pub dir: tempfile::TempDir,
+    pub dir: Workdir,
     pub dv: DataverseSim,
     pub graph: GraphSim,
     pub reps: Vec<SimRep>,
@@ -155,6 +173,9 @@ pub struct Harness {
     pub database: String,
     /// The load balancer: presync's public address.
     pub public_url: String,
+    /// The simulators' base URLs.
+    pub dv_url: String,
+    pub graph_url: String,
     /// The instances' addresses, in the order of [`Harness::instance_url`].
     ports: Vec<u16>,
     log_level: String,
@@ -210,12 +231,28 @@ fn file_ref(path: &Path) -> toml::Value {
     toml::Value::Table(t)
 }
 
-/// A fresh random secret, written to `dir/name`; returns the file and the value.
+/// A fresh random secret, written to `dir/name`, readable by its owner only; returns the file
+/// and the value.
 fn secret(dir: &Path, name: &str) -> anyhow::Result<(PathBuf, String)> {
     let value = uuid::Uuid::new_v4().simple().to_string();
     let path = dir.join(name);
-    std::fs::write(&path, &value).with_context(|| format!("writing {}", path.display()))?;
+    private_file(&path, &value)?;
     Ok((path, value))
+}
+
+/// Write `text` to a new file at `path`, mode 0600 where there are modes.
+fn private_file(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -228,7 +265,23 @@ impl Harness {
     /// Build everything for `instances` instances (none started yet).
     pub async fn start(opts: &Options, instances: usize) -> anyhow::Result<Harness> {
         anyhow::ensure!(instances >= 1, "at least one instance");
-        let dir = tempfile::tempdir().context("creating a temporary directory")?;
+        let dir = match &opts.operator_dir {
+            Some(path) => {
+                std::fs::create_dir_all(path)
+                    .with_context(|| format!("creating {}", path.display()))?;
+                Workdir {
+                    path: std::fs::canonicalize(path)?,
+                    _temporary: None,
+                }
+            }
+            None => {
+                let t = tempfile::tempdir().context("creating a temporary directory")?;
+                Workdir {
+                    path: t.path().to_owned(),
+                    _temporary: Some(t),
+                }
+            }
+        };
         let d = dir.path();
         let (hook_file, hook) = secret(d, "webhook-secret")?;
         let (dv_file, dv_secret) = secret(d, "dataverse-secret")?;
@@ -316,7 +369,7 @@ impl Harness {
             }
             Ingress::Subscriptions => {
                 let token = d.join("refresh-token");
-                std::fs::write(&token, REFRESH_TOKEN)?;
+                private_file(&token, REFRESH_TOKEN)?;
                 teams.insert("ingress".into(), "subscriptions".into());
                 teams.insert("public_url".into(), public_url.clone().into());
                 teams.insert("client_state".into(), file_ref(&state_file));
@@ -326,11 +379,18 @@ impl Harness {
                 );
             }
         }
+        // An instance the harness starts is told its port; an operator's listens where the
+        // file says.
+        let operator_port = match opts.operator_dir {
+            Some(_) => Some(free_port()?),
+            None => None,
+        };
+        let listen = format!("127.0.0.1:{}", operator_port.unwrap_or(0));
         let mut table: toml::Table = toml::toml! {
             [database]
             url = (database.clone())
             [http]
-            listen = "127.0.0.1:0"
+            listen = (listen.clone())
             admin_token = (file_ref(&admin_file))
             [reconcile]
             schedule = (opts.reconcile_schedule.clone())
@@ -376,19 +436,28 @@ impl Harness {
             problems.join("; ")
         );
 
-        let ports = (0..instances)
-            .map(|_| free_port())
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let ports = match operator_port {
+            Some(port) => vec![port],
+            None => (0..instances)
+                .map(|_| free_port())
+                .collect::<anyhow::Result<Vec<_>>>()?,
+        };
         *backends.write().map_err(|_| anyhow::anyhow!("poisoned"))? = ports
             .iter()
             .map(|p| format!("http://127.0.0.1:{p}"))
             .collect();
-        let exe = d.join("presync");
-        std::fs::copy(
-            std::env::current_exe().context("finding the presync binary")?,
-            &exe,
-        )
-        .context("copying the presync binary")?;
+        let exe = match opts.operator_dir {
+            Some(_) => std::env::current_exe().context("finding the presync binary")?,
+            None => {
+                let exe = d.join("presync");
+                std::fs::copy(
+                    std::env::current_exe().context("finding the presync binary")?,
+                    &exe,
+                )
+                .context("copying the presync binary")?;
+                exe
+            }
+        };
         let harness = Harness {
             exe,
             dir,
@@ -398,11 +467,32 @@ impl Harness {
             config,
             database,
             public_url,
+            dv_url: dv_base.clone(),
+            graph_url: graph_base.clone(),
             ports,
             log_level: opts.log_level.clone(),
         };
-        harness.import().await?;
+        match opts.operator_dir {
+            Some(_) => harness.write_reps_csv()?,
+            None => harness.import().await?,
+        }
         Ok(harness)
+    }
+
+    /// The representatives as `presync reps import` reads them, in `reps.csv`.
+    fn write_reps_csv(&self) -> anyhow::Result<()> {
+        let mut w = csv::Writer::from_path(self.dir.path().join("reps.csv"))?;
+        w.write_record(["id", "display_name", "dataverse", "teams"])?;
+        for (i, r) in self.reps.iter().enumerate() {
+            w.write_record([
+                r.id.as_str(),
+                &format!("Rep {i}"),
+                r.agent.as_str(),
+                r.aad.as_str(),
+            ])?;
+        }
+        w.flush()?;
+        Ok(())
     }
 
     /// Put every representative in presync's directory, straight into the database.

@@ -13,6 +13,10 @@ use presync_dataverse::sim::{Activity, DataverseSim, SimConfig, SimCredential, W
 
 #[derive(Debug, Subcommand)]
 pub enum SimCommand {
+    /// Both simulators on free loopback ports with signed-in representatives, and a directory
+    /// to run presync against them from: `presync.toml` (its secrets in files beside it),
+    /// `reps.csv`. Prints the commands to run next; runs until interrupted.
+    Up(UpArgs),
     /// The Dynamics 365 Contact Center (Dataverse) simulator: Entra token endpoint, CCaaS presence
     /// APIs, OData reads, presence catalog, and webhooks to a URL.
     Dataverse(DataverseArgs),
@@ -121,8 +125,85 @@ pub fn seeded_agent(i: usize) -> (String, String) {
     )
 }
 
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// The directory to write `presync.toml`, its secrets and `reps.csv` to (created if need
+    /// be; presync's SQLite database goes there too).
+    #[arg(long)]
+    dir: std::path::PathBuf,
+    /// How many representatives, signed in and Available in both systems.
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+}
+
+/// `presync sim up`.
+async fn up(args: UpArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.reps >= 1, "--reps must be at least 1");
+    if args.dir.join("presync.toml").exists() {
+        anyhow::bail!(
+            "{} already holds a presync.toml: give an empty or new directory",
+            args.dir.display()
+        );
+    }
+    let mut opts = crate::harness::Options::new(args.reps);
+    opts.operator_dir = Some(args.dir.clone());
+    // An operator's first hour: reconcile every five minutes, as the service does by default.
+    opts.reconcile_schedule = crate::config::default_schedule();
+    let h = crate::harness::Harness::start(&opts, 1).await?;
+    let dir = h.dir.path();
+    let exe = std::env::args()
+        .next()
+        .filter(|a| a.contains('/'))
+        .unwrap_or_else(|| "presync".to_owned());
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "Simulators up with {} representatives: Dynamics 365 (Dataverse) at {}, Teams (Graph) at {}.",
+        h.reps.len(),
+        h.dv_url, h.graph_url
+    )?;
+    writeln!(
+        out,
+        "Wrote {0}/presync.toml (secrets in files beside it) and {0}/reps.csv.",
+        dir.display()
+    )?;
+    writeln!(out, "Next, in another terminal:")?;
+    writeln!(
+        out,
+        "  {exe} reps import {}/reps.csv --database {}",
+        dir.display(),
+        h.database
+    )?;
+    writeln!(out, "  {exe} run --config {}/presync.toml", dir.display())?;
+    writeln!(
+        out,
+        "presync will listen on {}. Ctrl-C stops the simulators.",
+        h.instance_url(0)
+    )?;
+    out.flush()?;
+    drop(out);
+    shutdown_signal().await;
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
 pub async fn run(command: SimCommand) -> anyhow::Result<()> {
     match command {
+        SimCommand::Up(args) => up(args).await,
         SimCommand::Dataverse(args) => dataverse(args).await,
         SimCommand::Teams(args) => teams(args).await,
     }
