@@ -60,11 +60,12 @@ fn migrate_refuses_an_unknown_scheme_without_echoing_the_password() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "needs PostgreSQL: set PRESYNC_TEST_POSTGRES_URL"
+)]
 async fn migrate_runs_on_postgres_when_configured() {
-    let Some(pg) = common::TestDb::postgres().await else {
-        eprintln!("skipped: PRESYNC_TEST_POSTGRES_URL is not set");
-        return;
-    };
+    let pg = common::TestDb::postgres().await;
     let out = presync()
         .args(["migrate"])
         .env("PRESYNC_DATABASE_URL", pg.url())
@@ -446,6 +447,179 @@ fn config_check_reports_every_problem_with_its_key_path() {
         assert!(err.contains(key), "{key} missing from: {err}");
     }
     assert!(!err.contains("hunter2"), "{err}");
+}
+
+#[test]
+fn config_check_reports_every_problem_with_its_line_in_plain_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("typos.toml");
+    std::fs::write(
+        &file,
+        r#"[database]
+url = "sqlite:presync.db"
+
+[http]
+listen = "127.0.0.1:8080"
+lisen = "127.0.0.1:9090"
+
+[dataverse]
+org_url = "https://contoso.crm.dynamics.com"
+webhook_secret = { env = "CLI_SHORT_SECRET" }
+discovry = true
+
+[dataverse.entra]
+tenant_id = "t"
+client_id = "c"
+client_secret = { env = "CLI_SHORT_SECRET" }
+
+[teams]
+ingress = "polling"
+poll_interval_secs = "often"
+
+[teams.entra]
+tenant_id = "t"
+client_id = "c"
+client_secret = { env = "CLI_SHORT_SECRET" }
+
+[teams.graph]
+app_id = "c"
+"#,
+    )
+    .unwrap();
+    let out = presync()
+        .args(["config", "check", "-c"])
+        .arg(&file)
+        .env("CLI_SHORT_SECRET", "short")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "line 6: http.lisen: unknown key `lisen` (did you mean `listen`?)",
+        "line 11: dataverse.discovry: unknown key `discovry` (did you mean `discovery`?)",
+        "line 20: teams.poll_interval_secs: is string \"often\", but must be a whole number, 0 or more",
+        "line 10: dataverse.webhook_secret: use a random secret of at least 16 characters",
+    ] {
+        assert!(err.contains(expected), "{expected:?} missing from:\n{err}");
+    }
+    assert!(err.contains("4 problem(s)"), "{err}");
+    for internal in ["expected `one of", "webhook.auth.value", "short\""] {
+        assert!(!err.contains(internal), "{internal:?} in:\n{err}");
+    }
+}
+
+/// `presync sim up`, then the commands it prints, as the README's quick start has them.
+#[test]
+fn sim_up_prints_commands_that_run_presync_against_the_simulators() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("try");
+    let mut sim = presync()
+        .args(["sim", "up", "--reps", "3", "--dir"])
+        .arg(&work)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = sim.stdout.take().unwrap();
+    let _sim = KillOnDrop(sim);
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let mut commands = Vec::new();
+    let mut listen = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(cmd) = line.strip_prefix("  ") {
+            commands.push(cmd.to_owned());
+        }
+        if let Some(rest) = line.strip_prefix("presync will listen on ") {
+            listen = rest.split(". ").next().map(str::to_owned);
+            break;
+        }
+    }
+    assert_eq!(commands.len(), 2, "{commands:?}");
+    let listen = listen.expect("the address presync will listen on");
+    for secret in [
+        "webhook-secret",
+        "dataverse-secret",
+        "graph-secret",
+        "admin-token",
+    ] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(work.join(secret))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{secret}");
+    }
+    let toml = std::fs::read_to_string(work.join("presync.toml")).unwrap();
+    assert!(toml.contains("file = "), "{toml}");
+    let run = |cmd: &str| {
+        let mut parts = cmd.split_whitespace();
+        let exe = parts.next().unwrap();
+        assert!(exe.ends_with("presync"), "{cmd}");
+        let mut c = presync();
+        c.args(parts);
+        c
+    };
+    let out = run(&commands[0]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("3 representative(s) imported"));
+    let mut service = KillOnDrop(
+        run(&commands[1])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // Ready, with both connectors' credentials accepted by the simulators.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let health = loop {
+        let body = http_get(&listen, "/readyz").unwrap_or_default();
+        if body.contains("\"ready\":true") {
+            break body;
+        }
+        assert!(
+            service.0.try_wait().unwrap().is_none(),
+            "presync run exited"
+        );
+        assert!(std::time::Instant::now() < deadline, "never ready: {body}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let v: serde_json::Value = serde_json::from_str(&health).unwrap();
+    assert_eq!(v["status"], "ok", "{health}");
+    assert_eq!(v["connectors"]["dataverse"], "ok", "{health}");
+    assert_eq!(v["connectors"]["teams"], "ok", "{health}");
+}
+
+/// The body of `GET base/path` (HTTP/1.1, one request per connection).
+fn http_get(base: &str, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://");
+    let mut tcp = std::net::TcpStream::connect(addr).ok()?;
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok()?;
+    write!(
+        tcp,
+        "GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    tcp.read_to_string(&mut out).ok()?;
+    out.split_once("\r\n\r\n").map(|(_, body)| body.to_owned())
+}
+
+/// A child process, killed and waited for when dropped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[test]
