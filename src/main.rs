@@ -114,11 +114,12 @@ enum Command {
         config: PathBuf,
     },
     /// Run one reconcile pass, send its repairs, check again, print a summary; exit non-zero if
-    /// drift remains.
+    /// drift remains. (The service, `presync run`, runs passes on its own schedule.)
     Reconcile {
+        /// The TOML configuration (PRESYNC_SECTION__KEY variables apply on top).
         #[arg(long, short)]
         config: PathBuf,
-        /// Run one pass and exit (the service runs passes on its schedule).
+        /// One pass and exit: what this command always does (kept for scripts that say so).
         #[arg(long)]
         once: bool,
     },
@@ -133,6 +134,8 @@ enum Command {
         /// How many decisions to show.
         #[arg(long, default_value_t = 20)]
         last: i64,
+        /// Database URL: `sqlite:PATH` or `postgres://USER@HOST/DB` (what `database.url` of
+        /// the service's configuration says).
         #[arg(
             long,
             env = "PRESYNC_DATABASE_URL",
@@ -173,6 +176,8 @@ enum RepsCommand {
     /// Add or update representatives from a CSV (`id,display_name,<system>...`) or JSON file.
     Import {
         file: PathBuf,
+        /// Database URL: `sqlite:PATH` or `postgres://USER@HOST/DB` (what `database.url` of
+        /// the service's configuration says).
         #[arg(
             long,
             env = "PRESYNC_DATABASE_URL",
@@ -182,6 +187,8 @@ enum RepsCommand {
     },
     /// List the directory: id, name, and each system's id.
     List {
+        /// Database URL: `sqlite:PATH` or `postgres://USER@HOST/DB` (what `database.url` of
+        /// the service's configuration says).
         #[arg(
             long,
             env = "PRESYNC_DATABASE_URL",
@@ -351,7 +358,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     // The demo draws on the terminal: only errors interrupt it unless RUST_LOG asks for more.
     let default_level = match cli.command {
         Command::Demo(_) | Command::Bench(_) | Command::Soak(_) | Command::Scenario(_) => "error",
-        _ => "info",
+        // The scheduler library says at INFO what presync's own jobs say better.
+        _ => "info,tokio_cron_scheduler=warn",
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -398,10 +406,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Config(ConfigCommand::Default) => print!("{}", config::EXAMPLE),
-        Command::Reconcile { config: path, once } => {
-            if !once {
-                anyhow::bail!("give --once: the service (presync run) reconciles on its schedule");
-            }
+        Command::Reconcile {
+            config: path,
+            once: _,
+        } => {
             let cfg = checked(&path)?;
             if !service::reconcile_once(cfg).await? {
                 anyhow::bail!("drift remains after the reconcile");

@@ -568,10 +568,12 @@ fn sim_up_prints_commands_that_run_presync_against_the_simulators() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("3 representative(s) imported"));
+    let log = dir.path().join("run.log");
     let mut service = KillOnDrop(
         run(&commands[1])
+            .env_remove("RUST_LOG")
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap(),
     );
@@ -593,6 +595,10 @@ fn sim_up_prints_commands_that_run_presync_against_the_simulators() {
     assert_eq!(v["status"], "ok", "{health}");
     assert_eq!(v["connectors"]["dataverse"], "ok", "{health}");
     assert_eq!(v["connectors"]["teams"], "ok", "{health}");
+    // The default log level: presync's own INFO lines, not the scheduler library's.
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("presync running"), "{logged}");
+    assert!(!logged.contains("tokio_cron_scheduler"), "{logged}");
 }
 
 /// The body of `GET base/path` (HTTP/1.1, one request per connection).
@@ -620,6 +626,23 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// `reconcile` runs one pass with or without `--once`: without it, it used to refuse with a
+/// message about the flag instead of doing what its help says.
+#[test]
+fn reconcile_without_once_runs_its_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nowhere.toml");
+    let out = presync()
+        .args(["reconcile", "--config"])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nowhere.toml"), "{err}");
+    assert!(!err.contains("--once"), "{err}");
 }
 
 #[test]
