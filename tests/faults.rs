@@ -557,3 +557,46 @@ async fn a_full_disk_loses_nothing_acknowledged_and_the_pipeline_recovers_on_its
     let r = reqwest::get(&readyz).await.unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
 }
+
+/// A webhook naming an entity with a newline and a log line after it is logged as one line,
+/// the name escaped: it cannot forge a line of presync's log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newline_in_a_webhooks_entity_name_cannot_forge_a_log_line() {
+    let st = setup().await;
+    let log_name = format!("presync-faults-forge-{}.log", std::process::id());
+    let _presync = st.run_with(&log_name, &[("RUST_LOG", "info")]);
+    st.ready().await;
+    let forged = "2026-12-07T00:00:00.000000Z ERROR presync: forged";
+    let fixture = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/dataverse/albanian-xrm-DeserializationFromTextSamplesTests-0.json"
+    ))
+    .unwrap();
+    let mut body: serde_json::Value = serde_json::from_str(&fixture).unwrap();
+    body["PrimaryEntityName"] = format!("account\n{forged}").into();
+    let r = reqwest::Client::new()
+        .post(format!("{}/webhooks/dataverse", st.presync_url))
+        .header("x-presync-secret", HOOK_SECRET)
+        .header("x-ms-dynamics-organization", "contoso.crm.dynamics.com")
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(&body).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let path = std::env::temp_dir().join(&log_name);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let logged = loop {
+        let logged = std::fs::read_to_string(&path).unwrap_or_default();
+        if logged.contains("Webhook acknowledged and ignored") {
+            break logged;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{logged}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        !logged.lines().any(|l| l.starts_with(forged)),
+        "a forged line:\n{logged}"
+    );
+    assert!(logged.contains("\\n2026-12-07"), "{logged}");
+}
