@@ -196,7 +196,7 @@ impl Stats {
 }
 
 #[derive(Debug)]
-struct Inner {
+pub(crate) struct Inner {
     store: Store,
     connectors: BTreeMap<SystemId, Arc<dyn Connector>>,
     topology: Topology,
@@ -218,6 +218,8 @@ struct Inner {
     stopping: AtomicBool,
     /// Group commit of ingested observations.
     ingest: GroupCommit,
+    /// The reads decisions ask for, coalesced per system.
+    reads: crate::reads::Reads,
 }
 
 /// Observations waiting to be made durable, with who waits for their outcome.
@@ -325,6 +327,16 @@ pub struct Engine {
 }
 
 impl Engine {
+    pub(crate) fn from_inner(inner: Arc<Inner>) -> Engine {
+        Engine { inner }
+    }
+
+    /// Read `users` of `system` soon, coalesced with the other reads asked of it
+    /// ([`crate::reads`]).
+    pub(crate) fn ask_read(&self, system: &SystemId, users: Vec<ExternalId>) {
+        self.inner.reads.ask(&self.inner, system, users);
+    }
+
     /// Validate the topology against the connectors and build an engine on `store`.
     pub fn new(
         store: Store,
@@ -377,6 +389,7 @@ impl Engine {
                 stats: Stats::default(),
                 stopping: AtomicBool::new(false),
                 ingest: GroupCommit::default(),
+                reads: crate::reads::Reads::default(),
             }),
         })
     }
@@ -783,8 +796,7 @@ impl Engine {
             queued |= self.resolved(&row.borrow().observation, r);
         }
         for (system, users) in reads {
-            let engine = self.clone();
-            tokio::spawn(async move { engine.read_back(&system, users, "refresh").await });
+            self.ask_read(&system, users);
         }
         queued
     }
@@ -793,7 +805,20 @@ impl Engine {
     /// asked for (what a held system's automation gives after a hold), or the confirmation of
     /// what a system shows once presync lowered or withdrew its contribution there. A failed
     /// read is logged; the reconciler reads everyone at its next pass.
-    async fn read_back(&self, system: &SystemId, users: Vec<ExternalId>, why: &str) {
+    pub(crate) async fn read_back(&self, system: &SystemId, users: Vec<ExternalId>, why: &str) {
+        if let Err(e) = self.try_read_back(system, users.clone(), why).await {
+            warn!(system = %system, users = users.len(), error = %e, why, "Read-back failed; the next reconcile pass reads them");
+        }
+    }
+
+    /// [`Engine::read_back`], with the read's failure returned (the reads decisions ask for
+    /// are tried again: [`crate::reads`]).
+    pub(crate) async fn try_read_back(
+        &self,
+        system: &SystemId,
+        users: Vec<ExternalId>,
+        why: &str,
+    ) -> std::result::Result<(), ConnectorError> {
         let caps = self.inner.topology.capabilities(system);
         let Some(connector) = self
             .inner
@@ -801,16 +826,10 @@ impl Engine {
             .get(system)
             .filter(|_| caps.is_some_and(|c| c.bulk_read))
         else {
-            return;
+            return Ok(());
         };
         let read_at = self.now();
-        let states = match connector.read_all(&users).await {
-            Ok(states) => states,
-            Err(e) => {
-                warn!(system = %system, users = users.len(), error = %e, why, "Read-back failed; the next reconcile pass reads them");
-                return;
-            }
-        };
+        let states = connector.read_all(&users).await?;
         let wanted: HashSet<String> = users
             .iter()
             .map(|u| u.as_str().to_ascii_lowercase())
@@ -842,7 +861,7 @@ impl Engine {
             })
             .collect();
         if observations.is_empty() {
-            return;
+            return Ok(());
         }
         match self.ingest_batch(observations).await {
             Ok(_) => self.inner.inbox_ready.notify_one(),
@@ -850,6 +869,7 @@ impl Engine {
                 warn!(system = %system, error = %e, why, "Storing a read-back failed; the next reconcile pass reads them")
             }
         }
+        Ok(())
     }
 
     /// Resolve claimed rows, as one batch when possible. True when writes were queued.

@@ -139,6 +139,7 @@ mod dispatch;
 pub mod engine;
 pub mod memory;
 pub mod model;
+mod reads;
 pub mod remote;
 pub mod rules;
 pub mod store;

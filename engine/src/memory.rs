@@ -151,6 +151,8 @@ struct Inner {
     deliveries: Vec<Observation>,
     writes: Vec<WriteRecord>,
     faults: VecDeque<MemoryFault>,
+    /// Bulk reads asked of it, failed ones included.
+    reads: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -300,6 +302,7 @@ impl MemorySystem {
                 deliveries: Vec::new(),
                 writes: Vec::new(),
                 faults: VecDeque::new(),
+                reads: 0,
             })),
         }
     }
@@ -423,6 +426,11 @@ impl MemorySystem {
         lock(&self.inner).faults.push_back(fault);
     }
 
+    /// How many bulk reads were asked of it, failed ones included.
+    pub fn reads(&self) -> usize {
+        lock(&self.inner).reads
+    }
+
     /// Turn push deliveries on or off (on by default). While off, changes still happen and bump
     /// sequences, but produce no delivery: a lost webhook that only the reconciler can find.
     pub fn set_push(&self, on: bool) {
@@ -480,7 +488,11 @@ impl Connector for MemoryConnector {
     }
 
     async fn read_all(&self, users: &[ExternalId]) -> Result<Vec<RemoteState>, ConnectorError> {
-        let fault = lock(&self.inner).faults.pop_front();
+        let fault = {
+            let mut inner = lock(&self.inner);
+            inner.reads += 1;
+            inner.faults.pop_front()
+        };
         if let Some(MemoryFault::Slow(d)) = fault {
             tokio::time::sleep(d).await;
         }
