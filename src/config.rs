@@ -101,8 +101,8 @@ pub struct Http {
     /// Seconds a webhook's body may take to arrive after its headers (answered 408 past it).
     #[serde(default = "default_body_timeout")]
     pub body_timeout_secs: u64,
-    /// Bytes all webhook bodies being received at once may hold; a body that would take more
-    /// is answered 503 with `Retry-After`.
+    /// Bytes all bodies being received at once by one webhook route may hold; a body that
+    /// would take more is answered 503 with `Retry-After`.
     #[serde(default = "default_body_memory")]
     pub body_memory_bytes: usize,
     /// Connections open at once; more are closed as they arrive. Lowered, with a warning, to

@@ -37,7 +37,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::{Config, Entra};
 use crate::listener::{ConnectionLimits, ListenerStats};
-use crate::webhook_bodies::{BodyBudget, BodyLimit};
+use crate::webhook_bodies::{BodyBudget, BodyLimit, BodyStats};
 
 /// The names `presync run` gives its connectors: the systems of its directory, its history and
 /// its metrics.
@@ -65,7 +65,7 @@ struct Shared {
     dataverse: Option<Arc<Ingress>>,
     teams: Option<Arc<TeamsIngress>>,
     listener: Arc<ListenerStats>,
-    bodies: Arc<BodyBudget>,
+    bodies: Arc<BodyStats>,
 }
 
 /// Change-notification mode: the subscription manager, and the ingress's queues of users to
@@ -231,10 +231,7 @@ pub async fn build(config: &Config) -> anyhow::Result<Service> {
         teams_channels = Some((reread_rx, lifecycle_rx, connector.clone()));
         teams_ingress = Some(ingress);
     }
-    let bodies = BodyBudget::new(
-        config.http.body_memory_bytes,
-        Duration::from_secs(config.http.body_timeout_secs),
-    );
+    let bodies = Arc::new(BodyStats::default());
     let listener = Arc::new(ListenerStats::default());
     let shared = Shared {
         health: Arc::new(health),
@@ -248,7 +245,11 @@ pub async fn build(config: &Config) -> anyhow::Result<Service> {
         axum::middleware::from_fn_with_state(
             BodyLimit {
                 max_bytes,
-                budget: bodies.clone(),
+                budget: BodyBudget::new(
+                    config.http.body_memory_bytes,
+                    Duration::from_secs(config.http.body_timeout_secs),
+                    bodies.clone(),
+                ),
             },
             crate::webhook_bodies::guard,
         )
@@ -523,10 +524,7 @@ async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
         );
     }
     let _ = writeln!(out, "# HELP presync_http_bodies_refused_total Webhook bodies refused before their handler: too slow, or over the memory all bodies may hold.\n# TYPE presync_http_bodies_refused_total counter");
-    for (reason, v) in [
-        ("timed_out", &s.bodies.stats.timed_out),
-        ("shed", &s.bodies.stats.shed),
-    ] {
+    for (reason, v) in [("timed_out", &s.bodies.timed_out), ("shed", &s.bodies.shed)] {
         let _ = writeln!(
             out,
             "presync_http_bodies_refused_total{{reason=\"{reason}\"}} {}",

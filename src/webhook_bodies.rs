@@ -9,9 +9,11 @@
 //!   past the limit, and the handler refuses that the same way.
 //! - **Time**: the whole body must arrive within `http.body_timeout_secs` of its headers, or the
 //!   request is answered 408 and the connection closed.
-//! - **Memory**: all bodies being read at once hold at most `http.body_memory_bytes`. A body
-//!   that would take more is answered 503 with `Retry-After` (Graph and Dataverse both retry),
-//!   so a flood of slow bodies cannot take the memory of the ones that follow.
+//! - **Memory**: all bodies being read at once for one route hold at most
+//!   `http.body_memory_bytes`. A body that would take more is answered 503 with `Retry-After`
+//!   (Graph and Dataverse both retry), so a flood of slow bodies cannot take the memory of the
+//!   ones that follow; each route has its own budget, so a flood to one does not shed the
+//!   other's deliveries.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -35,7 +37,7 @@ const UNIT: usize = 1024;
 pub struct BodyBudget {
     memory: Arc<Semaphore>,
     timeout: Duration,
-    pub stats: BodyStats,
+    pub stats: Arc<BodyStats>,
 }
 
 /// Counters; the service exports them as metrics.
@@ -48,11 +50,14 @@ pub struct BodyStats {
 }
 
 impl BodyBudget {
-    pub fn new(memory_bytes: usize, timeout: Duration) -> Arc<BodyBudget> {
+    /// A budget of `memory_bytes` for one webhook route, counting into `stats` (shared by the
+    /// routes). Each route has its own: a flood of bodies to one (unauthenticated bodies are
+    /// read before their handler can refuse them) does not shed the other's deliveries.
+    pub fn new(memory_bytes: usize, timeout: Duration, stats: Arc<BodyStats>) -> Arc<BodyBudget> {
         Arc::new(BodyBudget {
             memory: Arc::new(Semaphore::new(memory_bytes.div_ceil(UNIT))),
             timeout,
-            stats: BodyStats::default(),
+            stats,
         })
     }
 }

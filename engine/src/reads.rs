@@ -1,13 +1,13 @@
 //! The reads the rules ask for ([`crate::rules::Decision::refresh`]: a held system's state
 //! after a release, the Teams state presync looks at before it writes a session that could
-//! hide a meeting), coalesced per system: one read of a system is in flight at a time, and the
-//! users asked for meanwhile go into the next one, read together (Graph reads up to 650 users
-//! a call). A burst of D365 changes asked for one single-user read of Teams per resolved batch,
+//! hide a meeting), coalesced per system: a few reads of a system are in flight at a time, and
+//! the users asked for while they are go into the next one, read together (Graph reads up to
+//! 650 users a call). A burst of D365 changes asked for one single-user read of Teams per resolved batch,
 //! thousands in all, which spent the rate limit the writes needed (BENCHMARKS.md, "burst").
 //!
 //! Each system has its own queue, so a slow or throttled read of one does not delay the others'.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, Weak};
 
 use std::time::Duration;
@@ -40,53 +40,95 @@ impl Reads {
     }
 }
 
-/// Reads of one batch of users at most, a read that fails for a passing reason (a 429, a
-/// timeout) included: such a read is made again after the wait the remote asked for (or
-/// [`RETRY_WAIT`]), with what was asked for meanwhile. Past that, the next reconcile pass reads
-/// them. (A release waits for this read: without it, D365 stayed as the hold left it until
-/// the next pass.)
+/// Reads of a user at most, a read that fails for a passing reason (a 429, a timeout)
+/// included: such a user is read again after the wait the remote asked for (or [`RETRY_WAIT`]),
+/// with what was asked for meanwhile. Past that, the next reconcile pass reads them. (A
+/// release waits for this read: without it, D365 stayed as the hold left it until the next
+/// pass.)
 const ATTEMPTS: u32 = 4;
 const RETRY_WAIT: Duration = Duration::from_millis(500);
 
-/// Read what is asked for, one read at a time; ends with the engine.
+/// Reads of one system in flight at once: a slow read does not hold up the next (a look at
+/// Teams before a write waits for its read), and what is asked for while all are in flight is
+/// read together in the next.
+const IN_FLIGHT: usize = 4;
+
+/// A read that failed for a passing reason: its users and attempts, when to try again.
+type Retry = (Vec<(ExternalId, u32)>, Duration);
+
+/// Read what is asked for; ends with the engine.
 async fn reader(
     inner: Weak<Inner>,
     system: SystemId,
     mut asked: mpsc::UnboundedReceiver<Vec<ExternalId>>,
 ) {
-    let mut retry: Option<(BTreeSet<ExternalId>, u32)> = None;
+    // Users to read, with the attempts made for each.
+    let mut pending: BTreeMap<ExternalId, u32> = BTreeMap::new();
+    let mut in_flight: tokio::task::JoinSet<Option<Retry>> = tokio::task::JoinSet::new();
+    let mut retries: Vec<(tokio::time::Instant, Vec<(ExternalId, u32)>)> = Vec::new();
+    let mut open = true;
     loop {
-        let (mut users, attempt) = match retry.take() {
-            Some(r) => r,
-            None => match asked.recv().await {
-                Some(first) => (first.into_iter().collect(), 1),
-                None => return,
+        let next_retry = retries.iter().map(|(at, _)| *at).min();
+        tokio::select! {
+            users = asked.recv(), if open => match users {
+                Some(users) => {
+                    for u in users {
+                        pending.entry(u).or_insert(1);
+                    }
+                    while let Ok(more) = asked.try_recv() {
+                        for u in more {
+                            pending.entry(u).or_insert(1);
+                        }
+                    }
+                }
+                None => open = false,
             },
-        };
-        while let Ok(more) = asked.try_recv() {
-            users.extend(more);
+            Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+                if let Ok(Some((users, wait))) = done {
+                    retries.push((tokio::time::Instant::now() + wait, users));
+                }
+            }
+            () = tokio::time::sleep_until(next_retry.unwrap_or_else(tokio::time::Instant::now)),
+                if next_retry.is_some() => {
+                let now = tokio::time::Instant::now();
+                let (due, later): (Vec<_>, Vec<_>) = retries.drain(..).partition(|(at, _)| *at <= now);
+                retries = later;
+                for (_, users) in due {
+                    for (u, attempt) in users {
+                        let a = pending.entry(u).or_insert(attempt);
+                        *a = (*a).max(attempt);
+                    }
+                }
+            }
+            else => return,
         }
-        let Some(inner) = inner.upgrade() else {
-            return;
-        };
-        let engine = Engine::from_inner(inner);
-        let list: Vec<ExternalId> = users.iter().cloned().collect();
-        match engine.try_read_back(&system, list, "refresh").await {
-            Ok(()) => {}
-            Err(e) if e.is_transient() && attempt < ATTEMPTS => {
-                let wait = e.retry_after().unwrap_or(RETRY_WAIT);
-                debug!(system = %system, users = users.len(), error = %e, attempt,
-                    retry_in_ms = wait.as_millis() as u64, "Read-back failed; trying again");
-                drop(engine);
-                tokio::time::sleep(wait).await;
-                retry = Some((users, attempt + 1));
-            }
-            Err(e) => {
-                warn!(system = %system, users = users.len(), error = %e, attempt,
-                    "Read-back failed; the next reconcile pass reads them");
-            }
+        if !pending.is_empty() && in_flight.len() < IN_FLIGHT {
+            let Some(inner) = inner.upgrade() else {
+                return;
+            };
+            let users = std::mem::take(&mut pending);
+            in_flight.spawn(read(Engine::from_inner(inner), system.clone(), users));
         }
     }
+}
+
+/// One read of `users`; what to try again, and when, if it failed for a passing reason.
+async fn read(engine: Engine, system: SystemId, users: BTreeMap<ExternalId, u32>) -> Option<Retry> {
+    let list: Vec<ExternalId> = users.keys().cloned().collect();
+    let e = engine.try_read_back(&system, list, "refresh").await.err()?;
+    let again: Vec<(ExternalId, u32)> = users
+        .into_iter()
+        .filter(|(_, attempt)| *attempt < ATTEMPTS && e.is_transient())
+        .map(|(u, attempt)| (u, attempt + 1))
+        .collect();
+    if again.is_empty() {
+        warn!(system = %system, error = %e, "Read-back failed; the next reconcile pass reads them");
+        return None;
+    }
+    let wait = e.retry_after().unwrap_or(RETRY_WAIT);
+    debug!(system = %system, users = again.len(), error = %e,
+        retry_in_ms = wait.as_millis() as u64, "Read-back failed; trying again");
+    Some((again, wait))
 }
 
 #[cfg(test)]

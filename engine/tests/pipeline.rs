@@ -589,6 +589,40 @@ async fn the_resolvers_writes_share_the_targets_in_flight_slots(url: String) {
     assert_eq!(writes_to(&w, "teams"), 2);
 }
 
+/// A slow answer to one write does not hold the slots of the writes begun with it: with two
+/// slots, a write decided while one of a batch's two writes is still on its way goes out at
+/// once, not when the slow one ends.
+async fn a_slow_write_does_not_hold_the_slots_of_the_writes_begun_with_it(url: String) {
+    let mut config = EngineConfig::default();
+    config.dispatch_default.max_in_flight = 2;
+    config.pipeline.poll_interval_ms = 600_000;
+    let clock = Arc::new(ManualClock::new(T0));
+    let w = World::with_clock(&url, clock.clone(), &systems(&clock), 3, config).await;
+    let running = Running::start(&w);
+    w.clock.advance(10);
+    w.system("teams")
+        .inject(MemoryFault::Slow(Duration::from_secs(3)));
+    w.system("d365").person_sets(&user("d365", 0), Busy);
+    w.system("d365").person_sets(&user("d365", 1), Away);
+    w.engine.ingest_batch(w.take_deliveries()).await.unwrap();
+    until("the fast write of the two", async || {
+        writes_to(&w, "teams") == 1
+    })
+    .await;
+    w.system("d365").person_sets(&user("d365", 2), Busy);
+    w.engine.ingest_batch(w.take_deliveries()).await.unwrap();
+    until("the write decided meanwhile", async || {
+        w.system("teams").state(&user("teams", 2)) == Some(Busy)
+    })
+    .await;
+    assert_eq!(
+        writes_to(&w, "teams"),
+        2,
+        "the slow write is still on its way"
+    );
+    running.stop().await;
+}
+
 on_both_backends!(
     the_running_engine_propagates_changes_and_stops_on_shutdown,
     a_change_reaches_the_other_system_and_its_echo_is_not_propagated,
@@ -608,4 +642,5 @@ on_both_backends!(
     the_resolver_makes_the_writes_it_decides_and_their_echoes_stay_home,
     the_resolvers_writes_keep_to_the_targets_rate_limit,
     the_resolvers_writes_share_the_targets_in_flight_slots,
+    a_slow_write_does_not_hold_the_slots_of_the_writes_begun_with_it,
 );
