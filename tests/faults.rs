@@ -543,11 +543,6 @@ async fn a_full_disk_loses_nothing_acknowledged_and_the_pipeline_recovers_on_its
         if behind.is_empty() {
             break;
         }
-        if tokio::time::Instant::now() >= deadline {
-            eprintln!("STUCK {}", fs.path().display());
-            std::fs::write("/tmp/stuck-path", fs.path().display().to_string()).unwrap();
-            tokio::time::sleep(Duration::from_secs(90)).await;
-        }
         assert!(
             tokio::time::Instant::now() < deadline,
             "acknowledged changes never reached Teams after the disk was freed: {behind:?}"
