@@ -813,8 +813,9 @@ impl Engine {
     /// what a system shows once presync lowered or withdrew its contribution there. A failed
     /// read is logged; the reconciler reads everyone at its next pass.
     pub(crate) async fn read_back(&self, system: &SystemId, users: Vec<ExternalId>, why: &str) {
-        if let Err(e) = self.try_read_back(system, users.clone(), why).await {
-            warn!(system = %system, users = users.len(), error = %e, why, "Read-back failed; the next reconcile pass reads them");
+        let n = users.len();
+        if let Err(e) = self.try_read_back(system, users, why).await {
+            warn!(system = %system, users = n, error = %e, why, "Read-back failed; the next reconcile pass reads them");
         }
     }
 

@@ -501,9 +501,7 @@ fn release(
             cancel_waiting_hold(d, h, view, ctx);
         }
         // What it showed last may be old: read it (a change since arrives as news).
-        if let Some(user) = view.external_ids.get(target) {
-            d.refresh.push((target.clone(), user.clone()));
-        }
+        read_held(d, h, view);
         d.notes.push(Note::hold(
             "released",
             None,
@@ -531,14 +529,20 @@ fn release(
         !matches!(op, OutboxOp::Upsert { target, desired: Desired::Withdraw } if target == when)
     });
     cancel_waiting_hold(d, h, view, ctx);
-    if let Some(user) = view.external_ids.get(target) {
-        d.refresh.push((target.clone(), user.clone()));
-    }
+    read_held(d, h, view);
     d.notes.push(Note::hold(
         "released",
         None,
         format!("{why}; reading {target} for what its own automation gives"),
     ));
+}
+
+/// Ask for a read of the held system (what its automation gives now).
+fn read_held(d: &mut Decision, h: &ResolvedHold, view: &RepView) {
+    let target = &h.rule.hold.system;
+    if let Some(user) = view.external_ids.get(target) {
+        d.refresh.push((target.clone(), user.clone()));
+    }
 }
 
 /// A write of the hold still waiting (a Retry-After) when the condition ends is not made. (One
